@@ -1,0 +1,45 @@
+"""tenure: a leased, fenced PostgreSQL task queue for fleets of workers.
+
+>>> from tenure import Registry
+>>> reg = Registry()
+>>> @reg.task(queue="documents")
+... def parse_document(payload: dict) -> None: ...
+"""
+
+__version__ = "0.1.0"
+
+from tenure.context import TaskContext, current
+from tenure.errors import (
+    AlreadyRegistered,
+    ConfigError,
+    DatabaseError,
+    Discard,
+    LeaseLost,
+    PayloadInvalid,
+    RetryAfter,
+    TaskNotFound,
+    TaskSignal,
+    TenureError,
+)
+from tenure.options import Backoff
+from tenure.registry import Registry, Task, TaskHandle
+
+__all__ = [
+    "AlreadyRegistered",
+    "Backoff",
+    "ConfigError",
+    "DatabaseError",
+    "Discard",
+    "LeaseLost",
+    "PayloadInvalid",
+    "Registry",
+    "RetryAfter",
+    "Task",
+    "TaskContext",
+    "TaskHandle",
+    "TaskNotFound",
+    "TaskSignal",
+    "TenureError",
+    "__version__",
+    "current",
+]

@@ -1,0 +1,128 @@
+"""Connections: where the DSN comes from, how sessions are set up, transient retries.
+
+Rules:
+- The DSN is the one given, else ``TENURE_DATABASE_URL``, else the embedded server.
+- Every session sets ``idle_in_transaction_session_timeout`` and TCP keepalives, so a
+  worker cut off in the middle of a transaction cannot hold row locks for long.
+- Transient failures (connection lost, serialization failure, deadlock) are retried
+  here, with backoff, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors as pgerrors
+
+from tenure.errors import DatabaseError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+ENV_DSN = "TENURE_DATABASE_URL"
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 30_000
+CONNECT_TIMEOUT_S = 5
+
+_TRANSIENT = (
+    psycopg.OperationalError,
+    pgerrors.SerializationFailure,
+    pgerrors.DeadlockDetected,
+)
+
+
+def resolve_dsn(dsn: str | None = None) -> str:
+    """The DSN to use: ``dsn``, else ``TENURE_DATABASE_URL``, else the embedded server."""
+    if dsn:
+        return dsn
+    env = os.environ.get(ENV_DSN)
+    if env:
+        return env
+    from tenure._db.embedded import ensure_embedded
+
+    return ensure_embedded()
+
+
+def connect_kwargs(application_name: str = "tenure") -> dict[str, Any]:
+    """Session settings shared by every connection tenure opens."""
+    return {
+        "autocommit": True,
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "application_name": application_name,
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}",
+    }
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming what went wrong with the database."""
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else type(exc).__name__
+    return first
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, _TRANSIENT)
+
+
+def connect(dsn: str, application_name: str = "tenure") -> psycopg.Connection[Any]:
+    """Open a synchronous connection, raising :class:`DatabaseError` with one clear line."""
+    try:
+        return psycopg.Connection.connect(dsn, **connect_kwargs(application_name))
+    except psycopg.Error as exc:
+        raise DatabaseError(
+            f"cannot connect to PostgreSQL ({describe(exc)}); check the DSN or {ENV_DSN}"
+        ) from exc
+
+
+async def aconnect(dsn: str, application_name: str = "tenure") -> psycopg.AsyncConnection[Any]:
+    """Open an asyncio connection, raising :class:`DatabaseError` with one clear line."""
+    try:
+        return await psycopg.AsyncConnection.connect(dsn, **connect_kwargs(application_name))
+    except psycopg.Error as exc:
+        raise DatabaseError(
+            f"cannot connect to PostgreSQL ({describe(exc)}); check the DSN or {ENV_DSN}"
+        ) from exc
+
+
+def backoff_delay(failures: int, *, base: float = 0.1, cap: float = 10.0) -> float:
+    """Exponential backoff with full jitter for the ``failures``-th consecutive failure."""
+    return random.uniform(0, min(cap, base * (2 ** max(0, failures - 1))))
+
+
+def retry_sync(fn: Callable[[], T], *, attempts: int = 5, what: str = "statement") -> T:
+    """Run ``fn``, retrying transient database failures with backoff."""
+    for failure in range(1, attempts + 1):
+        try:
+            return fn()
+        except _TRANSIENT as exc:
+            if failure == attempts:
+                raise DatabaseError(f"{what} failed: {describe(exc)}") from exc
+            log.debug("transient failure in %s (%s); retrying", what, describe(exc))
+            time.sleep(backoff_delay(failure))
+    raise AssertionError("unreachable")
+
+
+async def retry_async(
+    fn: Callable[[], Awaitable[T]], *, attempts: int = 5, what: str = "statement"
+) -> T:
+    """Await ``fn()``, retrying transient database failures with backoff."""
+    for failure in range(1, attempts + 1):
+        try:
+            return await fn()
+        except _TRANSIENT as exc:
+            if failure == attempts:
+                raise DatabaseError(f"{what} failed: {describe(exc)}") from exc
+            log.debug("transient failure in %s (%s); retrying", what, describe(exc))
+            await asyncio.sleep(backoff_delay(failure))
+    raise AssertionError("unreachable")

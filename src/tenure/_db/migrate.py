@@ -1,0 +1,57 @@
+"""Numbered SQL migrations, applied safely by many processes at once.
+
+Every process that starts (a worker, a sender, the CLI) may call :func:`migrate`.
+The whole run happens in one transaction under a transaction-scoped advisory lock
+keyed on the schema, so concurrent callers queue behind the first one and then find
+nothing left to do. ``schema.sql`` is the schema the migrations must produce; a
+test proves they do.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg
+
+from tenure._db import sqlfiles
+
+log = logging.getLogger(__name__)
+
+_LOCK = b"SELECT pg_advisory_xact_lock(hashtext('tenure.migrate'), hashtext(%(schema)s))"
+_EXISTS = b"SELECT to_regclass(%(table)s) IS NOT NULL"
+
+
+def _applied(conn: psycopg.Connection[Any], schema: str) -> set[str]:
+    row = conn.execute(_EXISTS, {"table": f"{schema}.migrations"}).fetchone()
+    if not row or not row[0]:
+        return set()
+    table = sqlfiles.bind("tenure._db.queries", "migrations_applied.sql", schema)
+    return {r[0] for r in conn.execute(table).fetchall()}
+
+
+def pending(conn: psycopg.Connection[Any], schema: str) -> list[str]:
+    """Migrations not yet applied to ``schema``."""
+    done = _applied(conn, schema)
+    return [name for name in sqlfiles.migration_names() if name not in done]
+
+
+def migrate(conn: psycopg.Connection[Any], schema: str) -> list[str]:
+    """Apply every pending migration to ``schema``; return the names applied."""
+    sqlfiles.check_schema(schema)
+    if not pending(conn, schema):
+        return []
+    applied: list[str] = []
+    with conn.transaction():
+        conn.execute(_LOCK, {"schema": schema})
+        conn.execute(sqlfiles.bind("tenure._db.queries", "migrations_table.sql", schema))
+        for name in pending(conn, schema):
+            conn.execute(sqlfiles.migration(name, schema))
+            conn.execute(
+                sqlfiles.bind("tenure._db.queries", "migration_record.sql", schema),
+                {"name": name},
+            )
+            applied.append(name)
+    if applied:
+        log.info("schema_migrated schema=%s applied=%s", schema, ",".join(applied))
+    return applied

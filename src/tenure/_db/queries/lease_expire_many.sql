@@ -1,0 +1,1 @@
+SELECT task_id, verdict FROM {schema}.expire_leases(NULL, %(max)s)

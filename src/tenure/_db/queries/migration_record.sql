@@ -1,0 +1,1 @@
+INSERT INTO {schema}.migrations (name) VALUES (%(name)s)

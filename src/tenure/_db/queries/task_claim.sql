@@ -1,0 +1,3 @@
+SELECT id, task_name, queue, payload, attempt, errors, crashes
+FROM {schema}.claim(%(worker)s, %(queues)s::text[], %(names)s::text[], %(limit)s,
+                    %(lease)s::interval, %(start)s)

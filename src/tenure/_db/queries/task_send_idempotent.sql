@@ -1,0 +1,20 @@
+-- Enqueue one task under an idempotency key: the first sender creates the task, a
+-- repeated key returns no row here (the caller then looks the existing task up).
+WITH key AS (
+    INSERT INTO {schema}.idempotency_keys (task_name, key, task_id)
+    VALUES (%(name)s, %(idempotency_key)s, nextval('{schema}.task_ids'))
+    ON CONFLICT DO NOTHING
+    RETURNING task_id
+),
+ins AS (
+    INSERT INTO {schema}.tasks (id, task_name, queue, payload, priority, partition_key,
+                                max_attempts, max_crashes, limited, lease, run_after,
+                                idempotency_key)
+    SELECT key.task_id, %(name)s, %(queue)s, %(payload)s::jsonb, %(priority)s, %(partition_key)s,
+           %(max_attempts)s, %(max_crashes)s, %(limited)s, %(lease)s::interval,
+           coalesce(%(run_at)s::timestamptz, now() + %(delay)s::interval), %(idempotency_key)s
+    FROM key
+    RETURNING id, queue, run_after
+)
+SELECT id, CASE WHEN run_after <= now() THEN pg_notify({channel}, queue)::text END
+FROM ins

@@ -1,0 +1,68 @@
+"""Load the project's ``.sql`` files and bind them to a schema.
+
+Every statement lives in a file under ``queries/`` or ``migrations/``. The text
+may name ``{schema}`` (replaced by the quoted schema identifier) and ``{channel}``
+(the quoted NOTIFY channel of that schema); values are always bound parameters.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib import resources
+
+from psycopg import sql
+
+from tenure.errors import ConfigError
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
+
+
+def check_schema(schema: str) -> str:
+    """Return ``schema`` if it is a plain lower-case identifier, else raise ConfigError."""
+    if not _SCHEMA_NAME.match(schema):
+        raise ConfigError(
+            f"schema: {schema!r} is not a plain identifier; use lower-case letters, digits and _"
+        )
+    return schema
+
+
+def channel_name(schema: str) -> str:
+    """The LISTEN/NOTIFY channel on which a schema's queues are woken."""
+    return f"tenure_{schema}"
+
+
+@cache
+def _read(package: str, name: str) -> str:
+    return resources.files(package).joinpath(name).read_text(encoding="utf-8")
+
+
+@cache
+def bind(package: str, name: str, schema: str) -> bytes:
+    """The text of ``package/name`` with ``{schema}`` and ``{channel}`` filled in."""
+    text = _read(package, name)
+    composed = sql.SQL(text).format(  # type: ignore[arg-type]  # file text, not user input
+        schema=sql.Identifier(check_schema(schema)),
+        channel=sql.Literal(channel_name(schema)),
+    )
+    return composed.as_string().encode()
+
+
+def query(name: str, schema: str) -> bytes:
+    """The named statement ``queries/<name>.sql`` bound to ``schema``."""
+    return bind("tenure._db.queries", f"{name}.sql", schema)
+
+
+def migration_names() -> list[str]:
+    """Numbered migration files in the order they apply."""
+    files = resources.files("tenure._db.migrations").iterdir()
+    return sorted(f.name for f in files if f.name.endswith(".sql") and f.name[:4].isdigit())
+
+
+def migration(name: str, schema: str) -> bytes:
+    return bind("tenure._db.migrations", name, schema)
+
+
+def schema_sql(schema: str) -> bytes:
+    """``schema.sql``: the schema the migrations must produce, bound to ``schema``."""
+    return bind("tenure._db", "schema.sql", schema)

@@ -1,0 +1,1 @@
+"""Maintenance loops that any live worker runs: no worker is special."""

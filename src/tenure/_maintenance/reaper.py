@@ -1,0 +1,52 @@
+"""Reaper: turns expired leases back into claimable work.
+
+Every live worker runs it at the heartbeat interval; rows are taken with
+``SKIP LOCKED`` so reapers never wait on each other, and no worker is special. For
+each expired lease the attempt is recorded as ``lease_expired`` and the crash
+counter bumped; the first crash is taken over at once, repeated ones back off, and
+a task that reached its crash cap is quarantined. Workers that stopped
+heartbeating long ago are marked gone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from tenure._worker.link import Link
+from tenure._worker.service import Service
+
+log = logging.getLogger(__name__)
+
+BATCH = 1000
+
+
+@dataclass(frozen=True)
+class ReapResult:
+    requeued: list[int]
+    quarantined: list[int]
+    workers_gone: int
+
+
+class Reaper(Service):
+    name = "reaper"
+
+    def __init__(self, link: Link, interval: timedelta, gone_after: timedelta) -> None:
+        # Jitter only shortens the interval, so a takeover never waits longer than it.
+        super().__init__(interval.total_seconds(), jitter=0.2)
+        self.link = link
+        self.gone_after = gone_after
+
+    async def run_once(self) -> ReapResult:
+        rows = await self.link.fetch("lease_expire_many", {"max": BATCH})
+        requeued = [int(r[0]) for r in rows if r[1] == "requeued"]
+        quarantined = [int(r[0]) for r in rows if r[1] == "quarantined"]
+        for task_id in requeued:
+            log.info("lease_expired task=%s requeued=true", task_id)
+        for task_id in quarantined:
+            log.error("task_quarantined task=%s: its lease expired too many times", task_id)
+        gone = await self.link.fetch("worker_mark_gone_many", {"after": self.gone_after})
+        for (worker_id,) in gone:
+            log.info("worker_gone worker=%s", worker_id)
+        return ReapResult(requeued, quarantined, len(gone))

@@ -1,0 +1,1 @@
+"""Worker internals: claimer, heartbeat, executor, completer, notifier, assembly."""

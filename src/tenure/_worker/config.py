@@ -1,0 +1,53 @@
+"""The worker's settings: one frozen object, validated once, errors naming the field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from tenure.errors import ConfigError
+
+DEFAULT_CONCURRENCY = 8
+DEFAULT_LEASE = timedelta(seconds=15)
+DEFAULT_POLL_INTERVAL = timedelta(seconds=1)
+DEFAULT_DRAIN_TIMEOUT = timedelta(seconds=30)
+MIN_LEASE = timedelta(seconds=1)
+MAX_CONCURRENCY = 10_000
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How one worker process runs.
+
+    ``heartbeat`` defaults to a third of ``lease``; the reaper runs at the same
+    interval, so a dead worker's task is taken over within about
+    ``lease + heartbeat``.
+    """
+
+    queues: tuple[str, ...]
+    concurrency: int = DEFAULT_CONCURRENCY
+    lease: timedelta = DEFAULT_LEASE
+    heartbeat: timedelta | None = None
+    poll_interval: timedelta = DEFAULT_POLL_INTERVAL
+    drain_timeout: timedelta = DEFAULT_DRAIN_TIMEOUT
+    listen: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.queues:
+            raise ConfigError("queues: the worker serves no queue; pass --queues or register tasks")
+        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
+            raise ConfigError(
+                f"concurrency: must be between 1 and {MAX_CONCURRENCY}, got {self.concurrency}"
+            )
+        if self.lease < MIN_LEASE:
+            raise ConfigError(f"lease: must be at least {MIN_LEASE.total_seconds():g}s")
+        if self.heartbeat is not None and not timedelta(0) < self.heartbeat < self.lease:
+            raise ConfigError("heartbeat: must be greater than zero and shorter than the lease")
+        if self.poll_interval <= timedelta(0):
+            raise ConfigError("poll_interval: must be greater than zero")
+        if self.drain_timeout < timedelta(0):
+            raise ConfigError("drain_timeout: must not be negative")
+
+    @property
+    def heartbeat_interval(self) -> timedelta:
+        return self.heartbeat if self.heartbeat is not None else self.lease / 3

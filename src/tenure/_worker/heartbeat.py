@@ -1,0 +1,116 @@
+"""Heartbeat: one statement per interval renews every lease this worker holds.
+
+Rules:
+- The renewal names each (task, attempt) and this worker as owner; the database
+  clock sets the new expiry. A held attempt missing from the answer was taken over:
+  its ``lease_lost`` is set and it is no longer held.
+- Attempts whose outcome is being written are renewed but not judged: the
+  completer reports their fate.
+- If no heartbeat has succeeded for a whole lease, the worker cuts itself off
+  (self-fencing): every held task is marked lost and claiming pauses until a
+  heartbeat succeeds again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from tenure._worker.link import Link
+from tenure._worker.service import Service
+from tenure._worker.state import Holdings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HeartbeatResult:
+    renewed: int
+    lost: list[int]
+
+
+class Heartbeat(Service):
+    name = "heartbeat"
+
+    def __init__(
+        self,
+        link: Link,
+        holdings: Holdings,
+        worker_id: UUID,
+        lease: timedelta,
+        interval: timedelta,
+    ) -> None:
+        super().__init__(interval.total_seconds(), jitter=0.1)
+        self.link = link
+        self.holdings = holdings
+        self.worker_id = worker_id
+        self.lease = lease
+        self.state = "active"
+        self.last_ok = time.monotonic()
+        self.fenced = False
+
+    async def run_once(self) -> HeartbeatResult:
+        snapshot = self.holdings.snapshot()
+        try:
+            rows = await self.link.fetch(
+                "lease_renew_many",
+                {
+                    "worker": self.worker_id,
+                    "state": self.state,
+                    "lease": self.lease,
+                    "ids": list(snapshot),
+                    "attempts": list(snapshot.values()),
+                },
+            )
+        except Exception:
+            self.check_self_fence()
+            raise
+        self.last_ok = time.monotonic()
+        if self.fenced:
+            log.info("worker_reconnected worker=%s", self.worker_id)
+            self.fenced = False
+        renewed: set[int] = set(rows[0][1]) if rows else set()
+        lost: list[int] = []
+        for task_id, attempt in snapshot.items():
+            if task_id in renewed:
+                continue
+            held = self.holdings.held.get(task_id)
+            if held is None or held.completing or held.claimed.attempt != attempt:
+                continue
+            self.lose(task_id, attempt, "taken over")
+            lost.append(task_id)
+        return HeartbeatResult(renewed=len(renewed), lost=lost)
+
+    def lose(self, task_id: int, attempt: int, why: str) -> None:
+        held = self.holdings.drop(task_id, attempt)
+        if held is None:
+            return
+        held.context.mark_lost()
+        self.holdings.counts["lease_lost"] += 1
+        log.warning(
+            "lease_lost task=%s attempt=%s worker=%s reason=%s", task_id, attempt, self.worker_id, why
+        )
+
+    def check_self_fence(self) -> bool:
+        """Cut the worker off if no heartbeat succeeded for a whole lease."""
+        silent = time.monotonic() - self.last_ok
+        if silent < self.lease.total_seconds():
+            return self.fenced
+        if not self.fenced:
+            log.error(
+                "worker_self_fenced worker=%s silent_for=%.1fs: the database is unreachable for "
+                "longer than the lease; treating every held task as lost",
+                self.worker_id,
+                silent,
+            )
+        self.fenced = True
+        for task_id, attempt in list(self.holdings.snapshot().items()):
+            self.lose(task_id, attempt, "self-fenced")
+        return True
+
+    def status(self) -> dict[str, Any]:
+        return {"fenced": self.fenced, "silent_for": time.monotonic() - self.last_ok}

@@ -1,0 +1,305 @@
+"""One worker process: the control plane that ties the loops together.
+
+Start-up: resolve the DSN (retrying with backoff while the database is
+unreachable), apply migrations, register the worker row, publish the registry's
+fleet-wide limits, then start the heartbeat, reaper, notifier and completer and
+run the claim loop.
+
+Drain (SIGTERM or SIGINT): stop claiming, let running attempts finish within the
+drain timeout, hand back what is left (released: another worker takes it at once,
+no attempt spent), mark the worker gone and return 0. A second signal exits at
+once; leases then expire normally.
+
+Connections: three per process — claims and outcomes, heartbeat and reaper, LISTEN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from typing import Any
+from uuid import UUID, uuid4
+
+from tenure import __version__
+from tenure._db import connect as dbconnect
+from tenure._db.migrate import migrate
+from tenure._maintenance.reaper import Reaper
+from tenure._worker.claimer import Claimer
+from tenure._worker.completer import Completer, Outcome
+from tenure._worker.config import WorkerConfig
+from tenure._worker.executor import execute
+from tenure._worker.heartbeat import Heartbeat
+from tenure._worker.link import Link
+from tenure._worker.notifier import Notifier
+from tenure._worker.state import Claimed, Held, Holdings
+from tenure._worker.threads import DaemonThreadPool
+from tenure.context import TaskContext
+from tenure.registry import Registry
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_CHECK_INTERVAL = 60.0
+STARTUP_BACKOFF_CAP = 30.0
+
+
+class Worker:
+    """Runs the tasks of one registry from the configured queues until drained."""
+
+    def __init__(self, registry: Registry, config: WorkerConfig, *, dsn: str | None = None) -> None:
+        self.registry = registry
+        self.config = config
+        self.schema = registry.schema
+        self.id: UUID = uuid4()
+        self._dsn = dsn
+        self.holdings = Holdings()
+        self.pool = DaemonThreadPool(config.concurrency)
+        self._wake = asyncio.Event()
+        self._maybe_more = True
+        self._draining = False
+        self._signals = 0
+        self._runners: dict[int, asyncio.Task[None]] = {}
+        self._unknown_reported: set[str] = set()
+        self.ready = asyncio.Event()
+
+    # -- control ----------------------------------------------------------------------
+
+    def request_drain(self) -> None:
+        """Begin a drain (what SIGTERM does)."""
+        if not self._draining:
+            log.info("worker_draining worker=%s", self.id)
+        self._draining = True
+        self._wake.set()
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("worker_stopped_now worker=%s signal=%s", self.id, signum)
+            logging.shutdown()
+            os._exit(1)
+        self.request_drain()
+
+    def wake(self) -> None:
+        self._maybe_more = True
+        self._wake.set()
+
+    # -- start-up ---------------------------------------------------------------------
+
+    async def _prepare(self) -> str:
+        failures = 0
+        while not self._draining:
+            try:
+                dsn = self._dsn or await asyncio.to_thread(dbconnect.resolve_dsn, None)
+                await asyncio.to_thread(self._migrate, dsn)
+                return dsn
+            except Exception as exc:
+                failures += 1
+                delay = min(STARTUP_BACKOFF_CAP, 0.5 * 2 ** (failures - 1)) * random.uniform(0.8, 1)
+                log.error(
+                    "worker_start_failed attempt=%d error=%s; retrying in %.1fs",
+                    failures,
+                    dbconnect.describe(exc),
+                    delay,
+                )
+                try:
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+        raise asyncio.CancelledError
+
+    def _migrate(self, dsn: str) -> None:
+        conn = dbconnect.connect(dsn, "tenure-migrate")
+        try:
+            dbconnect.retry_sync(lambda: migrate(conn, self.schema), what="migrate")
+        finally:
+            conn.close()
+
+    # -- running ----------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until drained; returns the process exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            except (NotImplementedError, RuntimeError):  # not the main thread
+                pass
+        try:
+            dsn = await self._prepare()
+        except asyncio.CancelledError:
+            return 0
+        cfg = self.config
+        work = Link(dsn, self.schema, "work")
+        beat = Link(dsn, self.schema, "heartbeat")
+        listen = Link(dsn, self.schema, "listen")
+        names = sorted(self.registry.tasks)
+        await beat.fetch(
+            "worker_register",
+            {
+                "worker": self.id,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "queues": list(cfg.queues),
+                "concurrency": cfg.concurrency,
+                "version": __version__,
+            },
+        )
+        await beat.fetch(
+            "limits_sync",
+            {
+                "names": names,
+                "limits": [self.registry.tasks[n].options.max_concurrency for n in names],
+            },
+        )
+        self.heartbeat = Heartbeat(beat, self.holdings, self.id, cfg.lease, cfg.heartbeat_interval)
+        self.reaper = Reaper(beat, cfg.heartbeat_interval, gone_after=max(cfg.lease * 4, cfg.lease + cfg.drain_timeout))
+        self.completer = Completer(work, self.holdings, self.id)
+        self.claimer = Claimer(work, self.id, cfg.queues, names, cfg.lease)
+        self.notifier = Notifier(listen, cfg.queues, self.wake)
+        self.heartbeat.start()
+        self.reaper.start()
+        self.completer.start()
+        if cfg.listen:
+            self.notifier.start()
+        watchdog = asyncio.create_task(self._watchdog(beat, names), name="watchdog")
+        log.info(
+            "worker_started worker=%s queues=%s concurrency=%d lease=%ss pid=%d",
+            self.id,
+            ",".join(cfg.queues),
+            cfg.concurrency,
+            cfg.lease.total_seconds(),
+            os.getpid(),
+        )
+        self.ready.set()
+        try:
+            await self._claim_loop()
+            await self._drain(beat)
+        finally:
+            watchdog.cancel()
+            await self.notifier.stop()
+            await self.completer.stop()
+            await self.reaper.stop()
+            await self.heartbeat.stop()
+            try:
+                await beat.fetch("worker_set_state", {"worker": self.id, "state": "gone"})
+            except Exception as exc:
+                log.warning("worker_state_failed error=%s", exc)
+            for link in (work, beat, listen):
+                await link.close()
+            self.pool.shutdown(wait=False)
+        log.info("worker_stopped worker=%s counts=%s", self.id, dict(self.holdings.counts))
+        return 0
+
+    async def _claim_loop(self) -> None:
+        cfg = self.config
+        poll = cfg.poll_interval.total_seconds()
+        failures = 0
+        while not self._draining:
+            free = cfg.concurrency - self.holdings.executing()
+            if free > 0 and not self.heartbeat.fenced and self._maybe_more:
+                self._maybe_more = False
+                try:
+                    claimed = await self.claimer.run_once(free)
+                    failures = 0
+                except Exception as exc:
+                    failures += 1
+                    self._maybe_more = True
+                    log.warning("claim_failed error=%s", exc)
+                    await asyncio.sleep(dbconnect.backoff_delay(failures, base=0.1, cap=poll))
+                    continue
+                for row in claimed:
+                    self._start(row)
+                if len(claimed) == free:
+                    self._maybe_more = True
+                    continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), poll * random.uniform(0.8, 1.0))
+            except TimeoutError:
+                self._maybe_more = True  # poll: delayed retries become due without a NOTIFY
+            self._wake.clear()
+
+    def _start(self, row: Claimed) -> None:
+        ctx = TaskContext(row.id, row.attempt, row.task_name, row.queue)
+        self.holdings.held[row.id] = Held(row, ctx)
+        self.holdings.counts["task_claimed"] += 1
+        log.debug("task_claimed task=%s attempt=%s worker=%s", row.id, row.attempt, self.id)
+        runner = asyncio.create_task(self._run_task(row, ctx), name=f"task-{row.id}")
+        self._runners[row.id] = runner
+
+    async def _run_task(self, row: Claimed, ctx: TaskContext) -> None:
+        try:
+            task = self.registry.tasks[row.task_name]
+            outcome = await execute(task, row, ctx, self.pool)
+            self.completer.submit(outcome)
+        finally:
+            self._runners.pop(row.id, None)
+            self._wake.set()  # a slot is free
+
+    async def _watchdog(self, beat: Link, names: list[str]) -> None:
+        """Self-fence even when a heartbeat hangs; report tasks no worker here can run."""
+        next_unknown = time.monotonic()
+        while True:
+            await asyncio.sleep(min(1.0, self.config.lease.total_seconds() / 10))
+            self.heartbeat.check_self_fence()
+            if time.monotonic() >= next_unknown:
+                next_unknown = time.monotonic() + UNKNOWN_CHECK_INTERVAL
+                try:
+                    await self._report_unknown(beat, names)
+                except Exception as exc:
+                    log.debug("unknown task check failed: %s", exc)
+
+    async def _report_unknown(self, beat: Link, names: list[str]) -> None:
+        rows = await beat.fetch(
+            "tasks_unknown", {"queues": list(self.config.queues), "names": names}
+        )
+        for (name,) in rows:
+            if name not in self._unknown_reported:
+                self._unknown_reported.add(name)
+                log.error(
+                    "task_unknown name=%s: queued in %s but not registered in this worker's "
+                    "registry; it stays queued until a worker that registers it runs",
+                    name,
+                    ",".join(self.config.queues),
+                )
+
+    # -- drain ------------------------------------------------------------------------
+
+    async def _drain(self, beat: Link) -> None:
+        self.heartbeat.state = "draining"
+        try:
+            await beat.fetch("worker_set_state", {"worker": self.id, "state": "draining"})
+        except Exception as exc:
+            log.warning("worker_state_failed error=%s", exc)
+        deadline = time.monotonic() + self.config.drain_timeout.total_seconds()
+        while self._runners and time.monotonic() < deadline:
+            await asyncio.wait(
+                list(self._runners.values()), timeout=deadline - time.monotonic()
+            )
+        released = 0
+        for task_id, runner in list(self._runners.items()):
+            held = self.holdings.held.get(task_id)
+            runner.cancel()
+            if held is None:
+                continue
+            held.context.stop.set()
+            self.completer.submit(Outcome(task_id, held.claimed.attempt, "released"))
+            released += 1
+        if self._runners:
+            await asyncio.wait(list(self._runners.values()), timeout=1.0)
+        flushed = await self.completer.flush(timeout=max(5.0, self.config.lease.total_seconds()))
+        log.info(
+            "worker_drained worker=%s released=%d outcomes_written=%s", self.id, released, flushed
+        )
+
+    def stats(self) -> dict[str, Any]:
+        return {"held": len(self.holdings.held), **self.holdings.counts}
+
+
+def run_worker(registry: Registry, config: WorkerConfig, *, dsn: str | None = None) -> int:
+    """Run a worker in this process until it is drained; returns the exit code."""
+    return asyncio.run(Worker(registry, config, dsn=dsn).run())

@@ -1,0 +1,217 @@
+"""The ``tenure`` command line.
+
+Every failure a user can cause (a wrong DSN, a bad flag, an unknown module) ends
+in one line on stderr that says what to do, and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from datetime import timedelta
+from typing import Any
+
+import click
+
+from tenure._durations import parse_duration
+from tenure._worker.config import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_LEASE,
+    DEFAULT_POLL_INTERVAL,
+    WorkerConfig,
+)
+from tenure.errors import TenureError
+from tenure.registry import Registry
+
+
+class DurationType(click.ParamType):
+    """A click parameter for durations such as ``15s`` or ``1m30s``."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, timedelta):
+            return value
+        try:
+            return parse_duration(str(value), field=param.name if param and param.name else "value")
+        except TenureError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = DurationType()
+
+
+def _fmt(d: timedelta) -> str:
+    return f"{d.total_seconds():g}s"
+
+
+def load_registry(target: str) -> Registry:
+    """Import ``module:attribute`` and return the :class:`Registry` it names."""
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise click.BadParameter(
+            f"{target!r} should look like myapp.tasks:reg", param_hint="MODULE:REGISTRY"
+        )
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(
+            f"cannot import {module_name!r}: {exc}", param_hint="MODULE:REGISTRY"
+        ) from None
+    registry = getattr(module, attr, None)
+    if not isinstance(registry, Registry):
+        raise click.BadParameter(
+            f"{module_name}.{attr} is not a tenure Registry", param_hint="MODULE:REGISTRY"
+        )
+    return registry
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.group()
+@click.version_option(package_name="tenure")
+def main() -> None:
+    """tenure: a leased, fenced PostgreSQL task queue for fleets of workers."""
+
+
+@main.command()
+@click.argument("target", metavar="MODULE:REGISTRY")
+@click.option("--queues", "-q", help="Comma-separated queues (default: every queue the registry uses).")
+@click.option(
+    "--concurrency", "-c", type=int, default=DEFAULT_CONCURRENCY, show_default=True,
+    help="Tasks run at once by this process.",
+)
+@click.option("--lease", type=DURATION, default=_fmt(DEFAULT_LEASE), show_default=True,
+              help="Lease length; renewed every third of it.")
+@click.option("--drain-timeout", type=DURATION, default=_fmt(DEFAULT_DRAIN_TIMEOUT),
+              show_default=True, help="How long SIGTERM waits for running tasks.")
+@click.option("--poll-interval", type=DURATION, default=_fmt(DEFAULT_POLL_INTERVAL),
+              show_default=True, help="Claim at least this often without a notification.")
+@click.option("--poll-only", is_flag=True, help="No LISTEN (for poolers in transaction mode).")
+@click.option("--dsn", envvar="TENURE_DATABASE_URL", help="PostgreSQL DSN (default: embedded).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def worker(
+    target: str,
+    queues: str | None,
+    concurrency: int,
+    lease: timedelta,
+    drain_timeout: timedelta,
+    poll_interval: timedelta,
+    poll_only: bool,
+    dsn: str | None,
+    log_level: str,
+) -> None:
+    """Run one worker process for the tasks of MODULE:REGISTRY."""
+    from tenure._worker.worker import run_worker
+
+    registry = load_registry(target)
+    chosen = tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else None
+    try:
+        config = WorkerConfig(
+            queues=chosen or tuple(registry.queues()),
+            concurrency=concurrency,
+            lease=lease,
+            drain_timeout=drain_timeout,
+            poll_interval=poll_interval,
+            listen=not poll_only,
+        )
+    except TenureError as exc:
+        raise click.UsageError(str(exc)) from None
+    _setup_logging(log_level)
+    sys.exit(run_worker(registry, config, dsn=dsn))
+
+
+@main.group()
+def db() -> None:
+    """The database: migrations, the embedded server."""
+
+
+@db.command("migrate")
+@click.option("--dsn", envvar="TENURE_DATABASE_URL")
+@click.option("--schema", default="tenure", show_default=True)
+def db_migrate(dsn: str | None, schema: str) -> None:
+    """Apply pending migrations."""
+    from tenure._db import connect as dbconnect
+    from tenure._db.migrate import migrate
+
+    conn = dbconnect.connect(dbconnect.resolve_dsn(dsn), "tenure-migrate")
+    with conn:
+        applied = migrate(conn, schema)
+    click.echo(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+
+
+@db.command("url")
+def db_url() -> None:
+    """Print the DSN in use (TENURE_DATABASE_URL, else the embedded server's)."""
+    env = os.environ.get("TENURE_DATABASE_URL")
+    if env:
+        click.echo(env)
+        return
+    from tenure._db.embedded import embedded_dsn
+
+    click.echo(embedded_dsn())
+
+
+@db.command("stop")
+def db_stop() -> None:
+    """Stop the embedded server (its data stays)."""
+    from tenure._db.embedded import stop_embedded
+
+    stop_embedded()
+    click.echo("embedded server stopped")
+
+
+@main.command()
+@click.option("--dsn", envvar="TENURE_DATABASE_URL")
+@click.option("--schema", default="tenure", show_default=True)
+def status(dsn: str | None, schema: str) -> None:
+    """Queues, live workers and their leases."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from tenure.client import Client
+
+    client = Client(dsn, schema=schema)
+    queues = client.execute("status_queues", {})
+    workers = client.execute("status_workers", {})
+    console = Console()
+    qt = Table(title="queues")
+    for col in ("queue", "queued", "due", "running", "expired", "failed", "quarantined",
+                "cancelled", "oldest due"):
+        qt.add_column(col, justify="left" if col == "queue" else "right")
+    for q in queues:
+        oldest = "-" if q[8] is None else f"{float(q[8]):.1f}s"
+        qt.add_row(q[0], *(str(v) for v in q[1:8]), oldest)
+    console.print(qt)
+    wt = Table(title="workers")
+    for col in ("worker", "host", "pid", "state", "queues", "concurrency", "leases", "heartbeat"):
+        wt.add_column(col)
+    for w in workers:
+        wt.add_row(str(w[0])[:8], w[1], str(w[2]), w[3], ",".join(w[4]), str(w[5]), str(w[8]),
+                   f"{float(w[7]):.1f}s ago")
+    console.print(wt)
+
+
+def run() -> None:
+    """Entry point that turns tenure's errors into one line and exit code 1."""
+    try:
+        main(standalone_mode=True)
+    except TenureError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,172 @@
+"""The client: the synchronous side that sends tasks and looks them up.
+
+A :class:`Client` holds one autocommit connection (opened on first use, reopened
+if it broke before a statement was sent) and migrates its schema the first time it
+connects. ``send`` commits before it returns, unless the caller passes its own
+psycopg connection, in which case the task joins the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from tenure._db import connect as dbconnect
+from tenure._db import sqlfiles
+from tenure._db.migrate import migrate
+from tenure.errors import DatabaseError, TaskNotFound
+from tenure.options import TaskOptions
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """A snapshot of one task, waiting, running or finished."""
+
+    id: int
+    task_name: str
+    queue: str
+    state: str
+    attempt: int
+    errors: int
+    crashes: int
+    priority: int
+    partition_key: str | None
+    payload: Any
+    last_error: str | None
+    result: Any
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class Client:
+    """Sends tasks and reads them back, for one DSN and schema."""
+
+    def __init__(self, dsn: str | None = None, *, schema: str = "tenure") -> None:
+        self.schema = sqlfiles.check_schema(schema)
+        self._dsn = dsn
+        self._conn: psycopg.Connection[Any] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def dsn(self) -> str:
+        """The resolved DSN (starting the embedded server if none is configured)."""
+        if self._dsn is None:
+            self._dsn = dbconnect.resolve_dsn(None)
+        return self._dsn
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            conn = dbconnect.connect(self.dsn, "tenure-client")
+            try:
+                dbconnect.retry_sync(lambda: migrate(conn, self.schema), what="migrate")
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def execute(
+        self,
+        name: str,
+        params: dict[str, Any],
+        *,
+        connection: psycopg.Connection[Any] | None = None,
+    ) -> list[tuple[Any, ...]]:
+        """Run the named statement; on the caller's connection when one is given."""
+        query = sqlfiles.query(name, self.schema)
+        if connection is not None:
+            try:
+                return connection.execute(query, params).fetchall()
+            except psycopg.Error as exc:
+                raise DatabaseError(f"{name} failed: {dbconnect.describe(exc)}") from exc
+        with self._lock:
+            conn = self._connection()
+            try:
+                return conn.execute(query, params).fetchall()
+            except psycopg.Error as exc:
+                # The statement may or may not have committed; never resend it blindly.
+                raise DatabaseError(f"{name} failed: {dbconnect.describe(exc)}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def send(
+        self,
+        options: TaskOptions,
+        payload_json: str,
+        *,
+        priority: int | None = None,
+        delay: timedelta | None = None,
+        run_at: datetime | None = None,
+        partition_key: str | None = None,
+        idempotency_key: str | None = None,
+        connection: psycopg.Connection[Any] | None = None,
+    ) -> int:
+        """Insert one task row and return its id (an existing id for a repeated key)."""
+        params = _row_params(options, priority, delay, run_at, partition_key)
+        params["payload"] = payload_json
+        if idempotency_key is None:
+            rows = self.execute("task_send", params, connection=connection)
+            return int(rows[0][0])
+        params["idempotency_key"] = idempotency_key
+        rows = self.execute("task_send_idempotent", params, connection=connection)
+        if rows:
+            return int(rows[0][0])
+        existing = self.execute("idempotency_key_get", params, connection=connection)
+        if not existing:
+            raise DatabaseError(f"idempotency key {idempotency_key!r} vanished; send again")
+        return int(existing[0][0])
+
+    def send_many(
+        self,
+        options: TaskOptions,
+        payloads_json: list[str],
+        *,
+        priority: int | None = None,
+        delay: timedelta | None = None,
+        run_at: datetime | None = None,
+        partition_key: str | None = None,
+        connection: psycopg.Connection[Any] | None = None,
+    ) -> list[int]:
+        """Insert a batch of task rows in one round trip; return their ids in order."""
+        if not payloads_json:
+            return []
+        params = _row_params(options, priority, delay, run_at, partition_key)
+        params["payloads"] = payloads_json
+        rows = self.execute("task_send_many", params, connection=connection)
+        return [int(i) for i in rows[0][0]]
+
+    def get(self, task_id: int) -> TaskInfo:
+        """The task with that id, or :class:`TaskNotFound`."""
+        rows = self.execute("task_get", {"id": task_id})
+        if not rows:
+            raise TaskNotFound(f"no task with id {task_id} in schema {self.schema}")
+        return TaskInfo(*rows[0])
+
+
+def _row_params(
+    options: TaskOptions,
+    priority: int | None,
+    delay: timedelta | None,
+    run_at: datetime | None,
+    partition_key: str | None,
+) -> dict[str, Any]:
+    return {
+        "name": options.name,
+        "queue": options.queue,
+        "priority": options.priority if priority is None else priority,
+        "partition_key": partition_key,
+        "max_attempts": options.max_attempts,
+        "max_crashes": options.max_crashes,
+        "limited": options.max_concurrency is not None,
+        "lease": options.lease,
+        "run_at": run_at,
+        "delay": delay or timedelta(0),
+    }

@@ -1,0 +1,71 @@
+"""The error tree.
+
+Everything tenure raises on purpose derives from :class:`TenureError`. Outcomes a
+task signals on purpose (retry later, discard) are a separate family under
+:class:`TaskSignal`: they are not errors of tenure, they are instructions from the
+task to the worker.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+
+class TenureError(Exception):
+    """Base class of every error tenure raises."""
+
+
+class ConfigError(TenureError, ValueError):
+    """A setting is missing or out of range; the message names the field."""
+
+
+class DatabaseError(TenureError):
+    """The database could not be reached or refused a statement.
+
+    The driver's own exception is kept as ``__cause__``.
+    """
+
+
+class TaskNotFound(TenureError, LookupError):
+    """No task of that name is registered (or no task row has that id)."""
+
+
+class AlreadyRegistered(TenureError):
+    """A task name was registered twice in one registry."""
+
+
+class PayloadInvalid(TenureError, ValueError):
+    """A payload failed validation against the task's declared payload type."""
+
+
+class LeaseLost(TenureError):
+    """A write about a task was fenced out: this worker no longer owns that attempt."""
+
+    def __init__(self, task_id: int, attempt: int) -> None:
+        super().__init__(f"task {task_id} attempt {attempt}: lease lost, another owner took over")
+        self.task_id = task_id
+        self.attempt = attempt
+
+
+class TaskSignal(Exception):  # noqa: N818 - these are signals, not errors
+    """Base of the outcomes a task raises on purpose."""
+
+
+class RetryAfter(TaskSignal):
+    """Ask for another attempt after ``delay`` (counts against ``max_attempts``).
+
+    >>> raise RetryAfter(timedelta(seconds=30), "rate limited")  # doctest: +SKIP
+    """
+
+    def __init__(self, delay: timedelta | float, reason: str = "retry requested") -> None:
+        super().__init__(reason)
+        self.delay = delay if isinstance(delay, timedelta) else timedelta(seconds=delay)
+        self.reason = reason
+
+
+class Discard(TaskSignal):
+    """End the task as ``failed`` at once, without further retries."""
+
+    def __init__(self, reason: str = "discarded by the task") -> None:
+        super().__init__(reason)
+        self.reason = reason

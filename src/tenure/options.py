@@ -1,0 +1,117 @@
+"""Task options and retry backoff, validated once with errors that name the field."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from tenure._durations import as_timedelta, positive
+from tenure.errors import ConfigError
+
+DEFAULT_QUEUE = "default"
+DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_MAX_CRASHES = 3
+DEFAULT_BACKOFF_BASE = timedelta(seconds=1)
+DEFAULT_BACKOFF_CAP = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with jitter between error retries.
+
+    The n-th retry waits ``min(cap, base * factor ** (n - 1))``, scaled by a random
+    factor in ``[1 - jitter, 1 + jitter]``.
+
+    >>> Backoff(base=timedelta(seconds=2), cap=timedelta(minutes=5))  # doctest: +SKIP
+    """
+
+    base: timedelta = DEFAULT_BACKOFF_BASE
+    cap: timedelta = DEFAULT_BACKOFF_CAP
+    factor: float = 2.0
+    jitter: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.base < timedelta(0):
+            raise ConfigError("backoff.base: must not be negative")
+        if self.cap < self.base:
+            raise ConfigError("backoff.cap: must be at least backoff.base")
+        if self.factor < 1:
+            raise ConfigError("backoff.factor: must be at least 1")
+        if not 0 <= self.jitter <= 1:
+            raise ConfigError("backoff.jitter: must be between 0 and 1")
+
+    def delay(self, errors: int) -> timedelta:
+        """The wait before the retry that follows the ``errors``-th error."""
+        seconds = self.base.total_seconds() * self.factor ** max(0, errors - 1)
+        seconds = min(self.cap.total_seconds(), seconds)
+        seconds *= random.uniform(1 - self.jitter, 1 + self.jitter)
+        return timedelta(seconds=max(0.0, seconds))
+
+
+def as_backoff(value: Backoff | timedelta | float | int | None) -> Backoff:
+    """A :class:`Backoff` from a Backoff, or a base delay as timedelta or seconds."""
+    if value is None:
+        return Backoff()
+    if isinstance(value, Backoff):
+        return value
+    base = as_timedelta(value, field="backoff")
+    assert base is not None
+    return Backoff(base=base, cap=max(base, DEFAULT_BACKOFF_CAP))
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """Everything ``@reg.task(...)`` accepts, validated."""
+
+    name: str
+    queue: str = DEFAULT_QUEUE
+    max_concurrency: int | None = None
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    max_crashes: int = DEFAULT_MAX_CRASHES
+    backoff: Backoff = field(default_factory=Backoff)
+    timeout: timedelta | None = None
+    lease: timedelta | None = None
+    priority: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError("name: must not be empty")
+        if not self.queue:
+            raise ConfigError("queue: must not be empty")
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise ConfigError(f"max_concurrency: must be at least 1, got {self.max_concurrency}")
+        if self.max_attempts < 1:
+            raise ConfigError(f"max_attempts: must be at least 1, got {self.max_attempts}")
+        if self.max_crashes < 1:
+            raise ConfigError(f"max_crashes: must be at least 1, got {self.max_crashes}")
+        if self.lease is not None and self.lease < timedelta(seconds=1):
+            raise ConfigError(f"lease: must be at least 1s, got {self.lease}")
+        if self.timeout is not None and self.timeout <= timedelta(0):
+            raise ConfigError(f"timeout: must be greater than zero, got {self.timeout}")
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        name: str,
+        queue: str,
+        max_concurrency: int | None,
+        max_attempts: int,
+        max_crashes: int,
+        backoff: Backoff | timedelta | float | int | None,
+        timeout: timedelta | float | int | str | None,
+        lease: timedelta | float | int | str | None,
+        priority: int,
+    ) -> TaskOptions:
+        return cls(
+            name=name,
+            queue=queue,
+            max_concurrency=max_concurrency,
+            max_attempts=max_attempts,
+            max_crashes=max_crashes,
+            backoff=as_backoff(backoff),
+            timeout=None if timeout is None else positive(timeout, field="timeout"),
+            lease=None if lease is None else positive(lease, field="lease"),
+            priority=priority,
+        )

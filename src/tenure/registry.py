@@ -1,0 +1,257 @@
+"""The registry: task names, their options and payload types; ``send`` and ``send_many``.
+
+>>> from tenure import Registry
+>>> reg = Registry()                                    # doctest: +SKIP
+>>> @reg.task(queue="documents", max_concurrency=1)     # doctest: +SKIP
+... def parse_document(payload: dict) -> None: ...
+>>> parse_document.send({"uri": "file:///tmp/a.pdf"})   # doctest: +SKIP
+
+The payload type comes from the type hint of the task's single parameter (``dict``,
+a pydantic model, or any JSON type); it is validated at ``send`` and again in the
+worker before the function runs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+import psycopg
+import pydantic
+
+from tenure._durations import as_timedelta
+from tenure.client import Client, TaskInfo
+from tenure.errors import AlreadyRegistered, ConfigError, PayloadInvalid, TaskNotFound
+from tenure.options import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_CRASHES,
+    DEFAULT_QUEUE,
+    Backoff,
+    TaskOptions,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+Duration = timedelta | float | int | str
+
+
+@dataclass(frozen=True)
+class TaskHandle:
+    """What ``send`` returns: the task id, and a way to look the task up."""
+
+    id: int
+    client: Client
+
+    def info(self) -> TaskInfo:
+        """The task as it is now (waiting, running or finished)."""
+        return self.client.get(self.id)
+
+    def state(self) -> str:
+        return self.info().state
+
+
+def _first_line(error: pydantic.ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "payload"
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
+class Task(Generic[P, R]):
+    """A registered task: call it directly, or ``send`` it to run on a worker."""
+
+    def __init__(self, registry: Registry, fn: Callable[P, R], options: TaskOptions) -> None:
+        self.registry = registry
+        self.fn = fn
+        self.options = options
+        self.name = options.name
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.payload_type = _payload_type(fn)
+        self._adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(self.payload_type)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} queue={self.options.queue}>"
+
+    def validate(self, payload: Any, *, label: str = "payload") -> Any:
+        """The payload as the function receives it, or :class:`PayloadInvalid`."""
+        try:
+            return self._adapter.validate_python(payload)
+        except pydantic.ValidationError as exc:
+            raise PayloadInvalid(f"{self.name}: {label} invalid: {_first_line(exc)}") from None
+
+    def encode(self, payload: Any, *, label: str = "payload") -> str:
+        """Validate ``payload`` and return it as JSON text."""
+        value = self.validate(payload, label=label)
+        try:
+            return self._adapter.dump_json(value).decode()
+        except pydantic.PydanticSerializationError as exc:
+            raise PayloadInvalid(f"{self.name}: {label} is not JSON: {exc}") from None
+
+    def send(
+        self,
+        payload: Any,
+        *,
+        priority: int | None = None,
+        delay: Duration | None = None,
+        run_at: datetime | None = None,
+        partition_key: str | None = None,
+        idempotency_key: str | None = None,
+        connection: psycopg.Connection[Any] | None = None,
+    ) -> TaskHandle:
+        """Enqueue one run of this task.
+
+        Commits before returning, or joins the caller's transaction when
+        ``connection`` is given. A repeated ``idempotency_key`` returns the task
+        that key created first.
+        """
+        task_id = self.registry.client.send(
+            self.options,
+            self.encode(payload),
+            priority=priority,
+            delay=as_timedelta(delay, field="delay"),
+            run_at=run_at,
+            partition_key=partition_key,
+            idempotency_key=idempotency_key,
+            connection=connection,
+        )
+        return TaskHandle(task_id, self.registry.client)
+
+    def send_many(
+        self,
+        payloads: Iterable[Any],
+        *,
+        priority: int | None = None,
+        delay: Duration | None = None,
+        run_at: datetime | None = None,
+        partition_key: str | None = None,
+        connection: psycopg.Connection[Any] | None = None,
+    ) -> list[TaskHandle]:
+        """Enqueue many runs in one round trip. All payloads are validated first:
+        if one is invalid, none is sent."""
+        encoded = [self.encode(p, label=f"payload [{i}]") for i, p in enumerate(payloads)]
+        ids = self.registry.client.send_many(
+            self.options,
+            encoded,
+            priority=priority,
+            delay=as_timedelta(delay, field="delay"),
+            run_at=run_at,
+            partition_key=partition_key,
+            connection=connection,
+        )
+        return [TaskHandle(i, self.registry.client) for i in ids]
+
+
+def _payload_type(fn: Callable[..., Any]) -> Any:
+    params = [
+        p
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(params) != 1:
+        raise ConfigError(
+            f"{fn.__qualname__}: a task takes exactly one parameter, its payload "
+            f"(found {len(params)})"
+        )
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable forward references: fall back to any JSON
+        hints = {}
+    return hints.get(params[0].name, Any)
+
+
+class Registry:
+    """The tasks one application can send and run, bound to one database and schema.
+
+    ``dsn`` defaults to ``TENURE_DATABASE_URL``, else the embedded PostgreSQL server.
+    """
+
+    def __init__(self, dsn: str | None = None, *, schema: str = "tenure") -> None:
+        self.client = Client(dsn, schema=schema)
+        self.schema = self.client.schema
+        self.tasks: dict[str, Task[Any, Any]] = {}
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        queue: str = DEFAULT_QUEUE,
+        max_concurrency: int | None = None,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        max_crashes: int = DEFAULT_MAX_CRASHES,
+        backoff: Backoff | timedelta | float | None = None,
+        timeout: Duration | None = None,
+        lease: Duration | None = None,
+        priority: int = 0,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self,
+        fn: Callable[P, R] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = DEFAULT_QUEUE,
+        max_concurrency: int | None = None,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        max_crashes: int = DEFAULT_MAX_CRASHES,
+        backoff: Backoff | timedelta | float | None = None,
+        timeout: Duration | None = None,
+        lease: Duration | None = None,
+        priority: int = 0,
+    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+        """Register a function as a task (usable bare or with options).
+
+        ``max_concurrency`` is fleet-wide and exact; ``max_attempts`` caps error
+        retries; ``max_crashes`` caps takeovers after a lost lease before the task is
+        quarantined; ``lease`` overrides the worker's lease for long tasks.
+        """
+
+        def register(f: Callable[P, R]) -> Task[P, R]:
+            options = TaskOptions.build(
+                name=name or f"{f.__module__}.{f.__qualname__}",
+                queue=queue,
+                max_concurrency=max_concurrency,
+                max_attempts=max_attempts,
+                max_crashes=max_crashes,
+                backoff=backoff,
+                timeout=timeout,
+                lease=lease,
+                priority=priority,
+            )
+            if options.name in self.tasks:
+                raise AlreadyRegistered(f"task {options.name!r} is already registered")
+            task = Task(self, f, options)
+            self.tasks[options.name] = task
+            return task
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    def get(self, name: str) -> Task[Any, Any]:
+        """The task registered under ``name``, or :class:`TaskNotFound`."""
+        try:
+            return self.tasks[name]
+        except KeyError:
+            known = ", ".join(sorted(self.tasks)) or "none"
+            raise TaskNotFound(f"no task named {name!r} is registered (known: {known})") from None
+
+    def send(self, name: str, payload: Any, **kwargs: Any) -> TaskHandle:
+        """Send a task by name: ``reg.send("myapp.tasks.parse", {...})``."""
+        return self.get(name).send(payload, **kwargs)
+
+    def queues(self) -> list[str]:
+        """Every queue some registered task uses, sorted."""
+        return sorted({t.options.queue for t in self.tasks.values()})

@@ -1,0 +1,68 @@
+"""Tasks the acceptance tests run on real worker processes.
+
+The schema comes from ``TENURE_TEST_SCHEMA`` so every test gets its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pydantic
+
+import tenure
+from tenure import Registry
+
+reg = Registry(schema=os.environ.get("TENURE_TEST_SCHEMA", "tenure_test"))
+
+
+@reg.task(queue="work")
+def sleepy(payload: dict) -> float:
+    """Sleep ``s`` seconds (default 0)."""
+    time.sleep(float(payload.get("s", 0)))
+    return float(payload.get("s", 0))
+
+
+@reg.task(queue="work")
+async def async_sleepy(payload: dict) -> str:
+    await asyncio.sleep(float(payload.get("s", 0)))
+    return "done"
+
+
+@reg.task(queue="work", max_concurrency=1)
+def one_at_a_time(payload: dict) -> None:
+    time.sleep(float(payload.get("s", 0.05)))
+
+
+@reg.task(queue="work", max_attempts=3, backoff=tenure.Backoff(
+    base=__import__("datetime").timedelta(seconds=0.3), jitter=0.0))
+def always_fails(payload: dict) -> None:
+    raise RuntimeError(f"always fails: {payload.get('why', 'no reason')}")
+
+
+@reg.task(queue="work", max_crashes=2)
+def kills_its_worker(payload: dict) -> None:
+    """A poison task: takes its whole worker process down every time."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@reg.task(queue="work")
+def slow_then_fail_first(payload: dict) -> str:
+    """Attempt 1 sleeps ``s`` then fails; later attempts succeed at once."""
+    ctx = tenure.current()
+    if ctx.attempt == 1:
+        time.sleep(float(payload["s"]))
+        raise RuntimeError("the first attempt fails late")
+    return f"attempt {ctx.attempt}"
+
+
+class Document(pydantic.BaseModel):
+    uri: str
+    pages: int
+
+
+@reg.task(queue="work")
+def typed(payload: Document) -> int:
+    return payload.pages

@@ -1,0 +1,148 @@
+"""Shared fixtures: a real PostgreSQL, a fresh schema per test, real worker processes.
+
+The database is ``TENURE_TEST_DATABASE_URL`` when set, else the embedded server.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+
+from tenure import Registry
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    url = os.environ.get("TENURE_TEST_DATABASE_URL")
+    if url:
+        return url
+    from tenure._db.embedded import ensure_embedded
+
+    return ensure_embedded()
+
+
+@pytest.fixture
+def schema(database_url: str) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture
+def db(database_url: str, schema: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection with the test schema first on the search path."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"SET search_path = {schema}, public")
+        yield conn
+
+
+@pytest.fixture
+def registry(database_url: str, schema: str) -> Iterator[Registry]:
+    reg = Registry(database_url, schema=schema)
+    yield reg
+    reg.client.close()
+
+
+def eventually(
+    check: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.05, what: str = ""
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"not true within {timeout}s: {what or check} (last: {last!r})")
+
+
+class WorkerProcess:
+    """A real ``tenure worker`` process for the test app, killed with real signals."""
+
+    def __init__(self, database_url: str, schema: str, log_dir: Path, *args: str,
+                 app: str = "tests.apps.fleet:reg") -> None:
+        self.log_path = log_dir / f"worker-{uuid.uuid4().hex[:8]}.log"
+        env = {**os.environ, "TENURE_DATABASE_URL": database_url, "TENURE_TEST_SCHEMA": schema,
+               "PYTHONPATH": str(ROOT)}
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tenure", "worker", app, *args],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        self.pid = self.proc.pid
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def wait(self, timeout: float = 30) -> int:
+        return self.proc.wait(timeout)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
+
+
+@pytest.fixture
+def workers(database_url: str, schema: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start worker processes with ``workers("--lease", "2s", ...)``; all stopped at the end."""
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, app: str = "tests.apps.fleet:reg") -> WorkerProcess:
+        w = WorkerProcess(database_url, schema, tmp_path, *args, app=app)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+@pytest.fixture
+def fleet_app(schema: str, monkeypatch: pytest.MonkeyPatch, database_url: str) -> Iterator[Any]:
+    """The test app module, imported in this process against the test schema."""
+    import importlib
+
+    monkeypatch.setenv("TENURE_TEST_SCHEMA", schema)
+    monkeypatch.setenv("TENURE_DATABASE_URL", database_url)
+    import tests.apps.fleet as fleet
+
+    fleet = importlib.reload(fleet)
+    yield fleet
+    fleet.reg.client.close()
+
+
+def worker_id_of(db: psycopg.Connection[Any], pid: int) -> uuid.UUID:
+    row = eventually(
+        lambda: db.execute("SELECT id FROM workers WHERE pid = %s AND state <> 'gone'", (pid,)).fetchone(),
+        what=f"worker row for pid {pid}",
+    )
+    return row[0]

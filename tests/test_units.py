@@ -1,0 +1,116 @@
+"""Unit tier: durations, options, backoff, payload typing. No database."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pydantic
+import pytest
+
+from tenure import Backoff, ConfigError, PayloadInvalid, Registry
+from tenure._durations import as_timedelta, parse_duration
+from tenure._worker.config import WorkerConfig
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("15s", 15), ("500ms", 0.5), ("1m30s", 90), ("2h", 7200), ("1.5", 1.5), ("1d", 86400)],
+)
+def test_parse_duration_accepts_the_cli_forms(text: str, seconds: float) -> None:
+    assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("text", ["", "abc", "15x", "s15", "1m 30s", "-"])
+def test_malformed_duration_is_one_line_error_naming_the_field(text: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_duration(text, field="lease")
+    message = str(err.value)
+    assert message.startswith("lease:") and "\n" not in message
+
+
+def test_negative_duration_is_refused() -> None:
+    with pytest.raises(ConfigError, match="delay: must not be negative"):
+        as_timedelta(-1, field="delay")
+
+
+def test_backoff_grows_exponentially_up_to_its_cap() -> None:
+    b = Backoff(base=timedelta(seconds=1), cap=timedelta(seconds=10), jitter=0.0)
+    assert [b.delay(n).total_seconds() for n in (1, 2, 3, 4, 5, 6)] == [1, 2, 4, 8, 10, 10]
+
+
+def test_backoff_jitter_stays_within_its_band() -> None:
+    b = Backoff(base=timedelta(seconds=4), jitter=0.25)
+    delays = {b.delay(1).total_seconds() for _ in range(200)}
+    assert min(delays) >= 3.0 and max(delays) <= 5.0 and len(delays) > 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"concurrency": 0}, "concurrency"),
+        ({"concurrency": -3}, "concurrency"),
+        ({"lease": timedelta(milliseconds=10)}, "lease"),
+        ({"queues": ()}, "queues"),
+        ({"heartbeat": timedelta(seconds=20)}, "heartbeat"),
+    ],
+)
+def test_worker_config_rejects_out_of_range_values(kwargs: dict, field: str) -> None:
+    args = {"queues": ("default",), **kwargs}
+    with pytest.raises(ConfigError, match=f"^{field}:"):
+        WorkerConfig(**args)
+
+
+def test_heartbeat_defaults_to_a_third_of_the_lease() -> None:
+    assert WorkerConfig(queues=("q",), lease=timedelta(seconds=15)).heartbeat_interval == timedelta(
+        seconds=5
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [({"max_concurrency": 0}, "max_concurrency"), ({"max_attempts": 0}, "max_attempts"),
+     ({"timeout": "abc"}, "timeout"), ({"lease": 0.1}, "lease")],
+)
+def test_task_options_are_validated_at_registration(kwargs: dict, field: str) -> None:
+    reg = Registry("postgresql://unused", schema="unused")
+    with pytest.raises(ConfigError, match=f"^{field}:"):
+        reg.task(**kwargs)(lambda payload: None)
+
+
+class Doc(pydantic.BaseModel):
+    uri: str
+    pages: int
+
+
+def test_payload_type_comes_from_the_type_hint_and_errors_name_the_field() -> None:
+    reg = Registry("postgresql://unused", schema="unused")
+
+    @reg.task
+    def parse(payload: Doc) -> None: ...
+
+    assert parse.validate({"uri": "a", "pages": "3"}) == Doc(uri="a", pages=3)
+    with pytest.raises(PayloadInvalid) as err:
+        parse.encode({"uri": "a", "pages": "many"})
+    assert "pages" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_dict_payloads_must_be_dicts() -> None:
+    reg = Registry("postgresql://unused", schema="unused")
+
+    @reg.task(name="d")
+    def d(payload: dict) -> None: ...
+
+    assert d.encode({"a": 1}) == '{"a":1}'
+    with pytest.raises(PayloadInvalid, match="d: payload invalid"):
+        d.encode(["not", "a", "dict"])
+
+
+def test_a_task_takes_exactly_one_payload_parameter() -> None:
+    reg = Registry("postgresql://unused", schema="unused")
+    with pytest.raises(ConfigError, match="exactly one parameter"):
+        reg.task(lambda a, b: None)
+
+
+def test_schema_names_must_be_plain_identifiers() -> None:
+    with pytest.raises(ConfigError, match="schema:"):
+        Registry("postgresql://unused", schema='x"; drop table y; --')
