@@ -141,8 +141,15 @@ def fleet_app(schema: str, monkeypatch: pytest.MonkeyPatch, database_url: str) -
 
 
 def worker_id_of(db: psycopg.Connection[Any], pid: int) -> uuid.UUID:
-    row = eventually(
-        lambda: db.execute("SELECT id FROM workers WHERE pid = %s AND state <> 'gone'", (pid,)).fetchone(),
-        what=f"worker row for pid {pid}",
-    )
+    """The id of the live worker row that process ``pid`` registered."""
+
+    def lookup() -> tuple[Any, ...] | None:
+        try:
+            return db.execute(
+                "SELECT id FROM workers WHERE pid = %s AND state <> 'gone'", (pid,)
+            ).fetchone()
+        except psycopg.errors.UndefinedTable:  # the worker has not migrated yet
+            return None
+
+    row = eventually(lookup, what=f"worker row for pid {pid}")
     return row[0]

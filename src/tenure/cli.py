@@ -204,13 +204,22 @@ def status(dsn: str | None, schema: str) -> None:
     console.print(wt)
 
 
-def run() -> None:
-    """Entry point that turns tenure's errors into one line and exit code 1."""
+def run(argv: list[str] | None = None) -> None:
+    """Entry point: every error a user can cause is one line on stderr."""
     try:
-        main(standalone_mode=True)
+        code = main.main(args=argv, prog_name="tenure", standalone_mode=False)
+    except click.UsageError as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        sys.exit(130)
     except TenureError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -193,7 +193,9 @@ $$;
 -- late renewal cannot revive them), then running attempts are counted, so
 -- max_concurrency holds exactly across the fleet. Unlimited work is taken queue
 -- by queue, starting at p_start, with a fair share per queue before any queue
--- gets the remainder.
+-- gets the remainder. Start and expiry use the statement's clock, not the
+-- transaction's, so an attempt never appears to start before the previous
+-- owner's outcome was written.
 CREATE FUNCTION {schema}.claim(p_worker uuid, p_queues text[], p_names text[], p_limit integer,
                                p_lease interval, p_start integer)
 RETURNS SETOF {schema}.tasks
@@ -246,7 +248,8 @@ BEGIN
         )
         UPDATE {schema}.tasks t
         SET state = 'running', attempt = t.attempt + 1, lease_owner = p_worker,
-            lease_expires_at = now() + coalesce(t.lease, p_lease), started_at = now()
+            lease_expires_at = clock_timestamp() + coalesce(t.lease, p_lease),
+            started_at = clock_timestamp()
         FROM picked WHERE t.id = picked.id
         RETURNING t.*;
         GET DIAGNOSTICS v_got = ROW_COUNT;
@@ -270,7 +273,8 @@ BEGIN
             )
             UPDATE {schema}.tasks t
             SET state = 'running', attempt = t.attempt + 1, lease_owner = p_worker,
-                lease_expires_at = now() + coalesce(t.lease, p_lease), started_at = now()
+                lease_expires_at = clock_timestamp() + coalesce(t.lease, p_lease),
+                started_at = clock_timestamp()
             FROM picked WHERE t.id = picked.id
             RETURNING t.*;
             GET DIAGNOSTICS v_got = ROW_COUNT;
