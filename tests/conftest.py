@@ -74,15 +74,28 @@ def eventually(
 class WorkerProcess:
     """A real ``tenure worker`` process for the test app, killed with real signals."""
 
-    def __init__(self, database_url: str, schema: str, log_dir: Path, *args: str,
-                 app: str = "tests.apps.fleet:reg") -> None:
+    def __init__(
+        self,
+        database_url: str,
+        schema: str,
+        log_dir: Path,
+        *args: str,
+        app: str = "tests.apps.fleet:reg",
+    ) -> None:
         self.log_path = log_dir / f"worker-{uuid.uuid4().hex[:8]}.log"
-        env = {**os.environ, "TENURE_DATABASE_URL": database_url, "TENURE_TEST_SCHEMA": schema,
-               "PYTHONPATH": str(ROOT)}
+        env = {
+            **os.environ,
+            "TENURE_DATABASE_URL": database_url,
+            "TENURE_TEST_SCHEMA": schema,
+            "PYTHONPATH": str(ROOT),
+        }
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tenure", "worker", app, *args],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         self.pid = self.proc.pid
 
@@ -112,7 +125,9 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def workers(database_url: str, schema: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+def workers(
+    database_url: str, schema: str, tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
     """Start worker processes with ``workers("--lease", "2s", ...)``; all stopped at the end."""
     started: list[WorkerProcess] = []
 

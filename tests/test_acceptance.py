@@ -29,8 +29,12 @@ def db_now(db: psycopg.Connection[Any]) -> datetime:
 
 
 def running_held_by(db: psycopg.Connection[Any], worker_id: Any) -> list[int]:
-    return [r[0] for r in db.execute(
-        "SELECT id FROM tasks WHERE state = 'running' AND lease_owner = %s", (worker_id,))]
+    return [
+        r[0]
+        for r in db.execute(
+            "SELECT id FROM tasks WHERE state = 'running' AND lease_owner = %s", (worker_id,)
+        )
+    ]
 
 
 def finished_states(db: psycopg.Connection[Any]) -> dict[int, str]:
@@ -109,13 +113,19 @@ def test_no_two_valid_leases_overlap_and_limits_hold_across_kills(
     for round_ in range(2):
         victim = fleet[round_]
         victim_id = worker_id_of(db, victim.pid)
-        eventually(lambda: running_held_by(db, victim_id), what="victim holds leases")
+        eventually(
+            lambda v=victim_id: running_held_by(db, v),  # type: ignore[misc]
+            what="victim holds leases",
+        )
         victim.kill()
         fleet.append(workers(*args))
     eventually(lambda: all_finished(db, 160), timeout=60, what="all tasks finished")
     # Then every task succeeded, some after a takeover
     assert set(finished_states(db).values()) == {"succeeded"}
-    assert db.execute("SELECT count(*) FROM attempts WHERE outcome = 'lease_expired'").fetchone()[0] >= 1
+    assert (
+        db.execute("SELECT count(*) FROM attempts WHERE outcome = 'lease_expired'").fetchone()[0]
+        >= 1
+    )
     # And no two attempts of one task overlap in time
     overlaps = db.execute("""
         SELECT a.task_id, a.attempt, b.attempt FROM attempts a JOIN attempts b
@@ -156,13 +166,16 @@ def test_sigterm_drains_finishing_or_releasing_without_spending_attempts(
     assert db.execute("SELECT state FROM workers WHERE id = %s", (a_id,)).fetchone() == ("gone",)
     eventually(lambda: all_finished(db, 4), timeout=20, what="all four finished")
     for h in short:
-        rows = db.execute("SELECT worker_id, outcome FROM attempts WHERE task_id = %s",
-                          (h.id,)).fetchall()
+        rows = db.execute(
+            "SELECT worker_id, outcome FROM attempts WHERE task_id = %s", (h.id,)
+        ).fetchall()
         assert rows == [(a_id, "succeeded")]
     for h in long:
         rows = db.execute(
             "SELECT worker_id, outcome, started_at, ended_at FROM attempts WHERE task_id = %s "
-            "ORDER BY attempt", (h.id,)).fetchall()
+            "ORDER BY attempt",
+            (h.id,),
+        ).fetchall()
         assert [(r[0], r[1]) for r in rows] == [(a_id, "released"), (b_id, "succeeded")]
         # B picked the released task up at once, not after a lease or a poll
         assert (rows[1][2] - rows[0][3]).total_seconds() < 0.5
@@ -190,8 +203,10 @@ def test_errors_retry_with_backoff_then_fail_and_poison_tasks_are_quarantined(
     info = failing.info()
     assert (info.state, info.errors) == ("failed", 3)
     assert "always fails: bad input" in (info.last_error or "")
-    rows = db.execute("SELECT outcome, started_at, ended_at FROM attempts WHERE task_id = %s "
-                      "ORDER BY attempt", (failing.id,)).fetchall()
+    rows = db.execute(
+        "SELECT outcome, started_at, ended_at FROM attempts WHERE task_id = %s ORDER BY attempt",
+        (failing.id,),
+    ).fetchall()
     assert [r[0] for r in rows].count("error") == 3
     errors_seen = 0
     for prev, nxt in zip(rows, rows[1:], strict=False):
@@ -214,8 +229,9 @@ def test_many_workers_started_at_once_on_an_empty_database_all_come_up(
 
     def active() -> int:
         try:
-            return int(db.execute(
-                "SELECT count(*) FROM workers WHERE state = 'active'").fetchone()[0])
+            return int(
+                db.execute("SELECT count(*) FROM workers WHERE state = 'active'").fetchone()[0]
+            )
         except psycopg.errors.UndefinedTable:  # no worker has migrated yet
             return 0
 

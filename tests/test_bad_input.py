@@ -16,8 +16,12 @@ from tests.conftest import ROOT, eventually
 
 def tenure_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tenure", *args], cwd=ROOT, capture_output=True, text=True,
-        timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        [sys.executable, "-m", "tenure", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
     )
 
 
@@ -51,8 +55,9 @@ def test_a_worker_started_against_an_unreachable_database_retries_with_backoff(
     workers: Any,
 ) -> None:
     w = workers("--dsn", "postgresql://nobody@127.0.0.1:1/none", "--lease", "2s")
-    eventually(lambda: w.log().count("worker_start_failed") >= 3, timeout=20,
-               what="three failed starts")
+    eventually(
+        lambda: w.log().count("worker_start_failed") >= 3, timeout=20, what="three failed starts"
+    )
     lines = [line for line in w.log().splitlines() if "worker_start_failed" in line]
     assert all("cannot connect to PostgreSQL" in line and "retrying in" in line for line in lines)
     assert w.alive()
@@ -65,14 +70,18 @@ def test_unknown_task_rows_stay_queued_and_are_reported(
 ) -> None:
     # Given a row for a task this deploy does not know, among known work
     fleet_app.sleepy.send({"s": 0})
-    db.execute("INSERT INTO tasks (task_name, queue, payload, max_attempts, max_crashes) "
-               "VALUES ('from.a.newer.deploy', 'work', '{}', 5, 3)")
+    db.execute(
+        "INSERT INTO tasks (task_name, queue, payload, max_attempts, max_crashes) "
+        "VALUES ('from.a.newer.deploy', 'work', '{}', 5, 3)"
+    )
     fleet_app.sleepy.send({"s": 0})
     # When a worker serves the queue
     w = workers("--lease", "2s")
     # Then the known work runs, the unknown row is reported in one line and stays queued
-    eventually(lambda: db.execute("SELECT count(*) FROM finished_tasks").fetchone()[0] == 2,
-               what="known tasks finished")
+    eventually(
+        lambda: db.execute("SELECT count(*) FROM finished_tasks").fetchone()[0] == 2,
+        what="known tasks finished",
+    )
     eventually(lambda: "task_unknown name=from.a.newer.deploy" in w.log(), what="reported")
     assert db.execute("SELECT state, attempt FROM tasks").fetchall() == [("queued", 0)]
 
@@ -82,11 +91,15 @@ def test_a_payload_that_fails_validation_in_the_worker_fails_the_task_without_re
 ) -> None:
     # Given a typed task whose row holds a payload that no longer validates
     fleet_app.typed.send({"uri": "a.pdf", "pages": 3})
-    db.execute("INSERT INTO tasks (task_name, queue, payload, max_attempts, max_crashes) "
-               "VALUES ('tests.apps.fleet.typed', 'work', '{\"uri\": \"b.pdf\"}', 5, 3)")
+    db.execute(
+        "INSERT INTO tasks (task_name, queue, payload, max_attempts, max_crashes) "
+        "VALUES ('tests.apps.fleet.typed', 'work', '{\"uri\": \"b.pdf\"}', 5, 3)"
+    )
     workers("--lease", "2s")
-    eventually(lambda: db.execute("SELECT count(*) FROM finished_tasks").fetchone()[0] == 2,
-               what="both finished")
+    eventually(
+        lambda: db.execute("SELECT count(*) FROM finished_tasks").fetchone()[0] == 2,
+        what="both finished",
+    )
     rows = db.execute("SELECT state, errors, last_error, result FROM finished_tasks ORDER BY id")
     good, bad = rows.fetchall()
     assert good[0] == "succeeded" and good[3] == 3

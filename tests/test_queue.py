@@ -23,8 +23,13 @@ LEASE = timedelta(seconds=30)
 class FakeWorker:
     """One worker's statements, issued by hand (the real ones, not copies)."""
 
-    def __init__(self, conn: psycopg.Connection[Any], schema: str, names: list[str],
-                 queues: tuple[str, ...] = ("default",)) -> None:
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        schema: str,
+        names: list[str],
+        queues: tuple[str, ...] = ("default",),
+    ) -> None:
         self.id = uuid.uuid4()
         self.conn = conn
         self.schema = schema
@@ -36,27 +41,54 @@ class FakeWorker:
         return cur.fetchall() if cur.description else []
 
     def claim(self, n: int = 10, lease: timedelta = LEASE) -> list[tuple[int, int]]:
-        rows = self.run("task_claim", worker=self.id, queues=self.queues, names=self.names,
-                        limit=n, lease=lease, start=0)
+        rows = self.run(
+            "task_claim",
+            worker=self.id,
+            queues=self.queues,
+            names=self.names,
+            limit=n,
+            lease=lease,
+            start=0,
+        )
         return [(r[0], r[4]) for r in rows]
 
-    def complete(self, task_id: int, attempt: int, outcome: str = "succeeded",
-                 error: str | None = None, delay: float = 0.0) -> dict[int, str]:
-        rows = self.run("task_complete_many", worker=self.id, ids=[task_id], attempts=[attempt],
-                        outcomes=[outcome], results=['{"ok": true}'], errors=[error],
-                        delays=[delay])
+    def complete(
+        self,
+        task_id: int,
+        attempt: int,
+        outcome: str = "succeeded",
+        error: str | None = None,
+        delay: float = 0.0,
+    ) -> dict[int, str]:
+        rows = self.run(
+            "task_complete_many",
+            worker=self.id,
+            ids=[task_id],
+            attempts=[attempt],
+            outcomes=[outcome],
+            results=['{"ok": true}'],
+            errors=[error],
+            delays=[delay],
+        )
         return {r[0]: r[1] for r in rows}
 
     def renew(self, held: list[tuple[int, int]]) -> set[int]:
-        rows = self.run("lease_renew_many", worker=self.id, state="active", lease=LEASE,
-                        ids=[h[0] for h in held], attempts=[h[1] for h in held])
+        rows = self.run(
+            "lease_renew_many",
+            worker=self.id,
+            state="active",
+            lease=LEASE,
+            ids=[h[0] for h in held],
+            attempts=[h[1] for h in held],
+        )
         return set(rows[0][1])
 
 
 def expire_now(db: psycopg.Connection[Any], task_id: int) -> None:
     """Backdate a lease so it has expired by the database clock."""
-    db.execute("UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE id = %s",
-               (task_id,))
+    db.execute(
+        "UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE id = %s", (task_id,)
+    )
 
 
 def reap(w: FakeWorker) -> list[tuple[Any, ...]]:
@@ -72,8 +104,11 @@ def noop(registry: Registry) -> Any:
 
 
 def state_of(db: psycopg.Connection[Any], task_id: int) -> str:
-    row = db.execute("SELECT state FROM tasks WHERE id = %s UNION ALL "
-                     "SELECT state FROM finished_tasks WHERE id = %s", (task_id, task_id)).fetchone()
+    row = db.execute(
+        "SELECT state FROM tasks WHERE id = %s UNION ALL "
+        "SELECT state FROM finished_tasks WHERE id = %s",
+        (task_id, task_id),
+    ).fetchone()
     assert row is not None
     return str(row[0])
 
@@ -81,8 +116,9 @@ def state_of(db: psycopg.Connection[Any], task_id: int) -> str:
 def test_send_commits_and_returns_a_handle(noop: Any, db: psycopg.Connection[Any]) -> None:
     handle = noop.send({"a": 1})
     assert handle.state() == "queued"
-    row = db.execute("SELECT task_name, queue, payload FROM tasks WHERE id = %s",
-                     (handle.id,)).fetchone()
+    row = db.execute(
+        "SELECT task_name, queue, payload FROM tasks WHERE id = %s", (handle.id,)
+    ).fetchone()
     assert row == ("noop", "default", {"a": 1})
 
 
@@ -169,8 +205,9 @@ def test_delayed_task_is_not_claimed_before_its_time(
     assert [t for t, _ in w.claim()] == [now_task.id]
 
 
-def test_claim_respects_priority_then_age(registry: Registry, db: psycopg.Connection[Any],
-                                          schema: str) -> None:
+def test_claim_respects_priority_then_age(
+    registry: Registry, db: psycopg.Connection[Any], schema: str
+) -> None:
     @registry.task(name="p")
     def p(payload: dict) -> None: ...
 
@@ -199,10 +236,14 @@ def test_two_claimers_never_get_the_same_task(noop: Any, database_url: str, sche
     assert len(every) == 400 and len(set(every)) == 400
 
 
-def test_unknown_task_names_are_not_claimed(noop: Any, db: psycopg.Connection[Any], schema: str) -> None:
+def test_unknown_task_names_are_not_claimed(
+    noop: Any, db: psycopg.Connection[Any], schema: str
+) -> None:
     noop.send({})
-    db.execute("INSERT INTO tasks (task_name, queue, payload, max_attempts, max_crashes) "
-               "VALUES ('nobody.knows', 'default', '{}', 5, 3)")
+    db.execute(
+        "INSERT INTO tasks (task_name, queue, payload, max_attempts, max_crashes) "
+        "VALUES ('nobody.knows', 'default', '{}', 5, 3)"
+    )
     w = FakeWorker(db, schema, ["noop"])
     assert len(w.claim(10)) == 1
     assert db.execute("SELECT state FROM tasks WHERE task_name = 'nobody.knows'").fetchone() == (
@@ -228,12 +269,15 @@ def test_a_worker_that_lost_its_lease_cannot_write_any_outcome(
     assert a.complete(tid, a_attempt, outcome, error="late") == {}
     assert a.renew([(tid, a_attempt)]) == set()
     # Then nothing changed: B still owns the running attempt, and B's write counts
-    row = db.execute("SELECT state, attempt, lease_owner, errors FROM tasks WHERE id = %s",
-                     (tid,)).fetchone()
+    row = db.execute(
+        "SELECT state, attempt, lease_owner, errors FROM tasks WHERE id = %s", (tid,)
+    ).fetchone()
     assert row == ("running", b_attempt, b.id, 0)
     assert b.complete(tid, b_attempt) == {tid: "succeeded"}
     assert handle.state() == "succeeded"
-    outcomes = db.execute("SELECT attempt, worker_id, outcome FROM attempts ORDER BY attempt").fetchall()
+    outcomes = db.execute(
+        "SELECT attempt, worker_id, outcome FROM attempts ORDER BY attempt"
+    ).fetchall()
     assert outcomes == [(a_attempt, a.id, "lease_expired"), (b_attempt, b.id, "succeeded")]
 
 
@@ -251,7 +295,9 @@ def test_the_same_worker_cannot_write_for_an_older_attempt(
     assert a.complete(tid, second) == {tid: "succeeded"}
 
 
-def test_renew_extends_only_leases_still_held(noop: Any, db: psycopg.Connection[Any], schema: str) -> None:
+def test_renew_extends_only_leases_still_held(
+    noop: Any, db: psycopg.Connection[Any], schema: str
+) -> None:
     noop.send_many([{}, {}])
     a = FakeWorker(db, schema, ["noop"])
     held = a.claim()
@@ -259,7 +305,9 @@ def test_renew_extends_only_leases_still_held(noop: Any, db: psycopg.Connection[
     expire_now(db, held[1][0])
     reap(a)
     assert a.renew(held) == {held[0][0]}
-    after = dict(db.execute("SELECT id, lease_expires_at FROM tasks WHERE state = 'running'").fetchall())
+    after = dict(
+        db.execute("SELECT id, lease_expires_at FROM tasks WHERE state = 'running'").fetchall()
+    )
     assert after[held[0][0]] >= before[held[0][0]]
     assert held[1][0] not in after
 
@@ -277,8 +325,11 @@ def test_errors_retry_with_the_given_delay_then_fail_for_good(
     w = FakeWorker(db, schema, ["flaky"])
     [(tid, attempt)] = w.claim()
     assert w.complete(tid, attempt, "error", error="first", delay=3600) == {tid: "retry"}
-    row = db.execute("SELECT state, errors, last_error, run_after > now() + interval '59 minutes' "
-                     "FROM tasks WHERE id = %s", (tid,)).fetchone()
+    row = db.execute(
+        "SELECT state, errors, last_error, run_after > now() + interval '59 minutes' "
+        "FROM tasks WHERE id = %s",
+        (tid,),
+    ).fetchone()
     assert row == ("queued", 1, "first", True)
     assert w.claim() == []  # backing off
     db.execute("UPDATE tasks SET run_after = now() WHERE id = %s", (tid,))
@@ -323,10 +374,14 @@ def test_expired_leases_are_requeued_then_quarantined_at_the_crash_cap(
     assert info.state == "quarantined" and info.crashes == 2
     assert "lease expired 2 times" in (info.last_error or "")
     assert [r[0] for r in db.execute("SELECT outcome FROM attempts ORDER BY attempt")] == [
-        "lease_expired", "lease_expired"]
+        "lease_expired",
+        "lease_expired",
+    ]
 
 
-def test_repeated_crashes_back_off(registry: Registry, db: psycopg.Connection[Any], schema: str) -> None:
+def test_repeated_crashes_back_off(
+    registry: Registry, db: psycopg.Connection[Any], schema: str
+) -> None:
     @registry.task(name="crashy", max_crashes=10)
     def crashy(payload: dict) -> None: ...
 
@@ -338,7 +393,9 @@ def test_repeated_crashes_back_off(registry: Registry, db: psycopg.Connection[An
         [(tid, _)] = w.claim()
         expire_now(db, tid)
         reap(w)
-        waits.append(db.execute("SELECT extract(epoch FROM run_after - now()) FROM tasks").fetchone()[0])
+        waits.append(
+            db.execute("SELECT extract(epoch FROM run_after - now()) FROM tasks").fetchone()[0]
+        )
     assert waits[0] <= 0.01  # the first takeover is immediate
     assert 0.7 <= waits[1] <= 1.3 and 1.4 <= waits[2] <= 2.6 and 2.9 <= waits[3] <= 5.1
 

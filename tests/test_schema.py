@@ -8,7 +8,6 @@ import uuid
 from typing import Any
 
 import psycopg
-import pytest
 
 from tenure._db import sqlfiles
 from tenure._db.migrate import migrate
@@ -54,7 +53,9 @@ def test_migrations_produce_exactly_schema_sql(database_url: str) -> None:
             conn.execute(sqlfiles.schema_sql(b))
             migrated, truth = catalog(conn, a), catalog(conn, b)
             for key in CATALOG:
-                assert migrated[key] == truth[key], f"{key} differ between migrations and schema.sql"
+                assert migrated[key] == truth[key], (
+                    f"{key} differ between migrations and schema.sql"
+                )
             assert len(truth["functions"]) >= 3 and len(truth["indexes"]) >= 8
         finally:
             conn.execute(f'DROP SCHEMA IF EXISTS "{a}" CASCADE')
@@ -115,16 +116,26 @@ def test_claim_stays_on_its_partial_index_with_a_million_finished_rows(
             conn.execute("SELECT pg_stat_clear_snapshot()")
             idx = conn.execute(
                 "SELECT idx_scan FROM pg_stat_user_indexes WHERE schemaname = %s "
-                "AND indexrelname = 'tasks_claim_idx'", (schema,)).fetchone()
+                "AND indexrelname = 'tasks_claim_idx'",
+                (schema,),
+            ).fetchone()
             seq = conn.execute(
                 "SELECT seq_scan FROM pg_stat_user_tables WHERE schemaname = %s "
-                "AND relname = 'tasks'", (schema,)).fetchone()
+                "AND relname = 'tasks'",
+                (schema,),
+            ).fetchone()
             assert idx is not None and seq is not None
             return int(idx[0]), int(seq[0])
 
         claim = sqlfiles.query("task_claim", schema)
-        params = {"worker": uuid.uuid4(), "queues": ["default"], "names": ["noop"], "limit": 10,
-                  "lease": "30 seconds", "start": 0}
+        params = {
+            "worker": uuid.uuid4(),
+            "queues": ["default"],
+            "names": ["noop"],
+            "limit": 10,
+            "lease": "30 seconds",
+            "start": 0,
+        }
         for _ in range(8):  # past plpgsql's switch to a generic plan
             conn.execute("SELECT pg_stat_force_next_flush()")
             idx_before, seq_before = scans()
@@ -139,12 +150,17 @@ def test_claim_stays_on_its_partial_index_with_a_million_finished_rows(
 
         # And the plan of the claim's candidate query, taken from the function itself, is an
         # index scan on tasks_claim_idx
-        body = conn.execute("SELECT prosrc FROM pg_proc WHERE proname = 'claim' AND "
-                            "pronamespace = %s::regnamespace", (schema,)).fetchone()[0]
+        body = conn.execute(
+            "SELECT prosrc FROM pg_proc WHERE proname = 'claim' AND "
+            "pronamespace = %s::regnamespace",
+            (schema,),
+        ).fetchone()[0]
         unlimited = re.findall(r"SELECT t\.id FROM .*?SKIP LOCKED", body, re.S)[-1]
-        candidate = (unlimited.replace("v_queue", "'default'")
-                     .replace("p_names", "ARRAY['noop']")
-                     .replace("least(v_share, v_left)", "10"))
+        candidate = (
+            unlimited.replace("v_queue", "'default'")
+            .replace("p_names", "ARRAY['noop']")
+            .replace("least(v_share, v_left)", "10")
+        )
         plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + candidate).fetchall())
         assert "tasks_claim_idx" in plan, plan
         assert "Seq Scan" not in plan, plan

@@ -68,8 +68,12 @@ def test_heartbeat_defaults_to_a_third_of_the_lease() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"max_concurrency": 0}, "max_concurrency"), ({"max_attempts": 0}, "max_attempts"),
-     ({"timeout": "abc"}, "timeout"), ({"lease": 0.1}, "lease")],
+    [
+        ({"max_concurrency": 0}, "max_concurrency"),
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"timeout": "abc"}, "timeout"),
+        ({"lease": 0.1}, "lease"),
+    ],
 )
 def test_task_options_are_validated_at_registration(kwargs: dict, field: str) -> None:
     reg = Registry("postgresql://unused", schema="unused")

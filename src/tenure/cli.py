@@ -27,7 +27,7 @@ from tenure.errors import TenureError
 from tenure.registry import Registry
 
 
-class DurationType(click.ParamType):
+class DurationType(click.ParamType):  # type: ignore[type-arg]
     """A click parameter for durations such as ``15s`` or ``1m30s``."""
 
     name = "duration"
@@ -87,21 +87,46 @@ def main() -> None:
 
 @main.command()
 @click.argument("target", metavar="MODULE:REGISTRY")
-@click.option("--queues", "-q", help="Comma-separated queues (default: every queue the registry uses).")
 @click.option(
-    "--concurrency", "-c", type=int, default=DEFAULT_CONCURRENCY, show_default=True,
+    "--queues", "-q", help="Comma-separated queues (default: every queue the registry uses)."
+)
+@click.option(
+    "--concurrency",
+    "-c",
+    type=int,
+    default=DEFAULT_CONCURRENCY,
+    show_default=True,
     help="Tasks run at once by this process.",
 )
-@click.option("--lease", type=DURATION, default=_fmt(DEFAULT_LEASE), show_default=True,
-              help="Lease length; renewed every third of it.")
-@click.option("--drain-timeout", type=DURATION, default=_fmt(DEFAULT_DRAIN_TIMEOUT),
-              show_default=True, help="How long SIGTERM waits for running tasks.")
-@click.option("--poll-interval", type=DURATION, default=_fmt(DEFAULT_POLL_INTERVAL),
-              show_default=True, help="Claim at least this often without a notification.")
+@click.option(
+    "--lease",
+    type=DURATION,
+    default=_fmt(DEFAULT_LEASE),
+    show_default=True,
+    help="Lease length; renewed every third of it.",
+)
+@click.option(
+    "--drain-timeout",
+    type=DURATION,
+    default=_fmt(DEFAULT_DRAIN_TIMEOUT),
+    show_default=True,
+    help="How long SIGTERM waits for running tasks.",
+)
+@click.option(
+    "--poll-interval",
+    type=DURATION,
+    default=_fmt(DEFAULT_POLL_INTERVAL),
+    show_default=True,
+    help="Claim at least this often without a notification.",
+)
 @click.option("--poll-only", is_flag=True, help="No LISTEN (for poolers in transaction mode).")
 @click.option("--dsn", envvar="TENURE_DATABASE_URL", help="PostgreSQL DSN (default: embedded).")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
 def worker(
     target: str,
     queues: str | None,
@@ -188,8 +213,17 @@ def status(dsn: str | None, schema: str) -> None:
     workers = client.execute("status_workers", {})
     console = Console()
     qt = Table(title="queues")
-    for col in ("queue", "queued", "due", "running", "expired", "failed", "quarantined",
-                "cancelled", "oldest due"):
+    for col in (
+        "queue",
+        "queued",
+        "due",
+        "running",
+        "expired",
+        "failed",
+        "quarantined",
+        "cancelled",
+        "oldest due",
+    ):
         qt.add_column(col, justify="left" if col == "queue" else "right")
     for q in queues:
         oldest = "-" if q[8] is None else f"{float(q[8]):.1f}s"
@@ -199,8 +233,16 @@ def status(dsn: str | None, schema: str) -> None:
     for col in ("worker", "host", "pid", "state", "queues", "concurrency", "leases", "heartbeat"):
         wt.add_column(col)
     for w in workers:
-        wt.add_row(str(w[0])[:8], w[1], str(w[2]), w[3], ",".join(w[4]), str(w[5]), str(w[8]),
-                   f"{float(w[7]):.1f}s ago")
+        wt.add_row(
+            str(w[0])[:8],
+            w[1],
+            str(w[2]),
+            w[3],
+            ",".join(w[4]),
+            str(w[5]),
+            str(w[8]),
+            f"{float(w[7]):.1f}s ago",
+        )
     console.print(wt)
 
 

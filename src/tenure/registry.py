@@ -22,6 +22,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import psycopg
 import pydantic
+import pydantic_core
 
 from tenure._durations import as_timedelta
 from tenure.client import Client, TaskInfo
@@ -92,7 +93,7 @@ class Task(Generic[P, R]):
         value = self.validate(payload, label=label)
         try:
             return self._adapter.dump_json(value).decode()
-        except pydantic.PydanticSerializationError as exc:
+        except pydantic_core.PydanticSerializationError as exc:
             raise PayloadInvalid(f"{self.name}: {label} is not JSON: {exc}") from None
 
     def send(
@@ -196,9 +197,9 @@ class Registry:
         priority: int = 0,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
-    def task(
+    def task(  # type: ignore[misc]  # mypy cannot match the bare-decorator overload
         self,
-        fn: Callable[P, R] | None = None,
+        fn: Callable[..., Any] | None = None,
         /,
         *,
         name: str | None = None,
@@ -210,7 +211,7 @@ class Registry:
         timeout: Duration | None = None,
         lease: Duration | None = None,
         priority: int = 0,
-    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+    ) -> Any:
         """Register a function as a task (usable bare or with options).
 
         ``max_concurrency`` is fleet-wide and exact; ``max_attempts`` caps error
@@ -218,7 +219,7 @@ class Registry:
         quarantined; ``lease`` overrides the worker's lease for long tasks.
         """
 
-        def register(f: Callable[P, R]) -> Task[P, R]:
+        def register(f: Callable[..., Any]) -> Task[Any, Any]:
             options = TaskOptions.build(
                 name=name or f"{f.__module__}.{f.__qualname__}",
                 queue=queue,
@@ -232,7 +233,7 @@ class Registry:
             )
             if options.name in self.tasks:
                 raise AlreadyRegistered(f"task {options.name!r} is already registered")
-            task = Task(self, f, options)
+            task: Task[Any, Any] = Task(self, f, options)
             self.tasks[options.name] = task
             return task
 

@@ -36,8 +36,11 @@ def one_at_a_time(payload: dict) -> None:
     time.sleep(float(payload.get("s", 0.05)))
 
 
-@reg.task(queue="work", max_attempts=3, backoff=tenure.Backoff(
-    base=__import__("datetime").timedelta(seconds=0.3), jitter=0.0))
+@reg.task(
+    queue="work",
+    max_attempts=3,
+    backoff=tenure.Backoff(base=__import__("datetime").timedelta(seconds=0.3), jitter=0.0),
+)
 def always_fails(payload: dict) -> None:
     raise RuntimeError(f"always fails: {payload.get('why', 'no reason')}")
 

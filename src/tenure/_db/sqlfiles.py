@@ -41,7 +41,7 @@ def _read(package: str, name: str) -> str:
 def bind(package: str, name: str, schema: str) -> bytes:
     """The text of ``package/name`` with ``{schema}`` and ``{channel}`` filled in."""
     text = _read(package, name)
-    composed = sql.SQL(text).format(  # type: ignore[arg-type]  # file text, not user input
+    composed = sql.SQL(text).format(
         schema=sql.Identifier(check_schema(schema)),
         channel=sql.Literal(channel_name(schema)),
     )

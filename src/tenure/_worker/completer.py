@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
 from uuid import UUID
 
 from tenure._db.connect import backoff_delay
@@ -123,9 +122,7 @@ class Completer:
                     raise
                 except Exception as exc:
                     failures += 1
-                    log.warning(
-                        "completer_failed pending=%d error=%s", len(self.pending), str(exc)
-                    )
+                    log.warning("completer_failed pending=%d error=%s", len(self.pending), str(exc))
                     await asyncio.sleep(backoff_delay(failures, base=0.05, cap=2.0))
 
     async def flush(self, timeout: float) -> bool:

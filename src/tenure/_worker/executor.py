@@ -23,12 +23,11 @@ from typing import Any
 
 import pydantic_core
 
+from tenure._worker.completer import Outcome
+from tenure._worker.state import Claimed
 from tenure.context import TaskContext, bind
 from tenure.errors import Discard, PayloadInvalid, RetryAfter
 from tenure.registry import Task
-
-from tenure._worker.completer import Outcome
-from tenure._worker.state import Claimed
 
 log = logging.getLogger(__name__)
 

@@ -92,7 +92,11 @@ class Heartbeat(Service):
         held.context.mark_lost()
         self.holdings.counts["lease_lost"] += 1
         log.warning(
-            "lease_lost task=%s attempt=%s worker=%s reason=%s", task_id, attempt, self.worker_id, why
+            "lease_lost task=%s attempt=%s worker=%s reason=%s",
+            task_id,
+            attempt,
+            self.worker_id,
+            why,
         )
 
     def check_self_fence(self) -> bool:

@@ -63,7 +63,11 @@ class Service:
                 raise
             except Exception as exc:  # one bad pass must not end the loop
                 self.failures += 1
-                log.warning("%s_failed error=%s", self.name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                log.warning(
+                    "%s_failed error=%s",
+                    self.name,
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                )
             try:
                 await asyncio.wait_for(self._wake.wait(), self.next_delay())
             except TimeoutError:

@@ -93,7 +93,7 @@ class Worker:
         failures = 0
         while not self._draining:
             try:
-                dsn = self._dsn or await asyncio.to_thread(dbconnect.resolve_dsn, None)
+                dsn = await asyncio.to_thread(dbconnect.resolve_dsn, self._dsn)
                 await asyncio.to_thread(self._migrate, dsn)
                 return dsn
             except Exception as exc:
@@ -157,7 +157,11 @@ class Worker:
             },
         )
         self.heartbeat = Heartbeat(beat, self.holdings, self.id, cfg.lease, cfg.heartbeat_interval)
-        self.reaper = Reaper(beat, cfg.heartbeat_interval, gone_after=max(cfg.lease * 4, cfg.lease + cfg.drain_timeout))
+        self.reaper = Reaper(
+            beat,
+            cfg.heartbeat_interval,
+            gone_after=max(cfg.lease * 4, cfg.lease + cfg.drain_timeout),
+        )
         self.completer = Completer(work, self.holdings, self.id)
         self.claimer = Claimer(work, self.id, cfg.queues, names, cfg.lease)
         self.notifier = Notifier(listen, cfg.queues, self.wake)
@@ -277,9 +281,7 @@ class Worker:
             log.warning("worker_state_failed error=%s", exc)
         deadline = time.monotonic() + self.config.drain_timeout.total_seconds()
         while self._runners and time.monotonic() < deadline:
-            await asyncio.wait(
-                list(self._runners.values()), timeout=deadline - time.monotonic()
-            )
+            await asyncio.wait(list(self._runners.values()), timeout=deadline - time.monotonic())
         released = 0
         for task_id, runner in list(self._runners.items()):
             held = self.holdings.held.get(task_id)
