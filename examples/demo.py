@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import psycopg
 from rich.console import Console
@@ -50,8 +49,19 @@ def main() -> int:
     console.print(f"enqueued {args.tasks} tasks in one round trip")
 
     env = {**os.environ, "TENURE_DATABASE_URL": dsn, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "tenure", "worker", "examples.demo_tasks:reg",
-           "--concurrency", "8", "--lease", f"{LEASE:g}s", "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tenure",
+        "worker",
+        "examples.demo_tasks:reg",
+        "--concurrency",
+        "8",
+        "--lease",
+        f"{LEASE:g}s",
+        "--log-level",
+        "warning",
+    ]
     fleet = [subprocess.Popen(cmd, env=env, cwd=ROOT) for _ in range(2)]
     try:
         return run(dsn, fleet, args.tasks, started)
@@ -74,9 +84,13 @@ def run(dsn: str, fleet: list[subprocess.Popen[bytes]], total: int, started: flo
             return int(db.execute("SELECT count(*) FROM finished_tasks").fetchone()[0])
 
         def held_by(pid: int) -> int:
-            return int(db.execute(
-                "SELECT count(*) FROM tasks t JOIN workers w ON w.id = t.lease_owner "
-                "WHERE t.state = 'running' AND w.pid = %s", (pid,)).fetchone()[0])
+            return int(
+                db.execute(
+                    "SELECT count(*) FROM tasks t JOIN workers w ON w.id = t.lease_owner "
+                    "WHERE t.state = 'running' AND w.pid = %s",
+                    (pid,),
+                ).fetchone()[0]
+            )
 
         victim = fleet[0]
         deadline = time.monotonic() + 60
@@ -102,10 +116,13 @@ def run(dsn: str, fleet: list[subprocess.Popen[bytes]], total: int, started: flo
             SELECT count(*) FROM (SELECT task_id FROM attempts
                                   WHERE outcome IN ('succeeded', 'error', 'lease_expired')
                                   GROUP BY task_id HAVING count(*) > 1) r""").fetchone()[0]
-        takeover = db.execute("""
+        takeover = db.execute(
+            """
             SELECT extract(epoch FROM max(b.started_at) - %s), count(*)
             FROM attempts a JOIN attempts b ON b.task_id = a.task_id AND b.attempt = a.attempt + 1
-            WHERE a.outcome = 'lease_expired'""", (killed_at,)).fetchone()
+            WHERE a.outcome = 'lease_expired'""",
+            (killed_at,),
+        ).fetchone()
     succeeded, done = int(stats[0]), int(stats[1])
     lost = total - done
     table = Table(title="tenure demo: a worker was SIGKILLed mid-run")
@@ -114,9 +131,13 @@ def run(dsn: str, fleet: list[subprocess.Popen[bytes]], total: int, started: flo
     table.add_row("tasks enqueued", str(total))
     table.add_row("tasks succeeded", str(succeeded))
     table.add_row("tasks lost", str(lost))
-    table.add_row("tasks run more than once", f"{reruns} (in flight on the killed worker: {in_flight})")
+    table.add_row(
+        "tasks run more than once", f"{reruns} (in flight on the killed worker: {in_flight})"
+    )
     seconds = "-" if takeover[0] is None else f"{float(takeover[0]):.2f}s"
-    table.add_row("takeover after the kill", f"{seconds} for {takeover[1]} tasks (lease {LEASE:g}s)")
+    table.add_row(
+        "takeover after the kill", f"{seconds} for {takeover[1]} tasks (lease {LEASE:g}s)"
+    )
     table.add_row("wall time", f"{elapsed:.1f}s ({done / elapsed:.0f} tasks/s)")
     console.print(table)
     ok = lost == 0 and succeeded == total and reruns <= in_flight
