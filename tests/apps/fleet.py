@@ -69,3 +69,28 @@ class Document(pydantic.BaseModel):
 @reg.task(queue="work")
 def typed(payload: Document) -> int:
     return payload.pages
+
+
+@reg.task(queue="work")
+def notices_lease_loss(payload: dict) -> str:
+    """Attempt 1 waits for ``current().lease_lost`` and writes what it saw to ``path``."""
+    ctx = tenure.current()
+    if ctx.attempt > 1:
+        return "later attempt"
+    deadline = time.monotonic() + float(payload.get("wait", 20))
+    while time.monotonic() < deadline:
+        if ctx.lease_lost.wait(0.05):
+            with open(payload["path"], "w") as out:
+                out.write(f"lost attempt {ctx.attempt}; stop={ctx.stop.is_set()}")
+            return "noticed"
+    return "never noticed"
+
+
+@reg.task(queue="work", timeout=0.5, max_attempts=2, backoff=0.1)
+def too_slow(payload: dict) -> None:
+    time.sleep(5)
+
+
+@reg.task(queue="work", timeout=0.5, max_attempts=2, backoff=0.1)
+async def too_slow_async(payload: dict) -> None:
+    await asyncio.sleep(5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import psycopg
@@ -25,7 +26,7 @@ class Link:
 
     async def connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = await dbconnect.aconnect(self.dsn, f"tenure-{self.name}")
+            self._conn = await dbconnect.aconnect(self.dsn, f"tenure-{self.name}-{os.getpid()}")
         return self._conn
 
     async def fetch(self, statement: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:

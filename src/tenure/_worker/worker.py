@@ -170,7 +170,8 @@ class Worker:
         self.completer.start()
         if cfg.listen:
             self.notifier.start()
-        watchdog = asyncio.create_task(self._watchdog(beat, names), name="watchdog")
+        watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
+        unknown = asyncio.create_task(self._unknown_loop(beat, names), name="unknown-tasks")
         log.info(
             "worker_started worker=%s queues=%s concurrency=%d lease=%ss pid=%d",
             self.id,
@@ -185,6 +186,7 @@ class Worker:
             await self._drain(beat)
         finally:
             watchdog.cancel()
+            unknown.cancel()
             await self.notifier.stop()
             await self.completer.stop()
             await self.reaper.stop()
@@ -244,18 +246,20 @@ class Worker:
             self._runners.pop(row.id, None)
             self._wake.set()  # a slot is free
 
-    async def _watchdog(self, beat: Link, names: list[str]) -> None:
-        """Self-fence even when a heartbeat hangs; report tasks no worker here can run."""
-        next_unknown = time.monotonic()
+    async def _watchdog(self) -> None:
+        """Self-fence even while a heartbeat hangs: this loop never waits on the database."""
         while True:
             await asyncio.sleep(min(1.0, self.config.lease.total_seconds() / 10))
             self.heartbeat.check_self_fence()
-            if time.monotonic() >= next_unknown:
-                next_unknown = time.monotonic() + UNKNOWN_CHECK_INTERVAL
-                try:
-                    await self._report_unknown(beat, names)
-                except Exception as exc:
-                    log.debug("unknown task check failed: %s", exc)
+
+    async def _unknown_loop(self, beat: Link, names: list[str]) -> None:
+        """Report, once per name, queued tasks that no task of this registry can run."""
+        while True:
+            try:
+                await self._report_unknown(beat, names)
+            except Exception as exc:
+                log.debug("unknown task check failed: %s", exc)
+            await asyncio.sleep(UNKNOWN_CHECK_INTERVAL)
 
     async def _report_unknown(self, beat: Link, names: list[str]) -> None:
         rows = await beat.fetch(

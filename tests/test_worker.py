@@ -1,0 +1,175 @@
+"""Acceptance tier, continued: what a task sees, timeouts, async tasks, self-fencing,
+a second signal, and the operator's commands."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tenure._db import connect as dbconnect
+from tests.conftest import ROOT, eventually, worker_id_of
+
+pytestmark = pytest.mark.acceptance
+
+
+def attempts_of(db: psycopg.Connection[Any], task_id: int) -> list[tuple[Any, ...]]:
+    return db.execute(
+        "SELECT attempt, outcome, error FROM attempts WHERE task_id = %s ORDER BY attempt",
+        (task_id,),
+    ).fetchall()
+
+
+def test_async_tasks_run_on_the_loop_and_return_results(
+    fleet_app: Any, workers: Any, db: psycopg.Connection[Any]
+) -> None:
+    handles = fleet_app.async_sleepy.send_many([{"s": 0.2}] * 20)
+    workers("--lease", "2s", "--concurrency", "20")
+    eventually(lambda: all(h.state() == "succeeded" for h in handles), timeout=20)
+    assert {h.info().result for h in handles} == {"done"}
+    span = db.execute("SELECT extract(epoch FROM max(ended_at) - min(started_at)) FROM attempts")
+    assert float(span.fetchone()[0]) < 2.0  # 20 x 0.2 s ran concurrently, not one by one
+
+
+@pytest.mark.parametrize("name", ["too_slow", "too_slow_async"])
+def test_a_timeout_ends_the_attempt_as_timed_out_and_follows_the_retry_policy(
+    fleet_app: Any, workers: Any, db: psycopg.Connection[Any], name: str
+) -> None:
+    handle = getattr(fleet_app, name).send({})
+    workers("--lease", "2s")
+    eventually(lambda: handle.state() == "failed", timeout=20, what="failed after retries")
+    rows = attempts_of(db, handle.id)
+    assert [r[1] for r in rows] == ["timed_out", "timed_out"]
+    assert all("timed out after 0.5s" in r[2] for r in rows)
+
+
+def test_a_task_learns_its_lease_was_lost_through_current(
+    fleet_app: Any, workers: Any, db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    # Given worker A runs attempt 1, which watches current().lease_lost
+    seen = tmp_path / "seen.txt"
+    handle = fleet_app.notices_lease_loss.send({"path": str(seen)})
+    a = workers("--lease", "1s")
+    a_id = worker_id_of(db, a.pid)
+    eventually(
+        lambda: db.execute("SELECT lease_owner FROM tasks").fetchone() == (a_id,),
+        what="A runs the task",
+    )
+    # When A is paused past its lease, B takes over, and A resumes
+    a.signal(signal.SIGSTOP)
+    workers("--lease", "1s")
+    eventually(lambda: handle.state() == "succeeded", timeout=15, what="taken over")
+    a.signal(signal.SIGCONT)
+    # Then the task running on A sees lease_lost (and stop) set
+    eventually(seen.exists, timeout=10, what="attempt 1 noticed")
+    assert seen.read_text() == "lost attempt 1; stop=True"
+    assert handle.info().result == "later attempt"
+
+
+def test_a_worker_cut_off_from_the_database_fences_itself(
+    fleet_app: Any, workers: Any, db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    # Given a worker running a task
+    seen = tmp_path / "seen.txt"
+    fleet_app.notices_lease_loss.send({"path": str(seen)})
+    a = workers("--lease", "1s")
+    a_id = worker_id_of(db, a.pid)
+    eventually(
+        lambda: db.execute("SELECT lease_owner FROM tasks").fetchone() == (a_id,),
+        what="A runs the task",
+    )
+    backend = db.execute(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+        (f"tenure-heartbeat-{a.pid}",),
+    ).fetchone()
+    assert backend is not None
+    # When its heartbeat cannot reach the database for longer than the lease
+    os.kill(backend[0], signal.SIGSTOP)
+    try:
+        # Then it cuts itself off: the task is told its lease is lost
+        eventually(seen.exists, timeout=10, what="the task noticed")
+        assert "worker_self_fenced" in a.log()
+    finally:
+        os.kill(backend[0], signal.SIGCONT)
+    # And when the database answers again the worker carries on
+    eventually(lambda: "worker_reconnected" in a.log(), timeout=10, what="reconnected")
+    assert a.alive()
+
+
+def test_a_second_signal_stops_at_once_and_the_lease_then_expires(
+    fleet_app: Any, workers: Any, db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    handle = fleet_app.notices_lease_loss.send({"path": str(tmp_path / "x"), "wait": 30})
+    a = workers("--lease", "1s", "--drain-timeout", "30s")
+    a_id = worker_id_of(db, a.pid)
+    eventually(
+        lambda: db.execute("SELECT lease_owner FROM tasks").fetchone() == (a_id,),
+        what="A runs the task",
+    )
+    a.signal(signal.SIGINT)
+    eventually(lambda: "worker_draining" in a.log(), what="draining")
+    a.signal(signal.SIGINT)
+    assert a.wait(5) == 1
+    workers("--lease", "1s")
+    eventually(lambda: handle.state() == "succeeded", timeout=15, what="taken over")
+    assert [r[1] for r in attempts_of(db, handle.id)] == ["lease_expired", "succeeded"]
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tenure", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", **env},
+    )
+
+
+def test_status_shows_queues_workers_and_leases(
+    fleet_app: Any, workers: Any, db: psycopg.Connection[Any], database_url: str, schema: str
+) -> None:
+    fleet_app.sleepy.send_many([{"s": 30}] * 4)
+    w = workers("--lease", "2s", "--concurrency", "2")
+    eventually(
+        lambda: db.execute("SELECT count(*) FROM tasks WHERE state = 'running'").fetchone()[0] == 2,
+        what="two running",
+    )
+    result = run_cli("status", "--schema", schema, env={"TENURE_DATABASE_URL": database_url})
+    assert result.returncode == 0, result.stderr
+    queue_row = next(line for line in result.stdout.splitlines() if "│ work" in line)
+    cells = [c.strip() for c in queue_row.split("│") if c.strip()]
+    assert cells[:4] == ["work", "2", "2", "2"]  # queued, due, running
+    worker_row = next(line for line in result.stdout.splitlines() if str(w.pid) in line)
+    assert "active" in worker_row and "│ 2 " in worker_row  # two leases held
+
+
+def test_db_url_prints_the_dsn_in_use(database_url: str) -> None:
+    result = run_cli("db", "url", env={"TENURE_DATABASE_URL": database_url})
+    assert result.stdout.strip() == database_url
+    from tenure._db.embedded import embedded_dsn
+
+    env = {k: v for k, v in os.environ.items() if k != "TENURE_DATABASE_URL"}
+    plain = subprocess.run(
+        [sys.executable, "-m", "tenure", "db", "url"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert plain.stdout.strip() == embedded_dsn()
+
+
+def test_sessions_limit_idle_transactions_and_keep_tcp_alive(database_url: str) -> None:
+    conn = dbconnect.connect(database_url)
+    with conn:
+        assert conn.execute("SHOW idle_in_transaction_session_timeout").fetchone() == ("30s",)
+        params = conn.info.get_parameters()
+        assert params.get("keepalives") == "1" and params.get("keepalives_idle") == "10"
