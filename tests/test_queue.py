@@ -77,11 +77,19 @@ class FakeWorker:
             "lease_renew_many",
             worker=self.id,
             state="active",
+            held=len(held),
+            running=len(held),
             lease=LEASE,
             ids=[h[0] for h in held],
             attempts=[h[1] for h in held],
         )
         return set(rows[0][1])
+
+    def promote(self) -> dict[str, int]:
+        return dict(self.run("task_promote_due", max=1000))
+
+    def publish_limits(self, name: str, limit: int | None, per_key: int | None = None) -> None:
+        self.run("limits_sync", names=[name], limits=[limit], per_key=[per_key])
 
 
 def expire_now(db: psycopg.Connection[Any], task_id: int) -> None:
@@ -330,9 +338,10 @@ def test_errors_retry_with_the_given_delay_then_fail_for_good(
         "FROM tasks WHERE id = %s",
         (tid,),
     ).fetchone()
-    assert row == ("queued", 1, "first", True)
+    assert row == ("scheduled", 1, "first", True)
     assert w.claim() == []  # backing off
     db.execute("UPDATE tasks SET run_after = now() WHERE id = %s", (tid,))
+    assert w.promote() == {"default": 1}
     [(_, attempt)] = w.claim()
     assert w.complete(tid, attempt, "error", error="second") == {tid: "failed"}
     info = handle.info()
@@ -390,6 +399,7 @@ def test_repeated_crashes_back_off(
     waits = []
     for _ in range(4):
         db.execute("UPDATE tasks SET run_after = now()")
+        w.promote()
         [(tid, _)] = w.claim()
         expire_now(db, tid)
         reap(w)
@@ -410,7 +420,7 @@ def test_max_concurrency_is_fleet_wide_and_exact_under_races(
     def lim(payload: dict) -> None: ...
 
     lim.send_many([{}] * 50)
-    FakeWorker(db, schema, ["lim"]).run("limits_sync", names=["lim"], limits=[3])
+    FakeWorker(db, schema, ["lim"]).publish_limits("lim", 3)
     barrier = threading.Barrier(8)
     got: list[int] = []
 
@@ -438,7 +448,7 @@ def test_an_expired_lease_frees_its_limit_slot_without_a_sweep(
 
     one.send_many([{}, {}])
     a, b = FakeWorker(db, schema, ["one"]), FakeWorker(db, schema, ["one"])
-    a.run("limits_sync", names=["one"], limits=[1])
+    a.publish_limits("one", 1)
     [(tid, attempt)] = a.claim()
     assert b.claim() == []
     expire_now(db, tid)
@@ -456,9 +466,9 @@ def test_lifting_a_limit_frees_rows_sent_under_it(
 
     was_limited.send_many([{}, {}, {}])
     w = FakeWorker(db, schema, ["was_limited"])
-    w.run("limits_sync", names=["was_limited"], limits=[1])
+    w.publish_limits("was_limited", 1)
     assert len(w.claim(3)) == 1
-    w.run("limits_sync", names=["was_limited"], limits=[None])
+    w.publish_limits("was_limited", None)
     assert len(w.claim(3)) == 2
 
 

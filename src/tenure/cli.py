@@ -119,6 +119,12 @@ def main() -> None:
     show_default=True,
     help="Claim at least this often without a notification.",
 )
+@click.option(
+    "--prefetch",
+    type=int,
+    default=None,
+    help="Tasks claimed ahead of free slots (default: concurrency / 4).",
+)
 @click.option("--poll-only", is_flag=True, help="No LISTEN (for poolers in transaction mode).")
 @click.option("--dsn", envvar="TENURE_DATABASE_URL", help="PostgreSQL DSN (default: embedded).")
 @click.option(
@@ -134,6 +140,7 @@ def worker(
     lease: timedelta,
     drain_timeout: timedelta,
     poll_interval: timedelta,
+    prefetch: int | None,
     poll_only: bool,
     dsn: str | None,
     log_level: str,
@@ -150,6 +157,7 @@ def worker(
             lease=lease,
             drain_timeout=drain_timeout,
             poll_interval=poll_interval,
+            prefetch=prefetch,
             listen=not poll_only,
         )
     except TenureError as exc:

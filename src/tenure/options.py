@@ -67,6 +67,7 @@ class TaskOptions:
     name: str
     queue: str = DEFAULT_QUEUE
     max_concurrency: int | None = None
+    max_concurrency_per_key: int | None = None
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     max_crashes: int = DEFAULT_MAX_CRASHES
     backoff: Backoff = field(default_factory=Backoff)
@@ -81,6 +82,10 @@ class TaskOptions:
             raise ConfigError("queue: must not be empty")
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise ConfigError(f"max_concurrency: must be at least 1, got {self.max_concurrency}")
+        if self.max_concurrency_per_key is not None and self.max_concurrency_per_key < 1:
+            raise ConfigError(
+                f"max_concurrency_per_key: must be at least 1, got {self.max_concurrency_per_key}"
+            )
         if self.max_attempts < 1:
             raise ConfigError(f"max_attempts: must be at least 1, got {self.max_attempts}")
         if self.max_crashes < 1:
@@ -90,6 +95,11 @@ class TaskOptions:
         if self.timeout is not None and self.timeout <= timedelta(0):
             raise ConfigError(f"timeout: must be greater than zero, got {self.timeout}")
 
+    @property
+    def limited(self) -> bool:
+        """Whether claims of this task go through the limit buckets."""
+        return self.max_concurrency is not None or self.max_concurrency_per_key is not None
+
     @classmethod
     def build(
         cls,
@@ -97,6 +107,7 @@ class TaskOptions:
         name: str,
         queue: str,
         max_concurrency: int | None,
+        max_concurrency_per_key: int | None,
         max_attempts: int,
         max_crashes: int,
         backoff: Backoff | timedelta | float | int | None,
@@ -108,6 +119,7 @@ class TaskOptions:
             name=name,
             queue=queue,
             max_concurrency=max_concurrency,
+            max_concurrency_per_key=max_concurrency_per_key,
             max_attempts=max_attempts,
             max_crashes=max_crashes,
             backoff=as_backoff(backoff),
@@ -115,3 +127,33 @@ class TaskOptions:
             lease=None if lease is None else positive(lease, field="lease"),
             priority=priority,
         )
+
+
+@dataclass(frozen=True)
+class QueueOptions:
+    """What ``reg.queue(...)`` declares about a queue, validated.
+
+    ``weight`` sets the queue's share when a worker serves several queues;
+    ``max_concurrency`` caps running attempts in the queue fleet-wide;
+    ``max_concurrency_per_key`` caps them per partition key; ``key_weights`` gives
+    some partition keys a larger share of the queue (default weight 1).
+    """
+
+    name: str
+    weight: int = 1
+    max_concurrency: int | None = None
+    max_concurrency_per_key: int | None = None
+    key_weights: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError("queue: name must not be empty")
+        if self.weight < 1:
+            raise ConfigError(f"weight: must be at least 1, got {self.weight}")
+        for fname in ("max_concurrency", "max_concurrency_per_key"):
+            value = getattr(self, fname)
+            if value is not None and value < 1:
+                raise ConfigError(f"{fname}: must be at least 1, got {value}")
+        for key, w in self.key_weights.items():
+            if not w > 0:
+                raise ConfigError(f"key_weights: weight of {key!r} must be greater than 0")

@@ -32,6 +32,7 @@ from tenure.options import (
     DEFAULT_MAX_CRASHES,
     DEFAULT_QUEUE,
     Backoff,
+    QueueOptions,
     TaskOptions,
 )
 
@@ -178,6 +179,31 @@ class Registry:
         self.client = Client(dsn, schema=schema)
         self.schema = self.client.schema
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.queue_options: dict[str, QueueOptions] = {}
+
+    def queue(
+        self,
+        name: str,
+        *,
+        weight: int = 1,
+        max_concurrency: int | None = None,
+        max_concurrency_per_key: int | None = None,
+        key_weights: dict[str, float] | None = None,
+    ) -> QueueOptions:
+        """Declare a queue's share and limits; workers publish them at start.
+
+        >>> reg.queue("documents", max_concurrency=20, max_concurrency_per_key=4)
+        ...                                                   # doctest: +SKIP
+        """
+        options = QueueOptions(
+            name=name,
+            weight=weight,
+            max_concurrency=max_concurrency,
+            max_concurrency_per_key=max_concurrency_per_key,
+            key_weights=dict(key_weights or {}),
+        )
+        self.queue_options[name] = options
+        return options
 
     @overload
     def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
@@ -189,6 +215,7 @@ class Registry:
         name: str | None = None,
         queue: str = DEFAULT_QUEUE,
         max_concurrency: int | None = None,
+        max_concurrency_per_key: int | None = None,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         max_crashes: int = DEFAULT_MAX_CRASHES,
         backoff: Backoff | timedelta | float | None = None,
@@ -205,6 +232,7 @@ class Registry:
         name: str | None = None,
         queue: str = DEFAULT_QUEUE,
         max_concurrency: int | None = None,
+        max_concurrency_per_key: int | None = None,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         max_crashes: int = DEFAULT_MAX_CRASHES,
         backoff: Backoff | timedelta | float | None = None,
@@ -214,7 +242,8 @@ class Registry:
     ) -> Any:
         """Register a function as a task (usable bare or with options).
 
-        ``max_concurrency`` is fleet-wide and exact; ``max_attempts`` caps error
+        ``max_concurrency`` is fleet-wide and exact, ``max_concurrency_per_key`` the
+        same per partition key; ``max_attempts`` caps error
         retries; ``max_crashes`` caps takeovers after a lost lease before the task is
         quarantined; ``lease`` overrides the worker's lease for long tasks.
         """
@@ -224,6 +253,7 @@ class Registry:
                 name=name or f"{f.__module__}.{f.__qualname__}",
                 queue=queue,
                 max_concurrency=max_concurrency,
+                max_concurrency_per_key=max_concurrency_per_key,
                 max_attempts=max_attempts,
                 max_crashes=max_crashes,
                 backoff=backoff,
@@ -254,5 +284,5 @@ class Registry:
         return self.get(name).send(payload, **kwargs)
 
     def queues(self) -> list[str]:
-        """Every queue some registered task uses, sorted."""
-        return sorted({t.options.queue for t in self.tasks.values()})
+        """Every queue some registered task uses or ``queue()`` declared, sorted."""
+        return sorted({t.options.queue for t in self.tasks.values()} | set(self.queue_options))

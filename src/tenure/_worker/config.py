@@ -21,7 +21,8 @@ class WorkerConfig:
 
     ``heartbeat`` defaults to a third of ``lease``; the reaper runs at the same
     interval, so a dead worker's task is taken over within about
-    ``lease + heartbeat``.
+    ``lease + heartbeat``. ``prefetch`` tasks are claimed ahead of free slots to keep
+    them full; what is prefetched is handed back when another worker sits idle.
     """
 
     queues: tuple[str, ...]
@@ -31,6 +32,7 @@ class WorkerConfig:
     poll_interval: timedelta = DEFAULT_POLL_INTERVAL
     drain_timeout: timedelta = DEFAULT_DRAIN_TIMEOUT
     listen: bool = True
+    prefetch: int | None = None
 
     def __post_init__(self) -> None:
         if not self.queues:
@@ -47,6 +49,15 @@ class WorkerConfig:
             raise ConfigError("poll_interval: must be greater than zero")
         if self.drain_timeout < timedelta(0):
             raise ConfigError("drain_timeout: must not be negative")
+        if self.prefetch is not None and not 0 <= self.prefetch <= MAX_CONCURRENCY:
+            raise ConfigError(
+                f"prefetch: must be between 0 and {MAX_CONCURRENCY}, got {self.prefetch}"
+            )
+
+    @property
+    def prefetch_count(self) -> int:
+        """Tasks claimed ahead of free slots (default: a quarter of the concurrency)."""
+        return self.prefetch if self.prefetch is not None else self.concurrency // 4
 
     @property
     def heartbeat_interval(self) -> timedelta:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 class HeartbeatResult:
     renewed: int
     lost: list[int]
+    idle_elsewhere: int  # free slots of the other live workers serving our queues
 
 
 class Heartbeat(Service):
@@ -43,8 +45,10 @@ class Heartbeat(Service):
         worker_id: UUID,
         lease: timedelta,
         interval: timedelta,
+        on_beat: Callable[[HeartbeatResult], None] | None = None,
     ) -> None:
         super().__init__(interval.total_seconds(), jitter=0.1)
+        self.on_beat = on_beat
         self.link = link
         self.holdings = holdings
         self.worker_id = worker_id
@@ -61,6 +65,8 @@ class Heartbeat(Service):
                 {
                     "worker": self.worker_id,
                     "state": self.state,
+                    "held": len(self.holdings.held),
+                    "running": self.holdings.running(),
                     "lease": self.lease,
                     "ids": list(snapshot),
                     "attempts": list(snapshot.values()),
@@ -74,6 +80,7 @@ class Heartbeat(Service):
             log.info("worker_reconnected worker=%s", self.worker_id)
             self.fenced = False
         renewed: set[int] = set(rows[0][1]) if rows else set()
+        idle_elsewhere = int(rows[0][2]) if rows else 0
         lost: list[int] = []
         for task_id, attempt in snapshot.items():
             if task_id in renewed:
@@ -83,7 +90,10 @@ class Heartbeat(Service):
                 continue
             self.lose(task_id, attempt, "taken over")
             lost.append(task_id)
-        return HeartbeatResult(renewed=len(renewed), lost=lost)
+        result = HeartbeatResult(renewed=len(renewed), lost=lost, idle_elsewhere=idle_elsewhere)
+        if self.on_beat is not None:
+            self.on_beat(result)
+        return result
 
     def lose(self, task_id: int, attempt: int, why: str) -> None:
         held = self.holdings.drop(task_id, attempt)

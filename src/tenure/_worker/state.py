@@ -30,6 +30,7 @@ class Held:
     claimed: Claimed
     context: TaskContext
     claimed_at: float = field(default_factory=time.monotonic)
+    started: bool = False  # False while prefetched: claimed but not yet running
     completing: bool = False  # outcome handed to the completer, not yet written
 
 
@@ -40,7 +41,12 @@ class Holdings:
     held: dict[int, Held] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)
 
-    def executing(self) -> int:
+    def running(self) -> int:
+        """Attempts whose function is running now."""
+        return sum(1 for h in self.held.values() if h.started and not h.completing)
+
+    def waiting_or_running(self) -> int:
+        """Attempts that occupy a slot or wait for one (held, outcome not yet known)."""
         return sum(1 for h in self.held.values() if not h.completing)
 
     def snapshot(self) -> dict[int, int]:

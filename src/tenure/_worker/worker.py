@@ -22,23 +22,28 @@ import random
 import signal
 import socket
 import time
+from collections import deque
 from typing import Any
 from uuid import UUID, uuid4
+
+from psycopg.types.json import Jsonb
 
 from tenure import __version__
 from tenure._db import connect as dbconnect
 from tenure._db.migrate import migrate
+from tenure._maintenance.promoter import Promoter
 from tenure._maintenance.reaper import Reaper
 from tenure._worker.claimer import Claimer
 from tenure._worker.completer import Completer, Outcome
 from tenure._worker.config import WorkerConfig
 from tenure._worker.executor import execute
-from tenure._worker.heartbeat import Heartbeat
+from tenure._worker.heartbeat import Heartbeat, HeartbeatResult
 from tenure._worker.link import Link
 from tenure._worker.notifier import Notifier
 from tenure._worker.state import Claimed, Held, Holdings
 from tenure._worker.threads import DaemonThreadPool
 from tenure.context import TaskContext
+from tenure.options import QueueOptions
 from tenure.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -63,6 +68,7 @@ class Worker:
         self._draining = False
         self._signals = 0
         self._runners: dict[int, asyncio.Task[None]] = {}
+        self.buffer: deque[Claimed] = deque()  # prefetched: claimed, waiting for a slot
         self._unknown_reported: set[str] = set()
         self.ready = asyncio.Event()
 
@@ -149,14 +155,11 @@ class Worker:
                 "version": __version__,
             },
         )
-        await beat.fetch(
-            "limits_sync",
-            {
-                "names": names,
-                "limits": [self.registry.tasks[n].options.max_concurrency for n in names],
-            },
+        await self._publish(beat, names)
+        self.heartbeat = Heartbeat(
+            beat, self.holdings, self.id, cfg.lease, cfg.heartbeat_interval, self._rebalance
         )
-        self.heartbeat = Heartbeat(beat, self.holdings, self.id, cfg.lease, cfg.heartbeat_interval)
+        self.promoter = Promoter(beat, cfg.poll_interval)
         self.reaper = Reaper(
             beat,
             cfg.heartbeat_interval,
@@ -167,6 +170,7 @@ class Worker:
         self.notifier = Notifier(listen, cfg.queues, self.wake)
         self.heartbeat.start()
         self.reaper.start()
+        self.promoter.start()
         self.completer.start()
         if cfg.listen:
             self.notifier.start()
@@ -190,6 +194,7 @@ class Worker:
             await self.notifier.stop()
             await self.completer.stop()
             await self.reaper.stop()
+            await self.promoter.stop()
             await self.heartbeat.stop()
             try:
                 await beat.fetch("worker_set_state", {"worker": self.id, "state": "gone"})
@@ -201,16 +206,43 @@ class Worker:
         log.info("worker_stopped worker=%s counts=%s", self.id, dict(self.holdings.counts))
         return 0
 
+    async def _publish(self, beat: Link, names: list[str]) -> None:
+        """Publish the registry's task limits and queue settings for the fleet."""
+        tasks = [self.registry.tasks[n].options for n in names]
+        await beat.fetch(
+            "limits_sync",
+            {
+                "names": names,
+                "limits": [t.max_concurrency for t in tasks],
+                "per_key": [t.max_concurrency_per_key for t in tasks],
+            },
+        )
+        queues = [
+            self.registry.queue_options.get(q) or QueueOptions(name=q)
+            for q in self.registry.queues()
+        ]
+        await beat.fetch(
+            "queues_sync",
+            {
+                "names": [q.name for q in queues],
+                "weights": [q.weight for q in queues],
+                "limits": [q.max_concurrency for q in queues],
+                "per_key": [q.max_concurrency_per_key for q in queues],
+                "key_weights": [Jsonb(q.key_weights) for q in queues],
+            },
+        )
+
     async def _claim_loop(self) -> None:
         cfg = self.config
         poll = cfg.poll_interval.total_seconds()
+        target = cfg.concurrency + cfg.prefetch_count
         failures = 0
         while not self._draining:
-            free = cfg.concurrency - self.holdings.executing()
-            if free > 0 and not self.heartbeat.fenced and self._maybe_more:
+            want = target - self.holdings.waiting_or_running()
+            if want > 0 and not self.heartbeat.fenced and self._maybe_more:
                 self._maybe_more = False
                 try:
-                    claimed = await self.claimer.run_once(free)
+                    claimed = await self.claimer.run_once(want)
                     failures = 0
                 except Exception as exc:
                     failures += 1
@@ -219,23 +251,34 @@ class Worker:
                     await asyncio.sleep(dbconnect.backoff_delay(failures, base=0.1, cap=poll))
                     continue
                 for row in claimed:
-                    self._start(row)
-                if len(claimed) == free:
+                    self._hold(row)
+                self._fill()
+                if len(claimed) == want:
                     self._maybe_more = True
                     continue
             try:
                 await asyncio.wait_for(self._wake.wait(), poll * random.uniform(0.8, 1.0))
             except TimeoutError:
-                self._maybe_more = True  # poll: delayed retries become due without a NOTIFY
+                self._maybe_more = True  # poll: a NOTIFY may have been missed
             self._wake.clear()
 
-    def _start(self, row: Claimed) -> None:
+    def _hold(self, row: Claimed) -> None:
         ctx = TaskContext(row.id, row.attempt, row.task_name, row.queue)
         self.holdings.held[row.id] = Held(row, ctx)
         self.holdings.counts["task_claimed"] += 1
         log.debug("task_claimed task=%s attempt=%s worker=%s", row.id, row.attempt, self.id)
-        runner = asyncio.create_task(self._run_task(row, ctx), name=f"task-{row.id}")
-        self._runners[row.id] = runner
+        self.buffer.append(row)
+
+    def _fill(self) -> None:
+        """Start prefetched tasks while slots are free."""
+        while self.buffer and self.holdings.running() < self.config.concurrency:
+            row = self.buffer.popleft()
+            held = self.holdings.held.get(row.id)
+            if held is None or held.claimed.attempt != row.attempt:
+                continue  # lost while it waited: nothing to run
+            held.started = True
+            runner = asyncio.create_task(self._run_task(row, held.context), name=f"task-{row.id}")
+            self._runners[row.id] = runner
 
     async def _run_task(self, row: Claimed, ctx: TaskContext) -> None:
         try:
@@ -244,7 +287,28 @@ class Worker:
             self.completer.submit(outcome)
         finally:
             self._runners.pop(row.id, None)
+            self._fill()
             self._wake.set()  # a slot is free
+
+    def _release_waiting(self, count: int, why: str) -> int:
+        """Hand back up to ``count`` prefetched tasks, newest first, spending no attempt."""
+        released = 0
+        while self.buffer and released < count:
+            row = self.buffer.pop()
+            held = self.holdings.held.get(row.id)
+            if held is None or held.claimed.attempt != row.attempt:
+                continue
+            self.completer.submit(Outcome(row.id, row.attempt, "released"))
+            released += 1
+        if released:
+            log.info("tasks_rebalanced worker=%s released=%d reason=%s", self.id, released, why)
+        return released
+
+    def _rebalance(self, beat: HeartbeatResult) -> None:
+        """After each heartbeat: while another worker has idle slots, hand back prefetched
+        tasks it can start at once."""
+        if beat.idle_elsewhere > 0 and self.buffer:
+            self._release_waiting(beat.idle_elsewhere, "idle capacity elsewhere")
 
     async def _watchdog(self) -> None:
         """Self-fence even while a heartbeat hangs: this loop never waits on the database."""
@@ -283,6 +347,7 @@ class Worker:
             await beat.fetch("worker_set_state", {"worker": self.id, "state": "draining"})
         except Exception as exc:
             log.warning("worker_state_failed error=%s", exc)
+        self._release_waiting(len(self.buffer), "draining")
         deadline = time.monotonic() + self.config.drain_timeout.total_seconds()
         while self._runners and time.monotonic() < deadline:
             await asyncio.wait(list(self._runners.values()), timeout=deadline - time.monotonic())

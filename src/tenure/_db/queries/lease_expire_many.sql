@@ -1,1 +1,1 @@
-SELECT task_id, verdict FROM {schema}.expire_leases(NULL, %(max)s)
+SELECT task_id, verdict FROM {schema}.expire_leases(NULL, NULL, NULL, %(max)s)

@@ -1,11 +1,11 @@
--- One heartbeat: renew every lease this worker still holds and touch its worker row.
+-- One heartbeat: renew every lease this worker still holds, publish what it holds and
+-- runs, and read the idle capacity of the other live workers serving its queues.
 -- Returns the tasks it still owns; anything missing was taken over or finished.
 WITH me AS (
     UPDATE {schema}.workers
-    SET heartbeat_at = now(),
-        state = %(state)s
+    SET heartbeat_at = now(), state = %(state)s, held = %(held)s, running = %(running)s
     WHERE id = %(worker)s
-    RETURNING id
+    RETURNING queues
 ),
 renewed AS (
     UPDATE {schema}.tasks t
@@ -14,5 +14,11 @@ renewed AS (
     WHERE t.id = u.id AND t.attempt = u.attempt AND t.lease_owner = %(worker)s
       AND t.state = 'running'
     RETURNING t.id
+),
+fleet AS (
+    SELECT coalesce(sum(greatest(w.concurrency - w.held, 0)), 0) AS idle
+    FROM {schema}.workers w, me
+    WHERE w.state = 'active' AND w.id <> %(worker)s AND w.queues && me.queues
+      AND w.heartbeat_at > now() - %(lease)s::interval
 )
-SELECT (SELECT count(*) FROM me), array(SELECT id FROM renewed)
+SELECT (SELECT count(*) FROM me), array(SELECT id FROM renewed), (SELECT idle FROM fleet)

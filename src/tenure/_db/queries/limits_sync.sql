@@ -1,11 +1,15 @@
--- Publish this registry's fleet-wide limits; lift limits its tasks no longer declare.
+-- Publish this registry's fleet-wide task limits; lift limits its tasks no longer declare.
 WITH input AS (
-    SELECT * FROM unnest(%(names)s::text[], %(limits)s::integer[]) AS u(task_name, max_concurrency)
+    SELECT * FROM unnest(%(names)s::text[], %(limits)s::integer[], %(per_key)s::integer[])
+        AS u(task_name, max_concurrency, max_concurrency_per_key)
 )
-INSERT INTO {schema}.limits (task_name, max_concurrency)
-SELECT task_name, max_concurrency FROM input
-WHERE max_concurrency IS NOT NULL
+INSERT INTO {schema}.limits (task_name, max_concurrency, max_concurrency_per_key)
+SELECT task_name, max_concurrency, max_concurrency_per_key FROM input
+WHERE max_concurrency IS NOT NULL OR max_concurrency_per_key IS NOT NULL
    OR EXISTS (SELECT 1 FROM {schema}.limits l WHERE l.task_name = input.task_name)
 ON CONFLICT (task_name) DO UPDATE
-SET max_concurrency = excluded.max_concurrency, updated_at = now()
-WHERE limits.max_concurrency IS DISTINCT FROM excluded.max_concurrency
+SET max_concurrency = excluded.max_concurrency,
+    max_concurrency_per_key = excluded.max_concurrency_per_key,
+    updated_at = now()
+WHERE (limits.max_concurrency, limits.max_concurrency_per_key)
+      IS DISTINCT FROM (excluded.max_concurrency, excluded.max_concurrency_per_key)

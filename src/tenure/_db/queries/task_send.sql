@@ -1,11 +1,19 @@
--- Enqueue one task; wake the queue's workers when it is due now.
-WITH ins AS (
+-- Enqueue one task: due now it enters its queue at its key's fair place and wakes
+-- the queue's workers; later it waits as scheduled.
+WITH input AS (
+    SELECT coalesce(%(run_at)s::timestamptz, now() + %(delay)s::interval) AS run_after
+),
+ins AS (
     INSERT INTO {schema}.tasks (task_name, queue, payload, priority, partition_key, max_attempts,
-                                max_crashes, limited, lease, run_after)
-    VALUES (%(name)s, %(queue)s, %(payload)s::jsonb, %(priority)s, %(partition_key)s,
-            %(max_attempts)s, %(max_crashes)s, %(limited)s, %(lease)s::interval,
-            coalesce(%(run_at)s::timestamptz, now() + %(delay)s::interval))
-    RETURNING id, queue, run_after
+                                max_crashes, limited, lease, run_after, state, vtime)
+    SELECT %(name)s, %(queue)s, %(payload)s::jsonb, %(priority)s, %(partition_key)s,
+           %(max_attempts)s, %(max_crashes)s, %(limited)s, %(lease)s::interval, i.run_after,
+           CASE WHEN i.run_after > now() THEN 'scheduled' ELSE 'queued' END,
+           CASE WHEN i.run_after > now() THEN 0
+                ELSE {schema}.vtime_base(%(queue)s, %(partition_key)s)
+                     + {schema}.vtime_step(%(queue)s, %(partition_key)s) END
+    FROM input i
+    RETURNING id, queue, state
 )
-SELECT id, CASE WHEN run_after <= now() THEN pg_notify({channel}, queue)::text END
+SELECT id, CASE WHEN state = 'queued' THEN pg_notify({channel}, queue)::text END
 FROM ins

@@ -1,6 +1,9 @@
 -- Enqueue one task under an idempotency key: the first sender creates the task, a
 -- repeated key returns no row here (the caller then looks the existing task up).
-WITH key AS (
+WITH input AS (
+    SELECT coalesce(%(run_at)s::timestamptz, now() + %(delay)s::interval) AS run_after
+),
+key AS (
     INSERT INTO {schema}.idempotency_keys (task_name, key, task_id)
     VALUES (%(name)s, %(idempotency_key)s, nextval('{schema}.task_ids'))
     ON CONFLICT DO NOTHING
@@ -9,12 +12,16 @@ WITH key AS (
 ins AS (
     INSERT INTO {schema}.tasks (id, task_name, queue, payload, priority, partition_key,
                                 max_attempts, max_crashes, limited, lease, run_after,
-                                idempotency_key)
+                                idempotency_key, state, vtime)
     SELECT key.task_id, %(name)s, %(queue)s, %(payload)s::jsonb, %(priority)s, %(partition_key)s,
-           %(max_attempts)s, %(max_crashes)s, %(limited)s, %(lease)s::interval,
-           coalesce(%(run_at)s::timestamptz, now() + %(delay)s::interval), %(idempotency_key)s
-    FROM key
-    RETURNING id, queue, run_after
+           %(max_attempts)s, %(max_crashes)s, %(limited)s, %(lease)s::interval, i.run_after,
+           %(idempotency_key)s,
+           CASE WHEN i.run_after > now() THEN 'scheduled' ELSE 'queued' END,
+           CASE WHEN i.run_after > now() THEN 0
+                ELSE {schema}.vtime_base(%(queue)s, %(partition_key)s)
+                     + {schema}.vtime_step(%(queue)s, %(partition_key)s) END
+    FROM key, input i
+    RETURNING id, queue, state
 )
-SELECT id, CASE WHEN run_after <= now() THEN pg_notify({channel}, queue)::text END
+SELECT id, CASE WHEN state = 'queued' THEN pg_notify({channel}, queue)::text END
 FROM ins

@@ -1,0 +1,1 @@
+SELECT queue, promoted FROM {schema}.promote_due(%(max)s)
