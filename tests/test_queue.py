@@ -82,6 +82,7 @@ class FakeWorker:
             lease=LEASE,
             ids=[h[0] for h in held],
             attempts=[h[1] for h in held],
+            orphan_after=LEASE / 2,
         )
         return set(rows[0][1])
 

@@ -49,8 +49,11 @@ def test_migrations_produce_exactly_schema_sql(database_url: str) -> None:
     a, b = f"m_{uuid.uuid4().hex[:10]}", f"s_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(database_url, autocommit=True) as conn:
         try:
-            assert migrate(conn, a) == sqlfiles.migration_names()
+            applied = migrate(conn, a)
+            assert applied[:-1] == sqlfiles.migration_names()
+            assert applied[-1].startswith("functions.sql@")
             conn.execute(sqlfiles.schema_sql(b))
+            conn.execute(sqlfiles.functions_sql(b))
             migrated, truth = catalog(conn, a), catalog(conn, b)
             for key in CATALOG:
                 assert migrated[key] == truth[key], (
@@ -81,7 +84,8 @@ def test_concurrent_migrations_apply_once(database_url: str, schema: str) -> Non
     for t in threads:
         t.join()
     assert errors == []
-    assert sorted(len(a) for a in applied) == [0] * 7 + [len(sqlfiles.migration_names())]
+    # every numbered migration plus the functions file, applied by exactly one caller
+    assert sorted(len(a) for a in applied) == [0] * 7 + [len(sqlfiles.migration_names()) + 1]
 
 
 def test_claim_stays_on_its_partial_index_with_a_million_finished_rows(
@@ -159,7 +163,7 @@ def test_claim_stays_on_its_partial_index_with_a_million_finished_rows(
         unlimited = re.findall(r"SELECT t\.id FROM .*?SKIP LOCKED", body, re.S)[0]
         candidate = (
             unlimited.replace("v_queue", "'default'")
-            .replace("p_names", "ARRAY['noop']")
+            .replace("v_free", "ARRAY['noop']")
             .replace("LIMIT v_share", "LIMIT 10")
         )
         assert "'default'" in candidate and "LIMIT 10" in candidate, candidate

@@ -94,3 +94,29 @@ def too_slow(payload: dict) -> None:
 @reg.task(queue="work", timeout=0.5, max_attempts=2, backoff=0.1)
 async def too_slow_async(payload: dict) -> None:
     await asyncio.sleep(5)
+
+
+@reg.task(queue="work")
+def raises_nul(payload: dict) -> None:
+    raise ValueError("bad\x00byte")
+
+
+@reg.task(queue="work")
+def returns_nul(payload: dict) -> str:
+    return "nul\x00inside"
+
+
+class Picky(pydantic.BaseModel):
+    value: str
+
+    @pydantic.field_validator("value")
+    @classmethod
+    def no_boom(cls, v: str) -> str:
+        if v == "boom":
+            raise KeyError("a validator that raises something other than ValueError")
+        return v
+
+
+@reg.task(queue="work")
+def picky(payload: Picky) -> str:
+    return payload.value

@@ -3,18 +3,24 @@
 Every process that starts (a worker, a sender, the CLI) may call :func:`migrate`.
 The whole run happens in one transaction under a transaction-scoped advisory lock
 keyed on the schema, so concurrent callers queue behind the first one and then find
-nothing left to do. ``schema.sql`` is the schema the migrations must produce; a
-test proves they do.
+nothing left to do. After the numbered migrations, ``functions.sql`` (every SQL
+function, ``CREATE OR REPLACE``) is applied again whenever its text changed; it is
+recorded as ``functions.sql@<sha256>``. ``schema.sql`` plus ``functions.sql`` is
+the schema the migrations must produce; a test proves they do.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
 import psycopg
+from psycopg import errors as pgerrors
 
 from tenure._db import sqlfiles
+from tenure._db.connect import describe
+from tenure.errors import DatabaseError
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +36,37 @@ def _applied(conn: psycopg.Connection[Any], schema: str) -> set[str]:
     return {r[0] for r in conn.execute(table).fetchall()}
 
 
+def _functions_version(schema: str) -> str:
+    digest = hashlib.sha256(sqlfiles.functions_sql(schema)).hexdigest()[:16]
+    return f"functions.sql@{digest}"
+
+
 def pending(conn: psycopg.Connection[Any], schema: str) -> list[str]:
-    """Migrations not yet applied to ``schema``."""
+    """Migrations not yet applied to ``schema`` (the functions file last)."""
     done = _applied(conn, schema)
-    return [name for name in sqlfiles.migration_names() if name not in done]
+    names = [*sqlfiles.migration_names(), _functions_version(schema)]
+    return [name for name in names if name not in done]
 
 
 def migrate(conn: psycopg.Connection[Any], schema: str) -> list[str]:
-    """Apply every pending migration to ``schema``; return the names applied."""
+    """Apply every pending migration to ``schema``; return the names applied.
+
+    A failure other than a lost connection is raised as :class:`DatabaseError`
+    with one line naming the migration.
+    """
     sqlfiles.check_schema(schema)
+    try:
+        return _migrate(conn, schema)
+    except (psycopg.OperationalError, pgerrors.SerializationFailure, pgerrors.DeadlockDetected):
+        raise
+    except psycopg.Error as exc:
+        raise DatabaseError(
+            f"cannot migrate schema {schema!r}: {describe(exc)}; is it another application's "
+            "schema? pick another with schema=..."
+        ) from exc
+
+
+def _migrate(conn: psycopg.Connection[Any], schema: str) -> list[str]:
     if not pending(conn, schema):
         return []
     applied: list[str] = []
@@ -46,7 +74,10 @@ def migrate(conn: psycopg.Connection[Any], schema: str) -> list[str]:
         conn.execute(_LOCK, {"schema": schema})
         conn.execute(sqlfiles.bind("tenure._db.queries", "migrations_table.sql", schema))
         for name in pending(conn, schema):
-            conn.execute(sqlfiles.migration(name, schema))
+            if name.startswith("functions.sql@"):
+                conn.execute(sqlfiles.functions_sql(schema))
+            else:
+                conn.execute(sqlfiles.migration(name, schema))
             conn.execute(
                 sqlfiles.bind("tenure._db.queries", "migration_record.sql", schema),
                 {"name": name},

@@ -64,5 +64,10 @@ def migration(name: str, schema: str) -> bytes:
 
 
 def schema_sql(schema: str) -> bytes:
-    """``schema.sql``: the schema the migrations must produce, bound to ``schema``."""
+    """``schema.sql``: the tables the migrations must produce, bound to ``schema``."""
     return bind("tenure._db", "schema.sql", schema)
+
+
+def functions_sql(schema: str) -> bytes:
+    """``functions.sql``: every SQL function, bound to ``schema``."""
+    return bind("tenure._db", "functions.sql", schema)

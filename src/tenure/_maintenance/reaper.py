@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from tenure._worker.link import Link
 from tenure._worker.service import Service
@@ -39,7 +40,12 @@ class Reaper(Service):
         self.gone_after = gone_after
 
     async def run_once(self) -> ReapResult:
-        rows = await self.link.fetch("lease_expire_many", {"max": BATCH})
+        rows: list[tuple[Any, ...]] = []
+        while True:  # after a mass expiry, keep going until a batch comes back short
+            batch = await self.link.fetch("lease_expire_many", {"max": BATCH})
+            rows.extend(batch)
+            if len(batch) < BATCH:
+                break
         requeued = [int(r[0]) for r in rows if r[1] == "requeued"]
         quarantined = [int(r[0]) for r in rows if r[1] == "quarantined"]
         for task_id in requeued:

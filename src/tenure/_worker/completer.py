@@ -3,8 +3,11 @@
 Outcomes queue up as tasks finish; one statement writes all of them. Each is fenced
 on (task, attempt, owner) in the database: an outcome for an attempt this worker
 no longer owns changes nothing, is logged as ``lease_lost`` and counted. A batch
-that fails to reach the database stays queued and is tried again with backoff; the
-heartbeat keeps those leases alive meanwhile.
+that fails to reach the database stays queued and is tried again with backoff (the
+heartbeat keeps those leases alive meanwhile); if the failed try had committed
+after all, the retry finds the attempts already recorded and counts them done. A
+batch the database refuses outright is written one outcome at a time, so one bad
+outcome cannot hold the others back.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ import logging
 from dataclasses import dataclass
 from uuid import UUID
 
-from tenure._db.connect import backoff_delay
+from tenure._db.connect import backoff_delay, is_transient
 from tenure._worker.link import Link
 from tenure._worker.state import Holdings
+from tenure.errors import DatabaseError
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +57,16 @@ class Completer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
+        self._submitted: set[tuple[int, int]] = set()
+        self._uncertain = False  # the last write failed: it may have committed anyway
 
     def submit(self, outcome: Outcome) -> None:
+        """Queue an outcome; a second outcome for the same attempt is ignored."""
+        key = (outcome.task_id, outcome.attempt)
+        if key in self._submitted:
+            log.debug("duplicate outcome ignored task=%s attempt=%s", *key)
+            return
+        self._submitted.add(key)
         held = self.holdings.held.get(outcome.task_id)
         if held is not None and held.claimed.attempt == outcome.attempt:
             held.completing = True
@@ -62,11 +74,7 @@ class Completer:
         self._idle.clear()
         self._wake.set()
 
-    async def run_once(self) -> CompleteResult:
-        """Write up to MAX_BATCH pending outcomes in one statement."""
-        batch = self.pending[:MAX_BATCH]
-        if not batch:
-            return CompleteResult({}, [])
+    async def _write(self, batch: list[Outcome]) -> dict[int, str]:
         rows = await self.link.fetch(
             "task_complete_many",
             {
@@ -79,11 +87,38 @@ class Completer:
                 "delays": [o.delay for o in batch],
             },
         )
-        del self.pending[: len(batch)]
-        verdicts = {int(r[0]): str(r[1]) for r in rows}
+        return {int(r[0]): str(r[1]) for r in rows}
+
+    async def run_once(self) -> CompleteResult:
+        """Write up to MAX_BATCH pending outcomes in one statement."""
+        batch = self.pending[:MAX_BATCH]
+        if not batch:
+            return CompleteResult({}, [])
+        verdicts = await self._write(batch)
+        if self._uncertain:
+            # An earlier try of these outcomes may have committed before its answer
+            # was lost: what this worker already recorded is done, not fenced.
+            self._uncertain = False
+            missing = [o for o in batch if o.task_id not in verdicts]
+            if missing:
+                rows = await self.link.fetch(
+                    "attempts_recorded",
+                    {
+                        "worker": self.worker_id,
+                        "ids": [o.task_id for o in missing],
+                        "attempts": [o.attempt for o in missing],
+                    },
+                )
+                verdicts.update({int(r[0]): "recorded" for r in rows})
+        return self._settle(len(batch), verdicts)
+
+    def _settle(self, n: int, verdicts: dict[int, str]) -> CompleteResult:
+        batch = self.pending[:n]
+        del self.pending[:n]
         fenced: list[int] = []
         counts = self.holdings.counts
         for o in batch:
+            self._submitted.discard((o.task_id, o.attempt))
             self.holdings.drop(o.task_id, o.attempt)
             verdict = verdicts.get(o.task_id)
             if verdict is None:
@@ -106,6 +141,38 @@ class Completer:
             self._idle.set()
         return CompleteResult(verdicts, fenced)
 
+    async def _write_singly(self) -> None:
+        """A batch the database refused: write its outcomes one by one, and turn one
+        that cannot be written as it is into an error the task's retry policy handles."""
+        for outcome in list(self.pending[:MAX_BATCH]):
+            try:
+                verdicts = await self._write([outcome])
+            except DatabaseError as exc:
+                if is_transient(exc.__cause__ or exc):
+                    raise
+                log.error(
+                    "outcome_unwritable task=%s attempt=%s error=%s; recording an error instead",
+                    outcome.task_id,
+                    outcome.attempt,
+                    exc,
+                )
+                replacement = Outcome(
+                    outcome.task_id,
+                    outcome.attempt,
+                    "error",
+                    error=f"the task's outcome could not be recorded: {exc}",
+                    delay=1.0,
+                )
+                self.pending[0] = replacement
+                try:
+                    verdicts = await self._write([replacement])
+                except DatabaseError as again:
+                    if is_transient(again.__cause__ or again):
+                        raise
+                    log.error("outcome_dropped task=%s: %s", outcome.task_id, again)
+                    verdicts = {}
+            self._settle(1, verdicts)
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=self.name)
 
@@ -122,7 +189,14 @@ class Completer:
                     raise
                 except Exception as exc:
                     failures += 1
-                    log.warning("completer_failed pending=%d error=%s", len(self.pending), str(exc))
+                    if isinstance(exc, DatabaseError) and not is_transient(exc.__cause__ or exc):
+                        try:
+                            await self._write_singly()
+                            continue
+                        except Exception as again:
+                            exc = again
+                    self._uncertain = True
+                    log.warning("completer_failed pending=%d error=%s", len(self.pending), exc)
                     await asyncio.sleep(backoff_delay(failures, base=0.05, cap=2.0))
 
     async def flush(self, timeout: float) -> bool:
@@ -150,4 +224,5 @@ _EVENTS = {
     "retry": "task_retried",
     "released": "task_released",
     "cancelled": "task_cancelled",
+    "recorded": "task_recorded_before_reconnect",
 }

@@ -6,9 +6,12 @@ Rules:
   its ``lease_lost`` is set and it is no longer held.
 - Attempts whose outcome is being written are renewed but not judged: the
   completer reports their fate.
-- If no heartbeat has succeeded for a whole lease, the worker cuts itself off
-  (self-fencing): every held task is marked lost and claiming pauses until a
-  heartbeat succeeds again.
+- If no heartbeat has succeeded for most of a lease, the worker cuts itself off
+  (self-fencing) before the database could consider its leases expired: every held
+  task is marked lost and claiming pauses until a heartbeat succeeds again.
+- Rows the database says this worker owns but the worker does not hold (a claim
+  whose answer was lost, tasks dropped while self-fenced) are handed back once they
+  are half a lease old, without counting a crash.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from uuid import UUID
 
 from tenure._worker.link import Link
 from tenure._worker.service import Service
-from tenure._worker.state import Holdings
+from tenure._worker.state import Held, Holdings
 
 log = logging.getLogger(__name__)
+
+SELF_FENCE_FRACTION = 0.8
 
 
 @dataclass(frozen=True)
@@ -46,9 +51,11 @@ class Heartbeat(Service):
         lease: timedelta,
         interval: timedelta,
         on_beat: Callable[[HeartbeatResult], None] | None = None,
+        on_lost: Callable[[Held], None] | None = None,
     ) -> None:
         super().__init__(interval.total_seconds(), jitter=0.1)
         self.on_beat = on_beat
+        self.on_lost = on_lost
         self.link = link
         self.holdings = holdings
         self.worker_id = worker_id
@@ -59,6 +66,7 @@ class Heartbeat(Service):
 
     async def run_once(self) -> HeartbeatResult:
         snapshot = self.holdings.snapshot()
+        sent = time.monotonic()
         try:
             rows = await self.link.fetch(
                 "lease_renew_many",
@@ -70,17 +78,27 @@ class Heartbeat(Service):
                     "lease": self.lease,
                     "ids": list(snapshot),
                     "attempts": list(snapshot.values()),
+                    "orphan_after": self.lease / 2,
                 },
             )
         except Exception:
             self.check_self_fence()
             raise
-        self.last_ok = time.monotonic()
+        # The database set the new expiries at or after `sent`: count from there.
+        self.last_ok = sent
         if self.fenced:
             log.info("worker_reconnected worker=%s", self.worker_id)
             self.fenced = False
         renewed: set[int] = set(rows[0][1]) if rows else set()
         idle_elsewhere = int(rows[0][2]) if rows else 0
+        orphans = int(rows[0][3]) if rows else 0
+        if orphans:
+            log.warning(
+                "leases_orphaned worker=%s released=%d: claimed rows this worker never "
+                "received were handed back",
+                self.worker_id,
+                orphans,
+            )
         lost: list[int] = []
         for task_id, attempt in snapshot.items():
             if task_id in renewed:
@@ -100,6 +118,8 @@ class Heartbeat(Service):
         if held is None:
             return
         held.context.mark_lost()
+        if self.on_lost is not None:
+            self.on_lost(held)
         self.holdings.counts["lease_lost"] += 1
         log.warning(
             "lease_lost task=%s attempt=%s worker=%s reason=%s",
@@ -110,9 +130,14 @@ class Heartbeat(Service):
         )
 
     def check_self_fence(self) -> bool:
-        """Cut the worker off if no heartbeat succeeded for a whole lease."""
+        """Cut the worker off before its leases can expire unrenewed.
+
+        The last successful renewal was sent at ``last_ok``, so the database's
+        expiry is at least a lease later; the worker gives up at 80 % of that, which
+        leaves room for the watchdog's own delay.
+        """
         silent = time.monotonic() - self.last_ok
-        if silent < self.lease.total_seconds():
+        if silent < SELF_FENCE_FRACTION * self.lease.total_seconds():
             return self.fenced
         if not self.fenced:
             log.error(

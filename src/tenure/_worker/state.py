@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,7 @@ class Held:
     claimed_at: float = field(default_factory=time.monotonic)
     started: bool = False  # False while prefetched: claimed but not yet running
     completing: bool = False  # outcome handed to the completer, not yet written
+    thread: Future[Any] | None = None  # the pool job of a sync task while it runs
 
 
 @dataclass

@@ -18,7 +18,12 @@ _Job = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 
 class DaemonThreadPool(Executor):
-    """At most ``size`` daemon threads, started on demand."""
+    """Up to ``size`` daemon threads, started on demand.
+
+    A job the worker gave up on (timed out, lease lost) keeps its thread until the
+    function returns; :meth:`abandon` lets the pool start one more thread meanwhile,
+    so abandoned work never starves the tasks that replaced it.
+    """
 
     def __init__(self, size: int, name: str = "tenure-task") -> None:
         self._size = size
@@ -26,8 +31,25 @@ class DaemonThreadPool(Executor):
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._idle = 0
+        self._abandoned = 0
         self._lock = threading.Lock()
         self._closed = False
+
+    def abandon(self, future: Future[Any]) -> None:
+        """Stop counting ``future``'s thread against the pool until the job returns."""
+        if future.done():
+            return
+        with self._lock:
+            self._abandoned += 1
+        future.add_done_callback(self._returned)
+
+    def _returned(self, _: Future[Any]) -> None:
+        with self._lock:
+            self._abandoned -= 1
+
+    @property
+    def abandoned(self) -> int:
+        return self._abandoned
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         future: Future[T] = Future()
@@ -35,7 +57,7 @@ class DaemonThreadPool(Executor):
             if self._closed:
                 raise RuntimeError("pool is shut down")
             self._jobs.put((future, fn, args, kwargs))
-            if self._idle == 0 and len(self._threads) < self._size:
+            if self._idle == 0 and len(self._threads) < self._size + self._abandoned:
                 thread = threading.Thread(
                     target=self._run, name=f"{self._name}-{len(self._threads)}", daemon=True
                 )

@@ -67,7 +67,7 @@ class Worker:
         self._maybe_more = True
         self._draining = False
         self._signals = 0
-        self._runners: dict[int, asyncio.Task[None]] = {}
+        self._runners: dict[tuple[int, int], asyncio.Task[None]] = {}
         self.buffer: deque[Claimed] = deque()  # prefetched: claimed, waiting for a slot
         self._unknown_reported: set[str] = set()
         self.ready = asyncio.Event()
@@ -157,7 +157,13 @@ class Worker:
         )
         await self._publish(beat, names)
         self.heartbeat = Heartbeat(
-            beat, self.holdings, self.id, cfg.lease, cfg.heartbeat_interval, self._rebalance
+            beat,
+            self.holdings,
+            self.id,
+            cfg.lease,
+            cfg.heartbeat_interval,
+            on_beat=self._rebalance,
+            on_lost=self._on_lost,
         )
         self.promoter = Promoter(beat, cfg.poll_interval)
         self.reaper = Reaper(
@@ -277,18 +283,36 @@ class Worker:
             if held is None or held.claimed.attempt != row.attempt:
                 continue  # lost while it waited: nothing to run
             held.started = True
-            runner = asyncio.create_task(self._run_task(row, held.context), name=f"task-{row.id}")
-            self._runners[row.id] = runner
+            runner = asyncio.create_task(self._run_task(row, held), name=f"task-{row.id}")
+            self._runners[(row.id, row.attempt)] = runner
 
-    async def _run_task(self, row: Claimed, ctx: TaskContext) -> None:
+    async def _run_task(self, row: Claimed, held: Held) -> None:
         try:
             task = self.registry.tasks[row.task_name]
-            outcome = await execute(task, row, ctx, self.pool)
-            self.completer.submit(outcome)
+
+            def on_thread(job: Any) -> None:
+                held.thread = job
+
+            outcome = await execute(task, row, held.context, self.pool, on_thread)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug of ours must not strand the task as running
+            log.exception("task_runner_failed task=%s attempt=%s", row.id, row.attempt)
+            outcome = Outcome(
+                row.id, row.attempt, "error", error=f"worker error: {exc!r}", delay=1.0
+            )
         finally:
-            self._runners.pop(row.id, None)
-            self._fill()
-            self._wake.set()  # a slot is free
+            self._runners.pop((row.id, row.attempt), None)
+            held.thread = None
+        self.completer.submit(outcome)
+        self._fill()
+        self._wake.set()  # a slot is free
+
+    def _on_lost(self, held: Held) -> None:
+        """A held attempt was lost: a thread still running it no longer fills a slot."""
+        if held.thread is not None:
+            self.pool.abandon(held.thread)
+        self._fill()
 
     def _release_waiting(self, count: int, why: str) -> int:
         """Hand back up to ``count`` prefetched tasks, newest first, spending no attempt."""
@@ -352,13 +376,13 @@ class Worker:
         while self._runners and time.monotonic() < deadline:
             await asyncio.wait(list(self._runners.values()), timeout=deadline - time.monotonic())
         released = 0
-        for task_id, runner in list(self._runners.items()):
+        for (task_id, attempt), runner in list(self._runners.items()):
             held = self.holdings.held.get(task_id)
             runner.cancel()
-            if held is None:
+            if held is None or held.claimed.attempt != attempt:
                 continue
             held.context.stop.set()
-            self.completer.submit(Outcome(task_id, held.claimed.attempt, "released"))
+            self.completer.submit(Outcome(task_id, attempt, "released"))
             released += 1
         if self._runners:
             await asyncio.wait(list(self._runners.values()), timeout=1.0)

@@ -1,4 +1,5 @@
--- One heartbeat: renew every lease this worker still holds, publish what it holds and
+-- One heartbeat: renew every lease this worker still holds, hand back rows it owns
+-- but does not hold (a claim whose answer never arrived), publish what it holds and
 -- runs, and read the idle capacity of the other live workers serving its queues.
 -- Returns the tasks it still owns; anything missing was taken over or finished.
 WITH me AS (
@@ -9,11 +10,29 @@ WITH me AS (
 ),
 renewed AS (
     UPDATE {schema}.tasks t
-    SET lease_expires_at = now() + coalesce(t.lease, %(lease)s::interval)
+    SET lease_expires_at = now() + greatest(t.lease, %(lease)s::interval)
     FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS u(id, attempt)
     WHERE t.id = u.id AND t.attempt = u.attempt AND t.lease_owner = %(worker)s
       AND t.state = 'running'
     RETURNING t.id
+),
+orphaned AS (
+    UPDATE {schema}.tasks t
+    SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL, started_at = NULL
+    FROM (SELECT o.id, o.attempt, o.started_at FROM {schema}.tasks o
+          WHERE o.lease_owner = %(worker)s AND o.state = 'running'
+            AND NOT (o.id = ANY (%(ids)s::bigint[]))
+            AND o.started_at < now() - %(orphan_after)s::interval
+          FOR UPDATE SKIP LOCKED) o
+    WHERE t.id = o.id
+    RETURNING t.id, o.attempt, o.started_at
+),
+recorded AS (
+    INSERT INTO {schema}.attempts (task_id, attempt, worker_id, started_at, ended_at, outcome,
+                                   error)
+    SELECT id, attempt, %(worker)s, started_at, now(), 'released',
+           'claimed but never received by the worker'
+    FROM orphaned
 ),
 fleet AS (
     SELECT coalesce(sum(greatest(w.concurrency - w.held, 0)), 0) AS idle
@@ -21,4 +40,5 @@ fleet AS (
     WHERE w.state = 'active' AND w.id <> %(worker)s AND w.queues && me.queues
       AND w.heartbeat_at > now() - %(lease)s::interval
 )
-SELECT (SELECT count(*) FROM me), array(SELECT id FROM renewed), (SELECT idle FROM fleet)
+SELECT (SELECT count(*) FROM me), array(SELECT id FROM renewed), (SELECT idle FROM fleet),
+       (SELECT count(*) FROM orphaned)

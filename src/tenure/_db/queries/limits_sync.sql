@@ -1,8 +1,11 @@
 -- Publish this registry's fleet-wide task limits; lift limits its tasks no longer declare.
+-- When a limit appears, waiting rows of that task are flagged so they are claimed
+-- through the limit buckets.
 WITH input AS (
     SELECT * FROM unnest(%(names)s::text[], %(limits)s::integer[], %(per_key)s::integer[])
         AS u(task_name, max_concurrency, max_concurrency_per_key)
-)
+),
+changed AS (
 INSERT INTO {schema}.limits (task_name, max_concurrency, max_concurrency_per_key)
 SELECT task_name, max_concurrency, max_concurrency_per_key FROM input
 WHERE max_concurrency IS NOT NULL OR max_concurrency_per_key IS NOT NULL
@@ -13,3 +16,13 @@ SET max_concurrency = excluded.max_concurrency,
     updated_at = now()
 WHERE (limits.max_concurrency, limits.max_concurrency_per_key)
       IS DISTINCT FROM (excluded.max_concurrency, excluded.max_concurrency_per_key)
+RETURNING task_name, max_concurrency, max_concurrency_per_key
+),
+flagged AS (
+    UPDATE {schema}.tasks t SET limited = true
+    FROM changed c
+    WHERE t.task_name = c.task_name AND NOT t.limited AND t.state IN ('scheduled', 'queued')
+      AND (c.max_concurrency IS NOT NULL OR c.max_concurrency_per_key IS NOT NULL)
+    RETURNING t.id
+)
+SELECT (SELECT count(*) FROM changed), (SELECT count(*) FROM flagged)

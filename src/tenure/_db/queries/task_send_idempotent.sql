@@ -1,7 +1,12 @@
 -- Enqueue one task under an idempotency key: the first sender creates the task, a
 -- repeated key returns no row here (the caller then looks the existing task up).
 WITH input AS (
-    SELECT coalesce(%(run_at)s::timestamptz, now() + %(delay)s::interval) AS run_after
+    SELECT coalesce(%(run_at)s::timestamptz, now() + %(delay)s::interval) AS run_after,
+           %(limited)s OR EXISTS (
+               SELECT 1 FROM {schema}.limits l
+               WHERE l.task_name = %(name)s
+                 AND (l.max_concurrency IS NOT NULL OR l.max_concurrency_per_key IS NOT NULL)
+           ) AS limited
 ),
 key AS (
     INSERT INTO {schema}.idempotency_keys (task_name, key, task_id)
@@ -14,7 +19,7 @@ ins AS (
                                 max_attempts, max_crashes, limited, lease, run_after,
                                 idempotency_key, state, vtime)
     SELECT key.task_id, %(name)s, %(queue)s, %(payload)s::jsonb, %(priority)s, %(partition_key)s,
-           %(max_attempts)s, %(max_crashes)s, %(limited)s, %(lease)s::interval, i.run_after,
+           %(max_attempts)s, %(max_crashes)s, i.limited, %(lease)s::interval, i.run_after,
            %(idempotency_key)s,
            CASE WHEN i.run_after > now() THEN 'scheduled' ELSE 'queued' END,
            CASE WHEN i.run_after > now() THEN 0

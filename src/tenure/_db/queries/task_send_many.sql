@@ -1,6 +1,11 @@
 -- Enqueue a batch of tasks of one kind and key in one round trip, in order.
 WITH input AS (
     SELECT coalesce(%(run_at)s::timestamptz, now() + %(delay)s::interval) AS run_after,
+           %(limited)s OR EXISTS (
+               SELECT 1 FROM {schema}.limits l
+               WHERE l.task_name = %(name)s
+                 AND (l.max_concurrency IS NOT NULL OR l.max_concurrency_per_key IS NOT NULL)
+           ) AS limited,
            {schema}.vtime_base(%(queue)s, %(partition_key)s) AS base,
            {schema}.vtime_step(%(queue)s, %(partition_key)s) AS step
 ),
@@ -8,7 +13,7 @@ ins AS (
     INSERT INTO {schema}.tasks (task_name, queue, payload, priority, partition_key, max_attempts,
                                 max_crashes, limited, lease, run_after, state, vtime)
     SELECT %(name)s, %(queue)s, p.payload::jsonb, %(priority)s, %(partition_key)s,
-           %(max_attempts)s, %(max_crashes)s, %(limited)s, %(lease)s::interval, i.run_after,
+           %(max_attempts)s, %(max_crashes)s, i.limited, %(lease)s::interval, i.run_after,
            CASE WHEN i.run_after > now() THEN 'scheduled' ELSE 'queued' END,
            CASE WHEN i.run_after > now() THEN 0 ELSE i.base + p.n * i.step END
     FROM unnest(%(payloads)s::text[]) WITH ORDINALITY AS p(payload, n), input i

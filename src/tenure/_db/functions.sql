@@ -1,0 +1,473 @@
+-- tenure functions: every SQL function the queue runs, in one file.
+--
+-- Re-applied by `migrate` whenever this file changes (after the numbered
+-- migrations), so a function is edited here and nowhere else. {schema} is the
+-- quoted schema name, {channel} the quoted NOTIFY channel.
+
+-- The vtime step of one task of a key: 1 / the key's weight in its queue.
+CREATE OR REPLACE FUNCTION {schema}.vtime_step(p_queue text, p_key text)
+RETURNS double precision
+LANGUAGE sql STABLE AS $$
+    SELECT 1.0 / coalesce((SELECT (q.key_weights ->> p_key)::double precision
+                           FROM {schema}.queues q WHERE q.name = p_queue), 1.0)
+$$;
+
+-- Where the next task of a key enters its queue: after the queue's head (the task
+-- served next) and after the key's own last queued task.
+CREATE OR REPLACE FUNCTION {schema}.vtime_base(p_queue text, p_key text)
+RETURNS double precision
+LANGUAGE sql STABLE AS $$
+    SELECT greatest(
+        coalesce(least(
+            (SELECT t.vtime FROM {schema}.tasks t
+             WHERE t.state = 'queued' AND NOT t.limited AND t.queue = p_queue
+             ORDER BY t.priority DESC, t.vtime, t.id LIMIT 1),
+            (SELECT t.vtime FROM {schema}.tasks t
+             WHERE t.state = 'queued' AND t.limited AND t.queue = p_queue
+             ORDER BY t.priority DESC, t.vtime, t.id LIMIT 1)), 0),
+        coalesce((SELECT max(t.vtime) FROM {schema}.tasks t
+                  WHERE t.state = 'queued' AND t.queue = p_queue AND t.partition_key = p_key), 0))
+$$;
+
+-- Move due scheduled tasks (delays, retries, crash backoff) into their queues,
+-- placing each fairly among its key's work, and wake those queues.
+CREATE OR REPLACE FUNCTION {schema}.promote_due(p_max integer)
+RETURNS TABLE (queue text, promoted integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_queues text[];
+    v_counts integer[];
+BEGIN
+    WITH due AS (
+        SELECT t.id, t.queue, t.partition_key,
+               row_number() OVER (PARTITION BY t.queue, t.partition_key
+                                  ORDER BY t.run_after, t.id) AS rn
+        FROM (SELECT s.id, s.queue, s.partition_key, s.run_after FROM {schema}.tasks s
+              WHERE s.state = 'scheduled' AND s.run_after <= now()
+              ORDER BY s.run_after LIMIT p_max FOR UPDATE SKIP LOCKED) t
+    ),
+    keys AS (
+        SELECT k.queue, k.partition_key,
+               {schema}.vtime_base(k.queue, k.partition_key) AS base,
+               {schema}.vtime_step(k.queue, k.partition_key) AS step
+        FROM (SELECT DISTINCT d.queue, d.partition_key FROM due d) k
+    ),
+    moved AS (
+        UPDATE {schema}.tasks t
+        SET state = 'queued', vtime = k.base + d.rn * k.step
+        FROM due d JOIN keys k ON k.queue = d.queue AND k.partition_key = d.partition_key
+        WHERE t.id = d.id
+        RETURNING t.queue
+    )
+    SELECT array_agg(m.queue), array_agg(m.n)
+    INTO v_queues, v_counts
+    FROM (SELECT moved.queue, count(*)::integer AS n FROM moved GROUP BY moved.queue) m;
+
+    PERFORM pg_notify({channel}, q) FROM unnest(v_queues) q;
+    RETURN QUERY SELECT * FROM unnest(v_queues, v_counts);
+END;
+$$;
+
+-- Turn expired leases back into claimable work, optionally only within one limit
+-- bucket (a queue, a task name, a partition key). The expired attempt is recorded
+-- as 'lease_expired' and the crash counter bumped; a task that reached its crash
+-- cap is quarantined instead of crash-looping the fleet. The first crash is taken
+-- over at once (keeping its place in the queue); repeated ones are scheduled with
+-- exponential backoff and jitter.
+CREATE OR REPLACE FUNCTION {schema}.expire_leases(p_queue text, p_task_name text, p_key text,
+                                       p_max integer)
+RETURNS TABLE (task_id bigint, verdict text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_requeued    bigint[];
+    v_quarantined bigint[];
+    v_queues      text[];
+BEGIN
+    WITH expired AS (
+        SELECT t.id
+        FROM {schema}.tasks t
+        WHERE t.state = 'running'
+          AND t.lease_expires_at < now()
+          AND (p_queue IS NULL OR t.queue = p_queue)
+          AND (p_task_name IS NULL OR t.task_name = p_task_name)
+          AND (p_key IS NULL OR t.partition_key = p_key)
+        ORDER BY t.lease_expires_at
+        LIMIT p_max
+        FOR UPDATE SKIP LOCKED
+    ),
+    recorded AS (
+        INSERT INTO {schema}.attempts (task_id, attempt, worker_id, started_at, ended_at, outcome,
+                                       error)
+        SELECT t.id, t.attempt, t.lease_owner, t.started_at, t.lease_expires_at, 'lease_expired',
+               'lease expired: worker ' || t.lease_owner || ' stopped renewing'
+        FROM {schema}.tasks t JOIN expired e ON e.id = t.id
+    ),
+    quarantined AS (
+        DELETE FROM {schema}.tasks t
+        USING expired e
+        WHERE t.id = e.id AND t.crashes + 1 >= t.max_crashes
+        RETURNING t.*
+    ),
+    moved AS (
+        INSERT INTO {schema}.finished_tasks (id, task_name, queue, payload, priority, partition_key,
+                                             state, attempt, errors, crashes, created_at,
+                                             last_error, idempotency_key)
+        SELECT q.id, q.task_name, q.queue, q.payload, q.priority, nullif(q.partition_key, ''),
+               'quarantined', q.attempt, q.errors, q.crashes + 1, q.created_at,
+               'quarantined: the lease expired ' || (q.crashes + 1)
+                   || ' times (the task kills or stalls its worker)',
+               q.idempotency_key
+        FROM quarantined q
+        RETURNING id
+    ),
+    requeued AS (
+        UPDATE {schema}.tasks t
+        SET state = CASE WHEN t.crashes = 0 THEN 'queued' ELSE 'scheduled' END,
+            lease_owner = NULL,
+            lease_expires_at = NULL,
+            started_at = NULL,
+            crashes = t.crashes + 1,
+            last_error = 'lease expired: worker ' || t.lease_owner || ' stopped renewing',
+            run_after = now() + CASE WHEN t.crashes = 0 THEN interval '0'
+                                     ELSE least(60, 2 ^ (t.crashes - 1)) * (0.75 + random() / 2)
+                                          * interval '1 second' END
+        FROM expired e
+        WHERE t.id = e.id AND t.crashes + 1 < t.max_crashes
+        RETURNING t.id, t.queue, t.state
+    )
+    SELECT (SELECT array_agg(r.id) FROM requeued r),
+           (SELECT array_agg(m.id) FROM moved m),
+           (SELECT array_agg(DISTINCT r.queue) FROM requeued r WHERE r.state = 'queued')
+    INTO v_requeued, v_quarantined, v_queues;
+
+    PERFORM pg_notify({channel}, q) FROM unnest(v_queues) q;
+    RETURN QUERY
+        SELECT r, 'requeued'::text FROM unnest(v_requeued) r
+        UNION ALL
+        SELECT q, 'quarantined'::text FROM unnest(v_quarantined) q;
+END;
+$$;
+
+-- Open one limit bucket for this claim: take its transaction advisory lock (or
+-- report -1 if another claimer holds it), expire its stale leases so a late
+-- renewal cannot revive one, and return how many more attempts it may start.
+-- Kinds: 'q' queue, 'qk' queue + key, 't' task name, 'tk' task name + key.
+CREATE OR REPLACE FUNCTION {schema}.bucket_open(p_kind text, p_queue text, p_task_name text, p_key text,
+                                     p_limit integer)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_running integer;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(
+            hashtext({channel} || ':' || p_kind),
+            hashtext(coalesce(p_queue, '') || '/' || coalesce(p_task_name, '') || '/'
+                     || coalesce(p_key, ''))) THEN
+        RETURN -1;
+    END IF;
+    PERFORM {schema}.expire_leases(p_queue, p_task_name, p_key, 1000);
+    IF p_kind = 'q' THEN
+        SELECT count(*) INTO v_running FROM {schema}.tasks t
+        WHERE t.state = 'running' AND t.queue = p_queue;
+    ELSIF p_kind = 'qk' THEN
+        SELECT count(*) INTO v_running FROM {schema}.tasks t
+        WHERE t.state = 'running' AND t.queue = p_queue AND t.partition_key = p_key;
+    ELSIF p_kind = 't' THEN
+        SELECT count(*) INTO v_running FROM {schema}.tasks t
+        WHERE t.state = 'running' AND t.task_name = p_task_name;
+    ELSE
+        SELECT count(*) INTO v_running FROM {schema}.tasks t
+        WHERE t.state = 'running' AND t.task_name = p_task_name AND t.partition_key = p_key;
+    END IF;
+    RETURN greatest(p_limit - v_running, 0);
+END;
+$$;
+
+-- Record a bucket's remaining capacity in the claim's map the first time the
+-- bucket is met; later candidates of the same bucket read it from the map.
+CREATE OR REPLACE FUNCTION {schema}.bucket_visit(p_caps jsonb, p_kind text, p_queue text, p_task_name text,
+                                      p_key text, p_limit integer)
+RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_name text := p_kind || ':' || coalesce(p_queue, '') || '/' || coalesce(p_task_name, '')
+                   || '/' || coalesce(p_key, '');
+BEGIN
+    IF p_caps ? v_name THEN
+        RETURN p_caps;
+    END IF;
+    RETURN p_caps || jsonb_build_object(
+        v_name, {schema}.bucket_open(p_kind, p_queue, p_task_name, p_key, p_limit));
+END;
+$$;
+
+-- The claim path for work under limits: walk the queue's candidates in fair order
+-- and take each one only if every bucket it belongs to has room. A bucket another
+-- claimer holds is skipped, and the queue is woken so the claim is tried again.
+CREATE OR REPLACE FUNCTION {schema}.claim_limited(p_worker uuid, p_queue text, p_names text[],
+                                       p_want integer, p_lease interval, p_limited boolean)
+RETURNS SETOF {schema}.tasks
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_q       record;
+    v_lim     record;
+    v_cand    record;
+    v_row     {schema}.tasks;
+    v_caps    jsonb := '{{}}';
+    v_names   text[];
+    v_name    text;
+    v_ok      boolean;
+    v_taken   integer := 0;
+    v_scanned integer := 0;
+    v_busy    boolean := false;
+BEGIN
+    SELECT * INTO v_q FROM {schema}.queues q WHERE q.name = p_queue;
+    IF v_q.max_concurrency IS NOT NULL THEN
+        v_caps := {schema}.bucket_visit(v_caps, 'q', p_queue, NULL, NULL, v_q.max_concurrency);
+    END IF;
+    FOR v_cand IN EXECUTE
+        'SELECT t.id, t.task_name, t.partition_key, t.limited FROM {schema}.tasks t '
+        || 'WHERE t.state = ''queued'' AND '
+        || CASE WHEN p_limited THEN 't.limited' ELSE 'NOT t.limited' END
+        || ' AND t.queue = $1 AND t.task_name = ANY ($2) '
+        || 'ORDER BY t.priority DESC, t.vtime, t.id'
+        USING p_queue, p_names
+    LOOP
+        EXIT WHEN v_taken >= p_want OR v_scanned >= 2000;
+        v_scanned := v_scanned + 1;
+        v_names := ARRAY[]::text[];
+        IF v_q.max_concurrency IS NOT NULL THEN
+            v_names := v_names || ('q:' || p_queue || '//');
+        END IF;
+        IF v_q.max_concurrency_per_key IS NOT NULL THEN
+            v_caps := {schema}.bucket_visit(v_caps, 'qk', p_queue, NULL, v_cand.partition_key,
+                                            v_q.max_concurrency_per_key);
+            v_names := v_names || ('qk:' || p_queue || '//' || v_cand.partition_key);
+        END IF;
+        IF v_cand.limited THEN
+            SELECT l.max_concurrency, l.max_concurrency_per_key INTO v_lim
+            FROM {schema}.limits l WHERE l.task_name = v_cand.task_name;
+            IF v_lim.max_concurrency IS NOT NULL THEN
+                v_caps := {schema}.bucket_visit(v_caps, 't', NULL, v_cand.task_name, NULL,
+                                                v_lim.max_concurrency);
+                v_names := v_names || ('t:/' || v_cand.task_name || '/');
+            END IF;
+            IF v_lim.max_concurrency_per_key IS NOT NULL THEN
+                v_caps := {schema}.bucket_visit(v_caps, 'tk', NULL, v_cand.task_name,
+                                                v_cand.partition_key, v_lim.max_concurrency_per_key);
+                v_names := v_names || ('tk:/' || v_cand.task_name || '/' || v_cand.partition_key);
+            END IF;
+        END IF;
+        v_ok := true;
+        FOREACH v_name IN ARRAY v_names LOOP
+            IF (v_caps ->> v_name)::integer < 0 THEN
+                v_busy := true;
+            END IF;
+            IF (v_caps ->> v_name)::integer <= 0 THEN
+                v_ok := false;
+            END IF;
+        END LOOP;
+        IF v_q.max_concurrency IS NOT NULL AND (v_caps ->> ('q:' || p_queue || '//'))::integer <= 0
+        THEN
+            EXIT;
+        END IF;
+        CONTINUE WHEN NOT v_ok;
+        UPDATE {schema}.tasks t
+        SET state = 'running', attempt = t.attempt + 1, lease_owner = p_worker,
+            lease_expires_at = clock_timestamp() + greatest(t.lease, p_lease),
+            started_at = clock_timestamp()
+        WHERE t.id = (SELECT s.id FROM {schema}.tasks s
+                      WHERE s.id = v_cand.id AND s.state = 'queued'
+                      FOR UPDATE SKIP LOCKED)
+        RETURNING t.* INTO v_row;
+        CONTINUE WHEN NOT FOUND;
+        RETURN NEXT v_row;
+        v_taken := v_taken + 1;
+        FOREACH v_name IN ARRAY v_names LOOP
+            v_caps := jsonb_set(v_caps, ARRAY[v_name],
+                                to_jsonb((v_caps ->> v_name)::integer - 1));
+        END LOOP;
+    END LOOP;
+    IF v_busy THEN
+        PERFORM pg_notify({channel}, p_queue);
+    END IF;
+END;
+$$;
+
+-- Claim up to p_limit tasks for p_worker from p_queues, restricted to the task
+-- names that worker can run. Queues are served weighted round-robin starting at
+-- p_start: each gets its weighted share first, then any queue fills what is left.
+-- Within a queue, work is taken by priority, then fair virtual time across
+-- partition keys. Unlimited work in an unlimited queue is claimed in one set-based
+-- statement; everything under a limit goes through claim_limited. Start and
+-- expiry use the statement's clock, not the transaction's, so an attempt never
+-- appears to start before the previous owner's outcome was written.
+CREATE OR REPLACE FUNCTION {schema}.claim(p_worker uuid, p_queues text[], p_names text[], p_limit integer,
+                               p_lease interval, p_start integer)
+RETURNS SETOF {schema}.tasks
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_left    integer := p_limit;
+    v_nq      integer := coalesce(array_length(p_queues, 1), 0);
+    v_weights integer[];
+    v_total   integer;
+    v_slot    integer;
+    v_share   integer;
+    v_got     integer;
+    v_queue   text;
+    v_q       record;
+    v_pass    integer;
+    v_free    text[];
+BEGIN
+    IF v_left <= 0 OR v_nq = 0 THEN
+        RETURN;
+    END IF;
+    SELECT array_agg(coalesce(q.weight, 1) ORDER BY u.ord), sum(coalesce(q.weight, 1))
+    INTO v_weights, v_total
+    FROM unnest(p_queues) WITH ORDINALITY AS u(name, ord)
+    LEFT JOIN {schema}.queues q ON q.name = u.name;
+    -- Names under a limit never take the set-based path, whatever their rows say.
+    SELECT coalesce(array_agg(n.name), ARRAY[]::text[]) INTO v_free
+    FROM unnest(p_names) AS n(name)
+    WHERE NOT EXISTS (SELECT 1 FROM {schema}.limits l
+                      WHERE l.task_name = n.name
+                        AND (l.max_concurrency IS NOT NULL
+                             OR l.max_concurrency_per_key IS NOT NULL));
+
+    FOR v_pass IN 1..2 LOOP
+        FOR i IN 0 .. v_nq - 1 LOOP
+            EXIT WHEN v_left <= 0;
+            v_slot := 1 + mod(p_start + i, v_nq);
+            v_queue := p_queues[v_slot];
+            v_share := CASE WHEN v_pass = 1
+                            THEN ceil(p_limit::numeric * v_weights[v_slot] / v_total)::integer
+                            ELSE v_left END;
+            v_share := least(v_share, v_left);
+            SELECT * INTO v_q FROM {schema}.queues q WHERE q.name = v_queue;
+            CONTINUE WHEN v_q.paused IS TRUE;
+            IF v_q.max_concurrency IS NULL AND v_q.max_concurrency_per_key IS NULL THEN
+                RETURN QUERY
+                WITH picked AS (
+                    SELECT t.id FROM {schema}.tasks t
+                    WHERE t.state = 'queued' AND NOT t.limited AND t.queue = v_queue
+                      AND t.task_name = ANY (v_free)
+                    ORDER BY t.priority DESC, t.vtime, t.id
+                    LIMIT v_share
+                    FOR UPDATE SKIP LOCKED
+                )
+                UPDATE {schema}.tasks t
+                SET state = 'running', attempt = t.attempt + 1, lease_owner = p_worker,
+                    lease_expires_at = clock_timestamp() + greatest(t.lease, p_lease),
+                    started_at = clock_timestamp()
+                FROM picked WHERE t.id = picked.id
+                RETURNING t.*;
+            ELSE
+                RETURN QUERY SELECT * FROM {schema}.claim_limited(
+                    p_worker, v_queue, p_names, v_share, p_lease, false);
+            END IF;
+            GET DIAGNOSTICS v_got = ROW_COUNT;
+            v_left := v_left - v_got;
+            v_share := v_share - v_got;
+            IF v_share > 0 AND EXISTS (
+                SELECT 1 FROM {schema}.tasks t
+                WHERE t.state = 'queued' AND t.limited AND t.queue = v_queue) THEN
+                RETURN QUERY SELECT * FROM {schema}.claim_limited(
+                    p_worker, v_queue, p_names, v_share, p_lease, true);
+                GET DIAGNOSTICS v_got = ROW_COUNT;
+                v_left := v_left - v_got;
+            END IF;
+        END LOOP;
+        EXIT WHEN v_nq = 1;
+    END LOOP;
+END;
+$$;
+
+-- Record the outcomes of a batch of attempts, each fenced on (id, attempt, owner):
+-- a row this worker no longer owns is left alone and missing from the result. A
+-- task named twice in one batch counts once.
+-- Outcomes: succeeded, error, timed_out (retried after p_delays seconds until
+-- max_attempts), discarded (failed at once), cancelled, released (handed back
+-- without spending an attempt, keeping its place in the queue). Queues that got
+-- claimable work back, or a freed slot under a limit, are woken.
+CREATE OR REPLACE FUNCTION {schema}.complete(p_worker uuid, p_ids bigint[], p_attempts integer[],
+                                  p_outcomes text[], p_results jsonb[], p_errors text[],
+                                  p_delays double precision[])
+RETURNS TABLE (task_id bigint, verdict text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_ids      bigint[];
+    v_verdicts text[];
+    v_queues   text[];
+BEGIN
+    WITH input AS (
+        SELECT DISTINCT ON (u.id) u.*
+        FROM unnest(p_ids, p_attempts, p_outcomes, p_results, p_errors, p_delays)
+            AS u(id, attempt, outcome, result, error, delay)
+        ORDER BY u.id
+    ),
+    owned AS (
+        SELECT t.id, t.attempt, t.started_at, t.queue, t.limited, i.outcome, i.result, i.error,
+               i.delay,
+               CASE
+                   WHEN i.outcome = 'succeeded' THEN 'succeeded'
+                   WHEN i.outcome = 'cancelled' THEN 'cancelled'
+                   WHEN i.outcome = 'released' THEN 'released'
+                   WHEN i.outcome = 'discarded' THEN 'failed'
+                   WHEN t.errors + 1 >= t.max_attempts THEN 'failed'
+                   ELSE 'retry'
+               END AS verdict
+        FROM {schema}.tasks t
+        JOIN input i ON i.id = t.id AND i.attempt = t.attempt
+        WHERE t.state = 'running' AND t.lease_owner = p_worker
+        FOR UPDATE OF t
+    ),
+    recorded AS (
+        INSERT INTO {schema}.attempts (task_id, attempt, worker_id, started_at, ended_at, outcome,
+                                       error)
+        SELECT o.id, o.attempt, p_worker, o.started_at, now(),
+               CASE WHEN o.outcome = 'discarded' THEN 'error' ELSE o.outcome END, o.error
+        FROM owned o
+    ),
+    removed AS (
+        DELETE FROM {schema}.tasks t
+        USING owned o
+        WHERE t.id = o.id AND o.verdict IN ('succeeded', 'failed', 'cancelled')
+        RETURNING t.*, o.verdict, o.result, o.error
+    ),
+    finished AS (
+        INSERT INTO {schema}.finished_tasks (id, task_name, queue, payload, priority, partition_key,
+                                             state, attempt, errors, crashes, created_at,
+                                             last_error, result, idempotency_key)
+        SELECT r.id, r.task_name, r.queue, r.payload, r.priority, nullif(r.partition_key, ''),
+               r.verdict, r.attempt, r.errors + (r.verdict = 'failed')::integer, r.crashes,
+               r.created_at, coalesce(r.error, r.last_error), r.result, r.idempotency_key
+        FROM removed r
+    ),
+    requeued AS (
+        UPDATE {schema}.tasks t
+        SET state = CASE WHEN o.verdict = 'retry' AND o.delay > 0 THEN 'scheduled'
+                         ELSE 'queued' END,
+            lease_owner = NULL, lease_expires_at = NULL, started_at = NULL,
+            errors = t.errors + (o.verdict = 'retry')::integer,
+            last_error = CASE WHEN o.verdict = 'retry' THEN o.error ELSE t.last_error END,
+            run_after = now() + CASE WHEN o.verdict = 'retry' AND o.delay > 0
+                                     THEN make_interval(secs => o.delay)
+                                     ELSE interval '0' END
+        FROM owned o
+        WHERE t.id = o.id AND o.verdict IN ('retry', 'released')
+    )
+    SELECT array_agg(o.id), array_agg(o.verdict),
+           array_agg(DISTINCT o.queue) FILTER (
+               WHERE o.verdict = 'released' OR (o.verdict = 'retry' AND o.delay <= 0)
+                  OR o.limited
+                  OR EXISTS (SELECT 1 FROM {schema}.queues q
+                             WHERE q.name = o.queue
+                               AND (q.max_concurrency IS NOT NULL
+                                    OR q.max_concurrency_per_key IS NOT NULL)))
+    INTO v_ids, v_verdicts, v_queues
+    FROM owned o;
+
+    PERFORM pg_notify({channel}, q) FROM unnest(v_queues) q;
+    RETURN QUERY SELECT * FROM unnest(v_ids, v_verdicts);
+END;
+$$;

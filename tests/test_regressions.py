@@ -1,0 +1,221 @@
+"""Regression tests for faults found in review: each names what went wrong before."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from tenure import Registry
+from tenure._maintenance.reaper import BATCH, Reaper
+from tenure._worker.link import Link
+from tests.conftest import ROOT, eventually
+from tests.test_queue import FakeWorker
+
+
+def test_one_unwritable_outcome_does_not_hold_back_the_others(
+    fleet_app: Any, workers: Any, db: psycopg.Connection[Any]
+) -> None:
+    # Given an error text and a result that both contain NUL, among ordinary tasks
+    bad = fleet_app.raises_nul.send({})
+    nul_result = fleet_app.returns_nul.send({})
+    fine = fleet_app.sleepy.send_many([{"s": 0}] * 3)
+    workers("--lease", "2s", "--concurrency", "8")
+    # Then every task is written: nothing stays running behind the bad outcome
+    eventually(lambda: all(h.state() == "succeeded" for h in fine), timeout=20)
+    eventually(lambda: bad.state() == "scheduled" or bad.state() == "failed", timeout=20)
+    assert "bad\\0byte" in (bad.info().last_error or "")
+    eventually(lambda: nul_result.state() == "succeeded", timeout=20)
+    assert nul_result.info().result == "nul\ufffdinside"
+
+
+def test_a_validator_raising_an_unexpected_error_fails_the_task_instead_of_stranding_it(
+    fleet_app: Any, workers: Any, db: psycopg.Connection[Any]
+) -> None:
+    ok = fleet_app.picky.send({"value": "fine"})
+    db.execute(
+        "INSERT INTO tasks (task_name, queue, payload, max_attempts, max_crashes, vtime) "
+        "VALUES ('tests.apps.fleet.picky', 'work', '{\"value\": \"boom\"}', 5, 3, 0)"
+    )
+    workers("--lease", "2s")
+    eventually(lambda: ok.state() == "succeeded", timeout=20)
+    row = eventually(
+        lambda: db.execute(
+            "SELECT state, errors, last_error FROM finished_tasks WHERE id <> %s", (ok.id,)
+        ).fetchone(),
+        timeout=20,
+    )
+    assert row[0] == "failed" and row[1] == 1 and "KeyError" in row[2]
+
+
+def test_a_limit_the_sender_does_not_know_about_still_holds(
+    database_url: str, schema: str, db: psycopg.Connection[Any], registry: Registry
+) -> None:
+    # Given workers publish a limit of 1, and a sender from an older deploy without it
+    @registry.task(name="x")
+    def x(payload: dict) -> None: ...
+
+    x.send({})  # migrates
+    w = FakeWorker(db, schema, ["x"])
+    w.publish_limits("x", 1)
+    x.send_many([{}, {}, {}])
+    # When a worker claims
+    # Then only one runs at once
+    assert len(w.claim(10)) == 1
+
+
+def test_a_limit_only_the_sender_declares_does_not_strand_its_tasks(
+    db: psycopg.Connection[Any], schema: str, registry: Registry
+) -> None:
+    @registry.task(name="y", max_concurrency=2)
+    def y(payload: dict) -> None: ...
+
+    y.send_many([{}, {}, {}])
+    w = FakeWorker(db, schema, ["y"])  # no limits row was ever published
+    assert len(w.claim(10)) == 3
+
+
+def test_publishing_a_new_limit_flags_waiting_rows(
+    db: psycopg.Connection[Any], schema: str, registry: Registry
+) -> None:
+    @registry.task(name="z")
+    def z(payload: dict) -> None: ...
+
+    z.send_many([{}] * 4)
+    w = FakeWorker(db, schema, ["z"])
+    w.publish_limits("z", 2)
+    assert db.execute("SELECT bool_and(limited) FROM tasks").fetchone() == (True,)
+    assert len(w.claim(10)) == 2
+
+
+def test_a_task_lease_shorter_than_the_workers_is_raised_to_it(
+    db: psycopg.Connection[Any], schema: str, registry: Registry
+) -> None:
+    @registry.task(name="short", lease=timedelta(seconds=1))
+    def short(payload: dict) -> None: ...
+
+    short.send({})
+    w = FakeWorker(db, schema, ["short"])
+    w.claim(1, lease=timedelta(seconds=30))
+    left = db.execute("SELECT extract(epoch FROM lease_expires_at - now()) FROM tasks").fetchone()
+    assert float(left[0]) > 25
+
+
+def test_rows_a_worker_owns_but_never_received_are_handed_back(
+    db: psycopg.Connection[Any], schema: str, registry: Registry
+) -> None:
+    # Given a claim committed but its answer never reached the worker
+    @registry.task(name="o")
+    def o(payload: dict) -> None: ...
+
+    o.send({})
+    w = FakeWorker(db, schema, ["o"])
+    [(tid, attempt)] = w.claim()
+    db.execute("UPDATE tasks SET started_at = now() - interval '1 hour'")
+    # When the worker heartbeats holding nothing
+    assert w.renew([]) == set()
+    # Then the row is claimable again, with no error or crash counted
+    assert db.execute("SELECT state, errors, crashes FROM tasks").fetchone() == ("queued", 0, 0)
+    assert db.execute("SELECT attempt, outcome FROM attempts").fetchall() == [(attempt, "released")]
+
+
+def test_a_fresh_claim_is_not_mistaken_for_an_orphan(
+    db: psycopg.Connection[Any], schema: str, registry: Registry
+) -> None:
+    @registry.task(name="f")
+    def f(payload: dict) -> None: ...
+
+    f.send({})
+    w = FakeWorker(db, schema, ["f"])
+    w.claim()
+    w.renew([])  # the claim's answer is still on its way: the row is seconds old
+    assert db.execute("SELECT state FROM tasks").fetchone() == ("running",)
+
+
+def test_the_reaper_clears_a_mass_expiry_in_one_pass(
+    database_url: str, db: psycopg.Connection[Any], schema: str, registry: Registry
+) -> None:
+    @registry.task(name="m")
+    def m(payload: dict) -> None: ...
+
+    m.send_many([{}] * (BATCH * 2 + 10))
+    w = FakeWorker(db, schema, ["m"])
+    w.claim(BATCH * 3)
+    db.execute("UPDATE tasks SET lease_expires_at = now() - interval '1 second'")
+
+    async def reap() -> Any:
+        link = Link(database_url, schema, "test")
+        try:
+            return await Reaper(link, timedelta(seconds=1), timedelta(minutes=1)).run_once()
+        finally:
+            await link.close()
+
+    result = asyncio.run(reap())
+    assert len(result.requeued) == BATCH * 2 + 10
+    assert db.execute("SELECT count(*) FROM tasks WHERE state = 'running'").fetchone() == (0,)
+
+
+def test_complete_counts_a_task_named_twice_in_one_batch_once(
+    db: psycopg.Connection[Any], schema: str, registry: Registry
+) -> None:
+    @registry.task(name="d")
+    def d(payload: dict) -> None: ...
+
+    d.send({})
+    w = FakeWorker(db, schema, ["d"])
+    [(tid, attempt)] = w.claim()
+    rows = w.run(
+        "task_complete_many",
+        worker=w.id,
+        ids=[tid, tid],
+        attempts=[attempt, attempt],
+        outcomes=["succeeded", "released"],
+        results=[None, None],
+        errors=[None, None],
+        delays=[0.0, 0.0],
+    )
+    assert len(rows) == 1
+    assert db.execute("SELECT count(*) FROM attempts").fetchone() == (1,)
+
+
+def test_a_schema_that_belongs_to_something_else_is_one_line(
+    database_url: str, schema: str
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(f"CREATE TABLE {schema}.tasks (something_else int)")
+    result = subprocess.run(
+        [sys.executable, "-m", "tenure", "status", "--schema", schema],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TENURE_DATABASE_URL": database_url},
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: cannot migrate schema '{schema}'")
+    assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.acceptance
+def test_threads_given_up_on_do_not_starve_the_next_tasks(
+    fleet_app: Any, workers: Any, db: psycopg.Connection[Any]
+) -> None:
+    # Given one slot, a task that times out after 0.5 s but sleeps 5 s in its thread
+    slow = fleet_app.too_slow.send({})
+    workers("--lease", "2s", "--concurrency", "1", "--prefetch", "0")
+    eventually(lambda: db.execute("SELECT count(*) FROM attempts").fetchone()[0] >= 1)
+    quick = fleet_app.sleepy.send({"s": 0})
+    # Then the next task runs while the abandoned thread still sleeps
+    eventually(lambda: quick.state() == "succeeded", timeout=20)
+    first = db.execute(
+        "SELECT started_at FROM attempts WHERE task_id = %s AND attempt = 1", (slow.id,)
+    ).fetchone()[0]
+    done = db.execute("SELECT ended_at FROM attempts WHERE task_id = %s", (quick.id,)).fetchone()[0]
+    assert (done - first).total_seconds() < 5.0
