@@ -120,3 +120,23 @@ class Picky(pydantic.BaseModel):
 @reg.task(queue="work")
 def picky(payload: Picky) -> str:
     return payload.value
+
+
+@reg.task(queue="work", max_concurrency=3)
+def three_at_a_time(payload: dict) -> None:
+    time.sleep(float(payload.get("s", 0.005)))
+
+
+@reg.task(queue="tenants")
+def tenant_work(payload: dict) -> None:
+    time.sleep(float(payload.get("s", 0.01)))
+
+
+@reg.task(queue="flood")
+def flood_work(payload: dict) -> None:
+    time.sleep(float(payload.get("s", 0.01)))
+
+
+@reg.task(queue="side")
+def side_work(payload: dict) -> None:
+    time.sleep(float(payload.get("s", 0.01)))

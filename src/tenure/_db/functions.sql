@@ -12,8 +12,10 @@ LANGUAGE sql STABLE AS $$
                            FROM {schema}.queues q WHERE q.name = p_queue), 1.0)
 $$;
 
--- Where the next task of a key enters its queue: after the queue's head (the task
--- served next) and after the key's own last queued task.
+-- Where the next task of a key enters its queue: at the queue's head (the task
+-- served next), or one step after the key's own last queued task if that is later.
+-- A key with nothing queued starts level with the head; a key with a backlog goes
+-- after its own backlog.
 CREATE OR REPLACE FUNCTION {schema}.vtime_base(p_queue text, p_key text)
 RETURNS double precision
 LANGUAGE sql STABLE AS $$
@@ -25,8 +27,9 @@ LANGUAGE sql STABLE AS $$
             (SELECT t.vtime FROM {schema}.tasks t
              WHERE t.state = 'queued' AND t.limited AND t.queue = p_queue
              ORDER BY t.priority DESC, t.vtime, t.id LIMIT 1)), 0),
-        coalesce((SELECT max(t.vtime) FROM {schema}.tasks t
-                  WHERE t.state = 'queued' AND t.queue = p_queue AND t.partition_key = p_key), 0))
+        (SELECT max(t.vtime) FROM {schema}.tasks t
+         WHERE t.state = 'queued' AND t.queue = p_queue AND t.partition_key = p_key)
+        + {schema}.vtime_step(p_queue, p_key))
 $$;
 
 -- Move due scheduled tasks (delays, retries, crash backoff) into their queues,
@@ -54,7 +57,7 @@ BEGIN
     ),
     moved AS (
         UPDATE {schema}.tasks t
-        SET state = 'queued', vtime = k.base + d.rn * k.step
+        SET state = 'queued', vtime = k.base + (d.rn - 1) * k.step
         FROM due d JOIN keys k ON k.queue = d.queue AND k.partition_key = d.partition_key
         WHERE t.id = d.id
         RETURNING t.queue
@@ -203,94 +206,120 @@ $$;
 
 -- The claim path for work under limits: walk the queue's candidates in fair order
 -- and take each one only if every bucket it belongs to has room. A bucket another
--- claimer holds is skipped, and the queue is woken so the claim is tried again.
+-- claimer holds counts as full: that claimer takes what the bucket has room for,
+-- and the next freed slot wakes the queue again. When a task name's bucket or a
+-- partition key's bucket is full, the walk starts over without that name or key,
+-- so a full bucket never costs a scan of its backlog.
 CREATE OR REPLACE FUNCTION {schema}.claim_limited(p_worker uuid, p_queue text, p_names text[],
-                                       p_want integer, p_lease interval, p_limited boolean)
+                                                  p_want integer, p_lease interval,
+                                                  p_limited boolean)
 RETURNS SETOF {schema}.tasks
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_q       record;
-    v_lim     record;
-    v_cand    record;
-    v_row     {schema}.tasks;
-    v_caps    jsonb := '{{}}';
-    v_names   text[];
-    v_name    text;
-    v_ok      boolean;
-    v_taken   integer := 0;
-    v_scanned integer := 0;
-    v_busy    boolean := false;
+    v_q          record;
+    v_lim        record;
+    v_cand       record;
+    v_row        {schema}.tasks;
+    v_caps       jsonb := '{{}}';
+    v_names      text[];
+    v_name       text;
+    v_ok         boolean;
+    v_restart    boolean;
+    v_taken      integer := 0;
+    v_scanned    integer := 0;
+    v_off_names  text[] := ARRAY[]::text[];
+    v_off_keys   text[] := ARRAY[]::text[];
+    v_name_cap   text;
+    v_key_cap    text;
 BEGIN
     SELECT * INTO v_q FROM {schema}.queues q WHERE q.name = p_queue;
     IF v_q.max_concurrency IS NOT NULL THEN
         v_caps := {schema}.bucket_visit(v_caps, 'q', p_queue, NULL, NULL, v_q.max_concurrency);
+        IF (v_caps ->> ('q:' || p_queue || '//'))::integer <= 0 THEN
+            RETURN;
+        END IF;
     END IF;
-    FOR v_cand IN EXECUTE
-        'SELECT t.id, t.task_name, t.partition_key, t.limited FROM {schema}.tasks t '
-        || 'WHERE t.state = ''queued'' AND '
-        || CASE WHEN p_limited THEN 't.limited' ELSE 'NOT t.limited' END
-        || ' AND t.queue = $1 AND t.task_name = ANY ($2) '
-        || 'ORDER BY t.priority DESC, t.vtime, t.id'
-        USING p_queue, p_names
     LOOP
-        EXIT WHEN v_taken >= p_want OR v_scanned >= 2000;
-        v_scanned := v_scanned + 1;
-        v_names := ARRAY[]::text[];
-        IF v_q.max_concurrency IS NOT NULL THEN
-            v_names := v_names || ('q:' || p_queue || '//');
-        END IF;
-        IF v_q.max_concurrency_per_key IS NOT NULL THEN
-            v_caps := {schema}.bucket_visit(v_caps, 'qk', p_queue, NULL, v_cand.partition_key,
-                                            v_q.max_concurrency_per_key);
-            v_names := v_names || ('qk:' || p_queue || '//' || v_cand.partition_key);
-        END IF;
-        IF v_cand.limited THEN
-            SELECT l.max_concurrency, l.max_concurrency_per_key INTO v_lim
-            FROM {schema}.limits l WHERE l.task_name = v_cand.task_name;
-            IF v_lim.max_concurrency IS NOT NULL THEN
-                v_caps := {schema}.bucket_visit(v_caps, 't', NULL, v_cand.task_name, NULL,
-                                                v_lim.max_concurrency);
-                v_names := v_names || ('t:/' || v_cand.task_name || '/');
+        v_restart := false;
+        FOR v_cand IN EXECUTE
+            'SELECT t.id, t.task_name, t.partition_key, t.limited FROM {schema}.tasks t '
+            || 'WHERE t.state = ''queued'' AND '
+            || CASE WHEN p_limited THEN 't.limited' ELSE 'NOT t.limited' END
+            || ' AND t.queue = $1 AND t.task_name = ANY ($2)'
+            || ' AND NOT (t.task_name = ANY ($3)) AND NOT (t.partition_key = ANY ($4))'
+            || ' ORDER BY t.priority DESC, t.vtime, t.id'
+            USING p_queue, p_names, v_off_names, v_off_keys
+        LOOP
+            EXIT WHEN v_taken >= p_want OR v_scanned >= 2000;
+            v_scanned := v_scanned + 1;
+            v_names := ARRAY[]::text[];
+            v_name_cap := NULL;
+            v_key_cap := NULL;
+            IF v_q.max_concurrency IS NOT NULL THEN
+                v_names := v_names || ('q:' || p_queue || '//');
             END IF;
-            IF v_lim.max_concurrency_per_key IS NOT NULL THEN
-                v_caps := {schema}.bucket_visit(v_caps, 'tk', NULL, v_cand.task_name,
-                                                v_cand.partition_key, v_lim.max_concurrency_per_key);
-                v_names := v_names || ('tk:/' || v_cand.task_name || '/' || v_cand.partition_key);
+            IF v_q.max_concurrency_per_key IS NOT NULL THEN
+                v_key_cap := 'qk:' || p_queue || '//' || v_cand.partition_key;
+                v_caps := {schema}.bucket_visit(v_caps, 'qk', p_queue, NULL, v_cand.partition_key,
+                                                v_q.max_concurrency_per_key);
+                v_names := v_names || v_key_cap;
             END IF;
-        END IF;
-        v_ok := true;
-        FOREACH v_name IN ARRAY v_names LOOP
-            IF (v_caps ->> v_name)::integer < 0 THEN
-                v_busy := true;
+            IF v_cand.limited THEN
+                SELECT l.max_concurrency, l.max_concurrency_per_key INTO v_lim
+                FROM {schema}.limits l WHERE l.task_name = v_cand.task_name;
+                IF v_lim.max_concurrency IS NOT NULL THEN
+                    v_name_cap := 't:/' || v_cand.task_name || '/';
+                    v_caps := {schema}.bucket_visit(v_caps, 't', NULL, v_cand.task_name, NULL,
+                                                    v_lim.max_concurrency);
+                    v_names := v_names || v_name_cap;
+                END IF;
+                IF v_lim.max_concurrency_per_key IS NOT NULL THEN
+                    v_caps := {schema}.bucket_visit(v_caps, 'tk', NULL, v_cand.task_name,
+                                                    v_cand.partition_key,
+                                                    v_lim.max_concurrency_per_key);
+                    v_names := v_names
+                               || ('tk:/' || v_cand.task_name || '/' || v_cand.partition_key);
+                END IF;
             END IF;
-            IF (v_caps ->> v_name)::integer <= 0 THEN
-                v_ok := false;
+            v_ok := true;
+            FOREACH v_name IN ARRAY v_names LOOP
+                IF (v_caps ->> v_name)::integer <= 0 THEN
+                    v_ok := false;
+                END IF;
+            END LOOP;
+            IF v_ok THEN
+                UPDATE {schema}.tasks t
+                SET state = 'running', attempt = t.attempt + 1, lease_owner = p_worker,
+                    lease_expires_at = clock_timestamp() + greatest(t.lease, p_lease),
+                    started_at = clock_timestamp()
+                WHERE t.id = (SELECT s.id FROM {schema}.tasks s
+                              WHERE s.id = v_cand.id AND s.state = 'queued'
+                              FOR UPDATE SKIP LOCKED)
+                RETURNING t.* INTO v_row;
+                IF FOUND THEN
+                    RETURN NEXT v_row;
+                    v_taken := v_taken + 1;
+                    FOREACH v_name IN ARRAY v_names LOOP
+                        v_caps := jsonb_set(v_caps, ARRAY[v_name],
+                                            to_jsonb((v_caps ->> v_name)::integer - 1));
+                    END LOOP;
+                END IF;
+            END IF;
+            EXIT WHEN v_q.max_concurrency IS NOT NULL
+                      AND (v_caps ->> ('q:' || p_queue || '//'))::integer <= 0;
+            IF v_name_cap IS NOT NULL AND (v_caps ->> v_name_cap)::integer <= 0 THEN
+                v_off_names := v_off_names || v_cand.task_name;
+                v_restart := true;
+                EXIT;
+            END IF;
+            IF v_key_cap IS NOT NULL AND (v_caps ->> v_key_cap)::integer <= 0 THEN
+                v_off_keys := v_off_keys || v_cand.partition_key;
+                v_restart := true;
+                EXIT;
             END IF;
         END LOOP;
-        IF v_q.max_concurrency IS NOT NULL AND (v_caps ->> ('q:' || p_queue || '//'))::integer <= 0
-        THEN
-            EXIT;
-        END IF;
-        CONTINUE WHEN NOT v_ok;
-        UPDATE {schema}.tasks t
-        SET state = 'running', attempt = t.attempt + 1, lease_owner = p_worker,
-            lease_expires_at = clock_timestamp() + greatest(t.lease, p_lease),
-            started_at = clock_timestamp()
-        WHERE t.id = (SELECT s.id FROM {schema}.tasks s
-                      WHERE s.id = v_cand.id AND s.state = 'queued'
-                      FOR UPDATE SKIP LOCKED)
-        RETURNING t.* INTO v_row;
-        CONTINUE WHEN NOT FOUND;
-        RETURN NEXT v_row;
-        v_taken := v_taken + 1;
-        FOREACH v_name IN ARRAY v_names LOOP
-            v_caps := jsonb_set(v_caps, ARRAY[v_name],
-                                to_jsonb((v_caps ->> v_name)::integer - 1));
-        END LOOP;
+        EXIT WHEN NOT v_restart OR v_taken >= p_want OR v_scanned >= 2000;
     END LOOP;
-    IF v_busy THEN
-        PERFORM pg_notify({channel}, p_queue);
-    END IF;
 END;
 $$;
 

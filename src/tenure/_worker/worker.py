@@ -65,6 +65,7 @@ class Worker:
         self.pool = DaemonThreadPool(config.concurrency)
         self._wake = asyncio.Event()
         self._maybe_more = True
+        self._others_idle = False
         self._draining = False
         self._signals = 0
         self._runners: dict[tuple[int, int], asyncio.Task[None]] = {}
@@ -241,9 +242,11 @@ class Worker:
     async def _claim_loop(self) -> None:
         cfg = self.config
         poll = cfg.poll_interval.total_seconds()
-        target = cfg.concurrency + cfg.prefetch_count
         failures = 0
         while not self._draining:
+            # No prefetching while another worker serving these queues has idle slots:
+            # what this worker would hoard, that one could start now.
+            target = cfg.concurrency + (0 if self._others_idle else cfg.prefetch_count)
             want = target - self.holdings.waiting_or_running()
             if want > 0 and not self.heartbeat.fenced and self._maybe_more:
                 self._maybe_more = False
@@ -331,6 +334,7 @@ class Worker:
     def _rebalance(self, beat: HeartbeatResult) -> None:
         """After each heartbeat: while another worker has idle slots, hand back prefetched
         tasks it can start at once."""
+        self._others_idle = beat.idle_elsewhere > 0
         if beat.idle_elsewhere > 0 and self.buffer:
             self._release_waiting(beat.idle_elsewhere, "idle capacity elsewhere")
 

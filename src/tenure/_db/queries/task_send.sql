@@ -1,6 +1,6 @@
 -- Enqueue one task: due now it enters its queue at its key's fair place and wakes
 -- the queue's workers; later it waits as scheduled.
-WITH input AS (
+WITH input AS MATERIALIZED (
     SELECT coalesce(%(run_at)s::timestamptz, now() + %(delay)s::interval) AS run_after,
            %(limited)s OR EXISTS (
                SELECT 1 FROM {schema}.limits l
@@ -15,8 +15,7 @@ ins AS (
            %(max_attempts)s, %(max_crashes)s, i.limited, %(lease)s::interval, i.run_after,
            CASE WHEN i.run_after > now() THEN 'scheduled' ELSE 'queued' END,
            CASE WHEN i.run_after > now() THEN 0
-                ELSE {schema}.vtime_base(%(queue)s, %(partition_key)s)
-                     + {schema}.vtime_step(%(queue)s, %(partition_key)s) END
+                ELSE {schema}.vtime_base(%(queue)s, %(partition_key)s) END
     FROM input i
     RETURNING id, queue, state
 )

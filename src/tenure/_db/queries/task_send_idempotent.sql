@@ -1,6 +1,6 @@
 -- Enqueue one task under an idempotency key: the first sender creates the task, a
 -- repeated key returns no row here (the caller then looks the existing task up).
-WITH input AS (
+WITH input AS MATERIALIZED (
     SELECT coalesce(%(run_at)s::timestamptz, now() + %(delay)s::interval) AS run_after,
            %(limited)s OR EXISTS (
                SELECT 1 FROM {schema}.limits l
@@ -23,8 +23,7 @@ ins AS (
            %(idempotency_key)s,
            CASE WHEN i.run_after > now() THEN 'scheduled' ELSE 'queued' END,
            CASE WHEN i.run_after > now() THEN 0
-                ELSE {schema}.vtime_base(%(queue)s, %(partition_key)s)
-                     + {schema}.vtime_step(%(queue)s, %(partition_key)s) END
+                ELSE {schema}.vtime_base(%(queue)s, %(partition_key)s) END
     FROM key, input i
     RETURNING id, queue, state
 )

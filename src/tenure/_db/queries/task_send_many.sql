@@ -1,5 +1,5 @@
 -- Enqueue a batch of tasks of one kind and key in one round trip, in order.
-WITH input AS (
+WITH input AS MATERIALIZED (
     SELECT coalesce(%(run_at)s::timestamptz, now() + %(delay)s::interval) AS run_after,
            %(limited)s OR EXISTS (
                SELECT 1 FROM {schema}.limits l
@@ -15,7 +15,7 @@ ins AS (
     SELECT %(name)s, %(queue)s, p.payload::jsonb, %(priority)s, %(partition_key)s,
            %(max_attempts)s, %(max_crashes)s, i.limited, %(lease)s::interval, i.run_after,
            CASE WHEN i.run_after > now() THEN 'scheduled' ELSE 'queued' END,
-           CASE WHEN i.run_after > now() THEN 0 ELSE i.base + p.n * i.step END
+           CASE WHEN i.run_after > now() THEN 0 ELSE i.base + (p.n - 1) * i.step END
     FROM unnest(%(payloads)s::text[]) WITH ORDINALITY AS p(payload, n), input i
     ORDER BY p.n
     RETURNING id, queue, state
