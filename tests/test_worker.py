@@ -132,22 +132,39 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
     )
 
 
-def test_status_shows_queues_workers_and_leases(
+def cells_of(output: str, marker: str) -> list[str]:
+    line = next(line for line in output.splitlines() if marker in line)
+    return [c.strip() for c in line.split("│") if c.strip()]
+
+
+def test_status_shows_queues_limits_keys_workers_and_leases(
     fleet_app: Any, workers: Any, db: psycopg.Connection[Any], database_url: str, schema: str
 ) -> None:
-    fleet_app.sleepy.send_many([{"s": 30}] * 4)
-    w = workers("--lease", "2s", "--concurrency", "2")
+    # Given four long tasks of tenant-x, a delayed one, and a limited task in the queue
+    fleet_app.sleepy.send_many([{"s": 30}] * 4, partition_key="tenant-x")
+    fleet_app.sleepy.send({"s": 0}, delay=3600)
+    w = workers("--lease", "2s", "--concurrency", "2", "--prefetch", "1")
     eventually(
-        lambda: db.execute("SELECT count(*) FROM tasks WHERE state = 'running'").fetchone()[0] == 2,
-        what="two running",
+        lambda: (
+            db.execute("SELECT count(*) FROM tasks WHERE lease_owner IS NOT NULL").fetchone()[0]
+            == 3
+        ),
+        what="two running, one prefetched",
     )
+    eventually(
+        lambda: db.execute("SELECT held FROM workers WHERE pid = %s", (w.pid,)).fetchone() == (3,),
+        what="the worker published what it holds",
+    )
+    # When an operator asks for the status
     result = run_cli("status", "--schema", schema, env={"TENURE_DATABASE_URL": database_url})
     assert result.returncode == 0, result.stderr
-    queue_row = next(line for line in result.stdout.splitlines() if "│ work" in line)
-    cells = [c.strip() for c in queue_row.split("│") if c.strip()]
-    assert cells[:4] == ["work", "2", "2", "2"]  # queued, due, running
-    worker_row = next(line for line in result.stdout.splitlines() if str(w.pid) in line)
-    assert "active" in worker_row and "│ 2 " in worker_row  # two leases held
+    out = result.stdout
+    # Then each table shows it: queue counts, the limited task, the largest key, the worker
+    assert cells_of(out, "│ work ")[:4] == ["work", "1", "1", "3"]  # queued, scheduled, running
+    assert cells_of(out, "three_at_a_time")[1:] == ["0/3", "-"]
+    assert cells_of(out, "tenant-x") == ["work", "tenant-x", "1", "3"]
+    worker = cells_of(out, str(w.pid))
+    assert worker[3] == "active" and worker[6:9] == ["3", "3", "2"]  # leases, held, running
 
 
 def test_db_url_prints_the_dsn_in_use(database_url: str) -> None:

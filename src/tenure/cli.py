@@ -209,8 +209,16 @@ def db_stop() -> None:
 @main.command()
 @click.option("--dsn", envvar="TENURE_DATABASE_URL")
 @click.option("--schema", default="tenure", show_default=True)
-def status(dsn: str | None, schema: str) -> None:
-    """Queues, live workers and their leases."""
+@click.option(
+    "--keys",
+    "top_keys",
+    type=click.IntRange(0, 1000),
+    default=10,
+    show_default=True,
+    help="How many of the largest partition-key backlogs to show.",
+)
+def status(dsn: str | None, schema: str, top_keys: int) -> None:
+    """Queues, limits, the largest partition keys, live workers and their leases."""
     from rich.console import Console
     from rich.table import Table
 
@@ -218,40 +226,99 @@ def status(dsn: str | None, schema: str) -> None:
 
     client = Client(dsn, schema=schema)
     queues = client.execute("status_queues", {})
+    limits = client.execute("status_limits", {})
+    keys = client.execute("status_keys", {"limit": top_keys}) if top_keys else []
     workers = client.execute("status_workers", {})
     console = Console()
-    qt = Table(title="queues")
-    for col in (
-        "queue",
-        "queued",
-        "due",
-        "running",
-        "expired",
-        "failed",
-        "quarantined",
-        "cancelled",
-        "oldest due",
-    ):
-        qt.add_column(col, justify="left" if col == "queue" else "right")
-    for q in queues:
-        oldest = "-" if q[8] is None else f"{float(q[8]):.1f}s"
-        qt.add_row(q[0], *(str(v) for v in q[1:8]), oldest)
-    console.print(qt)
-    wt = Table(title="workers")
-    for col in ("worker", "host", "pid", "state", "queues", "concurrency", "leases", "heartbeat"):
-        wt.add_column(col)
-    for w in workers:
-        wt.add_row(
-            str(w[0])[:8],
-            w[1],
-            str(w[2]),
-            w[3],
-            ",".join(w[4]),
-            str(w[5]),
-            str(w[8]),
-            f"{float(w[7]):.1f}s ago",
+
+    def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+        t = Table(title=title, title_justify="left")
+        for i, col in enumerate(columns):
+            t.add_column(col, justify="left" if i == 0 else "right")
+        for row in rows:
+            t.add_row(*row)
+        console.print(t)
+
+    def limit(value: Any, used: Any = None) -> str:
+        if value is None:
+            return "-"
+        return f"{used}/{value}" if used is not None else str(value)
+
+    table(
+        "queues",
+        [
+            "queue",
+            "queued",
+            "scheduled",
+            "running",
+            "expired",
+            "failed",
+            "quarantined",
+            "cancelled",
+            "oldest",
+            "limit",
+            "per key",
+            "weight",
+            "paused",
+        ],
+        [
+            [
+                q[0],
+                *(str(v) for v in q[1:8]),
+                "-" if q[8] is None else f"{float(q[8]):.1f}s",
+                limit(q[9], q[3]),
+                limit(q[10]),
+                str(q[11]),
+                "yes" if q[12] else "no",
+            ]
+            for q in queues
+        ],
+    )
+    if limits:
+        table(
+            "task limits",
+            ["task", "running/limit", "per key"],
+            [[str(r[0]), limit(r[1], r[3]), limit(r[2])] for r in limits],
         )
-    console.print(wt)
+    if keys:
+        table(
+            "largest partition keys",
+            ["queue", "key", "queued", "running"],
+            [
+                [str(k[0]), "(none)" if k[1] is None else str(k[1]), str(k[2]), str(k[3])]
+                for k in keys
+            ],
+        )
+    table(
+        "workers",
+        [
+            "worker",
+            "host",
+            "pid",
+            "state",
+            "queues",
+            "concurrency",
+            "leases",
+            "held",
+            "running",
+            "heartbeat",
+        ],
+        [
+            [
+                str(w[0])[:8],
+                w[1],
+                str(w[2]),
+                w[3],
+                ",".join(w[4]),
+                str(w[5]),
+                str(w[8]),
+                str(w[9]),
+                str(w[10]),
+                f"{float(w[7]):.1f}s ago",
+            ]
+            for w in workers
+        ],
+    )
 
 
 def run(argv: list[str] | None = None) -> None:
