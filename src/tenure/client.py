@@ -9,16 +9,24 @@ psycopg connection, in which case the task joins the caller's transaction.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from tenure._db import connect as dbconnect
 from tenure._db import sqlfiles
 from tenure._db.migrate import migrate
-from tenure.errors import DatabaseError, TaskNotFound
+from tenure.errors import (
+    DatabaseError,
+    ResultTimeout,
+    TaskCancelled,
+    TaskFailed,
+    TaskNotFound,
+)
 from tenure.options import TaskOptions
 
 
@@ -40,6 +48,9 @@ class TaskInfo:
     result: Any
     created_at: datetime
     finished_at: datetime | None
+
+
+FINAL_STATES = frozenset({"succeeded", "failed", "cancelled", "quarantined"})
 
 
 class Client:
@@ -149,6 +160,109 @@ class Client:
         if not rows:
             raise TaskNotFound(f"no task with id {task_id} in schema {self.schema}")
         return TaskInfo(*rows[0])
+
+    # -- operating on tasks, queues and workers ----------------------------------------
+
+    def cancel(self, task_id: int) -> str:
+        """Cancel a task. Waiting: ends ``cancelled`` now. Running: its worker stops it
+        and records ``cancelled``. Returns ``cancelled``, ``cancelling``, the state it
+        had already ended in, or raises :class:`TaskNotFound`."""
+        return self._state_change("task_cancel", task_id)
+
+    def retry(self, task_id: int) -> str:
+        """Queue a failed, quarantined or cancelled task again with fresh budgets.
+        Returns ``queued``, or the state it is in if it cannot be retried."""
+        return self._state_change("task_retry", task_id)
+
+    def _state_change(self, statement: str, task_id: int) -> str:
+        state = str(self.execute(statement, {"id": task_id})[0][0])
+        if state == "missing":
+            raise TaskNotFound(f"no task with id {task_id} in schema {self.schema}")
+        return state
+
+    def pause_queue(self, queue: str) -> None:
+        """Stop all claims from ``queue`` (running work finishes; tasks stay queued)."""
+        self.execute("queue_set_paused", {"queue": queue, "paused": True})
+
+    def resume_queue(self, queue: str) -> None:
+        self.execute("queue_set_paused", {"queue": queue, "paused": False})
+
+    def drain_worker(self, worker_id: str) -> bool:
+        """Ask a live worker to drain as SIGTERM would; False if no such live worker."""
+        return bool(self.execute("worker_request_drain", {"worker": worker_id}))
+
+    def attempts(self, task_id: int) -> list[tuple[Any, ...]]:
+        """(attempt, worker, started, ended, outcome, error) for each attempt."""
+        return self.execute("task_attempts", {"id": task_id})
+
+    def list_tasks(
+        self,
+        *,
+        queue: str | None = None,
+        state: str | None = None,
+        task_name: str | None = None,
+        partition_key: str | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> list[tuple[Any, ...]]:
+        """Tasks matching the filters, newest first (``before``: ids below it)."""
+        return self.execute(
+            "tasks_list",
+            {
+                "queue": queue,
+                "state": state,
+                "task_name": task_name,
+                "partition_key": partition_key,
+                "before": before,
+                "limit": limit,
+            },
+        )
+
+    def workers(self, limit: int = 100) -> list[tuple[Any, ...]]:
+        return self.execute("workers_list", {"limit": limit})
+
+    def prune(self, older_than: timedelta, *, batch: int = 5000) -> int:
+        """Delete finished tasks (and their attempts) older than ``older_than``, in
+        bounded batches; returns how many tasks were deleted."""
+        total = 0
+        while True:
+            deleted = int(
+                self.execute("tasks_prune", {"older_than": older_than, "batch": batch})[0][0]
+            )
+            total += deleted
+            if deleted < batch:
+                return total
+
+    def wait(self, task_id: int, timeout: float | None = None) -> TaskInfo:
+        """Block until the task has finished (LISTEN/NOTIFY, not polling) and return it.
+
+        Raises :class:`ResultTimeout` if ``timeout`` seconds pass first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        channel = sql.Identifier(sqlfiles.channel_name(self.schema) + "_done")
+        with dbconnect.connect(self.dsn, "tenure-result") as conn:
+            conn.execute(sql.SQL("LISTEN {}").format(channel))
+            while True:
+                info = self.get(task_id)
+                if info.state in FINAL_STATES:
+                    return info
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise ResultTimeout(f"task {task_id} is still {info.state} after {timeout:g}s")
+                wait = 30.0 if left is None else min(left, 30.0)
+                for note in conn.notifies(timeout=wait):
+                    if not note.payload or str(task_id) in note.payload.split(","):
+                        break
+
+    def result(self, task_id: int, timeout: float | None = None) -> Any:
+        """The task's stored return value once it succeeded; raises
+        :class:`TaskFailed` / :class:`TaskCancelled` if it did not."""
+        info = self.wait(task_id, timeout)
+        if info.state == "succeeded":
+            return info.result
+        if info.state == "cancelled":
+            raise TaskCancelled(task_id, info.state, info.last_error)
+        raise TaskFailed(task_id, info.state, info.last_error)
 
 
 def _row_params(

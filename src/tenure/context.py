@@ -14,9 +14,10 @@ class TaskContext:
     """The attempt a task function is running as.
 
     ``lease_lost`` is set when this worker learns it no longer owns the task (a
-    takeover happened or the worker cut itself off); ``stop`` is set then too, and
-    also on timeout or when a draining worker hands the task back. Long tasks
-    should check ``stop`` between steps and return early.
+    takeover happened or the worker cut itself off); ``cancelled`` when an operator
+    cancelled it; ``stop`` is set in both cases, and also on timeout or when a
+    draining worker hands the task back. Long tasks should check ``stop`` between
+    steps and return early.
     """
 
     id: int
@@ -24,10 +25,15 @@ class TaskContext:
     task_name: str
     queue: str
     lease_lost: threading.Event = field(default_factory=threading.Event)
+    cancelled: threading.Event = field(default_factory=threading.Event)
     stop: threading.Event = field(default_factory=threading.Event)
 
     def mark_lost(self) -> None:
         self.lease_lost.set()
+        self.stop.set()
+
+    def mark_cancelled(self) -> None:
+        self.cancelled.set()
         self.stop.set()
 
 

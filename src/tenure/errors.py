@@ -47,6 +47,25 @@ class LeaseLost(TenureError):
         self.attempt = attempt
 
 
+class TaskFailed(TenureError):
+    """``handle.result()`` of a task that ended failed or quarantined."""
+
+    def __init__(self, task_id: int, state: str, error: str | None) -> None:
+        last = (error or "no error recorded").strip().splitlines()
+        super().__init__(f"task {task_id} ended {state}: {last[-1] if last else ''}")
+        self.task_id = task_id
+        self.state = state
+        self.error = error
+
+
+class TaskCancelled(TaskFailed):
+    """``handle.result()`` of a task that was cancelled."""
+
+
+class ResultTimeout(TenureError, TimeoutError):
+    """``handle.result(timeout=...)`` gave up before the task finished."""
+
+
 class TaskSignal(Exception):  # noqa: N818 - these are signals, not errors
     """Base of the outcomes a task raises on purpose."""
 

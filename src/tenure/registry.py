@@ -44,10 +44,11 @@ Duration = timedelta | float | int | str
 
 @dataclass(frozen=True)
 class TaskHandle:
-    """What ``send`` returns: the task id, and a way to look the task up."""
+    """What ``send`` returns: the task id, and ways to look at and act on the task."""
 
     id: int
     client: Client
+    result_type: Any = None
 
     def info(self) -> TaskInfo:
         """The task as it is now (waiting, running or finished)."""
@@ -55,6 +56,23 @@ class TaskHandle:
 
     def state(self) -> str:
         return self.info().state
+
+    def cancel(self) -> str:
+        """Cancel the task; see :meth:`Client.cancel`."""
+        return self.client.cancel(self.id)
+
+    def result(self, timeout: float | timedelta | None = None) -> Any:
+        """Wait for the task to finish and return its value (validated against the
+        task's return annotation when it has one, e.g. a pydantic model).
+
+        Raises :class:`TaskFailed` if it failed or was quarantined,
+        :class:`TaskCancelled` if cancelled, :class:`ResultTimeout` on timeout.
+        """
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        value = self.client.result(self.id, seconds)
+        if self.result_type in (None, Any, type(None)):
+            return value
+        return pydantic.TypeAdapter(self.result_type).validate_python(value)
 
 
 def _first_line(error: pydantic.ValidationError) -> str:
@@ -74,6 +92,7 @@ class Task(Generic[P, R]):
         self.name = options.name
         self.is_async = inspect.iscoroutinefunction(fn)
         self.payload_type = _payload_type(fn)
+        self.result_type = _result_type(fn)
         self._adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(self.payload_type)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -124,7 +143,7 @@ class Task(Generic[P, R]):
             idempotency_key=idempotency_key,
             connection=connection,
         )
-        return TaskHandle(task_id, self.registry.client)
+        return TaskHandle(task_id, self.registry.client, self.result_type)
 
     def send_many(
         self,
@@ -148,7 +167,7 @@ class Task(Generic[P, R]):
             partition_key=partition_key,
             connection=connection,
         )
-        return [TaskHandle(i, self.registry.client) for i in ids]
+        return [TaskHandle(i, self.registry.client, self.result_type) for i in ids]
 
 
 def _payload_type(fn: Callable[..., Any]) -> Any:
@@ -167,6 +186,19 @@ def _payload_type(fn: Callable[..., Any]) -> Any:
     except Exception:  # unresolvable forward references: fall back to any JSON
         hints = {}
     return hints.get(params[0].name, Any)
+
+
+def _result_type(fn: Callable[..., Any]) -> Any:
+    try:
+        hint = typing.get_type_hints(fn).get("return")
+    except Exception:
+        return None
+    if hint is None or hint is type(None):
+        return None
+    origin = typing.get_origin(hint)
+    if origin is not None and getattr(origin, "__name__", "") in ("Coroutine", "Awaitable"):
+        return None
+    return hint
 
 
 class Registry:

@@ -140,3 +140,26 @@ def flood_work(payload: dict) -> None:
 @reg.task(queue="side")
 def side_work(payload: dict) -> None:
     time.sleep(float(payload.get("s", 0.01)))
+
+
+class Summary(pydantic.BaseModel):
+    pages: int
+    title: str
+
+
+@reg.task(queue="work")
+def summarise(payload: dict) -> Summary:
+    return Summary(pages=int(payload["pages"]), title=str(payload["title"]))
+
+
+@reg.task(queue="work")
+async def waits_async(payload: dict) -> str:
+    await asyncio.sleep(float(payload.get("s", 30)))
+    return "finished"
+
+
+@reg.task(queue="work")
+def waits_in_thread(payload: dict) -> str:
+    ctx = tenure.current()
+    ctx.stop.wait(float(payload.get("s", 30)))
+    return "stopped early" if ctx.stop.is_set() else "finished"

@@ -84,6 +84,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_requeued    bigint[];
     v_quarantined bigint[];
+    v_ended       text[];
     v_queues      text[];
 BEGIN
     WITH expired AS (
@@ -108,20 +109,24 @@ BEGIN
     quarantined AS (
         DELETE FROM {schema}.tasks t
         USING expired e
-        WHERE t.id = e.id AND t.crashes + 1 >= t.max_crashes
+        WHERE t.id = e.id AND (t.crashes + 1 >= t.max_crashes OR t.cancel_requested)
         RETURNING t.*
     ),
     moved AS (
         INSERT INTO {schema}.finished_tasks (id, task_name, queue, payload, priority, partition_key,
                                              state, attempt, errors, crashes, created_at,
-                                             last_error, idempotency_key)
+                                             last_error, idempotency_key, max_attempts,
+                                             max_crashes, lease, limited)
         SELECT q.id, q.task_name, q.queue, q.payload, q.priority, nullif(q.partition_key, ''),
-               'quarantined', q.attempt, q.errors, q.crashes + 1, q.created_at,
-               'quarantined: the lease expired ' || (q.crashes + 1)
-                   || ' times (the task kills or stalls its worker)',
-               q.idempotency_key
+               CASE WHEN q.cancel_requested THEN 'cancelled' ELSE 'quarantined' END,
+               q.attempt, q.errors, q.crashes + 1, q.created_at,
+               CASE WHEN q.cancel_requested
+                    THEN 'cancelled: its worker stopped renewing before it could stop it'
+                    ELSE 'quarantined: the lease expired ' || (q.crashes + 1)
+                         || ' times (the task kills or stalls its worker)' END,
+               q.idempotency_key, q.max_attempts, q.max_crashes, q.lease, q.limited
         FROM quarantined q
-        RETURNING id
+        RETURNING id, state
     ),
     requeued AS (
         UPDATE {schema}.tasks t
@@ -135,19 +140,21 @@ BEGIN
                                      ELSE least(60, 2 ^ (t.crashes - 1)) * (0.75 + random() / 2)
                                           * interval '1 second' END
         FROM expired e
-        WHERE t.id = e.id AND t.crashes + 1 < t.max_crashes
+        WHERE t.id = e.id AND t.crashes + 1 < t.max_crashes AND NOT t.cancel_requested
         RETURNING t.id, t.queue, t.state
     )
     SELECT (SELECT array_agg(r.id) FROM requeued r),
            (SELECT array_agg(m.id) FROM moved m),
+           (SELECT array_agg(m.state) FROM moved m),
            (SELECT array_agg(DISTINCT r.queue) FROM requeued r WHERE r.state = 'queued')
-    INTO v_requeued, v_quarantined, v_queues;
+    INTO v_requeued, v_quarantined, v_ended, v_queues;
 
     PERFORM pg_notify({channel}, q) FROM unnest(v_queues) q;
+    PERFORM {schema}.notify_done(v_quarantined);
     RETURN QUERY
         SELECT r, 'requeued'::text FROM unnest(v_requeued) r
         UNION ALL
-        SELECT q, 'quarantined'::text FROM unnest(v_quarantined) q;
+        SELECT q, e FROM unnest(v_quarantined, v_ended) AS u(q, e);
 END;
 $$;
 
@@ -439,7 +446,7 @@ BEGIN
                i.delay,
                CASE
                    WHEN i.outcome = 'succeeded' THEN 'succeeded'
-                   WHEN i.outcome = 'cancelled' THEN 'cancelled'
+                   WHEN i.outcome = 'cancelled' OR t.cancel_requested THEN 'cancelled'
                    WHEN i.outcome = 'released' THEN 'released'
                    WHEN i.outcome = 'discarded' THEN 'failed'
                    WHEN t.errors + 1 >= t.max_attempts THEN 'failed'
@@ -466,10 +473,12 @@ BEGIN
     finished AS (
         INSERT INTO {schema}.finished_tasks (id, task_name, queue, payload, priority, partition_key,
                                              state, attempt, errors, crashes, created_at,
-                                             last_error, result, idempotency_key)
+                                             last_error, result, idempotency_key, max_attempts,
+                                             max_crashes, lease, limited)
         SELECT r.id, r.task_name, r.queue, r.payload, r.priority, nullif(r.partition_key, ''),
                r.verdict, r.attempt, r.errors + (r.verdict = 'failed')::integer, r.crashes,
-               r.created_at, coalesce(r.error, r.last_error), r.result, r.idempotency_key
+               r.created_at, coalesce(r.error, r.last_error), r.result, r.idempotency_key,
+               r.max_attempts, r.max_crashes, r.lease, r.limited
         FROM removed r
     ),
     requeued AS (
@@ -497,6 +506,103 @@ BEGIN
     FROM owned o;
 
     PERFORM pg_notify({channel}, q) FROM unnest(v_queues) q;
+    PERFORM {schema}.notify_done(array(
+        SELECT u.id FROM unnest(v_ids, v_verdicts) AS u(id, verdict)
+        WHERE u.verdict IN ('succeeded', 'failed', 'cancelled')));
     RETURN QUERY SELECT * FROM unnest(v_ids, v_verdicts);
+END;
+$$;
+
+-- Tell whoever waits for results (handle.result()) which tasks just finished: one
+-- notification per statement on the schema's "done" channel, listing the ids, or
+-- empty (meaning "look again") when the list would not fit.
+CREATE OR REPLACE FUNCTION {schema}.notify_done(p_ids bigint[])
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_payload text;
+BEGIN
+    IF coalesce(array_length(p_ids, 1), 0) = 0 THEN
+        RETURN;
+    END IF;
+    v_payload := array_to_string(p_ids, ',');
+    IF length(v_payload) > 7000 THEN
+        v_payload := '';
+    END IF;
+    PERFORM pg_notify({channel} || '_done', v_payload);
+END;
+$$;
+
+-- Cancel a task: one still waiting ends 'cancelled' at once; a running one is
+-- flagged, and its worker (woken through the queue channel) stops it and records
+-- 'cancelled', fenced like any outcome. Returns the task's state after the call:
+-- cancelled, cancelling, an earlier final state, or missing.
+CREATE OR REPLACE FUNCTION {schema}.cancel_task(p_id bigint)
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_state text;
+BEGIN
+    SELECT t.state INTO v_state FROM {schema}.tasks t WHERE t.id = p_id FOR UPDATE;
+    IF NOT FOUND THEN
+        SELECT f.state INTO v_state FROM {schema}.finished_tasks f WHERE f.id = p_id;
+        RETURN coalesce(v_state, 'missing');
+    END IF;
+    IF v_state = 'running' THEN
+        UPDATE {schema}.tasks SET cancel_requested = true WHERE id = p_id;
+        PERFORM pg_notify({channel}, '!cancel:' || p_id);
+        RETURN 'cancelling';
+    END IF;
+    WITH removed AS (
+        DELETE FROM {schema}.tasks t WHERE t.id = p_id RETURNING t.*
+    )
+    INSERT INTO {schema}.finished_tasks (id, task_name, queue, payload, priority, partition_key,
+                                         state, attempt, errors, crashes, created_at, last_error,
+                                         idempotency_key, max_attempts, max_crashes, lease,
+                                         limited)
+    SELECT r.id, r.task_name, r.queue, r.payload, r.priority, nullif(r.partition_key, ''),
+           'cancelled', r.attempt, r.errors, r.crashes, r.created_at,
+           'cancelled before it started', r.idempotency_key, r.max_attempts, r.max_crashes,
+           r.lease, r.limited
+    FROM removed r;
+    PERFORM {schema}.notify_done(ARRAY[p_id]);
+    RETURN 'cancelled';
+END;
+$$;
+
+-- Run a failed, quarantined or cancelled task again: it returns to its queue at its
+-- key's fair place with fresh error and crash budgets. The attempt number goes on
+-- from where it was, so it stays a fencing token. Returns the state after the call.
+CREATE OR REPLACE FUNCTION {schema}.retry_task(p_id bigint)
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_state text;
+    v_queue text;
+BEGIN
+    WITH moved AS (
+        DELETE FROM {schema}.finished_tasks f
+        WHERE f.id = p_id AND f.state IN ('failed', 'quarantined', 'cancelled')
+        RETURNING f.*
+    )
+    INSERT INTO {schema}.tasks (id, task_name, queue, payload, priority, partition_key, state,
+                                attempt, errors, crashes, max_attempts, max_crashes, limited,
+                                lease, run_after, created_at, last_error, idempotency_key,
+                                vtime)
+    SELECT m.id, m.task_name, m.queue, m.payload, m.priority, coalesce(m.partition_key, ''),
+           'queued', m.attempt, 0, 0, coalesce(m.max_attempts, 5), coalesce(m.max_crashes, 3),
+           m.limited, m.lease, now(), m.created_at, m.last_error, m.idempotency_key,
+           {schema}.vtime_base(m.queue, coalesce(m.partition_key, ''))
+    FROM moved m
+    RETURNING queue INTO v_queue;
+    IF v_queue IS NOT NULL THEN
+        PERFORM pg_notify({channel}, v_queue);
+        RETURN 'queued';
+    END IF;
+    SELECT t.state INTO v_state FROM {schema}.tasks t WHERE t.id = p_id;
+    IF v_state IS NULL THEN
+        SELECT f.state INTO v_state FROM {schema}.finished_tasks f WHERE f.id = p_id;
+    END IF;
+    RETURN coalesce(v_state, 'missing');
 END;
 $$;

@@ -36,6 +36,7 @@ CREATE TABLE {schema}.tasks (
     last_error       text,
     idempotency_key  text,
     vtime            double precision NOT NULL DEFAULT 0, -- fair place among its key's work
+    cancel_requested boolean NOT NULL DEFAULT false,  -- an operator asked it to stop
     CHECK ((state = 'running') = (lease_owner IS NOT NULL AND lease_expires_at IS NOT NULL)),
     CONSTRAINT tasks_state_check CHECK (state IN ('scheduled', 'queued', 'running'))
 );
@@ -71,7 +72,11 @@ CREATE TABLE {schema}.finished_tasks (
     finished_at     timestamptz NOT NULL DEFAULT now(),
     last_error      text,
     result          jsonb,
-    idempotency_key text
+    idempotency_key text,
+    max_attempts    integer,                  -- kept so an operator can retry it
+    max_crashes     integer,
+    lease           interval,
+    limited         boolean NOT NULL DEFAULT false
 );
 
 CREATE INDEX finished_tasks_finished_at_idx ON {schema}.finished_tasks (finished_at);
@@ -106,7 +111,8 @@ CREATE TABLE {schema}.workers (
     stopped_at   timestamptz,
     state        text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'draining', 'gone')),
     held         integer NOT NULL DEFAULT 0,   -- leases held (running or prefetched)
-    running      integer NOT NULL DEFAULT 0    -- attempts running now
+    running      integer NOT NULL DEFAULT 0,   -- attempts running now
+    drain_requested boolean NOT NULL DEFAULT false
 );
 
 CREATE INDEX workers_live_idx ON {schema}.workers (heartbeat_at) WHERE state <> 'gone';

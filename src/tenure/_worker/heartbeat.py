@@ -38,6 +38,8 @@ class HeartbeatResult:
     renewed: int
     lost: list[int]
     idle_elsewhere: int  # free slots of the other live workers serving our queues
+    cancel: list[int]  # held tasks an operator asked to cancel
+    drain: bool  # an operator asked this worker to drain
 
 
 class Heartbeat(Service):
@@ -108,7 +110,13 @@ class Heartbeat(Service):
                 continue
             self.lose(task_id, attempt, "taken over")
             lost.append(task_id)
-        result = HeartbeatResult(renewed=len(renewed), lost=lost, idle_elsewhere=idle_elsewhere)
+        result = HeartbeatResult(
+            renewed=len(renewed),
+            lost=lost,
+            idle_elsewhere=idle_elsewhere,
+            cancel=[int(i) for i in rows[0][4]] if rows else [],
+            drain=bool(rows[0][5]) if rows else False,
+        )
         if self.on_beat is not None:
             self.on_beat(result)
         return result

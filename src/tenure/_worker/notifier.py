@@ -1,5 +1,8 @@
 """Notifier: LISTEN on the schema's channel and wake the claimer for our queues.
 
+The same channel carries ``!cancel:<id>`` when an operator cancels a running task,
+so the worker that holds it stops it at once instead of at its next heartbeat.
+
 Wake-ups coalesce: many notifications between two claims cause one claim. When the
 listening connection breaks it is reopened with backoff; the claimer's poll
 interval covers the gap. With ``listen=False`` (connection poolers in transaction
@@ -20,14 +23,23 @@ from tenure._worker.link import Link
 
 log = logging.getLogger(__name__)
 
+CANCEL_PREFIX = "!cancel:"  # payload sent by cancel_task() for a running task
+
 
 class Notifier:
     name = "notifier"
 
-    def __init__(self, link: Link, queues: tuple[str, ...], wake: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        link: Link,
+        queues: tuple[str, ...],
+        wake: Callable[[], None],
+        cancel: Callable[[int], None],
+    ) -> None:
         self.link = link
         self.queues = set(queues)
         self.wake = wake
+        self.cancel = cancel
         self._task: asyncio.Task[None] | None = None
         self.received = 0
 
@@ -47,6 +59,8 @@ class Notifier:
                     self.received += 1
                     if note.payload in self.queues:
                         self.wake()
+                    elif note.payload.startswith(CANCEL_PREFIX):
+                        self.cancel(int(note.payload[len(CANCEL_PREFIX) :]))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -163,7 +163,7 @@ class Worker:
             self.id,
             cfg.lease,
             cfg.heartbeat_interval,
-            on_beat=self._rebalance,
+            on_beat=self._after_beat,
             on_lost=self._on_lost,
         )
         self.promoter = Promoter(beat, cfg.poll_interval)
@@ -174,7 +174,7 @@ class Worker:
         )
         self.completer = Completer(work, self.holdings, self.id)
         self.claimer = Claimer(work, self.id, cfg.queues, names, cfg.lease)
-        self.notifier = Notifier(listen, cfg.queues, self.wake)
+        self.notifier = Notifier(listen, cfg.queues, self.wake, self.cancel_task)
         self.heartbeat.start()
         self.reaper.start()
         self.promoter.start()
@@ -330,6 +330,34 @@ class Worker:
         if released:
             log.info("tasks_rebalanced worker=%s released=%d reason=%s", self.id, released, why)
         return released
+
+    def cancel_task(self, task_id: int) -> None:
+        """An operator cancelled ``task_id``: if this worker holds it, stop it now and
+        record ``cancelled``. A running coroutine is cancelled; a thread is told
+        through ``current().stop`` and left to finish on its own (threads cannot be
+        killed), its slot freed at once."""
+        held = self.holdings.held.get(task_id)
+        if held is None or held.completing:
+            return
+        attempt = held.claimed.attempt
+        held.context.mark_cancelled()
+        runner = self._runners.pop((task_id, attempt), None)
+        if runner is not None:
+            runner.cancel()
+        if held.thread is not None:
+            self.pool.abandon(held.thread)
+        self.buffer = deque(r for r in self.buffer if r.id != task_id)
+        log.info("task_cancelling task=%s attempt=%s worker=%s", task_id, attempt, self.id)
+        self.completer.submit(Outcome(task_id, attempt, "cancelled", error="cancelled"))
+        self._fill()
+
+    def _after_beat(self, beat: HeartbeatResult) -> None:
+        for task_id in beat.cancel:
+            self.cancel_task(task_id)
+        if beat.drain and not self._draining:
+            log.info("worker_drain_requested worker=%s", self.id)
+            self.request_drain()
+        self._rebalance(beat)
 
     def _rebalance(self, beat: HeartbeatResult) -> None:
         """After each heartbeat: while another worker has idle slots, hand back prefetched

@@ -1,12 +1,13 @@
 -- One heartbeat: renew every lease this worker still holds, hand back rows it owns
 -- but does not hold (a claim whose answer never arrived), publish what it holds and
--- runs, and read the idle capacity of the other live workers serving its queues.
+-- runs, read the idle capacity of the other live workers serving its queues, and
+-- pick up what operators asked for (tasks to cancel, a drain).
 -- Returns the tasks it still owns; anything missing was taken over or finished.
 WITH me AS (
     UPDATE {schema}.workers
     SET heartbeat_at = now(), state = %(state)s, held = %(held)s, running = %(running)s
     WHERE id = %(worker)s
-    RETURNING queues
+    RETURNING queues, drain_requested
 ),
 renewed AS (
     UPDATE {schema}.tasks t
@@ -14,7 +15,7 @@ renewed AS (
     FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS u(id, attempt)
     WHERE t.id = u.id AND t.attempt = u.attempt AND t.lease_owner = %(worker)s
       AND t.state = 'running'
-    RETURNING t.id
+    RETURNING t.id, t.cancel_requested
 ),
 orphaned AS (
     UPDATE {schema}.tasks t
@@ -41,4 +42,5 @@ fleet AS (
       AND w.heartbeat_at > now() - %(lease)s::interval
 )
 SELECT (SELECT count(*) FROM me), array(SELECT id FROM renewed), (SELECT idle FROM fleet),
-       (SELECT count(*) FROM orphaned)
+       (SELECT count(*) FROM orphaned), array(SELECT id FROM renewed WHERE cancel_requested),
+       coalesce((SELECT drain_requested FROM me), false)

@@ -1,0 +1,1 @@
+SELECT {schema}.cancel_task(%(id)s)

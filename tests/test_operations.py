@@ -1,0 +1,124 @@
+"""Operating on work: cancel, retry, results, pause, drain requests, pruning."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from tenure import ResultTimeout, TaskCancelled, TaskFailed, TaskNotFound
+from tests.conftest import eventually, worker_id_of
+
+pytestmark = pytest.mark.acceptance
+
+
+def test_result_returns_the_value_raises_for_failures_and_times_out(
+    fleet_app: Any, workers: Any
+) -> None:
+    ok = fleet_app.summarise.send({"pages": 3, "title": "a"})
+    bad = fleet_app.always_fails.send({"why": "for the test"})
+    never = fleet_app.sleepy.send({"s": 0}, delay=3600)
+    workers("--lease", "2s")
+    value = ok.result(timeout=20)
+    assert value == fleet_app.Summary(pages=3, title="a")
+    with pytest.raises(TaskFailed) as failed:
+        bad.result(timeout=20)
+    assert failed.value.state == "failed" and "always fails: for the test" in str(failed.value)
+    started = time.monotonic()
+    with pytest.raises(ResultTimeout):
+        never.result(timeout=0.5)
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("name", ["waits_async", "waits_in_thread"])
+def test_cancel_a_queued_and_a_running_task(
+    fleet_app: Any, workers: Any, db: psycopg.Connection[Any], name: str
+) -> None:
+    task = getattr(fleet_app, name)
+    running = task.send({"s": 30})
+    w = workers("--lease", "5s", "--concurrency", "1", "--prefetch", "0")
+    w_id = worker_id_of(db, w.pid)
+    eventually(lambda: running.state() == "running", what="running")
+    queued = task.send({"s": 30})
+    # A queued task never starts
+    assert queued.cancel() == "cancelled"
+    assert queued.state() == "cancelled"
+    with pytest.raises(TaskCancelled):
+        queued.result(timeout=5)
+    # A running one is stopped within a second and ends cancelled
+    asked = time.monotonic()
+    assert running.cancel() == "cancelling"
+    eventually(lambda: running.state() == "cancelled", timeout=10, what="cancelled")
+    assert time.monotonic() - asked < 1.5
+    rows = db.execute(
+        "SELECT worker_id, outcome FROM attempts WHERE task_id = %s", (running.id,)
+    ).fetchall()
+    assert rows == [(w_id, "cancelled")]
+    assert db.execute(
+        "SELECT count(*) FROM attempts WHERE task_id = %s", (queued.id,)
+    ).fetchone() == (0,)
+
+
+def test_retry_runs_a_failed_task_again_with_fresh_budgets(
+    fleet_app: Any, workers: Any, db: psycopg.Connection[Any]
+) -> None:
+    handle = fleet_app.slow_then_fail_first.send({"s": 0})
+    workers("--lease", "2s")
+    eventually(lambda: handle.state() == "succeeded", timeout=20)
+    failing = fleet_app.always_fails.send({})
+    eventually(lambda: failing.state() == "failed", timeout=30)
+    client = fleet_app.reg.client
+    assert client.retry(handle.id) == "succeeded"  # nothing to retry
+    assert client.retry(failing.id) == "queued"
+    eventually(lambda: failing.state() == "failed", timeout=30, what="failed again")
+    attempts = [r[0] for r in client.attempts(failing.id)]
+    assert attempts == [1, 2, 3, 4, 5, 6]  # the attempt number went on: still a fencing token
+    with pytest.raises(TaskNotFound):
+        client.retry(10**9)
+
+
+def test_a_paused_queue_is_not_claimed_until_resumed(
+    fleet_app: Any, workers: Any, db: psycopg.Connection[Any]
+) -> None:
+    fleet_app.reg.client.pause_queue("work")
+    handle = fleet_app.sleepy.send({"s": 0})
+    workers("--lease", "2s", "--poll-interval", "200ms")
+    time.sleep(1.0)
+    assert handle.state() == "queued"
+    fleet_app.reg.client.resume_queue("work")
+    eventually(lambda: handle.state() == "succeeded", timeout=10)
+
+
+def test_an_operator_can_drain_a_worker(
+    fleet_app: Any, workers: Any, db: psycopg.Connection[Any]
+) -> None:
+    handle = fleet_app.sleepy.send({"s": 0.5})
+    w = workers("--lease", "1s")
+    w_id = worker_id_of(db, w.pid)
+    eventually(lambda: handle.state() == "running")
+    assert fleet_app.reg.client.drain_worker(str(w_id))
+    assert w.wait(15) == 0
+    assert handle.state() == "succeeded"
+    assert "worker_drain_requested" in w.log()
+
+
+def test_prune_deletes_old_finished_tasks_in_batches(
+    fleet_app: Any, db: psycopg.Connection[Any]
+) -> None:
+    fleet_app.sleepy.send({})  # migrate
+    db.execute("""
+        INSERT INTO finished_tasks (id, task_name, queue, payload, priority, state, attempt,
+                                    errors, crashes, created_at, finished_at)
+        SELECT -g, 'x', 'work', '{}', 0, 'succeeded', 1, 0, 0, now(),
+               now() - CASE WHEN g <= 120 THEN interval '10 days' ELSE interval '1 hour' END
+        FROM generate_series(1, 150) g""")
+    db.execute("""INSERT INTO attempts (task_id, attempt, worker_id, started_at, ended_at,
+                                        outcome)
+                  SELECT id, 1, gen_random_uuid(), now(), now(), 'succeeded'
+                  FROM finished_tasks""")
+    assert fleet_app.reg.client.prune(timedelta(days=7), batch=50) == 120
+    assert db.execute("SELECT count(*) FROM finished_tasks").fetchone() == (30,)
+    assert db.execute("SELECT count(*) FROM attempts").fetchone() == (30,)
