@@ -1,3 +1,4 @@
 from tenure.cli import run
 
-run()
+if __name__ == "__main__":  # not when a spawned task process imports this module
+    run()

@@ -23,7 +23,7 @@ from tenure._worker.config import (
     DEFAULT_POLL_INTERVAL,
     WorkerConfig,
 )
-from tenure.errors import TenureError
+from tenure.errors import ConfigError, TenureError
 from tenure.registry import Registry
 
 
@@ -42,6 +42,31 @@ class DurationType(click.ParamType):  # type: ignore[type-arg]
 
 
 DURATION = DurationType()
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 2**10,
+    "k": 2**10,
+    "mb": 2**20,
+    "m": 2**20,
+    "gb": 2**30,
+    "g": 2**30,
+}
+
+
+def parse_size(text: str) -> int:
+    """``500MB``, ``2GB``, ``1048576`` → bytes; a malformed size is a ConfigError."""
+    raw = text.strip().lower()
+    digits = raw.rstrip("bkmg")
+    unit = raw[len(digits) :]
+    try:
+        value = float(digits)
+    except ValueError:
+        value = -1.0
+    if value <= 0 or unit not in _SIZE_UNITS:
+        raise ConfigError(f"max_memory_per_child: {text!r} is not a size; write it like 500MB")
+    return int(value * _SIZE_UNITS[unit])
 
 
 def _fmt(d: timedelta) -> str:
@@ -126,6 +151,18 @@ def main() -> None:
     help="Tasks claimed ahead of free slots (default: concurrency / 4).",
 )
 @click.option("--poll-only", is_flag=True, help="No LISTEN (for poolers in transaction mode).")
+@click.option(
+    "--max-memory-per-child",
+    "max_memory",
+    default=None,
+    help="Replace a task process whose memory grew past this after a task (e.g. 500MB).",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Run N supervised worker processes, restarted when they die.",
+)
 @click.option("--dsn", envvar="TENURE_DATABASE_URL", help="PostgreSQL DSN (default: embedded).")
 @click.option(
     "--log-level",
@@ -142,10 +179,12 @@ def worker(
     poll_interval: timedelta,
     prefetch: int | None,
     poll_only: bool,
+    max_memory: str | None,
+    processes: int | None,
     dsn: str | None,
     log_level: str,
 ) -> None:
-    """Run one worker process for the tasks of MODULE:REGISTRY."""
+    """Run a worker process (or a supervised pool of them) for MODULE:REGISTRY."""
     from tenure._worker.worker import run_worker
 
     registry = load_registry(target)
@@ -159,10 +198,15 @@ def worker(
             poll_interval=poll_interval,
             prefetch=prefetch,
             listen=not poll_only,
+            max_memory_per_child=None if max_memory is None else parse_size(max_memory),
         )
     except TenureError as exc:
         raise click.UsageError(str(exc)) from None
     _setup_logging(log_level)
+    if processes is not None:
+        from tenure._worker.supervisor import Supervisor, child_argv
+
+        sys.exit(Supervisor(child_argv(sys.argv[1:]), processes).run())
     sys.exit(run_worker(registry, config, dsn=dsn))
 
 

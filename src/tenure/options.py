@@ -14,6 +14,7 @@ DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_MAX_CRASHES = 3
 DEFAULT_BACKOFF_BASE = timedelta(seconds=1)
 DEFAULT_BACKOFF_CAP = timedelta(minutes=10)
+ISOLATIONS = ("thread", "process")
 
 
 @dataclass(frozen=True)
@@ -74,10 +75,15 @@ class TaskOptions:
     timeout: timedelta | None = None
     lease: timedelta | None = None
     priority: int = 0
+    isolation: str = "thread"
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ConfigError("name: must not be empty")
+        if self.isolation not in ISOLATIONS:
+            raise ConfigError(
+                f"isolation: must be one of {', '.join(ISOLATIONS)}, got {self.isolation!r}"
+            )
         if not self.queue:
             raise ConfigError("queue: must not be empty")
         if self.max_concurrency is not None and self.max_concurrency < 1:
@@ -114,6 +120,7 @@ class TaskOptions:
         timeout: timedelta | float | int | str | None,
         lease: timedelta | float | int | str | None,
         priority: int,
+        isolation: str = "thread",
     ) -> TaskOptions:
         return cls(
             name=name,
@@ -126,6 +133,7 @@ class TaskOptions:
             timeout=None if timeout is None else positive(timeout, field="timeout"),
             lease=None if lease is None else positive(lease, field="lease"),
             priority=priority,
+            isolation=isolation,
         )
 
 

@@ -254,6 +254,7 @@ class Registry:
         timeout: Duration | None = None,
         lease: Duration | None = None,
         priority: int = 0,
+        isolation: str = "thread",
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(  # type: ignore[misc]  # mypy cannot match the bare-decorator overload
@@ -271,6 +272,7 @@ class Registry:
         timeout: Duration | None = None,
         lease: Duration | None = None,
         priority: int = 0,
+        isolation: str = "thread",
     ) -> Any:
         """Register a function as a task (usable bare or with options).
 
@@ -278,6 +280,8 @@ class Registry:
         same per partition key; ``max_attempts`` caps error
         retries; ``max_crashes`` caps takeovers after a lost lease before the task is
         quarantined; ``lease`` overrides the worker's lease for long tasks.
+        ``isolation="process"`` runs the task in a reusable child process: CPU-bound
+        work runs in parallel and a ``timeout`` or a cancellation kills the child.
         """
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
@@ -292,6 +296,7 @@ class Registry:
                 timeout=timeout,
                 lease=lease,
                 priority=priority,
+                isolation=isolation,
             )
             if options.name in self.tasks:
                 raise AlreadyRegistered(f"task {options.name!r} is already registered")

@@ -163,3 +163,34 @@ def waits_in_thread(payload: dict) -> str:
     ctx = tenure.current()
     ctx.stop.wait(float(payload.get("s", 30)))
     return "stopped early" if ctx.stop.is_set() else "finished"
+
+
+@reg.task(queue="work", isolation="process", timeout=1.0, max_attempts=3, backoff=0.1)
+def stuck_in_c_first(payload: dict) -> int:
+    """Attempt 1 is stuck in a C-level regex loop holding the GIL; later ones return."""
+    if tenure.current().attempt == 1:
+        import re
+
+        re.match(r"(a+)+$", "a" * 64 + "b")  # catastrophic backtracking, inside C
+    return os.getpid()
+
+
+@reg.task(queue="work", isolation="process")
+def process_pid(payload: dict) -> int:
+    time.sleep(float(payload.get("s", 0)))
+    return os.getpid()
+
+
+@reg.task(queue="work", isolation="process")
+def process_sleeps(payload: dict) -> int:
+    time.sleep(float(payload.get("s", 30)))
+    return os.getpid()
+
+
+_hoard: list[bytes] = []
+
+
+@reg.task(queue="work", isolation="process")
+def leaks(payload: dict) -> int:
+    _hoard.append(b"x" * int(payload.get("mb", 80)) * 2**20)
+    return os.getpid()

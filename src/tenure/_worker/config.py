@@ -33,6 +33,7 @@ class WorkerConfig:
     drain_timeout: timedelta = DEFAULT_DRAIN_TIMEOUT
     listen: bool = True
     prefetch: int | None = None
+    max_memory_per_child: int | None = None  # bytes; task processes past it are replaced
 
     def __post_init__(self) -> None:
         if not self.queues:
@@ -49,6 +50,8 @@ class WorkerConfig:
             raise ConfigError("poll_interval: must be greater than zero")
         if self.drain_timeout < timedelta(0):
             raise ConfigError("drain_timeout: must not be negative")
+        if self.max_memory_per_child is not None and self.max_memory_per_child < 16 * 2**20:
+            raise ConfigError("max_memory_per_child: must be at least 16MB")
         if self.prefetch is not None and not 0 <= self.prefetch <= MAX_CONCURRENCY:
             raise ConfigError(
                 f"prefetch: must be between 0 and {MAX_CONCURRENCY}, got {self.prefetch}"

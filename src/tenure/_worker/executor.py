@@ -25,6 +25,7 @@ from typing import Any
 import pydantic_core
 
 from tenure._worker.completer import Outcome
+from tenure._worker.processes import ChildDied, Job, ProcessPool
 from tenure._worker.state import Claimed
 from tenure._worker.threads import DaemonThreadPool
 from tenure.context import TaskContext, bind
@@ -57,13 +58,19 @@ async def execute(
     ctx: TaskContext,
     pool: DaemonThreadPool,
     on_thread: Callable[[Future[Any]], None] | None = None,
+    processes: ProcessPool | None = None,
 ) -> Outcome:
     """Run one attempt to its end and return its outcome (never raises).
 
     ``on_thread`` receives the pool job of a sync task, so the worker can let the
     pool replace its thread if the attempt is given up while the function runs.
+    Tasks with ``isolation="process"`` run in ``processes``.
     """
     tid, attempt = claimed.id, claimed.attempt
+    retry_delay = task.options.backoff.delay(claimed.errors + 1).total_seconds()
+    timeout = task.options.timeout.total_seconds() if task.options.timeout else None
+    if task.options.isolation == "process" and processes is not None:
+        return await _in_process(task, claimed, processes, timeout, retry_delay)
     try:
         payload = task.validate(claimed.payload)
     except Exception as exc:  # PayloadInvalid, or a validator that raised something else
@@ -74,7 +81,6 @@ async def execute(
         )
         log.error("task_payload_invalid task=%s attempt=%s error=%s", tid, attempt, message)
         return Outcome(tid, attempt, "discarded", error=message)
-    timeout = task.options.timeout.total_seconds() if task.options.timeout else None
     try:
         if task.is_async:
             coro = task.fn(payload)
@@ -92,14 +98,7 @@ async def execute(
                 raise
     except TimeoutError:
         ctx.stop.set()
-        log.warning("task_timed_out task=%s attempt=%s after=%ss", tid, attempt, timeout)
-        return Outcome(
-            tid,
-            attempt,
-            "timed_out",
-            error=f"timed out after {timeout:g}s",
-            delay=task.options.backoff.delay(claimed.errors + 1).total_seconds(),
-        )
+        return _timed_out(claimed, timeout, retry_delay)
     except RetryAfter as exc:
         reason = exc.reason.replace("\x00", "\\0")
         return Outcome(tid, attempt, "error", error=reason, delay=exc.delay.total_seconds())
@@ -113,16 +112,55 @@ async def execute(
             attempt,
             "error",
             error=_error_text(exc),
-            delay=task.options.backoff.delay(claimed.errors + 1).total_seconds(),
+            delay=retry_delay,
         )
     try:
         encoded = pydantic_core.to_json(result).decode()
     except pydantic_core.PydanticSerializationError as exc:
-        return Outcome(
-            tid,
-            attempt,
-            "error",
-            error=f"result is not JSON: {exc}",
-            delay=task.options.backoff.delay(claimed.errors + 1).total_seconds(),
-        )
+        return Outcome(tid, attempt, "error", error=f"result is not JSON: {exc}", delay=retry_delay)
     return Outcome(tid, attempt, "succeeded", result=_json_text(encoded))
+
+
+def _timed_out(claimed: Claimed, timeout: float | None, retry_delay: float) -> Outcome:
+    log.warning("task_timed_out task=%s attempt=%s after=%ss", claimed.id, claimed.attempt, timeout)
+    return Outcome(
+        claimed.id,
+        claimed.attempt,
+        "timed_out",
+        error=f"timed out after {timeout:g}s",
+        delay=retry_delay,
+    )
+
+
+async def _in_process(
+    task: Task[Any, Any],
+    claimed: Claimed,
+    processes: ProcessPool,
+    timeout: float | None,
+    retry_delay: float,
+) -> Outcome:
+    """Run one attempt in a task process; a timeout kills the process."""
+    tid, attempt = claimed.id, claimed.attempt
+    job = Job(
+        module=task.fn.__module__,
+        qualname=task.fn.__qualname__,
+        payload=claimed.payload,
+        task_id=tid,
+        attempt=attempt,
+        task_name=task.name,
+        queue=claimed.queue,
+    )
+    try:
+        reply = await processes.run(job, timeout)
+    except TimeoutError:
+        return _timed_out(claimed, timeout, retry_delay)
+    except ChildDied as exc:
+        return Outcome(tid, attempt, "error", error=str(exc), delay=retry_delay)
+    text = reply.text.replace("\x00", "\\0")
+    if reply.kind == "ok":
+        return Outcome(tid, attempt, "succeeded", result=_json_text(reply.text))
+    if reply.kind in ("invalid", "discard"):
+        return Outcome(tid, attempt, "discarded", error=text)
+    if reply.kind == "retry_after":
+        return Outcome(tid, attempt, "error", error=text, delay=reply.delay)
+    return Outcome(tid, attempt, "error", error=text, delay=retry_delay)

@@ -40,6 +40,7 @@ from tenure._worker.executor import execute
 from tenure._worker.heartbeat import Heartbeat, HeartbeatResult
 from tenure._worker.link import Link
 from tenure._worker.notifier import Notifier
+from tenure._worker.processes import ProcessPool
 from tenure._worker.state import Claimed, Held, Holdings
 from tenure._worker.threads import DaemonThreadPool
 from tenure.context import TaskContext
@@ -63,6 +64,7 @@ class Worker:
         self._dsn = dsn
         self.holdings = Holdings()
         self.pool = DaemonThreadPool(config.concurrency)
+        self.processes = ProcessPool(config.concurrency, config.max_memory_per_child)
         self._wake = asyncio.Event()
         self._maybe_more = True
         self._others_idle = False
@@ -210,6 +212,7 @@ class Worker:
             for link in (work, beat, listen):
                 await link.close()
             self.pool.shutdown(wait=False)
+            self.processes.close()
         log.info("worker_stopped worker=%s counts=%s", self.id, dict(self.holdings.counts))
         return 0
 
@@ -296,7 +299,7 @@ class Worker:
             def on_thread(job: Any) -> None:
                 held.thread = job
 
-            outcome = await execute(task, row, held.context, self.pool, on_thread)
+            outcome = await execute(task, row, held.context, self.pool, on_thread, self.processes)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug of ours must not strand the task as running

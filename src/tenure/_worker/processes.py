@@ -1,0 +1,187 @@
+"""Process isolation: tasks declared ``isolation="process"`` run in child processes.
+
+Rules:
+- A small pool of child processes (at most the worker's concurrency), started on
+  demand with the ``spawn`` method and reused task after task.
+- A child runs one task at a time: it imports the task's module, validates the
+  payload, runs the function (``async def`` too) with ``tenure.current()`` set, and
+  sends back the JSON result or the error.
+- A timeout or a cancellation kills the child (SIGKILL): C code stuck in a loop
+  stops at once. A child that dies mid-task ends the attempt as an error. Killed
+  or dead children are replaced on demand.
+- With a memory limit, a child whose resident memory grew past it after a task is
+  retired and replaced (parsers leak).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import multiprocessing
+import os
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a child needs to run one attempt (all picklable)."""
+
+    module: str
+    qualname: str
+    payload: Any
+    task_id: int
+    attempt: int
+    task_name: str
+    queue: str
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A child's answer: ``ok`` with JSON text, or an error kind with its text."""
+
+    kind: str  # ok | error | retry_after | discard | invalid
+    text: str
+    delay: float = 0.0
+    rss: int = 0
+
+
+class ChildDied(Exception):  # noqa: N818 - an event, raised to the executor
+    def __init__(self, exitcode: int | None) -> None:
+        super().__init__(f"the task's process died (exit code {exitcode})")
+        self.exitcode = exitcode
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * _PAGE
+
+
+def _child_main(conn: Connection) -> None:
+    """Loop of a task process: one job in, one reply out."""
+    import pydantic_core
+
+    from tenure.context import TaskContext, _current
+    from tenure.errors import Discard, PayloadInvalid, RetryAfter
+
+    while True:
+        try:
+            job: Job | None = conn.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+        try:
+            obj: Any = importlib.import_module(job.module)
+            for part in job.qualname.split("."):
+                obj = getattr(obj, part)
+            task = obj
+            _current.set(TaskContext(job.task_id, job.attempt, job.task_name, job.queue))
+            payload = task.validate(job.payload)
+            result = task.fn(payload)
+            if asyncio.iscoroutine(result):
+                result = asyncio.run(result)
+            reply = Reply("ok", pydantic_core.to_json(result).decode())
+        except PayloadInvalid as exc:
+            reply = Reply("invalid", str(exc))
+        except RetryAfter as exc:
+            reply = Reply("retry_after", exc.reason, exc.delay.total_seconds())
+        except Discard as exc:
+            reply = Reply("discard", exc.reason)
+        except BaseException as exc:
+            reply = Reply("error", "".join(traceback.format_exception(exc)).strip())
+        conn.send(Reply(reply.kind, reply.text, reply.delay, _resident_bytes()))
+
+
+class _Child:
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child_conn = ctx.Pipe()
+        self.proc: BaseProcess = ctx.Process(
+            target=_child_main, args=(child_conn,), name="tenure-task-process", daemon=True
+        )
+        self.proc.start()
+        child_conn.close()
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(timeout=5)
+        self.conn.close()
+
+
+class ProcessPool:
+    """Up to ``size`` reusable task processes."""
+
+    def __init__(self, size: int, max_memory: int | None = None) -> None:
+        self.size = size
+        self.max_memory = max_memory
+        self._idle: list[_Child] = []
+        self._busy: set[_Child] = set()
+        self._free = asyncio.Semaphore(size)
+        self.started = 0
+        self.recycled = 0
+
+    def _take(self) -> _Child:
+        while self._idle:
+            child = self._idle.pop()
+            if child.proc.is_alive():
+                return child
+            child.kill()
+        self.started += 1
+        return _Child()
+
+    async def run(self, job: Job, timeout: float | None) -> Reply:
+        """Run ``job`` in a child; raises TimeoutError or ChildDied. A timeout, or the
+        awaiting coroutine being cancelled, kills the child."""
+        async with self._free:
+            child = self._take()
+            self._busy.add(child)
+            healthy = False
+            try:
+                child.conn.send(job)
+                reply: Reply = await asyncio.wait_for(asyncio.to_thread(self._recv, child), timeout)
+                healthy = True
+            except TimeoutError:
+                raise
+            except (EOFError, OSError) as exc:
+                raise ChildDied(child.proc.exitcode) from exc
+            finally:
+                self._busy.discard(child)
+                if not healthy:
+                    child.kill()
+            if self.max_memory is not None and reply.rss > self.max_memory:
+                self.recycled += 1
+                log.info(
+                    "task_process_recycled pid=%s rss=%d limit=%d",
+                    child.proc.pid,
+                    reply.rss,
+                    self.max_memory,
+                )
+                child.kill()
+            else:
+                self._idle.append(child)
+            return reply
+
+    @staticmethod
+    def _recv(child: _Child) -> Reply:
+        reply: Reply = child.conn.recv()
+        return reply
+
+    def close(self) -> None:
+        for child in [*self._idle, *self._busy]:
+            try:
+                child.conn.send(None)
+            except OSError:
+                pass
+            child.kill()
+        self._idle.clear()
+        self._busy.clear()

@@ -1,0 +1,151 @@
+"""Supervisor: ``tenure worker ... --processes N`` runs N worker processes and keeps
+them running.
+
+Rules:
+- Each child is an ordinary ``tenure worker`` process with the same arguments (less
+  ``--processes``), so everything a worker guarantees holds per child.
+- A child that exits while the supervisor is not stopping is restarted. The first
+  restart after a quiet minute is immediate; further restarts of that slot within
+  the minute back off exponentially (0.5 s, 1 s, 2 s … capped at 30 s), so a
+  crash-looping child never spins. Every restart is logged as ``child_restarted``.
+- SIGTERM or SIGINT: every child gets SIGTERM and drains; the supervisor exits 0
+  once all have exited. A second signal kills the children and exits at once.
+- Children get SIGTERM if the supervisor itself dies (Linux parent-death signal),
+  so no worker is left behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+RESTART_WINDOW = 60.0
+RESTART_BACKOFF_BASE = 0.5
+RESTART_BACKOFF_CAP = 30.0
+TICK = 0.05
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def restart_delay(recent_restarts: int) -> float:
+    """Seconds to wait before a restart, given restarts of that slot in the window."""
+    if recent_restarts <= 0:
+        return 0.0
+    return float(min(RESTART_BACKOFF_CAP, RESTART_BACKOFF_BASE * 2 ** (recent_restarts - 1)))
+
+
+@dataclass
+class Slot:
+    index: int
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: deque[float] = field(default_factory=deque)
+    restart_at: float | None = None
+    total_restarts: int = 0
+
+
+class Supervisor:
+    """Runs ``processes`` copies of ``argv`` and restarts the ones that die."""
+
+    def __init__(self, argv: list[str], processes: int) -> None:
+        self.argv = argv
+        self.slots = [Slot(i) for i in range(processes)]
+        self._signals = 0
+
+    def _spawn(self, slot: Slot) -> None:
+        env = {**os.environ, "TENURE_SUPERVISED_SLOT": str(slot.index)}
+        slot.proc = subprocess.Popen(self.argv, env=env, preexec_fn=_die_with_parent)
+        slot.restart_at = None
+        log.info("child_started slot=%d pid=%d", slot.index, slot.proc.pid)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("supervisor_draining signal=%d children=%d", signum, len(self.slots))
+            for slot in self.slots:
+                if slot.proc is not None and slot.proc.poll() is None:
+                    slot.proc.send_signal(signal.SIGTERM)
+        else:
+            log.warning("supervisor_stopped_now: killing children")
+            for slot in self.slots:
+                if slot.proc is not None and slot.proc.poll() is None:
+                    slot.proc.kill()
+            os._exit(1)
+
+    def run(self) -> int:
+        """Supervise until a signal asks to stop; returns the exit code."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        for slot in self.slots:
+            self._spawn(slot)
+        while True:
+            now = time.monotonic()
+            alive = 0
+            for slot in self.slots:
+                if slot.proc is not None and slot.proc.poll() is None:
+                    alive += 1
+                    continue
+                if self._signals:
+                    continue
+                if slot.proc is not None:
+                    self._schedule_restart(slot, now)
+                if slot.restart_at is not None and now >= slot.restart_at:
+                    self._spawn(slot)
+                    alive += 1
+            if self._signals and alive == 0:
+                log.info(
+                    "supervisor_stopped restarts=%d", sum(s.total_restarts for s in self.slots)
+                )
+                return 0
+            time.sleep(TICK)
+
+    def _schedule_restart(self, slot: Slot, now: float) -> None:
+        assert slot.proc is not None
+        code = slot.proc.returncode
+        slot.proc = None
+        while slot.restarts and now - slot.restarts[0] > RESTART_WINDOW:
+            slot.restarts.popleft()
+        delay = restart_delay(len(slot.restarts))
+        slot.restarts.append(now)
+        slot.total_restarts += 1
+        slot.restart_at = now + delay
+        how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        log.warning(
+            "child_restarted slot=%d after=%s delay=%.1fs restarts_in_window=%d",
+            slot.index,
+            how,
+            delay,
+            len(slot.restarts),
+        )
+
+
+def child_argv(argv: list[str]) -> list[str]:
+    """This command line for a child: the same worker without ``--processes``."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--processes":
+            skip = True
+            continue
+        if arg.startswith("--processes="):
+            continue
+        out.append(arg)
+    return [sys.executable, "-m", "tenure", *out]
