@@ -219,3 +219,26 @@ def test_threads_given_up_on_do_not_starve_the_next_tasks(
     ).fetchone()[0]
     done = db.execute("SELECT ended_at FROM attempts WHERE task_id = %s", (quick.id,)).fetchone()[0]
     assert (done - first).total_seconds() < 5.0
+
+
+def test_done_notifications_are_sent_only_for_tasks_someone_waits_for(
+    database_url: str, db: psycopg.Connection[Any], schema: str, registry: Registry
+) -> None:
+    @registry.task(name="n")
+    def n(payload: dict) -> None: ...
+
+    a, b = n.send({}), n.send({})
+    w = FakeWorker(db, schema, ["n"])
+    claimed = dict(w.claim(2))
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute(f'LISTEN "tenure_{schema}_done"')
+        w.complete(a.id, claimed[a.id])  # nobody waits for a: no notification
+        assert list(listener.notifies(timeout=0.5)) == []
+        listener.execute(
+            f'INSERT INTO "{schema}".result_waiters (task_id, listener) '
+            "VALUES (%s, pg_backend_pid())",
+            (b.id,),
+        )
+        w.complete(b.id, claimed[b.id])
+        notes = list(listener.notifies(timeout=2, stop_after=1))
+    assert [x.payload for x in notes] == [str(b.id)]

@@ -242,17 +242,33 @@ class Client:
         channel = sql.Identifier(sqlfiles.channel_name(self.schema) + "_done")
         with dbconnect.connect(self.dsn, "tenure-result") as conn:
             conn.execute(sql.SQL("LISTEN {}").format(channel))
-            while True:
-                info = self.get(task_id)
-                if info.state in FINAL_STATES:
-                    return info
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise ResultTimeout(f"task {task_id} is still {info.state} after {timeout:g}s")
-                wait = 30.0 if left is None else min(left, 30.0)
-                for note in conn.notifies(timeout=wait):
-                    if not note.payload or str(task_id) in note.payload.split(","):
-                        break
+            conn.execute(sqlfiles.query("result_waiter_add", self.schema), {"id": task_id})
+            try:
+                return self._wait_on(conn, task_id, deadline, timeout)
+            finally:
+                if not conn.broken:
+                    conn.execute(
+                        sqlfiles.query("result_waiter_remove", self.schema), {"id": task_id}
+                    )
+
+    def _wait_on(
+        self,
+        conn: psycopg.Connection[Any],
+        task_id: int,
+        deadline: float | None,
+        timeout: float | None,
+    ) -> TaskInfo:
+        while True:
+            info = self.get(task_id)
+            if info.state in FINAL_STATES:
+                return info
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise ResultTimeout(f"task {task_id} is still {info.state} after {timeout:g}s")
+            wait = 30.0 if left is None else min(left, 30.0)
+            for note in conn.notifies(timeout=wait):
+                if not note.payload or str(task_id) in note.payload.split(","):
+                    break
 
     def result(self, task_id: int, timeout: float | None = None) -> Any:
         """The task's stored return value once it succeeded; raises

@@ -50,8 +50,18 @@ def resolve_dsn(dsn: str | None = None) -> str:
     return ensure_embedded()
 
 
-def connect_kwargs(application_name: str = "tenure") -> dict[str, Any]:
-    """Session settings shared by every connection tenure opens."""
+def connect_kwargs(application_name: str = "tenure", *, worker: bool = False) -> dict[str, Any]:
+    """Session settings shared by every connection tenure opens.
+
+    A worker's own sessions (claims, outcomes, renewals) commit asynchronously:
+    delivery is at-least-once, so a write lost in a database crash only means the
+    lease expires and the task runs again, and not waiting for each WAL flush is what
+    lets a fleet go fast. ``send`` keeps synchronous commits: when it returns, the
+    task is durable.
+    """
+    options = f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}"
+    if worker:
+        options += " -c synchronous_commit=off"
     return {
         "autocommit": True,
         "connect_timeout": CONNECT_TIMEOUT_S,
@@ -60,7 +70,7 @@ def connect_kwargs(application_name: str = "tenure") -> dict[str, Any]:
         "keepalives_idle": 10,
         "keepalives_interval": 5,
         "keepalives_count": 3,
-        "options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}",
+        "options": options,
     }
 
 
@@ -85,10 +95,14 @@ def connect(dsn: str, application_name: str = "tenure") -> psycopg.Connection[An
         ) from exc
 
 
-async def aconnect(dsn: str, application_name: str = "tenure") -> psycopg.AsyncConnection[Any]:
+async def aconnect(
+    dsn: str, application_name: str = "tenure", *, worker: bool = False
+) -> psycopg.AsyncConnection[Any]:
     """Open an asyncio connection, raising :class:`DatabaseError` with one clear line."""
     try:
-        return await psycopg.AsyncConnection.connect(dsn, **connect_kwargs(application_name))
+        return await psycopg.AsyncConnection.connect(
+            dsn, **connect_kwargs(application_name, worker=worker)
+        )
     except psycopg.Error as exc:
         raise DatabaseError(
             f"cannot connect to PostgreSQL ({describe(exc)}); check the DSN or {ENV_DSN}"

@@ -18,7 +18,9 @@ $$;
 -- after its own backlog.
 CREATE OR REPLACE FUNCTION {schema}.vtime_base(p_queue text, p_key text)
 RETURNS double precision
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE
+SET enable_sort = off
+AS $$
     SELECT greatest(
         coalesce(least(
             (SELECT t.vtime FROM {schema}.tasks t
@@ -221,7 +223,9 @@ CREATE OR REPLACE FUNCTION {schema}.claim_limited(p_worker uuid, p_queue text, p
                                                   p_want integer, p_lease interval,
                                                   p_limited boolean)
 RETURNS SETOF {schema}.tasks
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET enable_sort = off
+AS $$
 DECLARE
     v_q          record;
     v_lim        record;
@@ -335,13 +339,18 @@ $$;
 -- p_start: each gets its weighted share first, then any queue fills what is left.
 -- Within a queue, work is taken by priority, then fair virtual time across
 -- partition keys. Unlimited work in an unlimited queue is claimed in one set-based
--- statement; everything under a limit goes through claim_limited. Start and
+-- statement; everything under a limit goes through claim_limited. Sorting is
+-- switched off so the planner always walks the claim index in order, even when the
+-- table's statistics are stale after a burst (a sort would read the whole
+-- backlog on every claim). Start and
 -- expiry use the statement's clock, not the transaction's, so an attempt never
 -- appears to start before the previous owner's outcome was written.
 CREATE OR REPLACE FUNCTION {schema}.claim(p_worker uuid, p_queues text[], p_names text[], p_limit integer,
                                p_lease interval, p_start integer)
 RETURNS SETOF {schema}.tasks
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET enable_sort = off
+AS $$
 DECLARE
     v_left    integer := p_limit;
     v_nq      integer := coalesce(array_length(p_queues, 1), 0);
@@ -513,19 +522,26 @@ BEGIN
 END;
 $$;
 
--- Tell whoever waits for results (handle.result()) which tasks just finished: one
--- notification per statement on the schema's "done" channel, listing the ids, or
--- empty (meaning "look again") when the list would not fit.
+-- Tell whoever waits for results (handle.result()) which of these tasks just
+-- finished: one notification on the schema's "done" channel listing the waited-for
+-- ids (empty, meaning "look again", when the list would not fit), and none at all
+-- when nobody waits.
 CREATE OR REPLACE FUNCTION {schema}.notify_done(p_ids bigint[])
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     v_payload text;
 BEGIN
-    IF coalesce(array_length(p_ids, 1), 0) = 0 THEN
+    IF coalesce(array_length(p_ids, 1), 0) = 0
+       OR NOT EXISTS (SELECT 1 FROM {schema}.result_waiters) THEN
         RETURN;
     END IF;
-    v_payload := array_to_string(p_ids, ',');
+    SELECT string_agg(u.id::text, ',') INTO v_payload
+    FROM unnest(p_ids) AS u(id)
+    WHERE EXISTS (SELECT 1 FROM {schema}.result_waiters w WHERE w.task_id = u.id);
+    IF v_payload IS NULL THEN
+        RETURN;
+    END IF;
     IF length(v_payload) > 7000 THEN
         v_payload := '';
     END IF;

@@ -144,3 +144,21 @@ CREATE TABLE {schema}.queues (
     paused                  boolean NOT NULL DEFAULT false,
     updated_at              timestamptz NOT NULL DEFAULT now()
 );
+
+-- Clients waiting in handle.result(); completions notify only for waited tasks.
+CREATE TABLE {schema}.result_waiters (
+    task_id  bigint NOT NULL,
+    listener integer NOT NULL,   -- backend pid of the waiting client's connection
+    since    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (task_id, listener)
+);
+
+-- The hot table churns: vacuum and analyze it early and without cost delays.
+ALTER TABLE {schema}.tasks SET (
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_insert_scale_factor = 0.01,
+    autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_analyze_threshold = 1000,
+    autovacuum_vacuum_cost_delay = 0
+);

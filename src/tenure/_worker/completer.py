@@ -112,7 +112,7 @@ class Completer:
                 verdicts.update({int(r[0]): "recorded" for r in rows})
         return self._settle(len(batch), verdicts)
 
-    def _settle(self, n: int, verdicts: dict[int, str]) -> CompleteResult:
+    def _settle(self, n: int, verdicts: dict[int, str], dropped: bool = False) -> CompleteResult:
         batch = self.pending[:n]
         del self.pending[:n]
         fenced: list[int] = []
@@ -121,6 +121,9 @@ class Completer:
             self._submitted.discard((o.task_id, o.attempt))
             self.holdings.drop(o.task_id, o.attempt)
             verdict = verdicts.get(o.task_id)
+            if verdict is None and dropped:
+                counts["outcomes_dropped"] += 1
+                continue
             if verdict is None:
                 fenced.append(o.task_id)
                 counts["lease_lost"] += 1
@@ -169,8 +172,11 @@ class Completer:
                 except DatabaseError as again:
                     if is_transient(again.__cause__ or again):
                         raise
+                    # Not a takeover: the database refuses both. The lease will expire
+                    # and the reaper will count a crash.
                     log.error("outcome_dropped task=%s: %s", outcome.task_id, again)
-                    verdicts = {}
+                    self._settle(1, {}, dropped=True)
+                    continue
             self._settle(1, verdicts)
 
     def start(self) -> None:

@@ -26,7 +26,9 @@ class Link:
 
     async def connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = await dbconnect.aconnect(self.dsn, f"tenure-{self.name}-{os.getpid()}")
+            self._conn = await dbconnect.aconnect(
+                self.dsn, f"tenure-{self.name}-{os.getpid()}", worker=True
+            )
         return self._conn
 
     async def fetch(self, statement: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:

@@ -13,6 +13,9 @@ gone_attempts AS (
 gone_keys AS (
     DELETE FROM {schema}.idempotency_keys k USING doomed d WHERE k.task_id = d.id
 ),
+stale_waiters AS (
+    DELETE FROM {schema}.result_waiters WHERE since < now() - interval '1 day'
+),
 gone AS (
     DELETE FROM {schema}.finished_tasks f USING doomed d WHERE f.id = d.id RETURNING f.id
 )
