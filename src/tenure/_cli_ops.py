@@ -186,12 +186,16 @@ def tasks_show(dsn: str | None, schema: str, task_id: int) -> None:
 @click.argument("task_id", type=click.IntRange(1, 2**63 - 1))
 def tasks_retry(dsn: str | None, schema: str, task_id: int) -> None:
     """Queue a failed, quarantined or cancelled task again with fresh budgets."""
-    state = _client(dsn, schema).retry(task_id)
-    if state != "queued":
-        raise click.ClickException(
-            f"task {task_id} is {state}; only finished, unsuccessful tasks can be retried"
-        )
-    click.echo(f"task {task_id} queued again")
+    client = _client(dsn, schema)
+    state = client.get(task_id).state  # retry() answers "queued" for a queued task too
+    if state in ("failed", "quarantined", "cancelled"):
+        state = client.retry(task_id)
+        if state == "queued":
+            click.echo(f"task {task_id} queued again")
+            return
+    raise click.ClickException(
+        f"task {task_id} is {state}; only failed, quarantined or cancelled tasks can be retried"
+    )
 
 
 @tasks.command("cancel")
