@@ -7,7 +7,6 @@ in one line on stderr that says what to do, and a non-zero exit code.
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import sys
 from datetime import timedelta
@@ -96,12 +95,10 @@ def load_registry(target: str) -> Registry:
     return registry
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, log_format: str = "text") -> None:
+    from tenure.logs import setup_logging
+
+    setup_logging(level, log_format)
 
 
 @click.group()
@@ -170,6 +167,23 @@ def main() -> None:
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+@click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="Readable lines, or one JSON object per line.",
+)
+@click.option("--metrics-port", type=click.IntRange(0, 65535), help="Serve /metrics on this port.")
+@click.option(
+    "--health-port", type=click.IntRange(0, 65535), help="Serve /livez and /readyz on this port."
+)
+@click.option(
+    "--http-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address for the metrics and health ports (0.0.0.0 for a scraper or probe elsewhere).",
+)
 def worker(
     target: str,
     queues: str | None,
@@ -183,8 +197,16 @@ def worker(
     processes: int | None,
     dsn: str | None,
     log_level: str,
+    log_format: str,
+    metrics_port: int | None,
+    health_port: int | None,
+    http_host: str,
 ) -> None:
-    """Run a worker process (or a supervised pool of them) for MODULE:REGISTRY."""
+    """Run a worker process (or a supervised pool of them) for MODULE:REGISTRY.
+
+    Under ``--processes``, child N serves metrics and health on the given ports + N.
+    """
+    from tenure._worker.http import SurfacesConfig
     from tenure._worker.worker import run_worker
 
     registry = load_registry(target)
@@ -202,12 +224,22 @@ def worker(
         )
     except TenureError as exc:
         raise click.UsageError(str(exc)) from None
-    _setup_logging(log_level)
+    _setup_logging(log_level, log_format)
     if processes is not None:
         from tenure._worker.supervisor import Supervisor, child_argv
 
         sys.exit(Supervisor(child_argv(sys.argv[1:]), processes).run())
-    sys.exit(run_worker(registry, config, dsn=dsn))
+    slot = int(os.environ.get("TENURE_SUPERVISED_SLOT", "0"))
+    surfaces = SurfacesConfig(
+        metrics_port=metrics_port + slot if metrics_port else metrics_port,
+        health_port=health_port + slot if health_port else health_port,
+        host=http_host,
+    )
+    try:
+        code = run_worker(registry, config, dsn=dsn, surfaces=surfaces)
+    except OSError as exc:  # the metrics or health port could not be bound
+        raise click.ClickException(f"cannot serve metrics/health on {http_host}: {exc}") from None
+    sys.exit(code)
 
 
 @main.group()
@@ -363,6 +395,18 @@ def status(dsn: str | None, schema: str, top_keys: int) -> None:
             for w in workers
         ],
     )
+
+
+# Operator commands live in their own module; see tenure/_cli_ops.py.
+def _add_operator_commands() -> None:
+    from tenure import _cli_ops
+
+    for command in (_cli_ops.tasks, _cli_ops.queues, _cli_ops.workers, _cli_ops.dashboard):
+        main.add_command(command)
+    main.add_command(_cli_ops.make_prune(DURATION))
+
+
+_add_operator_commands()
 
 
 def run(argv: list[str] | None = None) -> None:

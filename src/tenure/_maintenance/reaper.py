@@ -11,6 +11,7 @@ heartbeating long ago are marked gone.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -38,6 +39,7 @@ class Reaper(Service):
         super().__init__(interval.total_seconds(), jitter=0.2)
         self.link = link
         self.gone_after = gone_after
+        self.counts: Counter[str] = Counter()  # lease_expired, task_quarantined (metrics)
 
     async def run_once(self) -> ReapResult:
         rows: list[tuple[Any, ...]] = []
@@ -48,6 +50,8 @@ class Reaper(Service):
                 break
         requeued = [int(r[0]) for r in rows if r[1] == "requeued"]
         quarantined = [int(r[0]) for r in rows if r[1] == "quarantined"]
+        self.counts["lease_expired"] += len(requeued)
+        self.counts["task_quarantined"] += len(quarantined)
         for task_id in requeued:
             log.info("lease_expired task=%s requeued=true", task_id)
         for task_id in quarantined:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from uuid import UUID
 
 from tenure._db.connect import backoff_delay, is_transient
 from tenure._worker.link import Link
-from tenure._worker.state import Holdings
+from tenure._worker.state import Held, Holdings
 from tenure.errors import DatabaseError
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,9 @@ class Completer:
         self._task: asyncio.Task[None] | None = None
         self._submitted: set[tuple[int, int]] = set()
         self._uncertain = False  # the last write failed: it may have committed anyway
+        # Told each settled outcome's event and the attempt it ended (None if no longer
+        # held); the worker's metrics count outcomes per queue and task with it.
+        self.on_settled: Callable[[str, Held | None], None] | None = None
 
     def submit(self, outcome: Outcome) -> None:
         """Queue an outcome; a second outcome for the same attempt is ignored."""
@@ -119,7 +123,7 @@ class Completer:
         counts = self.holdings.counts
         for o in batch:
             self._submitted.discard((o.task_id, o.attempt))
-            self.holdings.drop(o.task_id, o.attempt)
+            held = self.holdings.drop(o.task_id, o.attempt)
             verdict = verdicts.get(o.task_id)
             if verdict is None and dropped:
                 counts["outcomes_dropped"] += 1
@@ -139,7 +143,16 @@ class Completer:
                 continue
             event = _EVENTS.get(verdict, f"task_{verdict}")
             counts[event] += 1
-            log.debug("%s task=%s attempt=%s", event, o.task_id, o.attempt)
+            if self.on_settled is not None:
+                self.on_settled(event, held)
+            log.debug(
+                "%s task=%s attempt=%s queue=%s worker=%s",
+                event,
+                o.task_id,
+                o.attempt,
+                held.claimed.queue if held is not None else "-",
+                self.worker_id,
+            )
         if not self.pending:
             self._idle.set()
         return CompleteResult(verdicts, fenced)

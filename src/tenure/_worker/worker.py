@@ -38,7 +38,9 @@ from tenure._worker.completer import Completer, Outcome
 from tenure._worker.config import WorkerConfig
 from tenure._worker.executor import execute
 from tenure._worker.heartbeat import Heartbeat, HeartbeatResult
+from tenure._worker.http import Surfaces, SurfacesConfig
 from tenure._worker.link import Link
+from tenure._worker.metrics import Metrics
 from tenure._worker.notifier import Notifier
 from tenure._worker.processes import ProcessPool
 from tenure._worker.state import Claimed, Held, Holdings
@@ -56,7 +58,14 @@ STARTUP_BACKOFF_CAP = 30.0
 class Worker:
     """Runs the tasks of one registry from the configured queues until drained."""
 
-    def __init__(self, registry: Registry, config: WorkerConfig, *, dsn: str | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        config: WorkerConfig,
+        *,
+        dsn: str | None = None,
+        surfaces: SurfacesConfig | None = None,
+    ) -> None:
         self.registry = registry
         self.config = config
         self.schema = registry.schema
@@ -74,6 +83,9 @@ class Worker:
         self.buffer: deque[Claimed] = deque()  # prefetched: claimed, waiting for a slot
         self._unknown_reported: set[str] = set()
         self.ready = asyncio.Event()
+        self.metrics = Metrics()  # served on /metrics when a port is given
+        self.surfaces_config = surfaces
+        self.surfaces: Surfaces | None = None
 
     # -- control ----------------------------------------------------------------------
 
@@ -131,7 +143,15 @@ class Worker:
     # -- running ----------------------------------------------------------------------
 
     async def run(self) -> int:
-        """Run until drained; returns the process exit code."""
+        """Run until drained; returns the process exit code. Metrics and health
+        endpoints, when configured, are served from start-up until the drain ends."""
+        self.surfaces = await Surfaces(self, self.surfaces_config).start()
+        try:
+            return await self._run()
+        finally:
+            await self.surfaces.stop()
+
+    async def _run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
@@ -175,6 +195,7 @@ class Worker:
             gone_after=max(cfg.lease * 4, cfg.lease + cfg.drain_timeout),
         )
         self.completer = Completer(work, self.holdings, self.id)
+        self.completer.on_settled = self.metrics.settled
         self.claimer = Claimer(work, self.id, cfg.queues, names, cfg.lease)
         self.notifier = Notifier(listen, cfg.queues, self.wake, self.cancel_task)
         self.heartbeat.start()
@@ -278,7 +299,14 @@ class Worker:
         ctx = TaskContext(row.id, row.attempt, row.task_name, row.queue)
         self.holdings.held[row.id] = Held(row, ctx)
         self.holdings.counts["task_claimed"] += 1
-        log.debug("task_claimed task=%s attempt=%s worker=%s", row.id, row.attempt, self.id)
+        self.metrics.claimed(row)
+        log.debug(
+            "task_claimed task=%s attempt=%s queue=%s worker=%s",
+            row.id,
+            row.attempt,
+            row.queue,
+            self.id,
+        )
         self.buffer.append(row)
 
     def _fill(self) -> None:
@@ -299,7 +327,10 @@ class Worker:
             def on_thread(job: Any) -> None:
                 held.thread = job
 
-            outcome = await execute(task, row, held.context, self.pool, on_thread, self.processes)
+            with self.metrics.timed(row):
+                outcome = await execute(
+                    task, row, held.context, self.pool, on_thread, self.processes
+                )
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug of ours must not strand the task as running
@@ -430,6 +461,12 @@ class Worker:
         return {"held": len(self.holdings.held), **self.holdings.counts}
 
 
-def run_worker(registry: Registry, config: WorkerConfig, *, dsn: str | None = None) -> int:
+def run_worker(
+    registry: Registry,
+    config: WorkerConfig,
+    *,
+    dsn: str | None = None,
+    surfaces: SurfacesConfig | None = None,
+) -> int:
     """Run a worker in this process until it is drained; returns the exit code."""
-    return asyncio.run(Worker(registry, config, dsn=dsn).run())
+    return asyncio.run(Worker(registry, config, dsn=dsn, surfaces=surfaces).run())

@@ -1,0 +1,151 @@
+"""The worker's HTTP surfaces: ``/metrics``, ``/livez`` and ``/readyz``.
+
+Rules:
+- A tiny asyncio server on the worker's own event loop, standard library only; it
+  starts before the worker connects (so ``/livez`` answers during start-up) and
+  stops after the worker drained.
+- ``--metrics-port`` serves ``/metrics``; ``--health-port`` serves ``/livez`` and
+  ``/readyz``; one server serves all three when both ports are the same.
+- ``/livez`` is 200 whenever the event loop answers. ``/readyz`` is 200 once the
+  worker is registered and claiming, 503 while it starts, drains or is self-fenced.
+- Only GET and HEAD; nothing here reads a request body or writes to the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tenure.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tenure._worker.worker import Worker
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+READ_TIMEOUT = 5.0
+MAX_HEADER_BYTES = 16 * 1024
+PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class SurfacesConfig:
+    """Where the worker serves metrics and health checks (None: not served)."""
+
+    metrics_port: int | None = None
+    health_port: int | None = None
+    host: str = DEFAULT_HOST
+
+    def __post_init__(self) -> None:
+        for name in ("metrics_port", "health_port"):
+            port = getattr(self, name)
+            if port is not None and not 0 <= port <= 65535:
+                raise ConfigError(f"{name}: must be between 0 and 65535, got {port}")
+
+    def routes_by_port(self) -> dict[int, set[str]]:
+        ports: dict[int, set[str]] = {}
+        if self.metrics_port is not None:
+            ports.setdefault(self.metrics_port, set()).add("/metrics")
+        if self.health_port is not None:
+            ports.setdefault(self.health_port, set()).update({"/livez", "/readyz"})
+        return ports
+
+
+class Surfaces:
+    """The running servers of one worker; :meth:`stop` closes them."""
+
+    def __init__(self, worker: Worker, config: SurfacesConfig | None) -> None:
+        self.worker = worker
+        self.config = config or SurfacesConfig()
+        self.servers: list[asyncio.Server] = []
+        self.ports: dict[str, int] = {}  # path -> bound port (useful with port 0)
+
+    async def start(self) -> Surfaces:
+        for port, routes in self.config.routes_by_port().items():
+
+            async def handle(
+                reader: asyncio.StreamReader,
+                writer: asyncio.StreamWriter,
+                routes: set[str] = routes,
+            ) -> None:
+                await self._handle(reader, writer, routes)
+
+            server = await asyncio.start_server(handle, self.config.host, port)
+            bound = server.sockets[0].getsockname()[1]
+            for route in routes:
+                self.ports[route] = bound
+            self.servers.append(server)
+            log.info(
+                "worker_http_listening host=%s port=%d paths=%s",
+                self.config.host,
+                bound,
+                ",".join(sorted(routes)),
+            )
+        return self
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            server.close()
+            await server.wait_closed()
+        self.servers.clear()
+        await self.worker.metrics.close()
+
+    async def _handle(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, routes: set[str]
+    ) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
+            if len(head) > MAX_HEADER_BYTES:
+                raise ValueError("headers too large")
+            request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            method, target, _ = request_line.split(" ", 2)
+            path = target.split("?", 1)[0]
+            status, body, ctype = await self._respond(method, path, routes)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+            writer.close()
+            return
+        except ValueError:
+            status, body, ctype = 400, "bad request\n", "text/plain; charset=utf-8"
+        except Exception:
+            log.exception("worker_http_failed")
+            status, body, ctype = 500, "internal error\n", "text/plain; charset=utf-8"
+        payload = body.encode()
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+        lines = [
+            f"HTTP/1.1 {status} {reason.get(status, 'Service Unavailable')}",
+            f"Content-Type: {ctype}",
+            f"Content-Length: {len(payload)}",
+            "Cache-Control: no-store",
+            "Connection: close",
+            "",
+            "",
+        ]
+        writer.write("\r\n".join(lines).encode() + (b"" if method_is_head(head) else payload))
+        try:
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def _respond(self, method: str, path: str, routes: set[str]) -> tuple[int, str, str]:
+        text = "text/plain; charset=utf-8"
+        if path not in routes:
+            return 404, f"not found; try {', '.join(sorted(routes))}\n", text
+        if method not in ("GET", "HEAD"):
+            return 405, "only GET and HEAD\n", text
+        if path == "/metrics":
+            return 200, await self.worker.metrics.render(self.worker), PROMETHEUS_TYPE
+        if path == "/livez":
+            return 200, "ok\n", text
+        from tenure._worker.metrics import worker_ready
+
+        ready, why = worker_ready(self.worker)
+        return (200 if ready else 503), why + "\n", text
+
+
+def method_is_head(head: bytes) -> bool:
+    return head.startswith(b"HEAD ")

@@ -1,0 +1,251 @@
+"""Worker metrics in the Prometheus text format.
+
+Rules:
+- Counters are named after the events of :mod:`tenure.logs`: the event
+  ``task_succeeded`` counts as ``tenure_tasks_succeeded_total{queue,task}``.
+- Per queue and task counters are bumped where the worker claims a task and where
+  the completer settles an outcome; process-wide counters (leases lost, fenced
+  writes, takeovers) are read from the worker's own counters at scrape time, so a
+  scrape never changes what it reads.
+- Queue depth and oldest age come from one small query over the hot table,
+  cached for a few seconds, on a connection of its own opened at the first scrape.
+- A task run is wrapped in an OpenTelemetry span when ``opentelemetry-api`` is
+  importable; tenure does not depend on it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tenure._worker.state import Claimed, Held
+
+if TYPE_CHECKING:
+    from tenure._worker.link import Link
+    from tenure._worker.worker import Worker
+
+log = logging.getLogger(__name__)
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+QUEUE_CACHE_SECONDS = 5.0
+
+#: Per queue and task counters: event name -> (metric name, help).
+LABELED: dict[str, tuple[str, str]] = {
+    "task_claimed": ("tenure_tasks_claimed_total", "Leases this worker took on tasks."),
+    "task_succeeded": ("tenure_tasks_succeeded_total", "Attempts that ended in success."),
+    "task_failed": ("tenure_tasks_failed_total", "Attempts that failed with no retry left."),
+    "task_retried": ("tenure_tasks_retried_total", "Attempts that failed and were retried."),
+    "task_released": ("tenure_tasks_released_total", "Tasks handed back with no attempt spent."),
+    "task_cancelled": ("tenure_tasks_cancelled_total", "Attempts stopped by an operator."),
+}
+
+#: Process-wide counters: (metric name, help, where the value is read).
+PLAIN: tuple[tuple[str, str, str], ...] = (
+    ("tenure_lease_lost_total", "Held attempts this worker learned it lost.", "lease_lost"),
+    ("tenure_fenced_writes_total", "Outcome writes the database fenced out.", "fenced_writes"),
+)
+
+
+def _otel_tracer() -> Any:
+    try:
+        trace = importlib.import_module("opentelemetry.trace")
+    except ImportError:
+        return None
+    return trace.get_tracer("tenure")
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(**labels: str) -> str:
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+    return "{" + inner + "}" if inner else ""
+
+
+def _num(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf"
+    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+
+
+@dataclass
+class Histogram:
+    """Cumulative buckets, sum and count of one label set."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
+    total: float = 0.0
+    n: int = 0
+
+    def observe(self, seconds: float) -> None:
+        for i, bound in enumerate(DURATION_BUCKETS):
+            if seconds <= bound:
+                self.counts[i] += 1
+        self.total += seconds
+        self.n += 1
+
+
+class Metrics:
+    """The counters one worker process keeps, and their rendering for a scrape."""
+
+    def __init__(self) -> None:
+        self.labeled: Counter[tuple[str, str, str]] = Counter()  # (event, queue, task)
+        self.durations: dict[tuple[str, str], Histogram] = {}
+        self._tracer = _otel_tracer()
+        self._link: Link | None = None
+        self._queues: list[tuple[Any, ...]] = []
+        self._queues_at = -math.inf
+
+    # -- recording (called from the worker and the completer) ------------------------
+
+    def claimed(self, row: Claimed) -> None:
+        self.labeled[("task_claimed", row.queue, row.task_name)] += 1
+
+    def settled(self, event: str, held: Held | None) -> None:
+        """The completer wrote an outcome; ``held`` is None if it was no longer held."""
+        if event in LABELED and held is not None:
+            self.labeled[(event, held.claimed.queue, held.claimed.task_name)] += 1
+
+    @contextmanager
+    def timed(self, row: Claimed) -> Iterator[None]:
+        """Time one task run (and trace it when OpenTelemetry is present)."""
+        span: Any = nullcontext()
+        if self._tracer is not None:
+            span = self._tracer.start_as_current_span(
+                f"tenure.task {row.task_name}",
+                attributes={
+                    "tenure.task_id": row.id,
+                    "tenure.task_name": row.task_name,
+                    "tenure.queue": row.queue,
+                    "tenure.attempt": row.attempt,
+                },
+            )
+        started = time.monotonic()
+        try:
+            with span:
+                yield
+        finally:
+            key = (row.queue, row.task_name)
+            self.durations.setdefault(key, Histogram()).observe(time.monotonic() - started)
+
+    # -- queue depth ---------------------------------------------------------------
+
+    async def _queue_rows(self, worker: Worker) -> list[tuple[Any, ...]]:
+        if time.monotonic() - self._queues_at < QUEUE_CACHE_SECONDS:
+            return self._queues
+        heartbeat = getattr(worker, "heartbeat", None)
+        if heartbeat is None:  # not connected yet
+            return self._queues
+        if self._link is None:
+            from tenure._worker.link import Link
+
+            self._link = Link(heartbeat.link.dsn, worker.schema, "metrics")
+        try:
+            self._queues = await self._link.fetch("metrics_queues", {})
+            self._queues_at = time.monotonic()
+        except Exception as exc:
+            log.debug("metrics_queue_depth_failed error=%s", exc)
+        return self._queues
+
+    async def close(self) -> None:
+        if self._link is not None:
+            await self._link.close()
+            self._link = None
+
+    # -- rendering -------------------------------------------------------------------
+
+    async def render(self, worker: Worker) -> str:
+        """The whole scrape, in the Prometheus text exposition format (0.0.4)."""
+        out: list[str] = []
+
+        def family(name: str, kind: str, help_text: str) -> None:
+            out.append(f"# HELP {name} {help_text}")
+            out.append(f"# TYPE {name} {kind}")
+
+        for event, (name, help_text) in LABELED.items():
+            family(name, "counter", help_text)
+            for (ev, queue, task), value in sorted(self.labeled.items()):
+                if ev == event:
+                    out.append(f"{name}{_labels(queue=queue, task=task)} {value}")
+        counts = worker.holdings.counts
+        for name, help_text, key in PLAIN:
+            family(name, "counter", help_text)
+            out.append(f"{name} {counts.get(key, 0)}")
+        reaper = getattr(worker, "reaper", None)
+        reaped: Counter[str] = reaper.counts if reaper is not None else Counter()
+        family(
+            "tenure_takeovers_total",
+            "counter",
+            "Expired leases this worker's reaper turned back into work (dead or cut-off owners).",
+        )
+        out.append(f"tenure_takeovers_total {reaped.get('lease_expired', 0)}")
+        family(
+            "tenure_tasks_quarantined_total",
+            "counter",
+            "Tasks this worker's reaper quarantined after too many expired leases.",
+        )
+        out.append(f"tenure_tasks_quarantined_total {reaped.get('task_quarantined', 0)}")
+
+        name = "tenure_task_duration_seconds"
+        family(name, "histogram", "Run time of task attempts on this worker.")
+        for (queue, task), hist in sorted(self.durations.items()):
+            for bound, count in zip(DURATION_BUCKETS, hist.counts, strict=True):
+                labels = _labels(queue=queue, task=task, le=_num(bound))
+                out.append(f"{name}_bucket{labels} {count}")
+            out.append(f"{name}_bucket{_labels(queue=queue, task=task, le='+Inf')} {hist.n}")
+            out.append(f"{name}_sum{_labels(queue=queue, task=task)} {_num(hist.total)}")
+            out.append(f"{name}_count{_labels(queue=queue, task=task)} {hist.n}")
+
+        family("tenure_leases_held", "gauge", "Leases this worker holds (running or prefetched).")
+        out.append(f"tenure_leases_held {len(worker.holdings.held)}")
+        family("tenure_tasks_running", "gauge", "Attempts running on this worker now.")
+        out.append(f"tenure_tasks_running {worker.holdings.running()}")
+        heartbeat = getattr(worker, "heartbeat", None)
+        family(
+            "tenure_heartbeat_lag_seconds",
+            "gauge",
+            "Seconds since this worker's last successful lease renewal was sent.",
+        )
+        lag = time.monotonic() - heartbeat.last_ok if heartbeat is not None else 0.0
+        out.append(f"tenure_heartbeat_lag_seconds {lag:.3f}")
+        family("tenure_worker_ready", "gauge", "1 while the worker claims work (see /readyz).")
+        out.append(f"tenure_worker_ready {int(worker_ready(worker)[0])}")
+
+        rows = await self._queue_rows(worker)
+        family("tenure_queue_depth", "gauge", "Tasks due and waiting in each queue.")
+        for queue, queued, *_ in rows:
+            out.append(f"tenure_queue_depth{_labels(queue=str(queue))} {int(queued)}")
+        family("tenure_queue_scheduled", "gauge", "Tasks waiting for a later time in each queue.")
+        for queue, _, scheduled, *_ in rows:
+            out.append(f"tenure_queue_scheduled{_labels(queue=str(queue))} {int(scheduled)}")
+        family("tenure_queue_running", "gauge", "Tasks running in each queue, fleet-wide.")
+        for queue, _, _, running, _ in rows:
+            out.append(f"tenure_queue_running{_labels(queue=str(queue))} {int(running)}")
+        family(
+            "tenure_queue_oldest_age_seconds",
+            "gauge",
+            "Age of the oldest due task waiting in each queue (0 when none waits).",
+        )
+        for queue, *_, oldest in rows:
+            age = float(oldest) if oldest is not None else 0.0
+            out.append(f"tenure_queue_oldest_age_seconds{_labels(queue=str(queue))} {age:.3f}")
+        return "\n".join(out) + "\n"
+
+
+def worker_ready(worker: Worker) -> tuple[bool, str]:
+    """Whether the worker takes work now, and why not: starting, draining, self-fenced."""
+    if not worker.ready.is_set():
+        return False, "starting"
+    if worker._draining:
+        return False, "draining"
+    heartbeat = getattr(worker, "heartbeat", None)
+    if heartbeat is not None and heartbeat.fenced:
+        return False, "self-fenced"
+    return True, "ready"

@@ -1,0 +1,117 @@
+"""One event vocabulary for logs, metrics and the dashboard, and the log formats.
+
+Every log line tenure writes starts with an event name followed by ``key=value``
+fields (``task_claimed task=12 attempt=1 queue=work worker=…``). The readable format
+prints that line as it is; ``--log-format json`` turns it into one JSON object per
+line with ``event``, ``task_id``, ``queue``, ``attempt`` and ``worker_id`` where the
+line names them. The same names count in :mod:`tenure._worker.metrics` (an event
+``task_succeeded`` is the metric ``tenure_tasks_succeeded_total``) and label the
+outcomes on the dashboard.
+
+    task_claimed task=3 attempt=1 queue=work worker=5f0c…
+    {"ts": "…", "level": "debug", "logger": "tenure._worker.worker",
+     "event": "task_claimed", "task_id": 3, "attempt": 1, "queue": "work",
+     "worker_id": "5f0c…", "message": "task_claimed task=3 attempt=1 queue=work worker=5f0c…"}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+#: The events tenure reports, with what each means. Log lines, metric names and the
+#: dashboard's outcome labels all use these words.
+EVENTS: dict[str, str] = {
+    "task_claimed": "a worker took a lease on a task",
+    "task_succeeded": "an attempt finished and the task succeeded",
+    "task_failed": "an attempt failed and the task has no retries left",
+    "task_retried": "an attempt failed and the task waits for its next attempt",
+    "task_released": "a worker handed a task back without spending an attempt",
+    "task_cancelled": "an operator's cancel stopped the task",
+    "task_cancelling": "a running task was told to stop after a cancel",
+    "task_timed_out": "an attempt ran past the task's timeout",
+    "task_quarantined": "a task's lease expired too many times; it is set aside",
+    "lease_expired": "a lease ran out unrenewed; the task was taken over",
+    "lease_lost": "a worker learned another owner holds its task; its writes are fenced",
+    "worker_started": "a worker registered and began claiming",
+    "worker_draining": "a worker stopped claiming and lets running tasks finish",
+    "worker_drain_requested": "an operator asked a worker to drain",
+    "worker_drained": "a worker finished its drain",
+    "worker_self_fenced": "a worker lost the database for most of a lease and dropped its tasks",
+    "worker_stopped": "a worker process ended",
+    "worker_gone": "a worker stopped heartbeating and was marked gone",
+}
+
+#: Attempt outcomes as recorded in the ``attempts`` table, with the event they report.
+OUTCOME_EVENTS: dict[str, str] = {
+    "succeeded": "task_succeeded",
+    "error": "task_retried",
+    "timed_out": "task_timed_out",
+    "lease_expired": "lease_expired",
+    "released": "task_released",
+    "cancelled": "task_cancelled",
+}
+
+LOG_FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+_EVENT = re.compile(r"^([a-z][a-z0-9_]*)(?=\s|$|:)")
+_FIELD = re.compile(r"([a-z_]+)=(\S+)")
+_RENAMED = {"task": "task_id", "worker": "worker_id"}
+
+
+def parse_event(message: str) -> dict[str, Any]:
+    """Split a log message into its event name and ``key=value`` fields.
+
+    Fields are read up to the first word that is not ``key=value``; the rest of
+    the line is free text and stays only in ``message``.
+    """
+    found: dict[str, Any] = {}
+    head = _EVENT.match(message)
+    if head is None or "_" not in head.group(1):
+        return found
+    found["event"] = head.group(1)
+    for word in message[head.end() :].split():
+        match = _FIELD.fullmatch(word.rstrip(":;,"))
+        if match is None:
+            break
+        key, value = _RENAMED.get(match.group(1), match.group(1)), match.group(2)
+        found[key] = int(value) if value.isdigit() and len(value) < 19 else value
+        if word.endswith((":", ";")):
+            break
+    return found
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, the event and its fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        entry.update(parse_event(message))
+        entry["message"] = message
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(level: str = "info", log_format: str = "text") -> None:
+    """Send tenure's logs to stderr, readable (``text``) or as JSON lines (``json``)."""
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}")
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper()))

@@ -1,0 +1,130 @@
+"""Operator commands: tasks, queues, workers and prune, on a real database."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from tenure.cli import main, run
+from tests.conftest import eventually, worker_id_of
+
+pytestmark = pytest.mark.acceptance
+
+
+@pytest.fixture
+def cli(database_url: str, schema: str, fleet_app: Any) -> Any:
+    runner = CliRunner(env={"COLUMNS": "200"})
+
+    def invoke(*args: str, code: int = 0) -> str:
+        result = runner.invoke(main, [*args, "--dsn", database_url, "--schema", schema])
+        assert result.exit_code == code, (result.output, result.exception)
+        return result.output
+
+    return invoke
+
+
+def test_tasks_list_filters_and_show_prints_payload_and_attempts(
+    cli: Any, fleet_app: Any, workers: Any
+) -> None:
+    done = fleet_app.sleepy.send({"s": 0, "note": "shown in full"}, partition_key="tenant-x")
+    failing = fleet_app.always_fails.send({"why": "cli test"})
+    waiting = fleet_app.sleepy.send({"s": 0}, delay=3600)
+    workers("--lease", "3s")
+    eventually(lambda: done.state() == "succeeded" and failing.state() == "failed", timeout=30)
+    listed = cli("tasks", "list")
+    for handle in (done, failing, waiting):
+        assert f" {handle.id} " in listed
+    only_failed = cli("tasks", "list", "--state", "failed")
+    assert f" {failing.id} " in only_failed and f" {done.id} " not in only_failed
+    assert "always fails: cli test" in only_failed
+    by_key = cli("tasks", "list", "--key", "tenant-x")
+    assert f" {done.id} " in by_key and f" {failing.id} " not in by_key
+    shown = cli("tasks", "show", str(failing.id))
+    assert '"why": "cli test"' in shown
+    assert shown.count(" error ") >= 3  # three attempts, each ended in error
+    assert "Traceback" in shown  # the last error in full
+    cli("tasks", "list", "--state", "bogus", code=2)
+
+
+def test_tasks_cancel_and_retry(cli: Any, fleet_app: Any) -> None:
+    handle = fleet_app.sleepy.send({"s": 0})
+    assert f"task {handle.id} cancelled" in cli("tasks", "cancel", str(handle.id))
+    assert handle.state() == "cancelled"
+    assert f"task {handle.id} cancelled" in cli("tasks", "cancel", str(handle.id))  # idempotent
+    assert f"task {handle.id} queued again" in cli("tasks", "retry", str(handle.id))
+    assert handle.state() == "queued"
+    assert "only failed, quarantined or cancelled" in cli("tasks", "retry", str(handle.id), code=1)
+
+
+def test_queues_pause_and_resume(cli: Any, db: psycopg.Connection[Any]) -> None:
+    assert "queue work paused" in cli("queues", "pause", "work")
+    assert db.execute("SELECT paused FROM queues WHERE name = 'work'").fetchone() == (True,)
+    assert "queue work resumed" in cli("queues", "resume", "work")
+    assert db.execute("SELECT paused FROM queues WHERE name = 'work'").fetchone() == (False,)
+
+
+def test_workers_list_and_drain_by_id_prefix(
+    cli: Any, workers: Any, db: psycopg.Connection[Any]
+) -> None:
+    w = workers("--lease", "3s")
+    wid = str(worker_id_of(db, w.pid))
+    listed = cli("workers", "list")
+    assert wid in listed and str(w.pid) in listed and "active" in listed
+    out = cli("workers", "drain", wid[:8])
+    assert f"worker {wid} asked to drain" in out
+    assert w.wait(30) == 0  # it drained and exited on its own
+    assert wid not in cli("workers", "list")
+    assert wid in cli("workers", "list", "--all")
+    assert "no live worker" in cli("workers", "drain", wid[:8], code=1)
+
+
+def test_prune_older_than(cli: Any, fleet_app: Any, db: psycopg.Connection[Any]) -> None:
+    fleet_app.sleepy.send({})
+    db.execute("""
+        INSERT INTO finished_tasks (id, task_name, queue, payload, priority, state, attempt,
+                                    errors, crashes, created_at, finished_at)
+        SELECT -g, 'x', 'work', '{}', 0, 'succeeded', 1, 0, 0, now() - interval '9 days',
+               now() - CASE WHEN g <= 7 THEN interval '8 days' ELSE interval '1 day' END
+        FROM generate_series(1, 10) g""")
+    assert "pruned 7 finished tasks" in cli("prune", "--older-than", "7d")
+    assert db.execute("SELECT count(*) FROM finished_tasks").fetchone() == (3,)
+    cli("prune", "--older-than", "soon", code=2)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["tasks", "show", "987654321"], "error: no task with id 987654321"),
+        (["tasks", "retry", "0"], "error: Invalid value for 'TASK_ID'"),
+        (["prune", "--older-than", "7 parsecs"], "is not a duration"),
+    ],
+)
+def test_operator_mistakes_end_in_one_line(
+    args: list[str],
+    message: str,
+    database_url: str,
+    schema: str,
+    fleet_app: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run([*args, "--dsn", database_url, "--schema", schema])
+    assert exited.value.code in (1, 2)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_worker_http_port_in_use_is_one_line(workers: Any) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        w = workers("--metrics-port", str(port))
+        assert w.wait(60) == 1
+    lines = [line for line in w.log().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "cannot serve metrics/health" in lines[0], w.log()

@@ -1,0 +1,418 @@
+"""The web dashboard, served by a real ``tenure dashboard`` process on a real database.
+
+Browser tests drive Debian's Chromium through Playwright against a live fleet of
+worker processes; they are skipped, saying why, only where /usr/bin/chromium is
+absent. A screenshot of the overview during a run is saved to
+``test-artifacts/dashboard.png``.
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import ROOT, eventually
+
+pytestmark = pytest.mark.acceptance
+
+CHROMIUM = "/usr/bin/chromium"
+TOKEN = "s3cret-token-for-tests-0123456789"
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Dashboard:
+    """A ``tenure dashboard`` process and a tiny HTTP client for it."""
+
+    def __init__(self, database_url: str, schema: str, log_dir: Path, *args: str) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"dashboard-{self.port}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tenure",
+                "dashboard",
+                "--port",
+                str(self.port),
+                "--dsn",
+                database_url,
+                "--schema",
+                schema,
+                "--refresh",
+                "1",
+                *args,
+            ],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(self.jar), NoRedirect()
+        )
+
+        def up() -> bool:
+            assert self.proc.poll() is None, self.log_path.read_text()
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+        eventually(up, timeout=30, what="dashboard listening")
+
+    def request(
+        self,
+        path: str,
+        *,
+        data: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, str, Any]:
+        body = urllib.parse.urlencode(data).encode() if data is not None else None
+        req = urllib.request.Request(self.base + path, data=body, headers=headers or {})
+        try:
+            with self.opener.open(req, timeout=10) as r:
+                return r.status, r.read().decode(errors="replace"), r.headers
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(errors="replace"), exc.headers
+
+    def cookie(self, name: str) -> str | None:
+        return next((c.value for c in self.jar if c.name == name), None)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._log.close()
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def dashboard(
+    database_url: str, schema: str, tmp_path: Path, fleet_app: Any
+) -> Iterator[Callable[..., Dashboard]]:
+    started: list[Dashboard] = []
+    fleet_app.reg.client.execute("dashboard_now", {})  # migrate the test schema first
+
+    def start(*args: str) -> Dashboard:
+        d = Dashboard(database_url, schema, tmp_path, *args)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.stop()
+
+
+# -- access --------------------------------------------------------------------------
+
+
+def test_binding_beyond_localhost_needs_a_token_and_every_request_carries_it(
+    dashboard: Any, database_url: str, schema: str
+) -> None:
+    # Without a token, binding to all interfaces is refused in one line
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tenure",
+            "dashboard",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+            "--dsn",
+            database_url,
+            "--schema",
+            schema,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TENURE_DASHBOARD_TOKEN": ""},
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1 and "--auth-token" in refused.stderr
+    # With one, every page, asset and action without it is refused
+    d = dashboard("--host", "0.0.0.0", "--auth-token", TOKEN)
+    for path in [
+        "/",
+        "/tasks",
+        "/tasks/1",
+        "/static/htmx.min.js",
+        "/static/dashboard.css",
+        "/nope",
+    ]:
+        assert d.request(path)[0] == 401, path
+        assert d.request(path, headers={"Authorization": "Bearer wrong-token-0123456"})[0] == 401
+    status, _, _ = d.request("/queues/work/pause", data={"csrf": "x"})
+    assert status == 401
+    assert d.request("/?token=wrong")[0] == 401
+    # A bearer token is enough for a script
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert d.request("/", headers=auth)[0] == 200
+    # A browser visits /?token=… once, gets a cookie and is sent on without the token
+    status, _, headers = d.request(f"/tasks?state=queued&token={TOKEN}")
+    assert status == 303 and headers["location"] == "/tasks?state=queued"
+    assert d.request("/tasks?state=queued")[0] == 200
+    assert d.request("/static/htmx.min.js")[0] == 200
+
+
+def test_on_localhost_only_loopback_host_names_are_served(dashboard: Any) -> None:
+    d = dashboard()
+    assert d.request("/")[0] == 200
+    assert d.request("/", headers={"Host": f"localhost:{d.port}"})[0] == 200
+    # A page elsewhere that rebinds its own name to 127.0.0.1 is refused
+    assert d.request("/", headers={"Host": f"evil.example:{d.port}"})[0] == 403
+
+
+def test_actions_need_post_and_a_matching_csrf_token(
+    dashboard: Any, db: psycopg.Connection[Any]
+) -> None:
+    d = dashboard()
+    assert d.request("/")[0] == 200
+    csrf = d.cookie("tenure_csrf")
+    assert csrf
+    paused = "SELECT coalesce((SELECT paused FROM queues WHERE name = 'work'), false)"
+    # GET never acts
+    assert d.request("/queues/work/pause")[0] == 405
+    # A POST without the token, with another token, or from another site is refused
+    assert d.request("/queues/work/pause", data={})[0] == 403
+    assert d.request("/queues/work/pause", data={"csrf": "x" * 43})[0] == 403
+    cross = {"Origin": "http://evil.example"}
+    assert d.request("/queues/work/pause", data={"csrf": csrf}, headers=cross)[0] == 403
+    assert db.execute(paused).fetchone() == (False,)
+    # With it, the action is done and the browser sent back where it came from
+    status, _, headers = d.request("/queues/work/pause", data={"csrf": csrf, "next": "/tasks"})
+    assert status == 303 and headers["location"] == "/tasks"
+    assert db.execute(paused).fetchone() == (True,)
+    # A `next` pointing at another site is ignored
+    status, _, headers = d.request(
+        "/queues/work/resume", data={"csrf": csrf, "next": "//evil.example/"}
+    )
+    assert status == 303 and headers["location"] == "/"
+    assert db.execute(paused).fetchone() == (False,)
+
+
+BAD_QUERIES = [
+    "/tasks?state=bogus",
+    "/tasks?state=%00",
+    "/tasks?limit=0",
+    "/tasks?limit=-1",
+    "/tasks?limit=501",
+    "/tasks?limit=1e3",
+    "/tasks?limit=99999999999999999999999",
+    "/tasks?before=abc",
+    "/tasks?before=0",
+    "/tasks?before=9223372036854775808",
+    "/tasks?before=%EF%BC%91",  # a full-width digit
+    "/tasks?queue=%00",
+    "/tasks?queue=" + "q" * 201,
+    "/tasks?task=a%0Ab",
+    "/tasks?key=%7F",
+    "/tasks/abc",
+    "/tasks/0",
+    "/tasks/-1",
+    "/tasks/1.5",
+    "/tasks/99999999999999999999999",
+    "/tasks/9223372036854775808",
+    "/tasks/%00",
+    "/tasks/123456789",  # a well-formed id that names no task
+    "/tasks/%F0%9F%92%A5",
+    "/nope",
+    "/static/../app.py",
+    "/static/nope.js",
+]
+
+
+def test_bad_query_parameters_get_4xx_never_500(dashboard: Any) -> None:
+    d = dashboard()
+    for path in BAD_QUERIES:
+        status, body, _ = d.request(path)
+        assert 400 <= status < 500, (path, status, body[:300])
+    # Bad action targets, with a valid CSRF token, are 4xx too
+    d.request("/")
+    csrf = d.cookie("tenure_csrf") or ""
+    for path in [
+        "/tasks/abc/retry",
+        "/tasks/1/explode",
+        "/tasks/123456789/cancel",
+        "/workers/not-a-uuid/drain",
+        "/queues/work/delete",
+        "/tasks/0/retry",
+    ]:
+        status, body, _ = d.request(path, data={"csrf": csrf})
+        assert 400 <= status < 500, (path, status, body[:300])
+    # And a seeded fuzz of every filter with hostile values never reaches a 500
+    rng = random.Random(8)
+    alphabet = [
+        "%00",
+        "%FF",
+        "%27",
+        "%22",
+        "%3B",
+        "--",
+        "%5C",
+        "%E2%80%AE",
+        "9" * 30,
+        "-",
+        "a",
+        "%20",
+        "%0D%0A",
+        "%25",
+        "%2F",
+        "null",
+        "1",
+        "%F0%9F%93%A6",
+    ]
+    for _ in range(120):
+        name = rng.choice(["queue", "state", "task", "key", "before", "limit", "token", "x"])
+        value = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 6)))
+        status, body, _ = d.request(f"/tasks?{name}={value}")
+        assert status < 500, (name, value, status, body[:300])
+    # Good filters still work
+    for path in ["/tasks?state=queued&queue=work&limit=5", "/tasks?task=x&key=k&before=10", "/"]:
+        assert d.request(path)[0] == 200, path
+
+
+# -- the browser -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium); browser tests need it")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--headless",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],
+        )
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    p = context.new_page()
+    p.set_default_timeout(20_000)
+    yield p
+    context.close()
+
+
+def test_browser_sees_a_task_go_from_queued_to_succeeded(
+    dashboard: Any, fleet_app: Any, workers: Any, page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    # Given a task sent while no worker runs, and a busy fleet's history
+    d = dashboard()
+    fleet_app.always_fails.send({"why": "disk full"})
+    fleet_app.sleepy.send_many([{"s": 0}] * 30)
+    handle = fleet_app.sleepy.send({"s": 0.2}, partition_key="tenant-a")
+    fleet_app.tenant_work.send_many([{"s": 0.5}] * 12, partition_key="tenant-b")
+    page.goto(f"{d.base}/tasks/{handle.id}")
+    expect(page.locator("#task-state")).to_have_text("queued")
+    expect(page.locator("pre.code").first).to_contain_text('"s": 0.2')
+    # When workers start, the open page follows the task without a reload
+    workers("--lease", "3s", "--concurrency", "2")
+    workers("--lease", "3s", "--concurrency", "2")
+    expect(page.locator("#task-state")).to_have_text("succeeded")
+    expect(page.locator("#attempts tbody tr")).to_have_count(1)
+    expect(page.locator("#attempts")).to_contain_text("succeeded")
+    # And the overview shows the fleet at work (saved as the run's screenshot)
+    page.goto(f"{d.base}/")
+    expect(page.locator("#workers tbody tr")).to_have_count(2)
+    expect(page.locator('#queues tr[data-queue="work"]')).to_be_visible()
+    expect(page.locator('#queues tr[data-queue="tenants"] td').nth(4)).not_to_have_text("0")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+    page.goto(f"{d.base}/tasks?queue=work")
+    expect(page.locator("#tasks")).to_contain_text("disk full")
+    page.screenshot(path=str(ARTIFACTS / "dashboard-tasks.png"), full_page=True)
+
+
+def test_browser_retries_a_failed_task_by_clicking(
+    dashboard: Any, fleet_app: Any, workers: Any, page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    d = dashboard()
+    failing = fleet_app.always_fails.send({"why": "for the retry test"})
+    workers("--lease", "3s")
+    eventually(lambda: failing.state() == "failed", timeout=30)
+    page.goto(f"{d.base}/tasks/{failing.id}")
+    expect(page.locator("#task-state")).to_have_text("failed")
+    expect(page.locator("#attempts tbody tr")).to_have_count(3)
+    page.get_by_role("button", name="Retry").click()
+    expect(page.locator(".flash")).to_have_text(f"Task {failing.id} queued again")
+    # The retried task runs its three attempts again and fails again
+    expect(page.locator("#attempts tbody tr")).to_have_count(6, timeout=30_000)
+    expect(page.locator("#task-state")).to_have_text("failed")
+    page.screenshot(path=str(ARTIFACTS / "dashboard-task.png"), full_page=True)
+    assert [a[0] for a in fleet_app.reg.client.attempts(failing.id)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_browser_pauses_a_queue_and_claims_stop(
+    dashboard: Any, fleet_app: Any, workers: Any, page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    d = dashboard()
+    workers("--lease", "3s", "--poll-interval", "200ms")
+    warm = fleet_app.sleepy.send({"s": 0})
+    eventually(lambda: warm.state() == "succeeded", timeout=20)
+    page.goto(f"{d.base}/")
+    row = page.locator('#queues tr[data-queue="work"]')
+    # When the operator pauses the queue
+    row.get_by_role("button", name="Pause").click()
+    expect(page.locator(".flash")).to_have_text("Queue work paused")
+    expect(row.locator(".badge")).to_have_text("paused")
+    # Then tasks sent to it stay queued: nothing claims them for several polls
+    held = fleet_app.sleepy.send_many([{"s": 0}] * 5)
+    time.sleep(2.0)
+    assert {h.state() for h in held} == {"queued"}
+    expect(row.locator("td").nth(2)).to_have_text("5")
+    # And when it is resumed, they run at once
+    row.get_by_role("button", name="Resume").click()
+    expect(row.locator(".badge")).to_have_text("active")
+    eventually(lambda: all(h.state() == "succeeded" for h in held), timeout=20)
+    assert re.search(r"\d", row.locator("td").nth(7).inner_text())
