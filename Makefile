@@ -30,3 +30,7 @@ clean:
 .PHONY: bench-scale-out
 bench-scale-out: $(STAMP)
 	$(PY) bench/scale_out.py
+
+.PHONY: bench-cpu
+bench-cpu: $(STAMP)
+	$(PY) bench/scale_out.py --kind cpu --ms 50 --concurrency 2 --processes 1,2

@@ -3,7 +3,10 @@
 What it measures: tasks finished per second by N worker processes (each
 ``--concurrency C`` slots) on one I/O-bound task that sleeps ``--ms`` milliseconds,
 so the theoretical ceiling is N*C*1000/ms and a queue that scales out should get
-close to N times the one-process figure.
+close to N times the one-process figure. With ``--kind cpu`` the task instead burns
+``--ms`` of pure-Python CPU (holding the GIL) and the N processes are one supervised
+pool, ``tenure worker --processes N``: one process can run one such task at a time,
+so the ceiling is min(N, cores)*1000/ms. ``make bench-cpu`` runs that form.
 
 How: on the system PostgreSQL at 127.0.0.1:5432 if it answers within 2 s, else on
 the embedded server, in its own schema (dropped and recreated for every run), a
@@ -96,13 +99,15 @@ def check_alive(fleet: list[Proc]) -> None:
 
 def one_run(dsn: str, db: psycopg.Connection[Any], n: int, args: argparse.Namespace) -> float:
     """Tasks per second finished by ``n`` processes over the window."""
-    from bench.scale_tasks import io_task, reg
+    from bench.scale_tasks import cpu_task, io_task, reg
+
+    task = cpu_task if args.kind == "cpu" else io_task
 
     db.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
     reg.client.close()  # the next send reconnects and migrates the fresh schema
-    backlog = int(n * args.concurrency * 1000 / args.ms * args.seconds * 1.5)
+    backlog = int(ceiling(n, args) * args.seconds * 1.5)
     for start in range(0, backlog, BATCH):
-        io_task.send_many([{"ms": args.ms}] * min(BATCH, backlog - start))
+        task.send_many([{"ms": args.ms}] * min(BATCH, backlog - start))
     reg.client.close()
     if args.analyze:
         db.execute(f"ANALYZE {SCHEMA}.tasks")
@@ -126,10 +131,12 @@ def one_run(dsn: str, db: psycopg.Connection[Any], n: int, args: argparse.Namesp
         "--log-level",
         "warning",
     ]
+    if args.kind == "cpu":
+        cmd += ["--processes", str(n)]  # one supervisor, n children
     with tempfile.TemporaryFile() as log:  # the workers' stderr, summarised after the run
         fleet: list[Proc] = []
         try:
-            for _ in range(n):
+            for _ in range(1 if args.kind == "cpu" else n):
                 # A session of their own: Ctrl-C reaches only the harness, which stops them.
                 fleet.append(
                     subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=log, start_new_session=True)
@@ -179,27 +186,39 @@ def measure(
     return c1 - c0, t1 - t0, left, failed
 
 
+def ceiling(n: int, args: argparse.Namespace) -> float:
+    """The most tasks per second N processes could finish."""
+    if args.kind == "cpu":
+        return min(n, os.cpu_count() or 1) * 1000 / args.ms
+    return n * args.concurrency * 1000 / args.ms
+
+
 def report(results: dict[int, list[float]], args: argparse.Namespace) -> None:
     medians = {n: statistics.median(rates) for n, rates in results.items()}
     base = medians.get(1)
+    what = (
+        f"cpu_task burning {args.ms:g} ms"
+        if args.kind == "cpu"
+        else (f"io_task sleeping {args.ms:g} ms")
+    )
     table = Table(
-        title=f"tenure scale-out: io_task sleeping {args.ms:g} ms, "
+        title=f"tenure scale-out: {what}, "
         f"{args.window:g} s window after {args.warmup:g} s warm-up, median of {args.repeats}"
     )
     for name in ("processes", "concurrency / process", "tasks/s (median)", "min–max"):
         table.add_column(name, justify="right")
     table.add_column("ratio to 1 process", justify="right")
-    table.add_column("ceiling N*C*1000/ms", justify="right")
+    table.add_column("ceiling", justify="right")
     for n, rates in results.items():
         ratio = f"{medians[n] / base:.2f}×" if base else "-"
-        ceiling = n * args.concurrency * 1000 / args.ms
+        top = ceiling(n, args)
         table.add_row(
             str(n),
             str(args.concurrency),
             f"{medians[n]:.0f}",
             f"{min(rates):.0f}–{max(rates):.0f}",
             ratio,
-            f"{ceiling:.0f} ({medians[n] / ceiling:.0%})",
+            f"{top:.0f} ({medians[n] / top:.0%})",
         )
     console.print(table)
     console.print("throughput = finished_tasks rows counted by the harness at t0 and t0 + window")
@@ -231,6 +250,13 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=6.0, help="measured seconds (6)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per N (3)")
     parser.add_argument("--processes", default="1,2,4", help="N values (1,2,4)")
+    parser.add_argument(
+        "--kind",
+        choices=["io", "cpu"],
+        default="io",
+        help="io: N separate workers on sleeping tasks; cpu: one --processes N pool on "
+        "CPU-bound tasks",
+    )
     parser.add_argument(
         "--analyze",
         action=argparse.BooleanOptionalAction,

@@ -19,3 +19,15 @@ reg = Registry(schema=os.environ.get("TENURE_BENCH_SCHEMA", "bench_scale"))
 def io_task(payload: dict[str, Any]) -> None:
     """Stand in for an I/O call: sleep ``payload["ms"]`` milliseconds (default 20)."""
     time.sleep(float(payload.get("ms", 20)) / 1000)
+
+
+@reg.task
+def cpu_task(payload: dict[str, Any]) -> int:
+    """Stand in for parsing: about ``payload["ms"]`` milliseconds of pure-Python CPU work,
+    which holds the GIL, so one process cannot run two at once."""
+    deadline = time.thread_time() + float(payload.get("ms", 50)) / 1000
+    words = 0
+    while time.thread_time() < deadline:
+        text = " ".join(str(i * 7919 % 1000) for i in range(200))
+        words += len(text.split())
+    return words
