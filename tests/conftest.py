@@ -24,28 +24,62 @@ ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
-@pytest.fixture(scope="session")
-def database_url() -> str:
-    url = os.environ.get("TENURE_TEST_DATABASE_URL")
-    if url:
-        return url
-    from tenure._db.embedded import ensure_embedded
+POOLED = os.environ.get("TENURE_TEST_POOLER", "").lower() == "transaction"
 
-    return ensure_embedded()
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not POOLED:
+        return
+    skip = pytest.mark.skip(
+        reason="needs LISTEN/NOTIFY or session state, which a pooler in transaction mode "
+        "does not carry"
+    )
+    for item in items:
+        if "needs_session" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    url = os.environ.get("TENURE_TEST_DATABASE_URL")
+    if not url:
+        from tenure._db.embedded import ensure_embedded
+
+        url = ensure_embedded()
+    if not POOLED:
+        yield url
+        return
+    # Every connection of the suite goes through a PgBouncer in transaction mode.
+    from tests.pooler import PgBouncer
+
+    os.environ["TENURE_POOLER"] = "transaction"
+    os.environ["TENURE_TEST_DIRECT_URL"] = url
+    bouncer = PgBouncer(url)
+    os.environ["TENURE_TEST_POOLED_URL"] = bouncer.dsn
+    try:
+        yield bouncer.dsn
+    finally:
+        bouncer.stop()
+
+
+def direct_url(database_url: str) -> str:
+    """The database itself, bypassing a test pooler: for the tests' own inspection."""
+    return os.environ.get("TENURE_TEST_DIRECT_URL", database_url) if POOLED else database_url
 
 
 @pytest.fixture
 def schema(database_url: str) -> Iterator[str]:
     name = f"t_{uuid.uuid4().hex[:12]}"
     yield name
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with psycopg.connect(direct_url(database_url), autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
 @pytest.fixture
 def db(database_url: str, schema: str) -> Iterator[psycopg.Connection[Any]]:
-    """An autocommit connection with the test schema first on the search path."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    """An autocommit connection straight to the database (never through a test pooler),
+    with the test schema first on the search path: the tests' own eyes."""
+    with psycopg.connect(direct_url(database_url), autocommit=True) as conn:
         conn.execute(f"SET search_path = {schema}, public")
         yield conn
 
@@ -132,6 +166,8 @@ def workers(
     started: list[WorkerProcess] = []
 
     def start(*args: str, app: str = "tests.apps.fleet:reg") -> WorkerProcess:
+        if POOLED:
+            args = (*args, "--poll-only", "--poll-interval", "200ms")
         w = WorkerProcess(database_url, schema, tmp_path, *args, app=app)
         started.append(w)
         return w

@@ -6,6 +6,7 @@ worker uses, so fencing, limits and reaping are checked statement by statement.
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from datetime import timedelta
@@ -31,7 +32,15 @@ class FakeWorker:
         queues: tuple[str, ...] = ("default",),
     ) -> None:
         self.id = uuid.uuid4()
-        self.conn = conn
+        # Behind a test pooler, tenure's statements go through it, not the inspection conn.
+        pooled = os.environ.get("TENURE_POOLER") == "transaction"
+        self.conn = (
+            psycopg.connect(
+                os.environ["TENURE_TEST_POOLED_URL"], autocommit=True, prepare_threshold=None
+            )
+            if pooled
+            else conn
+        )
         self.schema = schema
         self.names = names
         self.queues = list(queues)
@@ -349,6 +358,7 @@ def test_errors_retry_with_the_given_delay_then_fail_for_good(
     assert (info.state, info.errors, info.last_error) == ("failed", 2, "second")
 
 
+@pytest.mark.needs_session
 def test_release_spends_no_attempt_and_wakes_the_queue(
     noop: Any, database_url: str, db: psycopg.Connection[Any], schema: str
 ) -> None:

@@ -221,6 +221,7 @@ def test_threads_given_up_on_do_not_starve_the_next_tasks(
     assert (done - first).total_seconds() < 5.0
 
 
+@pytest.mark.needs_session
 def test_done_notifications_are_sent_only_for_tasks_someone_waits_for(
     database_url: str, db: psycopg.Connection[Any], schema: str, registry: Registry
 ) -> None:

@@ -9,8 +9,10 @@ from typing import Any
 
 import psycopg
 
+from tenure._db import connect as dbconnect
 from tenure._db import sqlfiles
 from tenure._db.migrate import migrate
+from tests.conftest import direct_url
 
 CATALOG = {
     "columns": """
@@ -50,7 +52,7 @@ def catalog(conn: psycopg.Connection[Any], schema: str) -> dict[str, list[tuple[
 
 def test_migrations_produce_exactly_schema_sql(database_url: str) -> None:
     a, b = f"m_{uuid.uuid4().hex[:10]}", f"s_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with dbconnect.connect(database_url) as conn:
         try:
             applied = migrate(conn, a)
             assert applied[:-1] == sqlfiles.migration_names()
@@ -75,7 +77,7 @@ def test_concurrent_migrations_apply_once(database_url: str, schema: str) -> Non
 
     def run() -> None:
         try:
-            with psycopg.connect(database_url, autocommit=True) as conn:
+            with dbconnect.connect(database_url) as conn:
                 barrier.wait()
                 applied.append(migrate(conn, schema))
         except BaseException as exc:
@@ -86,7 +88,7 @@ def test_concurrent_migrations_apply_once(database_url: str, schema: str) -> Non
         t.start()
     for t in threads:
         t.join()
-    assert errors == []
+    assert errors == [], [repr(e.__cause__) for e in errors]
     # every numbered migration plus the functions file, applied by exactly one caller
     assert sorted(len(a) for a in applied) == [0] * 7 + [len(sqlfiles.migration_names()) + 1]
 
@@ -94,7 +96,8 @@ def test_concurrent_migrations_apply_once(database_url: str, schema: str) -> Non
 def test_claim_stays_on_its_partial_index_with_a_million_finished_rows(
     database_url: str, schema: str
 ) -> None:
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    # Plans and statistics are the database's own business: straight to it.
+    with psycopg.connect(direct_url(database_url), autocommit=True) as conn:
         migrate(conn, schema)
         conn.execute(f"SET search_path = {schema}")
         # Given a million finished tasks, thousands delayed or running, and a little due work

@@ -147,7 +147,11 @@ def main() -> None:
     default=None,
     help="Tasks claimed ahead of free slots (default: concurrency / 4).",
 )
-@click.option("--poll-only", is_flag=True, help="No LISTEN (for poolers in transaction mode).")
+@click.option(
+    "--poll-only",
+    is_flag=True,
+    help="For a pooler in transaction mode: no LISTEN, no session state; claims are polled.",
+)
 @click.option(
     "--max-memory-per-child",
     "max_memory",
@@ -225,6 +229,8 @@ def worker(
     except TenureError as exc:
         raise click.UsageError(str(exc)) from None
     _setup_logging(log_level, log_format)
+    if poll_only:  # behind a pooler in transaction mode: no session state at all
+        os.environ["TENURE_POOLER"] = "transaction"
     if processes is not None:
         from tenure._worker.supervisor import Supervisor, child_argv
 

@@ -239,6 +239,8 @@ class Client:
         Raises :class:`ResultTimeout` if ``timeout`` seconds pass first.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        if dbconnect.behind_transaction_pooler():  # no LISTEN through the pooler: poll
+            return self._poll(task_id, deadline, timeout)
         channel = sql.Identifier(sqlfiles.channel_name(self.schema) + "_done")
         with dbconnect.connect(self.dsn, "tenure-result") as conn:
             conn.execute(sql.SQL("LISTEN {}").format(channel))
@@ -250,6 +252,18 @@ class Client:
                     conn.execute(
                         sqlfiles.query("result_waiter_remove", self.schema), {"id": task_id}
                     )
+
+    def _poll(self, task_id: int, deadline: float | None, timeout: float | None) -> TaskInfo:
+        delay = 0.05
+        while True:
+            info = self.get(task_id)
+            if info.state in FINAL_STATES:
+                return info
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise ResultTimeout(f"task {task_id} is still {info.state} after {timeout:g}s")
+            time.sleep(delay if left is None else min(delay, left))
+            delay = min(1.0, delay * 1.5)
 
     def _wait_on(
         self,

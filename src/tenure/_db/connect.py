@@ -50,6 +50,15 @@ def resolve_dsn(dsn: str | None = None) -> str:
     return ensure_embedded()
 
 
+ENV_POOLER = "TENURE_POOLER"
+
+
+def behind_transaction_pooler() -> bool:
+    """True when connections go through a pooler in transaction mode (PgBouncer):
+    ``TENURE_POOLER=transaction``, which ``tenure worker --poll-only`` also sets."""
+    return os.environ.get(ENV_POOLER, "").lower() == "transaction"
+
+
 def connect_kwargs(application_name: str = "tenure", *, worker: bool = False) -> dict[str, Any]:
     """Session settings shared by every connection tenure opens.
 
@@ -58,11 +67,12 @@ def connect_kwargs(application_name: str = "tenure", *, worker: bool = False) ->
     lease expires and the task runs again, and not waiting for each WAL flush is what
     lets a fleet go fast. ``send`` keeps synchronous commits: when it returns, the
     task is durable.
+
+    Behind a pooler in transaction mode nothing may outlive a transaction: no
+    startup options (set ``idle_transaction_timeout`` in the pooler instead, and
+    ``synchronous_commit`` per role if wanted) and no prepared statements.
     """
-    options = f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}"
-    if worker:
-        options += " -c synchronous_commit=off"
-    return {
+    kwargs: dict[str, Any] = {
         "autocommit": True,
         "connect_timeout": CONNECT_TIMEOUT_S,
         "application_name": application_name,
@@ -70,8 +80,15 @@ def connect_kwargs(application_name: str = "tenure", *, worker: bool = False) ->
         "keepalives_idle": 10,
         "keepalives_interval": 5,
         "keepalives_count": 3,
-        "options": options,
     }
+    if behind_transaction_pooler():
+        kwargs["prepare_threshold"] = None
+        return kwargs
+    options = f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}"
+    if worker:
+        options += " -c synchronous_commit=off"
+    kwargs["options"] = options
+    return kwargs
 
 
 def describe(exc: BaseException) -> str:
