@@ -1,14 +1,16 @@
 """``tenure-docs``: generate a corpus, ingest a folder, search the index.
 
-    tenure-docs generate ./corpus --count 2000      # a corpus of mixed documents
-    tenure-docs ingest ~/Documents                  # enqueue every PDF, DOCX, HTML, MD, TXT
-    tenure worker examples.documents.app:reg --processes 2   # parse and index them
-    tenure-docs search '"quarterly report" -draft'  # ranked matches with snippets
-    tenure-docs failed                              # documents that could not be parsed
+tenure-docs generate ./corpus --count 2000      # a corpus of mixed documents
+tenure-docs ingest ~/Documents                  # enqueue every PDF, DOCX, HTML, MD, TXT
+tenure worker examples.documents.app:reg --processes 2   # parse and index them
+tenure-docs search '"quarterly report" -draft'  # ranked matches with snippets
+tenure-docs failed                              # documents that could not be parsed
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -72,7 +74,9 @@ def ingest_cmd(path: Path, source: str | None, wait: bool) -> None:
     with _progress() as bar:
         task = bar.add_task("enqueueing", total=None)
         report = ingesting.ingest(
-            path, source=source, progress=lambda done, total: bar.update(task, completed=done, total=total)
+            path,
+            source=source,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     sources = ", ".join(f"{k} {v}" for k, v in sorted(report.by_source.items()))
     console.print(
@@ -96,11 +100,16 @@ def ingest_cmd(path: Path, source: str | None, wait: bool) -> None:
 @main.command("search")
 @click.argument("query")
 @click.option("--limit", "-n", default=10, show_default=True)
-def search_cmd(query: str, limit: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per match.")
+def search_cmd(query: str, limit: int, as_json: bool) -> None:
     """Ranked matches for QUERY (web-search syntax: "a phrase", -exclude, or)."""
     with _connect() as conn:
         index.ensure_index(conn)
         hits = index.search(conn, query, limit=limit)
+    if as_json:
+        for hit in hits:
+            click.echo(json.dumps(dataclasses.asdict(hit)))
+        sys.exit(0 if hits else 1)
     if not hits:
         console.print(f"no document matches {query!r}")
         sys.exit(1)
@@ -111,7 +120,9 @@ def search_cmd(query: str, limit: int) -> None:
     for hit in hits:
         snippet = escape(hit.snippet).replace("«", "[bold yellow]").replace("»", "[/]")
         table.add_row(
-            f"{hit.rank:.3f}", f"{escape(hit.path)}\n[dim]{escape(hit.source)} · {hit.doc_type}[/]", snippet
+            f"{hit.rank:.3f}",
+            f"{escape(hit.path)}\n[dim]{escape(hit.source)} · {hit.doc_type}[/]",
+            snippet,
         )
     console.print(table)
 

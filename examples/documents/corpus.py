@@ -36,26 +36,215 @@ PLANTED = {
     "text": "marble heron cipher",
 }
 
-WORDS = (
-    "account action active advice agent answer april archive area audit balance bank basis "
-    "batch billing board branch budget build buyer cable call capacity carrier case cash "
-    "catalog change channel charge check claim client cloud code column comment contract "
-    "copy cost count course credit customer cycle data date deal debit delivery demand "
-    "deposit design detail device digital discount dispatch draft driver east energy "
-    "engine entry estimate event export factor feature field figure file filter finance "
-    "fleet forecast format freight fund gross growth guide hardware import income index "
-    "input insurance interest inventory invoice issue item journal label ledger level "
-    "license limit line loan logistics machine margin market matter measure meeting memo "
-    "method metric model module month network north note notice number offer office "
-    "operation order output owner package panel parcel partner payment period permit "
-    "phase plan platform policy portal price process product profit project proposal "
-    "quarter quota range rate record refund region release report request resource "
-    "result retail revenue review risk route sale sample schedule sector security "
-    "segment service share shipment signal site source south spending staff standard "
-    "statement status stock storage store summary supplier supply support survey system "
-    "target tariff task team tender term total trade transfer trend update usage value "
-    "vendor volume warehouse week west window yield"
-).split()
+WORDS = [
+    "account",
+    "action",
+    "active",
+    "advice",
+    "agent",
+    "answer",
+    "april",
+    "archive",
+    "area",
+    "audit",
+    "balance",
+    "bank",
+    "basis",
+    "batch",
+    "billing",
+    "board",
+    "branch",
+    "budget",
+    "build",
+    "buyer",
+    "cable",
+    "call",
+    "capacity",
+    "carrier",
+    "case",
+    "cash",
+    "catalog",
+    "change",
+    "channel",
+    "charge",
+    "check",
+    "claim",
+    "client",
+    "cloud",
+    "code",
+    "column",
+    "comment",
+    "contract",
+    "copy",
+    "cost",
+    "count",
+    "course",
+    "credit",
+    "customer",
+    "cycle",
+    "data",
+    "date",
+    "deal",
+    "debit",
+    "delivery",
+    "demand",
+    "deposit",
+    "design",
+    "detail",
+    "device",
+    "digital",
+    "discount",
+    "dispatch",
+    "draft",
+    "driver",
+    "east",
+    "energy",
+    "engine",
+    "entry",
+    "estimate",
+    "event",
+    "export",
+    "factor",
+    "feature",
+    "field",
+    "figure",
+    "file",
+    "filter",
+    "finance",
+    "fleet",
+    "forecast",
+    "format",
+    "freight",
+    "fund",
+    "gross",
+    "growth",
+    "guide",
+    "hardware",
+    "import",
+    "income",
+    "index",
+    "input",
+    "insurance",
+    "interest",
+    "inventory",
+    "invoice",
+    "issue",
+    "item",
+    "journal",
+    "label",
+    "ledger",
+    "level",
+    "license",
+    "limit",
+    "line",
+    "loan",
+    "logistics",
+    "machine",
+    "margin",
+    "market",
+    "matter",
+    "measure",
+    "meeting",
+    "memo",
+    "method",
+    "metric",
+    "model",
+    "module",
+    "month",
+    "network",
+    "north",
+    "note",
+    "notice",
+    "number",
+    "offer",
+    "office",
+    "operation",
+    "order",
+    "output",
+    "owner",
+    "package",
+    "panel",
+    "parcel",
+    "partner",
+    "payment",
+    "period",
+    "permit",
+    "phase",
+    "plan",
+    "platform",
+    "policy",
+    "portal",
+    "price",
+    "process",
+    "product",
+    "profit",
+    "project",
+    "proposal",
+    "quarter",
+    "quota",
+    "range",
+    "rate",
+    "record",
+    "refund",
+    "region",
+    "release",
+    "report",
+    "request",
+    "resource",
+    "result",
+    "retail",
+    "revenue",
+    "review",
+    "risk",
+    "route",
+    "sale",
+    "sample",
+    "schedule",
+    "sector",
+    "security",
+    "segment",
+    "service",
+    "share",
+    "shipment",
+    "signal",
+    "site",
+    "source",
+    "south",
+    "spending",
+    "staff",
+    "standard",
+    "statement",
+    "status",
+    "stock",
+    "storage",
+    "store",
+    "summary",
+    "supplier",
+    "supply",
+    "support",
+    "survey",
+    "system",
+    "target",
+    "tariff",
+    "task",
+    "team",
+    "tender",
+    "term",
+    "total",
+    "trade",
+    "transfer",
+    "trend",
+    "update",
+    "usage",
+    "value",
+    "vendor",
+    "volume",
+    "warehouse",
+    "week",
+    "west",
+    "window",
+    "yield",
+]
 
 
 @dataclass
@@ -129,7 +318,9 @@ def plan(root: Path, count: int, seed: int) -> tuple[list[Spec], Manifest]:
     for n, (kind, source) in enumerate(kinds):
         slug = "-".join(random.Random(f"{seed}:{n}:name").sample(WORDS, 2))
         rel = f"{source}/{kind}/{n:05d}-{slug}.{EXT[kind]}"
-        spec = Spec(n, seed, str(root / rel), kind, corrupt.get(n, ""), n in huge, planted.get(n, ""))
+        spec = Spec(
+            n, seed, str(root / rel), kind, corrupt.get(n, ""), n in huge, planted.get(n, "")
+        )
         specs.append(spec)
         manifest.files.append(spec.path)
         if spec.corrupt:
@@ -280,7 +471,11 @@ def generate(
     root = Path(root).resolve()
     specs, manifest = plan(root, count, seed)
     existing = Manifest.load(root)
-    if existing is not None and existing == manifest and all(os.path.exists(f) for f in manifest.files):
+    if (
+        existing is not None
+        and existing == manifest
+        and all(os.path.exists(f) for f in manifest.files)
+    ):
         if progress:
             progress(count)
         return existing

@@ -33,7 +33,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 import psycopg
 from rich.console import Console, Group
 from rich.live import Live
@@ -41,6 +41,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = "tenure_demo"
@@ -175,7 +176,9 @@ class Observer:
         return self.db.execute(query, params).fetchall()
 
     def finished(self) -> int:
-        return int(self.q("SELECT count(*) FROM finished_tasks WHERE id = ANY(%s)", (self.ids,))[0][0])
+        return int(
+            self.q("SELECT count(*) FROM finished_tasks WHERE id = ANY(%s)", (self.ids,))[0][0]
+        )
 
     def now(self) -> datetime:
         value: datetime = self.q("SELECT clock_timestamp()")[0][0]
@@ -227,7 +230,8 @@ class Observer:
                FROM attempts"""
         )[0]
         states = dict(
-            self.q("SELECT state, count(*) FROM finished_tasks GROUP BY state")  # type: ignore[arg-type]
+            (str(r[0]), int(r[1]))
+            for r in self.q("SELECT state, count(*) FROM finished_tasks GROUP BY state")
         )
         indexed, dup_writes = self.q(
             f"SELECT count(*), coalesce(sum(runs - 1), 0) FROM {SCHEMA}_index.documents"
@@ -258,7 +262,7 @@ class Observer:
 
 @dataclass
 class Scenario:
-    """Kill, redeploy and scale out, each once, as the backlog shrinks."""
+    """Kill (at 15 % done), redeploy (from 35 %), then scale out, each once."""
 
     fleet: Fleet
     obs: Observer
@@ -276,7 +280,7 @@ class Scenario:
     def note(self, text: str) -> None:
         stamp = f"{time.monotonic() - self.started:5.1f}s"
         self.events.append(f"[dim]{stamp}[/] {text}")
-        self.log.append(f"{stamp} {text}")
+        self.log.append(f"{stamp} {Text.from_markup(text).plain}")
 
     def tick(self, done: int) -> None:
         fraction = done / max(1, self.total)
@@ -301,7 +305,7 @@ class Scenario:
                 self.step = "deploy"
         elif self.step == "deploy":
             self._deploy(blue)
-        elif self.step == "scale" and fraction >= 0.55 and done < self.total:
+        elif self.step == "scale" and done < self.total:
             green = self.fleet.start("scale-out", 1)
             self.note(f"[green]scale out[/]: + 1 worker (supervisor {green.proc.pid})")
             self.step = "done"
@@ -384,6 +388,7 @@ def _interrupt(_signum: int, _frame: FrameType | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global SCHEMA
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=2000, help="corpus size (default 2000)")
     parser.add_argument("--seed", type=int, default=7)
@@ -397,11 +402,14 @@ def main(argv: list[str] | None = None) -> int:
         help="simulated fetch of each file from object storage, so the run is long enough "
         "to watch (default 40)",
     )
+    parser.add_argument("--schema", default=SCHEMA, help=f"tenure's schema (default {SCHEMA})")
     parser.add_argument("--plain", action="store_true", help="print events instead of a live view")
     parser.add_argument("--summary-json", type=Path, help="also write the final numbers here")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
+    from tenure._db.sqlfiles import check_schema
 
+    SCHEMA = check_schema(args.schema)
     os.environ["TENURE_DOCS_SCHEMA"] = SCHEMA
     sys.path.insert(0, str(ROOT))
     from examples.documents import corpus, index
@@ -427,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
 
     log_dir = args.corpus / ".logs"
     log_dir.mkdir(parents=True, exist_ok=True)
+    for old in log_dir.glob("*.log"):
+        old.unlink()
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -467,7 +477,9 @@ def main(argv: list[str] | None = None) -> int:
         code = 130
     finally:
         fleet.stop()
-        console.print("fleet stopped" + (" (no process left behind)" if not fleet.descendants() else ""))
+        console.print(
+            "fleet stopped" + (" (no process left behind)" if not fleet.descendants() else "")
+        )
     return code
 
 
@@ -556,7 +568,9 @@ def _summary(
     table.add_column("value", justify="right")
     table.add_row("documents ingested", str(report.sent))
     table.add_row("indexed (one row each)", f"{indexed} = {report.sent} − {len(failed)} corrupt")
-    table.add_row("failed, with a reason", f"{len(failed)} (corrupt in the corpus: {len(expected_corrupt)})")
+    table.add_row(
+        "failed, with a reason", f"{len(failed)} (corrupt in the corpus: {len(expected_corrupt)})"
+    )
     table.add_row(
         "duplicates run",
         f"{reruns} re-runs, {c['duplicate_writes']} repeated index writes (upserts: no extra row)",
@@ -573,13 +587,15 @@ def _summary(
         f"{c['released']} tasks handed back by SIGTERM, {scn.fleet.restarts()} worker restarts",
     )
     table.add_row(
-        "throughput", f"{report.sent / elapsed:.0f} docs/s over {elapsed:.1f}s (best worker {peak} docs)"
+        "throughput",
+        f"{report.sent / elapsed:.0f} docs/s over {elapsed:.1f}s (best worker {peak} docs)",
     )
     console.print(table)
     if failed:
         console.print("[bold]failed documents[/]:")
         for path, state, reason in failed:
-            console.print(f"  {state} {escape(os.path.relpath(path, manifest_root(manifest)))}: {escape(reason)}")
+            where = os.path.relpath(path, manifest_root(manifest))
+            console.print(f"  {state} {escape(where)}: {escape(reason)}")
     searches = []
     for phrase, path in sorted(manifest.planted.items()):
         if path.endswith((".pdf", ".docx")):
@@ -587,13 +603,15 @@ def _summary(
             top = hits[0] if hits else None
             searches.append({"query": phrase, "expected": path, "top": top.path if top else None})
             if top:
+                where = os.path.relpath(top.path, manifest_root(manifest))
                 console.print(
-                    f'search "{phrase}" → {escape(os.path.relpath(top.path, manifest_root(manifest)))} '
+                    f'search "{phrase}" → {escape(where)} '
                     f"(rank {top.rank:.2f}): …{_marked(top.snippet)}…"
                 )
     ok = ok and all(s["top"] == s["expected"] for s in searches)
     console.print(
-        "[green]check passed[/]: indexed = ingested − corrupt, every corrupt file failed with its reason"
+        "[green]check passed[/]: indexed = ingested − corrupt, "
+        "every corrupt file failed with its reason"
         if ok
         else "[red]check failed[/]"
     )

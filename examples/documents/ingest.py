@@ -114,7 +114,7 @@ TASK_NAMES = (app.parse_document.name, app.parse_large_document.name)
 def outcomes(conn: psycopg.Connection[Any], task_ids: list[int] | None = None) -> dict[str, Any]:
     """Finished documents: counts by state, and every failed one's path and reason."""
     schema = sql.Identifier(index.queue_schema())
-    where = sql.SQL("task_name = ANY(%(names)s)")
+    where: sql.Composable = sql.SQL("task_name = ANY(%(names)s)")
     if task_ids is not None:
         where = sql.SQL("{} AND id = ANY(%(ids)s)").format(where)
     params = {"names": list(TASK_NAMES), "ids": task_ids or []}

@@ -7,6 +7,7 @@ naming what is wrong; nothing here parses a format by hand.
 from __future__ import annotations
 
 import logging
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,9 @@ def _markdown(path: Path, data: bytes) -> Extracted:
             if not title and i + 1 < len(tokens):
                 title = tokens[i + 1].content
         if tok.type == "inline" and tok.children:
-            parts.append("".join(c.content for c in tok.children if c.type in ("text", "code_inline")))
+            parts.append(
+                "".join(c.content for c in tok.children if c.type in ("text", "code_inline"))
+            )
         elif tok.type in ("fence", "code_block"):
             parts.append(tok.content)
     return Extracted("markdown", title, "\n".join(parts), {"headings": headings})
@@ -130,6 +133,8 @@ def _text(path: Path, data: bytes) -> Extracted:
 
 
 def _docx(path: Path, data: bytes) -> Extracted:
+    if not zipfile.is_zipfile(path):  # python-docx would only say "package not found"
+        raise CorruptDocument("corrupt docx: not a zip package")
     document = docx.Document(str(path))
     paragraphs = [p.text for p in document.paragraphs]
     for table in document.tables:
@@ -148,7 +153,8 @@ def _utf8(data: bytes, kind: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise CorruptDocument(f"corrupt {kind}: not UTF-8 text ({exc.reason} at byte {exc.start})")
+        reason = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+        raise CorruptDocument(f"corrupt {kind}: {reason}") from None
 
 
 _PARSERS = {
