@@ -1,0 +1,124 @@
+"""The tasks: parse a document by its type, then index it, in one idempotent step.
+
+``tenure worker examples.documents.app:reg`` runs them. Small documents run in the
+worker's threads; large ones run in a child process with a hard timeout, so a
+parser stuck on a huge or hostile file is killed on time without stalling the
+worker. A corrupt file is discarded at once (no retries: parsing it again cannot
+help) with the parser's complaint as the task's recorded error.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+from psycopg_pool import ConnectionPool
+from pydantic import BaseModel
+
+import tenure
+from examples.documents import index, parsers
+from tenure import Discard, Registry
+
+QUEUE = "documents"
+#: Files at least this large are parsed in a child process, with a hard timeout.
+LARGE_BYTES = 256 * 1024
+#: Milliseconds each document waits before it is read: stands in for fetching it from
+#: object storage. 0 unless set; ``make demo`` sets it so the run lasts long enough to watch.
+FETCH_LATENCY_ENV = "TENURE_DOCS_FETCH_LATENCY_MS"
+
+reg = Registry(schema=index.queue_schema())
+reg.queue(QUEUE)
+
+
+class Document(BaseModel):
+    """A task's payload: where the file is and whose it is."""
+
+    path: str
+    source: str
+    size: int = 0
+
+
+class Indexed(BaseModel):
+    """A task's result."""
+
+    path: str
+    doc_type: str
+    title: str
+    chars: int
+
+
+_pool: ConnectionPool | None = None
+_pool_lock = threading.Lock()
+
+
+def _connections() -> ConnectionPool:
+    """This process's connections to the database the queue is in (made on first use)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            pool = ConnectionPool(
+                reg.client.dsn,
+                min_size=1,
+                max_size=4,
+                kwargs={"autocommit": True, "application_name": "tenure-docs"},
+                open=True,
+            )
+            with pool.connection() as conn:
+                index.ensure_index(conn)
+            _pool = pool
+        return _pool
+
+
+def parse_and_index(doc: Document) -> Indexed:
+    """Extract ``doc``'s text and upsert it into the index."""
+    latency = float(os.environ.get(FETCH_LATENCY_ENV) or 0)
+    if latency > 0:
+        time.sleep(latency / 1000)
+    try:
+        out = parsers.extract(doc.path)
+    except parsers.CorruptDocument as exc:
+        raise Discard(str(exc)) from None
+    task_id: int | None = None
+    try:
+        task_id = tenure.current().id
+    except tenure.TenureError:  # called directly, outside a worker
+        pass
+    with _connections().connection() as conn:
+        index.upsert(
+            conn,
+            path=doc.path,
+            source=doc.source,
+            doc_type=out.doc_type,
+            title=out.title,
+            meta=out.meta,
+            body=out.text,
+            size=doc.size,
+            task_id=task_id,
+        )
+    return Indexed(path=doc.path, doc_type=out.doc_type, title=out.title, chars=len(out.text))
+
+
+@reg.task(queue=QUEUE, name="docs.parse", timeout=timedelta(seconds=30), max_attempts=3)
+def parse_document(payload: Document) -> Indexed:
+    """Parse and index one ordinary document (in a worker thread)."""
+    return parse_and_index(payload)
+
+
+@reg.task(
+    queue=QUEUE,
+    name="docs.parse_large",
+    isolation="process",
+    timeout=timedelta(seconds=90),
+    max_attempts=3,
+)
+def parse_large_document(payload: Document) -> Indexed:
+    """Parse and index one large document in a child process with a hard timeout."""
+    return parse_and_index(payload)
+
+
+def task_for(size: int) -> Any:
+    """The task a document of ``size`` bytes is sent to."""
+    return parse_large_document if size >= LARGE_BYTES else parse_document

@@ -1,0 +1,205 @@
+"""The document fleet of ``examples/documents`` and its demo, on a real PostgreSQL.
+
+The demo runs at small size with real worker processes: one is SIGKILLed, the pool is
+redeployed worker by worker and one more worker joins, and the final check must hold
+(indexed = ingested - corrupt, every corrupt file failed with a reason).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+import pytest
+
+from examples.documents import corpus, parsers
+from tests.conftest import ROOT, eventually
+
+pytestmark = pytest.mark.acceptance
+
+DEMO = [sys.executable, str(ROOT / "examples" / "demo.py")]
+TENURE_DOCS = [sys.executable, "-m", "examples.documents.cli"]
+
+
+def test_every_type_parses_and_corrupt_files_say_why(tmp_path: Path) -> None:
+    manifest = corpus.generate(tmp_path, 60, seed=3, processes=1)
+    for phrase, path in manifest.planted.items():
+        text = " ".join(parsers.extract(path).text.split())
+        assert phrase in text, (phrase, path)
+    assert {parsers.doc_type_of(p) for p in manifest.planted.values()} == {
+        "pdf", "docx", "html", "markdown", "text",
+    }  # fmt: skip
+    assert {Path(p).suffix for p in manifest.corrupt} >= {".pdf", ".docx", ".txt"}
+    for path in manifest.corrupt:
+        with pytest.raises(parsers.CorruptDocument, match=r"^corrupt (pdf|docx|text): .+"):
+            parsers.extract(path)
+    html = parsers.extract(manifest.planted["cobalt orchard ledger"])
+    assert "never indexed" not in html.text  # <script> is not text
+
+
+@pytest.fixture(scope="module")
+def demo_run(database_url: str) -> Iterator[dict[str, Any]]:
+    """One small run of ``make demo``'s scenario in its own schema."""
+    schema = f"d_{uuid.uuid4().hex[:10]}"
+    work = Path(tempfile.mkdtemp(prefix="tenure-docs-"))
+    summary = work / "summary.json"
+    env = {**os.environ, "TENURE_DATABASE_URL": database_url}
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            *DEMO, "--docs", "240", "--seed", "11", "--corpus", str(work / "corpus"),
+            "--schema", schema, "--fetch-latency-ms", "250", "--concurrency", "2",
+            "--plain", "--summary-json", str(summary),
+        ],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=150, check=False,
+    )  # fmt: skip
+    out = {
+        "code": done.returncode,
+        "output": done.stdout + done.stderr,
+        "summary": json.loads(summary.read_text()) if summary.exists() else {},
+        "schema": schema,
+        "env": {**env, "TENURE_DOCS_SCHEMA": schema},
+        "manifest": corpus.Manifest.load(work / "corpus"),
+        "seconds": time.monotonic() - started,
+    }
+    try:
+        yield out
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}_index" CASCADE')
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_demo_indexes_every_document_once_through_kill_deploy_and_scale_out(
+    demo_run: dict[str, Any], database_url: str
+) -> None:
+    assert demo_run["code"] == 0, demo_run["output"][-4000:]
+    s = demo_run["summary"]
+    manifest = demo_run["manifest"]
+    assert s["ok"] is True
+    assert s["ingested"] == len(manifest.files) == 240
+    assert s["indexed"] == s["ingested"] - len(manifest.corrupt)
+    assert sorted(f["path"] for f in s["failed"]) == sorted(manifest.corrupt)
+    assert all(f["state"] == "failed" and f["reason"].startswith("corrupt ") for f in s["failed"])
+    events = "\n".join(s["events"])
+    assert "SIGKILL" in events and "every worker replaced" in events and "scale out" in events
+    assert s["kills"] == 1 and s["restarts"] >= 3  # the killed worker, and two redeployed
+    # What the demo reports is what the database holds: one index row per good document.
+    schema = demo_run["schema"]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute(f'SELECT path FROM "{schema}_index".documents').fetchall()
+        states = dict(
+            conn.execute(f'SELECT state, count(*) FROM "{schema}".finished_tasks GROUP BY 1')
+        )
+        waiting = conn.execute(f'SELECT count(*) FROM "{schema}".tasks').fetchone()
+    good = set(manifest.files) - set(manifest.corrupt)
+    assert {r[0] for r in rows} == good and len(rows) == len(good)
+    assert states == {"succeeded": len(good), "failed": len(manifest.corrupt)}
+    assert waiting == (0,)
+
+
+@pytest.mark.parametrize("kind", ["pdf", "docx"])
+def test_search_finds_a_phrase_planted_in_a_generated_file(
+    demo_run: dict[str, Any], kind: str
+) -> None:
+    assert demo_run["code"] == 0, demo_run["output"][-4000:]
+    manifest = demo_run["manifest"]
+    phrase = corpus.PLANTED[kind]
+    done = subprocess.run(
+        [*TENURE_DOCS, "search", phrase, "--json"],
+        cwd=ROOT, env=demo_run["env"], capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    hits = [json.loads(line) for line in done.stdout.splitlines()]
+    assert hits[0]["path"] == manifest.planted[phrase]
+    assert hits[0]["path"].endswith(f".{kind}")
+    assert phrase.split()[0] in hits[0]["snippet"]
+    # The human form prints a ranked table.
+    table = subprocess.run(
+        [*TENURE_DOCS, "search", f'"{phrase}"'],
+        cwd=ROOT, env={**demo_run["env"], "COLUMNS": "200"}, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert table.returncode == 0 and "best matches" in table.stdout, table.stdout + table.stderr
+
+
+@pytest.fixture
+def private_embedded_dir() -> Iterator[Path]:
+    # Not pytest's tmp_path (0700): as root, the server runs as another user who must be
+    # able to traverse every parent.
+    base = Path(tempfile.mkdtemp(prefix="tenure-docs-pg-"))
+    base.chmod(0o755)
+    path = base / "pg"
+    try:
+        yield path
+    finally:
+        from tenure._db.embedded import stop_embedded
+
+        with contextlib.suppress(Exception):
+            stop_embedded(path)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_ctrl_c_leaves_no_worker_or_database_process_behind(
+    private_embedded_dir: Path, tmp_path: Path
+) -> None:
+    from tenure._db.embedded import _postgres_processes, embedded_status
+
+    env = {k: v for k, v in os.environ.items() if k != "TENURE_DATABASE_URL"}
+    env["TENURE_EMBEDDED_DIR"] = str(private_embedded_dir)
+    log = (tmp_path / "demo.log").open("w+")
+    demo = subprocess.Popen(
+        [*DEMO, "--docs", "400", "--corpus", str(tmp_path / "corpus"), "--plain",
+         "--fetch-latency-ms", "100"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    seen: dict[int, psutil.Process] = {}
+    try:
+        me = psutil.Process(demo.pid)
+
+        def fleet_running() -> bool:
+            for child in me.children(recursive=True):
+                seen.setdefault(child.pid, child)
+            workers = [p for p in seen.values() if _is_worker(p)]
+            return len(workers) >= 3 and "ingested" in (tmp_path / "demo.log").read_text()
+
+        eventually(fleet_running, timeout=90, interval=0.1, what="supervisor and two workers")
+        assert embedded_status(private_embedded_dir)["running"]
+        for child in me.children(recursive=True):
+            seen.setdefault(child.pid, child)
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(60) == 130
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    output = (tmp_path / "demo.log").read_text()
+    assert "interrupted" in output, output[-3000:]
+    _gone, alive = psutil.wait_procs(list(seen.values()), timeout=10)
+    assert not alive, [(p.pid, _cmdline(p)) for p in alive]
+    assert not embedded_status(private_embedded_dir)["running"], output[-3000:]
+    assert _postgres_processes(private_embedded_dir.resolve()) == []
+
+
+def _cmdline(proc: psutil.Process) -> str:
+    with contextlib.suppress(psutil.Error):
+        return " ".join(proc.cmdline())
+    return "?"
+
+
+def _is_worker(proc: psutil.Process) -> bool:
+    return "worker" in _cmdline(proc) and "examples.documents.app:reg" in _cmdline(proc)
