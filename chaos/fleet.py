@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import tenure
 from chaos.app import SCHEMA_ENV
 from chaos.netns import Namespace
 
@@ -54,7 +55,8 @@ class Slot:
             **os.environ,
             "TENURE_DATABASE_URL": self.dsn,
             SCHEMA_ENV: self.schema,
-            "PYTHONPATH": str(ROOT),
+            # The workers import the very tenure the driver imported (a scratch checkout's).
+            "PYTHONPATH": os.pathsep.join([str(ROOT), str(Path(tenure.__file__).parent.parent)]),
         }
         if self.kind == "skewed" and self.clock_offset:
             # What `faketime -f OFFSET` does, without its wrapper process: the worker's
