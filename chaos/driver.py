@@ -200,12 +200,13 @@ class Campaign:
         if len(busy & set(self.slots)) + 1 >= len(self.slots):
             return None  # at least one healthy worker stays to take the work over
         fixed = {"partition": "netns", "clock": "skewed"}
+        fixed.update({k: "proxied" for k in PROXY_KINDS})
         if kind in fixed:
-            name = fixed[kind]
-            return None if name in busy else name
-        if kind in PROXY_KINDS:
-            return None if "proxied" in busy else "proxied"
-        free = sorted(n for n in self.slots if n not in busy)
+            free = [fixed[kind]] if fixed[kind] not in busy else []
+            if kind in ("clock", "proxy_drop", "proxy_latency"):
+                return free[0] if free else None
+        else:
+            free = sorted(n for n in self.slots if n not in busy)
         holding = self._holding()  # prefer a worker with work in flight: that is the test
         loaded = [n for n in free if self.slots[n].pid in holding]
         if not loaded and time.monotonic() - self._idle_since < 3.0:
