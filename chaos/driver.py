@@ -228,7 +228,9 @@ class Campaign:
             assert slot is not None
             slot.signal(signal.SIGSTOP)
             fault = Fault(kind, _now(), (slot.pid,), target)
-            hold = rng.uniform(1.3, 2.0) * lease
+            # Resume just after the takeover: the paused worker's late outcomes then land
+            # while the new owner's attempt runs, which is what the fence must refuse.
+            hold = lease + self.cfg.heartbeat + rng.uniform(0.2, 1.2)
             return _Active(kind, target, now + hold, fault, lambda: slot.signal(signal.SIGCONT))
         if kind == "pg_restart":
             fault = Fault(kind, _now(), (), "fast shutdown")
@@ -267,7 +269,7 @@ class Campaign:
             proxy.set_mode("blackhole")
             assert slot is not None
             fault = Fault(kind, _now(), (slot.pid,), "blackhole")
-            hold = rng.uniform(1.3, 2.0) * lease
+            hold = lease + self.cfg.heartbeat + rng.uniform(0.2, 1.2)
         else:
             latency = rng.uniform(0.02, 0.3)
             jitter = rng.uniform(0.0, 0.2)
@@ -465,7 +467,7 @@ class Campaign:
     def _teardown(self, base: Path) -> None:
         for slot in self.slots.values():
             with contextlib.suppress(Exception):
-                slot.kill()
+                slot.kill_all()
         for proxy in self.proxies:
             with contextlib.suppress(Exception):
                 proxy.close()

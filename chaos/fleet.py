@@ -42,6 +42,7 @@ class Slot:
     proc: subprocess.Popen[bytes] | None = None
     pids: list[int] = field(default_factory=list)
     starts: int = 0
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def pid(self) -> int:
@@ -67,6 +68,7 @@ class Slot:
         self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.pids.append(self.proc.pid)
+        self.procs.append(self.proc)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -84,6 +86,16 @@ class Slot:
         self.signal(signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(10)
+
+    def kill_all(self) -> None:
+        """SIGKILL every process this slot ever started that is still alive."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGCONT)
+                    proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(10)
 
     def drain(self, timeout: float = 15.0) -> int | None:
         """SIGTERM and wait; SIGKILL if it does not exit in time. The exit code."""
