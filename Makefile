@@ -1,4 +1,5 @@
-# tenure: `make demo` runs the demo on the embedded PostgreSQL, `make test` runs the suite.
+# tenure: `make demo` runs the demo on the embedded PostgreSQL, `make test` runs the suite,
+# `make chaos` runs the long randomized fault campaign (CHAOS_ARGS="--seed 42" to replay one).
 # Each target bootstraps .venv on first use.
 
 PYTHON ?= python3
@@ -6,7 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint clean
+.PHONY: demo test chaos lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,9 +20,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+chaos: $(STAMP)
+	$(PY) -m chaos $(CHAOS_ARGS)
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests examples bench
-	$(VENV)/bin/ruff format --check src tests examples bench
+	$(VENV)/bin/ruff check src tests examples bench chaos
+	$(VENV)/bin/ruff format --check src tests examples bench chaos
 	$(VENV)/bin/mypy
 
 clean:
