@@ -270,9 +270,12 @@ class Worker:
         while not self._draining:
             # No prefetching while another worker serving these queues has idle slots:
             # what this worker would hoard, that one could start now.
-            target = cfg.concurrency + (0 if self._others_idle else cfg.prefetch_count)
-            want = target - self.holdings.waiting_or_running()
-            if want > 0 and not self.heartbeat.fenced and self._maybe_more:
+            prefetch = 0 if self._others_idle else cfg.prefetch_count
+            want = cfg.concurrency + prefetch - self.holdings.waiting_or_running()
+            # While prefetched tasks still wait, every slot is busy: top the buffer up in
+            # batches (half a prefetch) instead of one claim per finished task.
+            batched = want >= max(1, prefetch // 2) or not self.buffer
+            if want > 0 and batched and not self.heartbeat.fenced and self._maybe_more:
                 self._maybe_more = False
                 try:
                     claimed = await self.claimer.run_once(want)
