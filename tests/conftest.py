@@ -204,3 +204,15 @@ def worker_id_of(db: psycopg.Connection[Any], pid: int) -> uuid.UUID:
 
     row = eventually(lookup, what=f"worker row for pid {pid}")
     return row[0]
+
+
+def tenure_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m tenure ARGS`` from the repository, wide enough for its tables."""
+    return subprocess.run(
+        [sys.executable, "-m", "tenure", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", **(env or {})},
+    )

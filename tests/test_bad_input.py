@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.conftest import ROOT, eventually
-
-
-def tenure_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tenure", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-    )
+from tests.conftest import eventually, tenure_cli
 
 
 @pytest.mark.parametrize(

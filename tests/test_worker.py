@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from tenure._db import connect as dbconnect
-from tests.conftest import ROOT, eventually, worker_id_of
+from tests.conftest import ROOT, eventually, tenure_cli, worker_id_of
 
 pytestmark = pytest.mark.acceptance
 
@@ -121,17 +121,6 @@ def test_a_second_signal_stops_at_once_and_the_lease_then_expires(
     assert [r[1] for r in attempts_of(db, handle.id)] == ["lease_expired", "succeeded"]
 
 
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tenure", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", **env},
-    )
-
-
 def cells_of(output: str, marker: str) -> list[str]:
     line = next(line for line in output.splitlines() if marker in line)
     return [c.strip() for c in line.split("│") if c.strip()]
@@ -156,7 +145,7 @@ def test_status_shows_queues_limits_keys_workers_and_leases(
         what="the worker published what it holds",
     )
     # When an operator asks for the status
-    result = run_cli("status", "--schema", schema, env={"TENURE_DATABASE_URL": database_url})
+    result = tenure_cli("status", "--schema", schema, env={"TENURE_DATABASE_URL": database_url})
     assert result.returncode == 0, result.stderr
     out = result.stdout
     # Then each table shows it: queue counts, the limited task, the largest key, the worker
@@ -168,7 +157,7 @@ def test_status_shows_queues_limits_keys_workers_and_leases(
 
 
 def test_db_url_prints_the_dsn_in_use(database_url: str) -> None:
-    result = run_cli("db", "url", env={"TENURE_DATABASE_URL": database_url})
+    result = tenure_cli("db", "url", env={"TENURE_DATABASE_URL": database_url})
     assert result.stdout.strip() == database_url
     from tenure._db.embedded import embedded_dsn
 

@@ -16,15 +16,8 @@ from typing import Any
 
 import click
 
-TASK_STATES = (
-    "scheduled",
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "quarantined",
-)
+from tenure.client import TASK_STATES
+
 DEFAULT_DASHBOARD_PORT = 8484
 
 

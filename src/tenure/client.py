@@ -50,6 +50,15 @@ class TaskInfo:
     finished_at: datetime | None
 
 
+TASK_STATES = (
+    "scheduled",
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "quarantined",
+)
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled", "quarantined"})
 
 
@@ -253,16 +262,25 @@ class Client:
                         sqlfiles.query("result_waiter_remove", self.schema), {"id": task_id}
                     )
 
+    def _finished_or_wait(
+        self, task_id: int, deadline: float | None, timeout: float | None, cap: float
+    ) -> TaskInfo | float:
+        """The task if it has finished, else how long to wait before looking again."""
+        info = self.get(task_id)
+        if info.state in FINAL_STATES:
+            return info
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise ResultTimeout(f"task {task_id} is still {info.state} after {timeout:g}s")
+        return cap if left is None else min(left, cap)
+
     def _poll(self, task_id: int, deadline: float | None, timeout: float | None) -> TaskInfo:
         delay = 0.05
         while True:
-            info = self.get(task_id)
-            if info.state in FINAL_STATES:
-                return info
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise ResultTimeout(f"task {task_id} is still {info.state} after {timeout:g}s")
-            time.sleep(delay if left is None else min(delay, left))
+            found = self._finished_or_wait(task_id, deadline, timeout, delay)
+            if isinstance(found, TaskInfo):
+                return found
+            time.sleep(found)
             delay = min(1.0, delay * 1.5)
 
     def _wait_on(
@@ -273,14 +291,10 @@ class Client:
         timeout: float | None,
     ) -> TaskInfo:
         while True:
-            info = self.get(task_id)
-            if info.state in FINAL_STATES:
-                return info
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise ResultTimeout(f"task {task_id} is still {info.state} after {timeout:g}s")
-            wait = 30.0 if left is None else min(left, 30.0)
-            for note in conn.notifies(timeout=wait):
+            found = self._finished_or_wait(task_id, deadline, timeout, 30.0)
+            if isinstance(found, TaskInfo):
+                return found
+            for note in conn.notifies(timeout=found):
                 if not note.payload or str(task_id) in note.payload.split(","):
                     break
 

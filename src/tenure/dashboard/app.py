@@ -36,7 +36,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tenure.client import Client
+from tenure.client import TASK_STATES, Client
 from tenure.dashboard import views
 from tenure.errors import DatabaseError, TaskNotFound, TenureError
 
@@ -81,8 +81,8 @@ def _int(params: QueryParams, name: str, low: int, high: int) -> int | None:
 
 def parse_filters(params: QueryParams) -> views.TaskFilters:
     state = _text(params, "state")
-    if state is not None and state not in views.TASK_STATES:
-        raise BadRequest(f"state: one of {', '.join(views.TASK_STATES)}")
+    if state is not None and state not in TASK_STATES:
+        raise BadRequest(f"state: one of {', '.join(TASK_STATES)}")
     return views.TaskFilters(
         queue=_text(params, "queue"),
         state=state,
@@ -221,7 +221,7 @@ class Dashboard:
             "tasks.html",
             nav="tasks",
             filters=filters,
-            states=views.TASK_STATES,
+            states=TASK_STATES,
             older_link="/tasks?" + urlencode(filters.query(before=data["older"]))
             if data["older"]
             else None,

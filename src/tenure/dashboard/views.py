@@ -17,15 +17,6 @@ from tenure.client import Client
 from tenure.logs import OUTCOME_EVENTS
 
 HISTORY_MINUTES = 60
-TASK_STATES = (
-    "scheduled",
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "quarantined",
-)
 RETRYABLE = frozenset({"failed", "quarantined", "cancelled"})
 CANCELLABLE = frozenset({"scheduled", "queued", "running"})
 
