@@ -89,10 +89,10 @@ def tables(r: dict[str, Any]) -> list[str]:
             )
         )
 
-    vs("pgqueuer", 3, "3×")
-    vs("procrastinate", 10, "10×")
+    vs("pgqueuer", 3, "3× ")
+    vs("procrastinate", 10, "10× ")
     vs("celery", 1, "")
-    vs("floor", 0.4, "40 % of")
+    vs("floor", 0.4, "40 % of ")
     if te.get("batch") is not None:
         b = te["batch"]
         checks.append(
