@@ -82,17 +82,17 @@ def tables(r: dict[str, Any]) -> list[str]:
             return
         checks.append(
             (
-                f"drain 2 procs ≥ {label} {NAMES[peer]}",
+                f"drain 2 procs ≥ {(label + ' ') if label else ''}{NAMES[peer]}",
                 f"{_fmt(t2)} vs {_fmt(other)}",
                 f"{t2 / other:.2f}× (need {factor:g}×)",
                 t2 >= factor * other,
             )
         )
 
-    vs("pgqueuer", 3, "3× ")
-    vs("procrastinate", 10, "10× ")
+    vs("pgqueuer", 3, "3×")
+    vs("procrastinate", 10, "10×")
     vs("celery", 1, "")
-    vs("floor", 0.4, "40 % of ")
+    vs("floor", 0.4, "40 % of")
     if te.get("batch") is not None:
         b = te["batch"]
         checks.append(

@@ -6,7 +6,7 @@ pickup latency (idle and under 50 % load), takeover after SIGKILL, rolling deplo
 scale-out (``bench/scale_out.py``'s runs), and one worker's memory and connections.
 The table goes to the terminal and to ``bench/results/latest.md``, plots beside it.
 
-Drain rate: the harness counts finished tasks every 0.2 s; the clock starts at the
+Drain rate: the harness counts finished tasks every 0.5 s; the clock starts at the
 first finished task and the steady-state window runs from ``--warmup`` s later until
 90 % of the backlog is done or ``--max-window`` s have passed. The machine is shared,
 so figures are noisy: read the ratios, which come from the same run.
