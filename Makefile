@@ -31,6 +31,19 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
+# Tenure beside PgQueuer, Procrastinate, Celery+Redis and a bare-SQL floor; each peer
+# is installed from PyPI into bench/.peers/<name>/ on first use. Pass flags with
+# BENCH_FLAGS='--repeats 3 --kills 10' (see: .venv/bin/python bench/run.py --help).
+.PHONY: bench
+bench: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	$(PY) bench/run.py $(BENCH_FLAGS)
+
+# A 1,000,000-task burn-down: the last tenth's drain rate against the first's.
+.PHONY: bench-bloat
+bench-bloat: $(STAMP)
+	$(PY) bench/bloat.py $(BENCH_FLAGS)
+
 .PHONY: bench-scale-out
 bench-scale-out: $(STAMP)
 	$(PY) bench/scale_out.py

@@ -1,0 +1,606 @@
+"""``make bench``: tenure beside PgQueuer, Procrastinate, Celery+Redis and a bare-SQL floor.
+
+Phases (each bounded, sizes from flags and printed, load average before/after each):
+enqueue and drain (every system, 1 and 2 worker processes, medians of ``--repeats``),
+pickup latency (idle and under 50 % load), takeover after SIGKILL, rolling deploy,
+scale-out (``bench/scale_out.py``'s runs), and one worker's memory and connections.
+The table goes to the terminal and to ``bench/results/latest.md``, plots beside it.
+
+Drain rate: the harness counts finished tasks every 0.5 s; the clock starts at the
+first finished task and the steady-state window runs from ``--warmup`` s later until
+90 % of the backlog is done or ``--max-window`` s have passed. The machine is shared,
+so figures are noisy: read the ratios, which come from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import harness as h  # noqa: E402
+from bench import report  # noqa: E402
+from bench.harness import console  # noqa: E402
+
+SCHEMA = "bench_tenure"
+FLOOR_SCHEMA = "bench_floor"
+SEND_BATCH = 5_000
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, dsn: str, db: psycopg.Connection[Any]) -> None:
+        self.args = args
+        self.dsn = dsn
+        self.db = db
+        self.r: dict[str, Any] = {"loads": {}, "drain": {}, "enqueue": {}, "peers": {}}
+        self.logdir = h.ROOT / "bench" / "results" / "logs"
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        os.environ["TENURE_DATABASE_URL"] = dsn
+        from bench import bench_tasks
+
+        self.t = bench_tasks
+
+    # -- tenure helpers -------------------------------------------------------------------
+
+    def reset(self) -> None:
+        self.db.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+        self.t.reg.client.close()  # the next send reconnects and migrates the fresh schema
+
+    def count(self, sql: str, params: Any = None) -> int:
+        return h.scalar(self.db, sql, params)
+
+    def flags(
+        self, *, concurrency: int, lease: str = "30s", extra: tuple[str, ...] = ()
+    ) -> list[str]:
+        return ["--concurrency", str(concurrency), "--lease", lease, *extra]
+
+    def wait_active(self, n: int, fleet: h.Fleet, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        q = f"SELECT count(*) FROM {SCHEMA}.workers WHERE state = 'active'"
+        while self.count(q) < n:
+            fleet.check_alive()
+            if time.monotonic() > deadline:
+                raise h.HarnessError(f"{n} workers not active after {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def send_many(self, n: int) -> float:
+        t0 = time.perf_counter()
+        for start in range(0, n, SEND_BATCH):
+            self.t.noop.send_many([{}] * min(SEND_BATCH, n - start))
+        return n / (time.perf_counter() - t0)
+
+    # -- enqueue + drain ------------------------------------------------------------------
+
+    def tenure_single(self) -> float:
+        self.reset()
+        self.t.noop.send({})  # connect and migrate outside the timing
+        n = self.args.single
+        t0 = time.perf_counter()
+        for _ in range(n):
+            self.t.noop.send({})
+        return n / (time.perf_counter() - t0)
+
+    def tenure_drain(self, procs: int) -> h.Drain:
+        a = self.args
+        self.reset()
+        rate = self.send_many(a.backlog)
+        self.r["enqueue"].setdefault("tenure", {}).setdefault("batch", []).append(rate)
+        self.db.execute(f"ANALYZE {SCHEMA}.tasks")
+        env = h.tenure_env(self.dsn, SCHEMA)
+        with h.fleet("tenure-drain") as fleet:
+            for _ in range(procs):
+                fleet.start(h.tenure_worker_cmd(self.tenure_drain_flags()), env)
+            return h.sample_drain(
+                lambda: self.count(f"SELECT count(*) FROM {SCHEMA}.finished_tasks"),
+                a.backlog,
+                fleet,
+                warmup=a.warmup,
+                max_seconds=a.max_window,
+            )
+
+    def tenure_drain_flags(self) -> list[str]:
+        return self.flags(concurrency=self.args.concurrency)
+
+    def floor_drain(self, procs: int) -> h.Drain:
+        a = self.args
+        floor = [sys.executable, str(h.ROOT / "bench" / "floor.py")]
+        import subprocess
+
+        subprocess.run([*floor, "setup", self.dsn, FLOOR_SCHEMA, str(a.floor_backlog)], check=True)
+        try:
+            with h.fleet("floor") as fleet:
+                for _ in range(procs):
+                    fleet.start([*floor, "worker", self.dsn, FLOOR_SCHEMA])
+                return h.sample_drain(
+                    lambda: self.count(f"SELECT count(*) FROM {FLOOR_SCHEMA}.history"),
+                    a.floor_backlog,
+                    fleet,
+                    warmup=a.warmup,
+                    max_seconds=a.max_window,
+                )
+        finally:
+            self.db.execute(f"DROP SCHEMA IF EXISTS {FLOOR_SCHEMA} CASCADE")
+
+    def peer_drain(self, name: str, procs: int) -> h.Drain:
+        a = self.args
+        backlog = a.backlog if name == "pgqueuer" else a.slow_backlog
+        if name == "celery":
+            return self._celery_drain(procs, backlog)
+        with h.fresh_database(self.dsn, f"bench_{name}") as dsn:
+            h.adapter_json(name, "setup", dsn)
+            if procs == 1:  # single sends once per peer, on the fresh database
+                single = h.adapter_json(name, "enqueue", dsn, str(a.single), "single")
+                self.r["enqueue"].setdefault(name, {}).setdefault("single", []).append(
+                    single["rate"]
+                )
+                with psycopg.connect(dsn, autocommit=True) as pdb:
+                    pdb.execute(
+                        "TRUNCATE pgqueuer"
+                        if name == "pgqueuer"
+                        else "DELETE FROM procrastinate_jobs"
+                    )
+            fill = h.adapter_json(name, "enqueue", dsn, str(backlog), "batch")
+            self.r["enqueue"].setdefault(name, {}).setdefault("batch", []).append(fill["rate"])
+            with psycopg.connect(dsn, autocommit=True) as pdb:
+                if name == "pgqueuer":
+                    pdb.execute("ANALYZE pgqueuer")
+
+                    def done() -> int:
+                        return backlog - h.scalar(pdb, "SELECT count(*) FROM pgqueuer")
+                else:
+                    pdb.execute("ANALYZE procrastinate_jobs")
+
+                    def done() -> int:
+                        return h.scalar(
+                            pdb,
+                            "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'",
+                        )
+
+                with h.fleet(name) as fleet:
+                    for _ in range(procs):
+                        fleet.start(
+                            h.adapter(name, "worker", dsn, "--concurrency", str(a.concurrency)),
+                            cwd=h.ADAPTERS,
+                        )
+                    return h.sample_drain(
+                        done, backlog, fleet, warmup=a.warmup, max_seconds=a.max_window
+                    )
+
+    def _celery_drain(self, procs: int, backlog: int) -> h.Drain:
+        a = self.args
+        url = "redis://{}:{}/{}".format(*h.REDIS)
+        h.adapter_json("celery", "setup", url)
+        try:
+            if procs == 1:
+                single = h.adapter_json("celery", "enqueue", url, str(a.single), "single")
+                self.r["enqueue"].setdefault("celery", {}).setdefault("single", []).append(
+                    single["rate"]
+                )
+                h.adapter_json("celery", "setup", url)
+            fill = h.adapter_json("celery", "enqueue", url, str(backlog), "batch")
+            self.r["enqueue"].setdefault("celery", {}).setdefault("batch", []).append(fill["rate"])
+            with h.fleet("celery") as fleet:
+                for _ in range(procs):
+                    fleet.start(h.adapter("celery", "worker", url), cwd=h.ADAPTERS)
+                # Messages taken off the broker's list: equal to finished tasks in the
+                # steady state (each worker holds at most its prefetch of 4 in between).
+                return h.sample_drain(
+                    lambda: backlog - int(h.redis_command("LLEN", "celery")),
+                    backlog,
+                    fleet,
+                    warmup=a.warmup,
+                    max_seconds=a.max_window,
+                )
+        finally:
+            h.adapter_json("celery", "teardown", url)
+
+    def drains(self) -> None:
+        a = self.args
+        systems = ["tenure", *self.peers, "floor"]
+        for name in systems:
+            self.r["drain"][name] = {1: [], 2: []}
+        with h.phase("enqueue: single send", self.r["loads"]):
+            rates = [self.tenure_single() for _ in range(a.repeats)]
+            self.r["enqueue"].setdefault("tenure", {})["single"] = rates
+            console.print(f"tenure send ×{a.single}: " + ", ".join(f"{x:.0f}/s" for x in rates))
+        for repeat in range(a.repeats):
+            with h.phase(f"drain, run {repeat + 1}/{a.repeats}", self.r["loads"]):
+                for procs in (1, 2):
+                    for name in systems:  # interleaved, so drift hits every system alike
+                        if name == "tenure":
+                            d = self.tenure_drain(procs)
+                        elif name == "floor":
+                            d = self.floor_drain(procs)
+                        else:
+                            d = self.peer_drain(name, procs)
+                        self.r["drain"][name][procs].append(d)
+                        console.print(
+                            f"  {name:14} {procs} proc: {d.rate:8.0f} tasks/s "
+                            f"({d.done} in {d.seconds:.1f} s)  load {h.load()}"
+                        )
+
+    # -- latency --------------------------------------------------------------------------
+
+    def latency(self) -> None:
+        a = self.args
+        self.reset()
+        log = self.logdir / "latency.starts"
+        log.unlink(missing_ok=True)
+        env = h.tenure_env(self.dsn, SCHEMA, log)
+        self.t.probe.send({"t": 0})  # migrate outside the timing
+        out: dict[str, Any] = {}
+        with h.fleet("tenure-latency") as fleet:
+            for _ in range(2):
+                fleet.start(h.tenure_worker_cmd(self.tenure_drain_flags()), env)
+            self.wait_active(2, fleet)
+            time.sleep(1.0)
+            with h.phase("latency: idle fleet", self.r["loads"]):
+                out["idle"] = self._probes(log, a.probes)
+            drain2 = h.median([d.rate for d in self.r["drain"].get("tenure", {}).get(2, [])])
+            rate = 0.5 * (drain2 if drain2 == drain2 else 2000.0)
+            out["load_rate"] = rate
+            with h.phase(f"latency: 50 % load ({rate:.0f}/s)", self.r["loads"]):
+                stop = threading.Event()
+                loader = threading.Thread(target=self._load, args=(rate, stop), daemon=True)
+                loader.start()
+                time.sleep(1.0)
+                try:
+                    out["loaded"] = self._probes(log, a.probes)
+                finally:
+                    stop.set()
+                    loader.join()
+        self.r["latency"] = out
+        for k in ("idle", "loaded"):
+            v = out[k]
+            console.print(
+                f"  pickup {k}: p50 {h.percentile(v, 50) * 1e3:.1f} ms, "
+                f"p99 {h.percentile(v, 99) * 1e3:.1f} ms over {len(v)} probes"
+            )
+
+    def _probes(self, log: Path, n: int) -> list[float]:
+        """Send ``n`` probes one at a time, 20 ms apart; each records its start."""
+        base = len(log.read_text().splitlines()) if log.exists() else 0
+        for _ in range(n):
+            self.t.probe.send({"t": time.time()})
+            time.sleep(0.02)
+        deadline = time.monotonic() + 30
+        while True:
+            lines = log.read_text().splitlines()[base:] if log.exists() else []
+            if len(lines) >= n or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        if len(lines) < n:
+            console.print(f"[yellow]only {len(lines)} of {n} probes started in 30 s[/]")
+        return [float(ln.split()[3]) - float(ln.split()[4]) for ln in lines]
+
+    def _load(self, rate: float, stop: threading.Event) -> None:
+        """Send no-op tasks at ``rate``/s in ten batches a second, from its own registry."""
+        from tenure import Registry
+
+        reg = Registry(self.dsn, schema=SCHEMA)
+
+        @reg.task(name=self.t.noop.name)
+        async def noop(payload: dict[str, Any]) -> None:
+            pass
+
+        per = max(1, round(rate / 10))
+        next_at = time.monotonic()
+        while not stop.is_set():
+            noop.send_many([{}] * per)
+            next_at += 0.1
+            time.sleep(max(0.0, next_at - time.monotonic()))
+        reg.client.close()
+
+    # -- takeover -------------------------------------------------------------------------
+
+    def takeover(self) -> None:
+        a = self.args
+        self.reset()
+        env = h.tenure_env(self.dsn, SCHEMA)
+        flags = self.flags(concurrency=8, lease=a.takeover_lease)
+        console.print(f"workers: {' '.join(flags)}; {a.kills} kills, one leased task each")
+        times: list[float] = []
+        self.t.hold.send({"hold": 0.01})  # migrate, and warm the first attempt path
+        with h.fleet("tenure-takeover") as fleet:
+            for _ in range(2):
+                fleet.start(h.tenure_worker_cmd(flags), env)
+            self.wait_active(2, fleet)
+            for k in range(a.kills):
+                task_id = self.t.hold.send({"hold": 600}).id
+                owner_pid = self._wait_owner(task_id)
+                victim = next(p for p in fleet.procs if p.pid == owner_pid and p.poll() is None)
+                killed_at = time.time()
+                os.kill(victim.pid, signal.SIGKILL)
+                victim.wait()
+                fleet.procs.remove(victim)
+                fleet.start(h.tenure_worker_cmd(flags), env)  # as a supervisor would
+                started = self._wait_attempt(task_id, 2, timeout=60)
+                times.append(started - killed_at)
+                console.print(
+                    f"  kill {k + 1}/{a.kills}: next attempt started {times[-1]:.2f} s later"
+                )
+                self.wait_active(2, fleet)
+        self.r["takeover"] = {"lease": a.takeover_lease, "times": times}
+
+    def _wait_owner(self, task_id: int) -> int:
+        q = (
+            f"SELECT w.pid FROM {SCHEMA}.tasks t JOIN {SCHEMA}.workers w ON w.id = t.lease_owner "
+            "WHERE t.id = %s AND t.state = 'running'"
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            row = self.db.execute(q, [task_id]).fetchone()
+            if row:
+                return int(row[0])
+            time.sleep(0.02)
+        raise h.HarnessError(f"task {task_id} not claimed in 30 s")
+
+    def _wait_attempt(self, task_id: int, attempt: int, timeout: float) -> float:
+        q = (
+            f"SELECT extract(epoch FROM started_at) FROM {SCHEMA}.attempts "
+            "WHERE task_id = %s AND attempt = %s"
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            row = self.db.execute(q, [task_id, attempt]).fetchone()
+            if row:
+                return float(row[0])
+            time.sleep(0.05)
+        raise h.HarnessError(f"task {task_id} attempt {attempt} not run in {timeout:.0f} s")
+
+    # -- rolling deploy -------------------------------------------------------------------
+
+    def rolling(self) -> None:
+        a = self.args
+        self.reset()
+        log = self.logdir / "rolling.starts"
+        log.unlink(missing_ok=True)
+        env = h.tenure_env(self.dsn, SCHEMA, log)
+        flags = self.flags(concurrency=a.concurrency, lease="15s", extra=("--drain-timeout", "30s"))
+        console.print(
+            f"workers: {' '.join(flags)}; stream {a.deploy_rate}/s of 20 ms tasks for "
+            f"{a.deploy_seconds:g} s; each of 2 workers replaced, then SIGTERMed"
+        )
+        self.t.stream.send({"ms": 0})  # migrate before the stream starts
+        sent: list[int] = []
+        stop = threading.Event()
+
+        def produce() -> None:
+            per = max(1, round(a.deploy_rate / 10))
+            next_at = time.monotonic()
+            while not stop.is_set():
+                handles = self.t.stream.send_many([{"ms": 20}] * per)
+                sent.extend(x.id for x in handles)
+                next_at += 0.1
+                time.sleep(max(0.0, next_at - time.monotonic()))
+
+        drains: list[float] = []
+        with h.fleet("tenure-rolling") as fleet:
+            for _ in range(2):
+                fleet.start(h.tenure_worker_cmd(flags), env)
+            self.wait_active(2, fleet)
+            t_start = time.time()
+            producer = threading.Thread(target=produce, daemon=True)
+            producer.start()
+            try:
+                time.sleep(a.deploy_seconds / 4)
+                for old in list(fleet.procs):
+                    fleet.start(h.tenure_worker_cmd(flags), env)
+                    self.wait_active(3, fleet)
+                    t0 = time.monotonic()
+                    old.send_signal(signal.SIGTERM)
+                    old.wait(60)
+                    drains.append(time.monotonic() - t0)
+                    fleet.procs.remove(old)
+                    if old.returncode != 0:
+                        raise h.HarnessError(f"drained worker exited {old.returncode}")
+                    time.sleep(a.deploy_seconds / 8)
+                time.sleep(max(0.0, t_start + a.deploy_seconds - time.time()))
+            finally:
+                stop.set()
+                producer.join()
+            t_end = time.time()
+            deadline = time.monotonic() + 60
+            while (
+                self.count(f"SELECT count(*) FROM {SCHEMA}.tasks") and time.monotonic() < deadline
+            ):
+                time.sleep(0.2)
+        ids = set(sent)
+        finished = {
+            r[0]
+            for r in self.db.execute(
+                f"SELECT id FROM {SCHEMA}.finished_tasks WHERE state = 'succeeded' "
+                "AND id = ANY(%s)",
+                [sent],
+            )
+        }
+        starts: dict[int, int] = {}
+        for line in log.read_text().splitlines():
+            tid = int(line.split()[1])
+            starts[tid] = starts.get(tid, 0) + 1
+        per_second = [
+            int(r[0])
+            for r in self.db.execute(
+                "SELECT count(f.id) FROM generate_series(%s::bigint, %s::bigint) s "
+                f"LEFT JOIN {SCHEMA}.finished_tasks f ON f.id = ANY(%s) "
+                "AND floor(extract(epoch FROM f.finished_at))::bigint = s GROUP BY s ORDER BY s",
+                [int(t_start) + 2, int(t_end) - 1, sent],
+            )
+        ]
+        released = self.count(f"SELECT count(*) FROM {SCHEMA}.attempts WHERE outcome = 'released'")
+        self.r["rolling"] = {
+            "sent": len(ids),
+            "lost": len(ids - finished),
+            "duplicates": sum(1 for t in ids if starts.get(t, 0) > 1),
+            "per_second": per_second,
+            "worst": min(per_second) if per_second else 0,
+            "rate": a.deploy_rate,
+            "drain_seconds": drains,
+            "released": released,
+            "flags": " ".join(flags),
+        }
+        r = self.r["rolling"]
+        console.print(
+            f"  sent {r['sent']}, lost {r['lost']}, duplicates {r['duplicates']}, "
+            f"worst second {r['worst']}/s at {a.deploy_rate}/s, released {released}, "
+            f"drains took {', '.join(f'{x:.1f} s' for x in drains)}"
+        )
+
+    # -- scale-out ------------------------------------------------------------------------
+
+    def scale_out(self) -> None:
+        from bench import scale_out
+
+        a = self.args
+        ns = argparse.Namespace(
+            concurrency=16,
+            ms=20.0,
+            seconds=8.0,
+            warmup=1.5,
+            window=a.scale_window,
+            repeats=a.scale_repeats,
+            analyze=True,
+        )
+        console.print(f"io_task sleeping 20 ms, concurrency 16 per process, window {ns.window:g} s")
+        results: dict[int, list[float]] = {}
+        for _ in range(a.scale_repeats):
+            for n in (1, 2, 4):
+                results.setdefault(n, []).append(scale_out.one_run(self.dsn, self.db, n, ns))
+        self.db.execute(f"DROP SCHEMA IF EXISTS {scale_out.SCHEMA} CASCADE")
+        self.r["scale"] = results
+
+    # -- memory + connections -------------------------------------------------------------
+
+    def footprint(self) -> None:
+        import psutil
+
+        self.reset()
+        env = h.tenure_env(self.dsn, SCHEMA)
+        self.send_many(5_000)
+        with h.fleet("tenure-footprint") as fleet:
+            proc = fleet.start(h.tenure_worker_cmd(self.flags(concurrency=50)), env)
+            self.wait_active(1, fleet)
+            deadline = time.monotonic() + 60
+            while (
+                self.count(f"SELECT count(*) FROM {SCHEMA}.tasks") and time.monotonic() < deadline
+            ):
+                time.sleep(0.2)
+            time.sleep(1.0)
+            rss = psutil.Process(proc.pid).memory_info().rss
+            conns = self.count(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s",
+                [f"tenure-%-{proc.pid}"],
+            )
+        self.r["footprint"] = {"rss_mb": rss / 2**20, "connections": conns}
+        console.print(
+            f"  worker --concurrency 50 after 5,000 tasks: RSS {rss / 2**20:.1f} MB, "
+            f"{conns} connections (application_name tenure-*-{proc.pid})"
+        )
+
+    @property
+    def peers(self) -> list[str]:
+        return [p for p in self.args.peers.split(",") if p]
+
+
+def on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backlog", type=int, default=100_000, help="drain backlog (100,000)")
+    p.add_argument(
+        "--slow-backlog",
+        type=int,
+        default=20_000,
+        help="drain backlog for Procrastinate and Celery (20,000)",
+    )
+    p.add_argument("--floor-backlog", type=int, default=300_000, help="floor backlog (300,000)")
+    p.add_argument("--single", type=int, default=2_000, help="one-by-one sends timed (2,000)")
+    p.add_argument("--concurrency", type=int, default=64, help="slots per worker process (64)")
+    p.add_argument("--repeats", type=int, default=2, help="drain runs per system (2)")
+    p.add_argument("--warmup", type=float, default=1.0, help="s after the first finish (1)")
+    p.add_argument("--max-window", type=float, default=10.0, help="longest drain window (10 s)")
+    p.add_argument("--probes", type=int, default=200, help="latency probes per case (200)")
+    p.add_argument("--kills", type=int, default=20, help="SIGKILLs in the takeover phase (20)")
+    p.add_argument("--takeover-lease", default="5s", help="lease in the takeover phase (5s)")
+    p.add_argument("--deploy-rate", type=int, default=200, help="rolling stream tasks/s (200)")
+    p.add_argument("--deploy-seconds", type=float, default=30.0, help="rolling stream (30 s)")
+    p.add_argument("--scale-window", type=float, default=5.0, help="scale-out window (5 s)")
+    p.add_argument("--scale-repeats", type=int, default=1, help="scale-out runs per N (1)")
+    p.add_argument("--peers", default="pgqueuer,procrastinate,celery", help="peers to run")
+    p.add_argument(
+        "--phases",
+        default="drain,latency,takeover,rolling,scale,footprint",
+        help="phases to run (all)",
+    )
+    args = p.parse_args()
+    signal.signal(signal.SIGTERM, on_sigterm)
+    phases = set(args.phases.split(","))
+    console.print(f"load average at start: {h.load()} (2-core box shared with other runs: noisy)")
+    console.print("sizes: " + ", ".join(f"{k}={v}" for k, v in vars(args).items()))
+    t0 = time.monotonic()
+    try:
+        dsn, which = h.pick_dsn()
+        if "celery" in args.peers and not h.redis_up():
+            console.print("[yellow]no Redis at 127.0.0.1:6379: Celery skipped[/]")
+            args.peers = ",".join(x for x in args.peers.split(",") if x != "celery")
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as db:
+            bench = Bench(args, dsn, db)
+            bench.r["meta"] = {
+                "database": f"{which}, PostgreSQL {h.server_version(db)}",
+                "args": vars(args),
+                "revision": report.revision(),
+                "worker_flags": " ".join(bench.tenure_drain_flags()),
+                "start_load": h.load(),
+            }
+            console.print(f"database: {bench.r['meta']['database']}")
+            for name in bench.peers:
+                info = h.adapter_json(name, "info", "--concurrency", str(args.concurrency))
+                bench.r["peers"][name] = info
+                console.print(f"  {info['peer']} {info['version']}: {info['worker']}")
+                console.print(f"    recovery default: {info['recovery']}")
+            console.print(f"tenure workers: {bench.r['meta']['worker_flags']}, async no-op task")
+            steps = [
+                ("drain", bench.drains, None),
+                ("latency", bench.latency, None),
+                ("takeover", bench.takeover, "takeover"),
+                ("rolling", bench.rolling, "rolling deploy"),
+                ("scale", bench.scale_out, "scale-out"),
+                ("footprint", bench.footprint, "memory and connections"),
+            ]
+            for key, fn, title in steps:
+                if key not in phases:
+                    continue
+                if title is None:
+                    fn()
+                else:
+                    with h.phase(title, bench.r["loads"]):
+                        fn()
+            db.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+        bench.r["meta"]["end_load"] = h.load()
+        bench.r["meta"]["seconds"] = time.monotonic() - t0
+        report.write(bench.r)
+    except (h.HarnessError, psycopg.Error) as exc:
+        console.print(f"[red]harness failure:[/] {str(exc).strip().splitlines()[0]}")
+        return 1
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted; workers stopped[/]")
+        return 130
+    finally:
+        console.print(f"load average at end: {h.load()}; {time.monotonic() - t0:.0f} s in all")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
