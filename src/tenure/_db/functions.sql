@@ -15,13 +15,15 @@ $$;
 -- Where the next task of a key enters its queue: at the queue's head (the task
 -- served next), or one step after the key's own last queued task if that is later.
 -- A key with nothing queued starts level with the head; a key with a backlog goes
--- after its own backlog.
+-- after its own backlog. plpgsql, so its three probes are planned once per session
+-- (with sorting off, like the claim, so stale statistics never make them scan).
 CREATE OR REPLACE FUNCTION {schema}.vtime_base(p_queue text, p_key text)
 RETURNS double precision
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET enable_sort = off
 AS $$
-    SELECT greatest(
+BEGIN
+    RETURN greatest(
         coalesce(least(
             (SELECT t.vtime FROM {schema}.tasks t
              WHERE t.state = 'queued' AND NOT t.limited AND t.queue = p_queue
@@ -31,7 +33,8 @@ AS $$
              ORDER BY t.priority DESC, t.vtime, t.id LIMIT 1)), 0),
         (SELECT max(t.vtime) FROM {schema}.tasks t
          WHERE t.state = 'queued' AND t.queue = p_queue AND t.partition_key = p_key)
-        + {schema}.vtime_step(p_queue, p_key))
+        + {schema}.vtime_step(p_queue, p_key));
+END;
 $$;
 
 -- Move due scheduled tasks (delays, retries, crash backoff) into their queues,
