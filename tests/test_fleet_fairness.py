@@ -27,6 +27,20 @@ def max_overlap(intervals: list[tuple[datetime, datetime]]) -> int:
     return best
 
 
+def started_while_waiting(
+    db: psycopg.Connection[Any], column: str, late: str, busy: str, sent_at: datetime
+) -> int:
+    """How many ``busy`` tasks (by ``column``) started between ``sent_at`` and the start
+    of the last ``late`` task: the work the late group had to wait behind."""
+    finished = f"FROM attempts a JOIN finished_tasks f ON f.id = a.task_id WHERE f.{column} = %s"
+    last_late = db.execute(f"SELECT max(a.started_at) {finished}", (late,)).fetchone()[0]
+    row = db.execute(
+        f"SELECT count(*) {finished} AND a.started_at > %s AND a.started_at <= %s",
+        (busy, sent_at, last_late),
+    ).fetchone()
+    return int(row[0])
+
+
 def test_max_concurrency_holds_across_eight_racing_workers_without_serialising(
     fleet_app: Any, workers: Any, db: psycopg.Connection[Any]
 ) -> None:
@@ -75,15 +89,7 @@ def test_a_late_small_tenant_starts_before_the_flooded_one_runs_ten_fleets_more(
         what="B's 20 finished",
     )
     # Then all of B's tasks started before A ran another 10 x (fleet concurrency 8)
-    last_b = db.execute(
-        "SELECT max(a.started_at) FROM attempts a JOIN finished_tasks f ON f.id = a.task_id "
-        "WHERE f.partition_key = 'tenant-b'"
-    ).fetchone()[0]
-    a_meanwhile = db.execute(
-        "SELECT count(*) FROM attempts a JOIN finished_tasks f ON f.id = a.task_id "
-        "WHERE f.partition_key = 'tenant-a' AND a.started_at > %s AND a.started_at <= %s",
-        (sent_at, last_b),
-    ).fetchone()[0]
+    a_meanwhile = started_while_waiting(db, "partition_key", "tenant-b", "tenant-a", sent_at)
     assert a_meanwhile <= 80, a_meanwhile
 
 
@@ -107,15 +113,7 @@ def test_a_flooded_queue_does_not_starve_another_queue(
         timeout=60,
         what="the side queue finished",
     )
-    last_side = db.execute(
-        "SELECT max(a.started_at) FROM attempts a JOIN finished_tasks f ON f.id = a.task_id "
-        "WHERE f.queue = 'side'"
-    ).fetchone()[0]
-    flood_meanwhile = db.execute(
-        "SELECT count(*) FROM attempts a JOIN finished_tasks f ON f.id = a.task_id "
-        "WHERE f.queue = 'flood' AND a.started_at > %s AND a.started_at <= %s",
-        (sent_at, last_side),
-    ).fetchone()[0]
+    flood_meanwhile = started_while_waiting(db, "queue", "side", "flood", sent_at)
     assert flood_meanwhile <= 40, flood_meanwhile
 
 

@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 from uuid import UUID
 
 from tenure._worker.link import Link
@@ -158,6 +157,3 @@ class Heartbeat(Service):
         for task_id, attempt in list(self.holdings.snapshot().items()):
             self.lose(task_id, attempt, "self-fenced")
         return True
-
-    def status(self) -> dict[str, Any]:
-        return {"fenced": self.fenced, "silent_for": time.monotonic() - self.last_ok}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -30,7 +29,6 @@ class Held:
 
     claimed: Claimed
     context: TaskContext
-    claimed_at: float = field(default_factory=time.monotonic)
     started: bool = False  # False while prefetched: claimed but not yet running
     completing: bool = False  # outcome handed to the completer, not yet written
     thread: Future[Any] | None = None  # the pool job of a sync task while it runs

@@ -460,9 +460,6 @@ class Worker:
             "worker_drained worker=%s released=%d outcomes_written=%s", self.id, released, flushed
         )
 
-    def stats(self) -> dict[str, Any]:
-        return {"held": len(self.holdings.held), **self.holdings.counts}
-
 
 def run_worker(
     registry: Registry,
