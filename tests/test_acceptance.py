@@ -153,7 +153,8 @@ def test_sigterm_drains_finishing_or_releasing_without_spending_attempts(
 ) -> None:
     # Given worker A runs two short and two long tasks, and worker B is idle
     short = fleet_app.sleepy.send_many([{"s": 0.5}] * 2)
-    long = fleet_app.sleepy.send_many([{"s": 3}] * 2)
+    # (long enough to outlast B's start-up on a loaded machine, so A still runs them)
+    long = fleet_app.sleepy.send_many([{"s": 6}] * 2)
     a = workers("--lease", "2s", "--concurrency", "4", "--drain-timeout", "1.5s")
     a_id = worker_id_of(db, a.pid)
     eventually(lambda: len(running_held_by(db, a_id)) == 4, what="A runs all four")

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from tenure import DatabaseError, PayloadInvalid, Registry
-from tenure._db import sqlfiles
+from tenure._db import arrays, sqlfiles
 
 LEASE = timedelta(seconds=30)
 
@@ -494,3 +494,29 @@ def test_unreachable_database_is_one_clear_line(schema: str) -> None:
     message = str(err.value)
     assert message.startswith("cannot connect to PostgreSQL") and "\n" not in message
     assert "TENURE_DATABASE_URL" in message
+
+
+def test_batch_array_literals_round_trip_every_value(db: psycopg.Connection[Any]) -> None:
+    # Given values that need quoting in PostgreSQL's array syntax
+    texts = ["plain", None, 'a "quoted" word', "back\\slash", "", "NULL", " pad ", "ünï", "a,b}{"]
+    results = ["null", '{"k": "v\\"w"}', None, "[1, 2]"]
+    ints = [0, -1, 2**62, 7]
+    floats = [0.0, 1.5, 1e-7, 123456.789]
+    # When they are sent as the worker's batch literals
+    row = db.execute(
+        "SELECT %s::text[], %s::jsonb[], %s::bigint[], %s::float8[], %s::integer[]",
+        (
+            arrays.texts(texts),
+            arrays.texts(results),
+            arrays.ints(ints),
+            arrays.floats(floats),
+            arrays.ints([]),
+        ),
+    ).fetchone()
+    # Then PostgreSQL reads back exactly what was sent
+    assert row is not None
+    assert row[0] == texts
+    assert row[1] == [None, {"k": 'v"w'}, None, [1, 2]]
+    assert row[2] == ints
+    assert row[3] == floats
+    assert row[4] == []

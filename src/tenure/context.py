@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from dataclasses import dataclass, field
 
 from tenure.errors import TenureError
 
 
-@dataclass
 class TaskContext:
     """The attempt a task function is running as.
 
@@ -17,24 +15,75 @@ class TaskContext:
     takeover happened or the worker cut itself off); ``cancelled`` when an operator
     cancelled it; ``stop`` is set in both cases, and also on timeout or when a
     draining worker hands the task back. Long tasks should check ``stop`` between
-    steps and return early.
+    steps and return early. Each is a :class:`threading.Event`, made the first time
+    it is asked for (most tasks never ask), already set if its moment has passed.
     """
 
-    id: int
-    attempt: int
-    task_name: str
-    queue: str
-    lease_lost: threading.Event = field(default_factory=threading.Event)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    stop: threading.Event = field(default_factory=threading.Event)
+    __slots__ = ("id", "attempt", "task_name", "queue", "_events", "_marked")
+
+    def __init__(self, id: int, attempt: int, task_name: str, queue: str) -> None:
+        self.id = id
+        self.attempt = attempt
+        self.task_name = task_name
+        self.queue = queue
+        self._events: dict[str, threading.Event] | None = None
+        self._marked: set[str] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"TaskContext(id={self.id}, attempt={self.attempt}, "
+            f"task_name={self.task_name!r}, queue={self.queue!r})"
+        )
+
+    def _event(self, name: str) -> threading.Event:
+        events = self._events
+        if events is not None and name in events:
+            return events[name]
+        with _events_lock:
+            if self._events is None:
+                self._events = {}
+            event = self._events.get(name)
+            if event is None:
+                event = self._events[name] = threading.Event()
+                if self._marked is not None and name in self._marked:
+                    event.set()
+            return event
+
+    def _mark(self, *names: str) -> None:
+        with _events_lock:
+            if self._marked is None:
+                self._marked = set()
+            self._marked.update(names)
+            for name in names:
+                if self._events is not None and name in self._events:
+                    self._events[name].set()
+
+    @property
+    def lease_lost(self) -> threading.Event:
+        """Set when another owner holds this task now: stop, nothing more is recorded."""
+        return self._event("lease_lost")
+
+    @property
+    def cancelled(self) -> threading.Event:
+        """Set when an operator cancelled the task."""
+        return self._event("cancelled")
+
+    @property
+    def stop(self) -> threading.Event:
+        """Set when the attempt should end early, for whatever reason."""
+        return self._event("stop")
 
     def mark_lost(self) -> None:
-        self.lease_lost.set()
-        self.stop.set()
+        self._mark("lease_lost", "stop")
 
     def mark_cancelled(self) -> None:
-        self.cancelled.set()
-        self.stop.set()
+        self._mark("cancelled", "stop")
+
+    def mark_stop(self) -> None:
+        self._mark("stop")
+
+
+_events_lock = threading.Lock()
 
 
 _current: contextvars.ContextVar[TaskContext] = contextvars.ContextVar("tenure_current")

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from uuid import UUID
 
+from tenure._db import arrays
 from tenure._db.connect import backoff_delay, is_transient
 from tenure._worker.link import Link
 from tenure._worker.state import Held, Holdings
@@ -73,7 +74,7 @@ class Completer:
         self._submitted.add(key)
         held = self.holdings.held.get(outcome.task_id)
         if held is not None and held.claimed.attempt == outcome.attempt:
-            held.completing = True
+            self.holdings.complete(held)
         self.pending.append(outcome)
         self._idle.clear()
         self._wake.set()
@@ -83,12 +84,12 @@ class Completer:
             "task_complete_many",
             {
                 "worker": self.worker_id,
-                "ids": [o.task_id for o in batch],
-                "attempts": [o.attempt for o in batch],
-                "outcomes": [o.outcome for o in batch],
-                "results": [o.result for o in batch],
-                "errors": [o.error for o in batch],
-                "delays": [o.delay for o in batch],
+                "ids": arrays.ints(o.task_id for o in batch),
+                "attempts": arrays.ints(o.attempt for o in batch),
+                "outcomes": arrays.texts(o.outcome for o in batch),
+                "results": arrays.texts(o.result for o in batch),
+                "errors": arrays.texts(o.error for o in batch),
+                "delays": arrays.floats(o.delay for o in batch),
             },
         )
         return {int(r[0]): str(r[1]) for r in rows}

@@ -28,7 +28,7 @@ from tenure._worker.completer import Outcome
 from tenure._worker.processes import ChildDied, Job, ProcessPool
 from tenure._worker.state import Claimed
 from tenure._worker.threads import DaemonThreadPool
-from tenure.context import TaskContext, bind
+from tenure.context import TaskContext, _current, bind
 from tenure.errors import Discard, PayloadInvalid, RetryAfter
 from tenure.registry import Task
 
@@ -60,17 +60,17 @@ async def execute(
     on_thread: Callable[[Future[Any]], None] | None = None,
     processes: ProcessPool | None = None,
 ) -> Outcome:
-    """Run one attempt to its end and return its outcome (never raises).
+    """Run one attempt to its end and return its outcome (never raises). Await it
+    in an asyncio task of its own: an async task's context is set in the caller's.
 
     ``on_thread`` receives the pool job of a sync task, so the worker can let the
     pool replace its thread if the attempt is given up while the function runs.
     Tasks with ``isolation="process"`` run in ``processes``.
     """
     tid, attempt = claimed.id, claimed.attempt
-    retry_delay = task.options.backoff.delay(claimed.errors + 1).total_seconds()
     timeout = task.options.timeout.total_seconds() if task.options.timeout else None
     if task.options.isolation == "process" and processes is not None:
-        return await _in_process(task, claimed, processes, timeout, retry_delay)
+        return await _in_process(task, claimed, processes, timeout)
     try:
         payload = task.validate(claimed.payload)
     except Exception as exc:  # PayloadInvalid, or a validator that raised something else
@@ -83,9 +83,14 @@ async def execute(
         return Outcome(tid, attempt, "discarded", error=message)
     try:
         if task.is_async:
-            coro = task.fn(payload)
-            runner = asyncio.create_task(coro, context=bind(ctx))
-            result = await asyncio.wait_for(runner, timeout)
+            # The caller runs each attempt in an asyncio task of its own, so the
+            # attempt's context is set here and the function is awaited in place.
+            _current.set(ctx)
+            if timeout is None:
+                result = await task.fn(payload)
+            else:
+                async with asyncio.timeout(timeout):
+                    result = await task.fn(payload)
         else:
             job = pool.submit(bind(ctx).run, task.fn, payload)
             if on_thread is not None:
@@ -97,8 +102,8 @@ async def execute(
                 pool.abandon(job)
                 raise
     except TimeoutError:
-        ctx.stop.set()
-        return _timed_out(claimed, timeout, retry_delay)
+        ctx.mark_stop()
+        return _timed_out(claimed, timeout, _retry_delay(task, claimed))
     except RetryAfter as exc:
         reason = exc.reason.replace("\x00", "\\0")
         return Outcome(tid, attempt, "error", error=reason, delay=exc.delay.total_seconds())
@@ -112,13 +117,24 @@ async def execute(
             attempt,
             "error",
             error=_error_text(exc),
-            delay=retry_delay,
+            delay=_retry_delay(task, claimed),
         )
     try:
         encoded = pydantic_core.to_json(result).decode()
     except pydantic_core.PydanticSerializationError as exc:
-        return Outcome(tid, attempt, "error", error=f"result is not JSON: {exc}", delay=retry_delay)
+        return Outcome(
+            tid,
+            attempt,
+            "error",
+            error=f"result is not JSON: {exc}",
+            delay=_retry_delay(task, claimed),
+        )
     return Outcome(tid, attempt, "succeeded", result=_json_text(encoded))
+
+
+def _retry_delay(task: Task[Any, Any], claimed: Claimed) -> float:
+    """Seconds before the retry of an attempt that ends in error (asked only then)."""
+    return task.options.backoff.delay(claimed.errors + 1).total_seconds()
 
 
 def _timed_out(claimed: Claimed, timeout: float | None, retry_delay: float) -> Outcome:
@@ -137,7 +153,6 @@ async def _in_process(
     claimed: Claimed,
     processes: ProcessPool,
     timeout: float | None,
-    retry_delay: float,
 ) -> Outcome:
     """Run one attempt in a task process; a timeout kills the process."""
     tid, attempt = claimed.id, claimed.attempt
@@ -153,9 +168,9 @@ async def _in_process(
     try:
         reply = await processes.run(job, timeout)
     except TimeoutError:
-        return _timed_out(claimed, timeout, retry_delay)
+        return _timed_out(claimed, timeout, _retry_delay(task, claimed))
     except ChildDied as exc:
-        return Outcome(tid, attempt, "error", error=str(exc), delay=retry_delay)
+        return Outcome(tid, attempt, "error", error=str(exc), delay=_retry_delay(task, claimed))
     text = reply.text.replace("\x00", "\\0")
     if reply.kind == "ok":
         return Outcome(tid, attempt, "succeeded", result=_json_text(reply.text))
@@ -163,4 +178,4 @@ async def _in_process(
         return Outcome(tid, attempt, "discarded", error=text)
     if reply.kind == "retry_after":
         return Outcome(tid, attempt, "error", error=text, delay=reply.delay)
-    return Outcome(tid, attempt, "error", error=text, delay=retry_delay)
+    return Outcome(tid, attempt, "error", error=text, delay=_retry_delay(task, claimed))

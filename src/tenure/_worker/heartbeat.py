@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from uuid import UUID
 
+from tenure._db import arrays
 from tenure._worker.link import Link
 from tenure._worker.service import Service
 from tenure._worker.state import Held, Holdings
@@ -77,8 +78,8 @@ class Heartbeat(Service):
                     "held": len(self.holdings.held),
                     "running": self.holdings.running(),
                     "lease": self.lease,
-                    "ids": list(snapshot),
-                    "attempts": list(snapshot.values()),
+                    "ids": arrays.ints(snapshot),
+                    "attempts": arrays.ints(snapshot.values()),
                     "orphan_after": self.lease / 2,
                 },
             )

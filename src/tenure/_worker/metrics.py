@@ -20,8 +20,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +91,9 @@ class Histogram:
         self.n += 1
 
 
+_NO_SPAN = nullcontext()
+
+
 class Metrics:
     """The counters one worker process keeps, and their rendering for a scrape."""
 
@@ -113,27 +115,27 @@ class Metrics:
         if event in LABELED and held is not None:
             self.labeled[(event, held.claimed.queue, held.claimed.task_name)] += 1
 
-    @contextmanager
-    def timed(self, row: Claimed) -> Iterator[None]:
-        """Time one task run (and trace it when OpenTelemetry is present)."""
-        span: Any = nullcontext()
-        if self._tracer is not None:
-            span = self._tracer.start_as_current_span(
-                f"tenure.task {row.task_name}",
-                attributes={
-                    "tenure.task_id": row.id,
-                    "tenure.task_name": row.task_name,
-                    "tenure.queue": row.queue,
-                    "tenure.attempt": row.attempt,
-                },
-            )
-        started = time.monotonic()
-        try:
-            with span:
-                yield
-        finally:
-            key = (row.queue, row.task_name)
-            self.durations.setdefault(key, Histogram()).observe(time.monotonic() - started)
+    def span(self, row: Claimed) -> AbstractContextManager[Any]:
+        """A trace span for one task run when OpenTelemetry is present, else a no-op."""
+        if self._tracer is None:
+            return _NO_SPAN
+        return self._tracer.start_as_current_span(  # type: ignore[no-any-return]
+            f"tenure.task {row.task_name}",
+            attributes={
+                "tenure.task_id": row.id,
+                "tenure.task_name": row.task_name,
+                "tenure.queue": row.queue,
+                "tenure.attempt": row.attempt,
+            },
+        )
+
+    def observe(self, row: Claimed, seconds: float) -> None:
+        """Count one task run's duration."""
+        key = (row.queue, row.task_name)
+        histogram = self.durations.get(key)
+        if histogram is None:
+            histogram = self.durations[key] = Histogram()
+        histogram.observe(seconds)
 
     # -- queue depth ---------------------------------------------------------------
 

@@ -25,7 +25,11 @@ class Claimed:
 
 @dataclass
 class Held:
-    """An attempt this worker holds a lease on, from claim until its outcome is written."""
+    """An attempt this worker holds a lease on, from claim until its outcome is written.
+
+    ``started`` and ``completing`` change only through :class:`Holdings`, which keeps
+    the counts of running and waiting attempts as they change.
+    """
 
     claimed: Claimed
     context: TaskContext
@@ -36,18 +40,46 @@ class Held:
 
 @dataclass
 class Holdings:
-    """The held attempts by task id, plus event counters (names match the log events)."""
+    """The held attempts by task id, plus event counters (names match the log events).
+
+    The claim loop asks for the running and waiting counts after every task, so they
+    are kept up to date rather than counted over ``held``.
+    """
 
     held: dict[int, Held] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)
+    _running: int = 0
+    _open: int = 0  # held and outcome not yet handed over
+
+    def add(self, held: Held) -> None:
+        """A newly claimed attempt; it replaces an older attempt of the same task."""
+        older = self.held.get(held.claimed.id)
+        if older is not None:
+            self.drop(held.claimed.id, older.claimed.attempt)
+        self.held[held.claimed.id] = held
+        self._open += 1
+
+    def start(self, held: Held) -> None:
+        """The attempt's function begins to run."""
+        if not held.started and not held.completing:
+            self._running += 1
+        held.started = True
+
+    def complete(self, held: Held) -> None:
+        """The attempt's outcome has been handed to the completer."""
+        if not held.completing:
+            self._open -= 1
+            if held.started:
+                self._running -= 1
+        held.completing = True
 
     def running(self) -> int:
         """Attempts whose function is running now."""
-        return sum(1 for h in self.held.values() if h.started and not h.completing)
+        return self._running
 
     def waiting_or_running(self) -> int:
         """Attempts that occupy a slot or wait for one (held, outcome not yet known)."""
-        return sum(1 for h in self.held.values() if not h.completing)
+        return self._open
 
     def snapshot(self) -> dict[int, int]:
         """Task id to attempt for every lease this worker holds."""
@@ -57,5 +89,6 @@ class Holdings:
         held = self.held.get(task_id)
         if held is not None and held.claimed.attempt == attempt:
             del self.held[task_id]
+            self.complete(held)
             return held
         return None

@@ -300,7 +300,7 @@ class Worker:
 
     def _hold(self, row: Claimed) -> None:
         ctx = TaskContext(row.id, row.attempt, row.task_name, row.queue)
-        self.holdings.held[row.id] = Held(row, ctx)
+        self.holdings.add(Held(row, ctx))
         self.holdings.counts["task_claimed"] += 1
         self.metrics.claimed(row)
         log.debug(
@@ -319,7 +319,7 @@ class Worker:
             held = self.holdings.held.get(row.id)
             if held is None or held.claimed.attempt != row.attempt:
                 continue  # lost while it waited: nothing to run
-            held.started = True
+            self.holdings.start(held)
             runner = asyncio.create_task(self._run_task(row, held), name=f"task-{row.id}")
             self._runners[(row.id, row.attempt)] = runner
 
@@ -330,10 +330,14 @@ class Worker:
             def on_thread(job: Any) -> None:
                 held.thread = job
 
-            with self.metrics.timed(row):
-                outcome = await execute(
-                    task, row, held.context, self.pool, on_thread, self.processes
-                )
+            started = time.monotonic()
+            try:
+                with self.metrics.span(row):
+                    outcome = await execute(
+                        task, row, held.context, self.pool, on_thread, self.processes
+                    )
+            finally:
+                self.metrics.observe(row, time.monotonic() - started)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug of ours must not strand the task as running
@@ -450,7 +454,7 @@ class Worker:
             runner.cancel()
             if held is None or held.claimed.attempt != attempt:
                 continue
-            held.context.stop.set()
+            held.context.mark_stop()
             self.completer.submit(Outcome(task_id, attempt, "released"))
             released += 1
         if self._runners:
