@@ -167,8 +167,15 @@ def peer_python(name: str) -> Path:
     return python
 
 
+# Peers run in more than one configuration: name -> (adapter, the flags it adds).
+PEER_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "pgqueuer10": ("pgqueuer", ("--batch-size", "10")),  # PgQueuer's own default
+}
+
+
 def adapter(name: str, *args: str) -> list[str]:
-    return [str(peer_python(name)), str(ADAPTERS / f"{name}_adapter.py"), *args]
+    base, extra = PEER_VARIANTS.get(name, (name, ()))
+    return [str(peer_python(base)), str(ADAPTERS / f"{base}_adapter.py"), *args, *extra]
 
 
 def adapter_json(name: str, *args: str) -> dict[str, Any]:

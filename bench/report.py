@@ -15,7 +15,8 @@ from bench.harness import ROOT, console, median, percentile
 RESULTS = ROOT / "bench" / "results"
 NAMES = {
     "tenure": "tenure",
-    "pgqueuer": "PgQueuer",
+    "pgqueuer": "PgQueuer (batch 100)",
+    "pgqueuer10": "PgQueuer (batch 10, its default)",
     "procrastinate": "Procrastinate",
     "celery": "Celery+Redis",
     "floor": "SQL floor",
@@ -55,7 +56,7 @@ def tables(r: dict[str, Any]) -> list[str]:
     )
     out.append("|---|---:|---:|---:|---:|---:|---:|")
     te = enq.get("tenure", {})
-    for key in ("tenure", "pgqueuer", "procrastinate", "celery", "floor"):
+    for key in NAMES:
         if key not in drain and key not in enq:
             continue
         d, e = drain.get(key, {}), enq.get(key, {})
@@ -89,6 +90,7 @@ def tables(r: dict[str, Any]) -> list[str]:
             )
         )
 
+    vs("pgqueuer10", 3, "3×")
     vs("pgqueuer", 3, "3×")
     vs("procrastinate", 10, "10×")
     vs("celery", 1, "")

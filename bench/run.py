@@ -133,7 +133,8 @@ class Bench:
 
     def peer_drain(self, name: str, procs: int) -> h.Drain:
         a = self.args
-        backlog = a.backlog if name == "pgqueuer" else a.slow_backlog
+        pgqueuer = name.startswith("pgqueuer")
+        backlog = a.backlog if pgqueuer else a.slow_backlog
         if name == "celery":
             return self._celery_drain(procs, backlog)
         with h.fresh_database(self.dsn, f"bench_{name}") as dsn:
@@ -145,14 +146,12 @@ class Bench:
                 )
                 with psycopg.connect(dsn, autocommit=True) as pdb:
                     pdb.execute(
-                        "TRUNCATE pgqueuer"
-                        if name == "pgqueuer"
-                        else "DELETE FROM procrastinate_jobs"
+                        "TRUNCATE pgqueuer" if pgqueuer else "DELETE FROM procrastinate_jobs"
                     )
             fill = h.adapter_json(name, "enqueue", dsn, str(backlog), "batch")
             self.r["enqueue"].setdefault(name, {}).setdefault("batch", []).append(fill["rate"])
             with psycopg.connect(dsn, autocommit=True) as pdb:
-                if name == "pgqueuer":
+                if pgqueuer:
                     pdb.execute("ANALYZE pgqueuer")
 
                     def done() -> int:
@@ -538,7 +537,11 @@ def main() -> int:
     p.add_argument("--deploy-seconds", type=float, default=30.0, help="rolling stream (30 s)")
     p.add_argument("--scale-window", type=float, default=5.0, help="scale-out window (5 s)")
     p.add_argument("--scale-repeats", type=int, default=1, help="scale-out runs per N (1)")
-    p.add_argument("--peers", default="pgqueuer,procrastinate,celery", help="peers to run")
+    p.add_argument(
+        "--peers",
+        default="pgqueuer,pgqueuer10,procrastinate,celery",
+        help="peers to run (pgqueuer10: PgQueuer at its default batch size of 10)",
+    )
     p.add_argument(
         "--phases",
         default="drain,latency,takeover,rolling,scale,footprint",

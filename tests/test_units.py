@@ -10,6 +10,8 @@ import pytest
 from tenure import Backoff, ConfigError, PayloadInvalid, Registry
 from tenure._durations import as_timedelta, parse_duration
 from tenure._worker.config import WorkerConfig
+from tenure._worker.state import Claimed, Held, Holdings
+from tenure.context import TaskContext
 
 
 @pytest.mark.parametrize(
@@ -118,3 +120,49 @@ def test_a_task_takes_exactly_one_payload_parameter() -> None:
 def test_schema_names_must_be_plain_identifiers() -> None:
     with pytest.raises(ConfigError, match="schema:"):
         Registry("postgresql://unused", schema='x"; drop table y; --')
+
+
+def _held(task_id: int, attempt: int = 1) -> Held:
+    row = Claimed(task_id, "t", "q", {}, attempt, 0, 0)
+    return Held(row, TaskContext(task_id, attempt, "t", "q"))
+
+
+def test_holdings_counts_follow_claim_start_outcome_and_loss() -> None:
+    # Given three claimed attempts, two of them started
+    h = Holdings()
+    a, b, c = _held(1), _held(2), _held(3)
+    for held in (a, b, c):
+        h.add(held)
+    h.start(a)
+    h.start(b)
+    h.start(b)  # starting twice counts once
+    assert (h.running(), h.waiting_or_running()) == (2, 3)
+    # When one outcome is handed over, twice, and a waiting one is lost
+    h.complete(a)
+    h.complete(a)
+    assert h.drop(3, 1) is c
+    # Then only the other running attempt still counts
+    assert (h.running(), h.waiting_or_running()) == (1, 1)
+    # And writing the handed-over outcome changes nothing more
+    assert h.drop(1, 1) is a
+    assert (h.running(), h.waiting_or_running()) == (1, 1)
+    # And a new attempt of a held task replaces the old one
+    h.add(_held(2, attempt=2))
+    assert (h.running(), h.waiting_or_running()) == (0, 1)
+    assert h.drop(2, 1) is None and h.snapshot() == {2: 2}
+
+
+def test_task_context_events_reflect_marks_made_before_and_after_first_use() -> None:
+    # Given one context marked before anyone asked for its events
+    early = TaskContext(1, 1, "t", "q")
+    early.mark_lost()
+    # Then the events it hands out later are already set
+    assert early.lease_lost.is_set() and early.stop.is_set()
+    assert not early.cancelled.is_set()
+    # And a context whose event a task holds sees a later mark
+    late = TaskContext(2, 1, "t", "q")
+    stop = late.stop
+    assert not stop.is_set()
+    late.mark_cancelled()
+    assert stop.is_set() and late.cancelled.is_set() and late.stop is stop
+    assert not late.lease_lost.is_set()
