@@ -16,6 +16,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 from uuid import UUID
 
 from tenure._db import arrays
@@ -29,8 +30,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 500
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """How one attempt ended, as the completer writes it."""
 
     task_id: int
