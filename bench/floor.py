@@ -9,11 +9,16 @@ this machine and database; the harness counts history rows to get the rate.
 
     python bench/floor.py setup DSN SCHEMA N
     python bench/floor.py worker DSN SCHEMA [--batch 100]
+    python bench/floor.py single DSN SCHEMA N
+
+``single`` is the floor of a one-by-one send: N single-row INSERTs into the hot
+table, each its own durable commit (as ``send`` is), and prints the rate as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import time
@@ -66,7 +71,7 @@ def stop(signum: int, frame: FrameType | None) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["setup", "worker"])
+    parser.add_argument("mode", choices=["setup", "worker", "single"])
     parser.add_argument("dsn")
     parser.add_argument("schema")
     parser.add_argument("n", type=int, nargs="?", default=0)
@@ -78,6 +83,14 @@ def main() -> int:
             conn.execute(sql.SQL(SETUP).format(s=s))
             conn.execute(sql.SQL(FILL).format(s=s), [args.n])
             conn.execute(sql.SQL("ANALYZE {s}.hot").format(s=s))
+            return 0
+        if args.mode == "single":
+            insert = sql.SQL("INSERT INTO {s}.hot (payload) VALUES (%s::jsonb)").format(s=s)
+            conn.execute(insert, ["{}"])
+            t0 = time.perf_counter()
+            for _ in range(args.n):
+                conn.execute(insert, ["{}"])
+            print(json.dumps({"rate": args.n / (time.perf_counter() - t0)}), flush=True)
             return 0
         signal.signal(signal.SIGTERM, stop)
         conn.execute("SET synchronous_commit = off")

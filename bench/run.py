@@ -15,8 +15,10 @@ so figures are noisy: read the ratios, which come from the same run.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -90,6 +92,17 @@ class Bench:
             self.t.noop.send({})
         return n / (time.perf_counter() - t0)
 
+    def floor_single(self) -> float:
+        """One-row INSERTs, each committed durably: what any send is bound by here."""
+        floor = [sys.executable, str(h.ROOT / "bench" / "floor.py")]
+        subprocess.run([*floor, "setup", self.dsn, FLOOR_SCHEMA, "0"], check=True)
+        out = subprocess.run(
+            [*floor, "single", self.dsn, FLOOR_SCHEMA, str(self.args.single)],
+            check=True,
+            capture_output=True,
+        )
+        return float(json.loads(out.stdout.decode().strip().splitlines()[-1])["rate"])
+
     def tenure_drain(self, procs: int) -> h.Drain:
         a = self.args
         self.reset()
@@ -114,8 +127,6 @@ class Bench:
     def floor_drain(self, procs: int) -> h.Drain:
         a = self.args
         floor = [sys.executable, str(h.ROOT / "bench" / "floor.py")]
-        import subprocess
-
         subprocess.run([*floor, "setup", self.dsn, FLOOR_SCHEMA, str(a.floor_backlog)], check=True)
         try:
             with h.fleet("floor") as fleet:
@@ -209,9 +220,16 @@ class Bench:
         for name in systems:
             self.r["drain"][name] = {1: [], 2: []}
         with h.phase("enqueue: single send", self.r["loads"]):
-            rates = [self.tenure_single() for _ in range(a.repeats)]
+            rates, floors = [], []
+            for _ in range(a.repeats):  # interleaved, so drift hits both alike
+                rates.append(self.tenure_single())
+                floors.append(self.floor_single())
             self.r["enqueue"].setdefault("tenure", {})["single"] = rates
+            self.r["enqueue"].setdefault("floor", {})["single"] = floors
             console.print(f"tenure send ×{a.single}: " + ", ".join(f"{x:.0f}/s" for x in rates))
+            console.print(
+                f"bare INSERT + commit ×{a.single}: " + ", ".join(f"{x:.0f}/s" for x in floors)
+            )
         for repeat in range(a.repeats):
             with h.phase(f"drain, run {repeat + 1}/{a.repeats}", self.r["loads"]):
                 for procs in (1, 2):
