@@ -173,12 +173,12 @@ class Campaign:
             self.slots["proxied"] = Slot("proxied", "proxied", dsn, args, self.schema, logs)
         if "partition" in cfg.kinds:
             netns.sweep()
-            ns = netns.Namespace(1 + cfg.seed % 200)
-            self.namespaces.append(ns)
-            proxy = Proxy(self.socket, listen_host=ns.host_addr, seed=cfg.seed + 1)
-            self.proxies.append(proxy)
-            dsn = f"postgresql://postgres@{ns.host_addr}:{proxy.port}/postgres"
-            self.slots["netns"] = Slot("netns", "netns", dsn, args, self.schema, logs, ns)
+            host = netns.Host(1 + cfg.seed % 200, self.dsn, seed=cfg.seed + 1)
+            self.namespaces.append(host.namespace)
+            self.proxies.append(host.proxy)
+            self.slots["netns"] = Slot(
+                "netns", "netns", host.dsn, args, self.schema, logs, host.namespace
+            )
         if "clock" in cfg.kinds:
             self.slots["skewed"] = Slot(
                 "skewed", "skewed", self.dsn, args, self.schema, logs,

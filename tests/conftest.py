@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -115,6 +115,7 @@ class WorkerProcess:
         log_dir: Path,
         *args: str,
         app: str = "tests.apps.fleet:reg",
+        prefix: Sequence[str] = (),
     ) -> None:
         self.log_path = log_dir / f"worker-{uuid.uuid4().hex[:8]}.log"
         env = {
@@ -125,7 +126,7 @@ class WorkerProcess:
         }
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tenure", "worker", app, *args],
+            [*prefix, sys.executable, "-m", "tenure", "worker", app, *args],
             cwd=ROOT,
             env=env,
             stdout=self._log,
@@ -162,13 +163,21 @@ class WorkerProcess:
 def workers(
     database_url: str, schema: str, tmp_path: Path
 ) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start worker processes with ``workers("--lease", "2s", ...)``; all stopped at the end."""
+    """Start worker processes with ``workers("--lease", "2s", ...)``; all stopped at the end.
+
+    ``dsn`` replaces the test database's URL and ``prefix`` wraps the command (a worker
+    on another host: ``prefix=namespace.command([])``)."""
     started: list[WorkerProcess] = []
 
-    def start(*args: str, app: str = "tests.apps.fleet:reg") -> WorkerProcess:
+    def start(
+        *args: str,
+        app: str = "tests.apps.fleet:reg",
+        dsn: str | None = None,
+        prefix: Sequence[str] = (),
+    ) -> WorkerProcess:
         if POOLED:
             args = (*args, "--poll-only", "--poll-interval", "200ms")
-        w = WorkerProcess(database_url, schema, tmp_path, *args, app=app)
+        w = WorkerProcess(dsn or database_url, schema, tmp_path, *args, app=app, prefix=prefix)
         started.append(w)
         return w
 

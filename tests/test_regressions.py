@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
+import time
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -13,9 +16,12 @@ import psycopg
 import pytest
 
 from tenure import Registry
+from tenure._db.migrate import migrate
 from tenure._maintenance.reaper import BATCH, Reaper
+from tenure._worker.heartbeat import Heartbeat
 from tenure._worker.link import Link
-from tests.conftest import ROOT, eventually
+from tenure._worker.state import Holdings
+from tests.conftest import ROOT, direct_url, eventually
 from tests.test_queue import FakeWorker
 
 
@@ -243,3 +249,45 @@ def test_done_notifications_are_sent_only_for_tasks_someone_waits_for(
         w.complete(b.id, claimed[b.id])
         notes = list(listener.notifies(timeout=2, stop_after=1))
     assert [x.payload for x in notes] == [str(b.id)]
+
+
+def test_a_renewal_answered_after_most_of_a_lease_does_not_end_self_fencing(
+    database_url: str, db: psycopg.Connection[Any], schema: str
+) -> None:
+    # Before: a renewal stuck on a dead link was answered once the link came back, and
+    # that late answer ended self-fencing; the watchdog fenced again a moment later
+    # (the renewal had been sent long ago) and dropped what the worker claimed between.
+    migrate(db, schema)
+    app = f"tenure-late-{os.getpid()}"
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        link = Link(direct_url(database_url), schema, "late")
+        beat = Heartbeat(link, Holdings(), uuid.uuid4(), timedelta(seconds=1), timedelta(0.3))
+        try:
+            await beat.run_once()  # the link is open and answers
+            row = db.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (app,)
+            ).fetchone()
+            assert row is not None
+            # Given a renewal that hangs for over a lease, so the worker fences itself
+            os.kill(row[0], signal.SIGSTOP)
+            try:
+                late = asyncio.create_task(beat.run_once())
+                await asyncio.sleep(0)  # it is sent
+                sent = time.monotonic()
+                while time.monotonic() - sent < 1.0 or not beat.check_self_fence():
+                    assert time.monotonic() - sent < 10
+                    await asyncio.sleep(0.05)
+                fenced_while_stuck = beat.fenced
+            finally:
+                os.kill(row[0], signal.SIGCONT)
+            # When its answer arrives late, Then the worker stays fenced
+            await late
+            fenced_after_late_answer = beat.fenced
+            # And a renewal sent now ends it
+            await beat.run_once()
+            return fenced_while_stuck, fenced_after_late_answer, beat.fenced
+        finally:
+            await link.close()
+
+    assert asyncio.run(scenario()) == (True, True, False)

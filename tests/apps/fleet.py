@@ -26,6 +26,14 @@ def sleepy(payload: dict) -> float:
 
 
 @reg.task(queue="work")
+def sleepy_where(payload: dict) -> int:
+    """Sleep ``s`` seconds (``later_s`` in a later attempt); return the worker's pid."""
+    later = tenure.current().attempt > 1 and "later_s" in payload
+    time.sleep(float(payload["later_s"] if later else payload.get("s", 0)))
+    return os.getpid()
+
+
+@reg.task(queue="work")
 async def async_sleepy(payload: dict) -> str:
     await asyncio.sleep(float(payload.get("s", 0)))
     return "done"

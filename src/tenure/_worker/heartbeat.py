@@ -8,7 +8,8 @@ Rules:
   completer reports their fate.
 - If no heartbeat has succeeded for most of a lease, the worker cuts itself off
   (self-fencing) before the database could consider its leases expired: every held
-  task is marked lost and claiming pauses until a heartbeat succeeds again.
+  task is marked lost and claiming pauses until a heartbeat sent less than that long
+  ago succeeds (a late answer to an old one proves nothing about the link now).
 - Rows the database says this worker owns but the worker does not hold (a claim
   whose answer was lost, tasks dropped while self-fenced) are handed back once they
   are half a lease old, without counting a crash.
@@ -86,9 +87,12 @@ class Heartbeat(Service):
         except Exception:
             self.check_self_fence()
             raise
-        # The database set the new expiries at or after `sent`: count from there.
+        # The database set the new expiries at or after `sent`: count from there. An
+        # answer that took most of a lease to come back (a link just restored delivers
+        # renewals sent long ago) does not lift self-fencing: the next one, sent now, does.
         self.last_ok = sent
-        if self.fenced:
+        fresh = time.monotonic() - sent < SELF_FENCE_FRACTION * self.lease.total_seconds()
+        if self.fenced and fresh:
             log.info("worker_reconnected worker=%s", self.worker_id)
             self.fenced = False
         renewed: set[int] = set(rows[0][1]) if rows else set()
