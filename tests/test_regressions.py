@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from tenure import Registry
+from tenure._db import sqlfiles
 from tenure._maintenance.reaper import BATCH, Reaper
 from tenure._worker.link import Link
 from tests.conftest import ROOT, eventually
@@ -243,3 +244,33 @@ def test_done_notifications_are_sent_only_for_tasks_someone_waits_for(
         w.complete(b.id, claimed[b.id])
         notes = list(listener.notifies(timeout=2, stop_after=1))
     assert [x.payload for x in notes] == [str(b.id)]
+
+
+def test_the_unknown_task_check_reads_statistics_not_a_deep_backlog(
+    fleet_app: Any, db: psycopg.Connection[Any], schema: str
+) -> None:
+    fleet_app.sleepy.send({})  # migrate
+    client = fleet_app.reg.client
+    params = {"queues": ["work"], "names": ["known", fleet_app.sleepy.name]}
+    # Given a small backlog with 30 tasks no worker registered: read from the rows
+    db.execute("""
+        INSERT INTO tasks (task_name, queue, payload, max_attempts, max_crashes)
+        SELECT 'ghost', 'work', '{}', 5, 3 FROM generate_series(1, 30)""")
+    assert client.execute("tasks_unknown", params) == [("ghost",)]
+    # Given a deep one (past 16 MB) whose statistics are fresh
+    db.execute("""
+        INSERT INTO tasks (task_name, queue, payload, max_attempts, max_crashes)
+        SELECT CASE WHEN g % 40 = 0 THEN 'ghost' ELSE 'known' END, 'work',
+               '{"padding": "................................................"}', 5, 3
+        FROM generate_series(1, 120000) g""")
+    db.execute("ANALYZE tasks")
+    size = db.execute("SELECT pg_relation_size('tasks')").fetchone()
+    assert size is not None and size[0] > 16 * 2**20
+    # When the check runs, Then it names the unknown task without scanning the table
+    assert client.execute("tasks_unknown", params) == [("ghost",)]
+    query = sqlfiles.query("tasks_unknown", schema)
+    plan = "\n".join(
+        r[0] for r in db.execute(b"EXPLAIN (ANALYZE, COSTS OFF) " + query, params).fetchall()
+    )
+    scan = next(line for line in plan.splitlines() if "Seq Scan on tasks" in line)
+    assert "never executed" in scan, plan

@@ -625,3 +625,33 @@ BEGIN
     RETURN coalesce(v_state, 'missing');
 END;
 $$;
+
+-- Count one queue's rows in one state, in tasks or finished_tasks: exactly up to
+-- p_cap (a bounded scan that stops at p_cap + 1 rows), else the planner's estimate
+-- (from tasks_queue_name_state; never below what was counted) with estimated set.
+-- oldest is the earliest created_at among the rows counted: the queue's oldest when
+-- the count is exact, a lower bound on its age otherwise. Status pages call this so
+-- they stay fast over millions of queued or finished rows.
+CREATE OR REPLACE FUNCTION {schema}.count_capped(p_table text, p_queue text, p_state text,
+                                                 p_cap integer, OUT n bigint,
+                                                 OUT estimated boolean, OUT oldest timestamptz)
+LANGUAGE plpgsql AS $$  -- not STABLE: EXPLAIN is refused inside a non-volatile function
+DECLARE
+    v_from text;
+    v_plan json;
+BEGIN
+    IF p_table NOT IN ('tasks', 'finished_tasks') THEN
+        RAISE EXCEPTION 'count_capped: % is not a task table', p_table;
+    END IF;
+    v_from := format('FROM {schema}.%I t WHERE t.queue = %L AND t.state = %L',
+                     p_table, p_queue, p_state);
+    EXECUTE format('SELECT count(*), min(s.created_at) FROM (SELECT t.created_at %s LIMIT %s) s',
+                   v_from, p_cap + 1)
+        INTO n, oldest;
+    estimated := n > p_cap;
+    IF estimated THEN
+        EXECUTE 'EXPLAIN (FORMAT JSON) SELECT 1 ' || v_from INTO v_plan;
+        n := greatest(n, (v_plan -> 0 -> 'Plan' ->> 'Plan Rows')::numeric::bigint);
+    END IF;
+END;
+$$;
