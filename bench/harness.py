@@ -246,13 +246,13 @@ def tenure_env(dsn: str, schema: str, log: Path | None = None) -> dict[str, str]
     return env
 
 
-def tenure_worker_cmd(flags: list[str]) -> list[str]:
+def tenure_worker_cmd(flags: list[str], app: str = "bench.bench_tasks:reg") -> list[str]:
     return [
         sys.executable,
         "-m",
         "tenure",
         "worker",
-        "bench.bench_tasks:reg",
+        app,
         *flags,
         "--log-level",
         "warning",

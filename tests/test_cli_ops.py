@@ -90,7 +90,7 @@ def test_prune_older_than(cli: Any, fleet_app: Any, db: psycopg.Connection[Any])
         SELECT -g, 'x', 'work', '{}', 0, 'succeeded', 1, 0, 0, now() - interval '9 days',
                now() - CASE WHEN g <= 7 THEN interval '8 days' ELSE interval '1 day' END
         FROM generate_series(1, 10) g""")
-    assert "pruned 7 finished tasks in 1 batch of at most 5000" in cli(
+    assert "pruned 7 finished tasks in 1 batch of at most 1000" in cli(
         "prune", "--older-than", "7d"
     )
     assert db.execute("SELECT count(*) FROM finished_tasks").fetchone() == (3,)

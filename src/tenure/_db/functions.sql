@@ -645,7 +645,9 @@ BEGIN
     END IF;
     v_from := format('FROM {schema}.%I t WHERE t.queue = %L AND t.state = %L',
                      p_table, p_queue, p_state);
-    EXECUTE format('SELECT count(*), min(s.created_at) FROM (SELECT t.created_at %s LIMIT %s) s',
+    -- finished rows need no age: counting them can then read the index alone
+    EXECUTE format('SELECT count(*), min(s.created_at) FROM (SELECT %s AS created_at %s LIMIT %s) s',
+                   CASE WHEN p_table = 'tasks' THEN 't.created_at' ELSE 'NULL::timestamptz' END,
                    v_from, p_cap + 1)
         INTO n, oldest;
     estimated := n > p_cap;
