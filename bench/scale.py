@@ -615,7 +615,8 @@ def write(report: Report, args: argparse.Namespace, began: str) -> Path:
     lines = [
         "# tenure at scale: a large fleet and a deep backlog",
         "",
-        f"`make bench-scale` ({' '.join(sys.argv[1:]) or 'defaults'}); {os.cpu_count()} cores; "
+        f"`make bench-scale` ({' '.join(sys.argv[1:]) or 'defaults'}) at tenure {h.revision()}; "
+        f"{os.cpu_count()} cores; "
         f"load average at start {began}, at end {h.load()}.",
         "",
         "| figure | value |",

@@ -105,8 +105,9 @@ def test_status_estimates_counts_above_the_cap_and_says_so(
     db.execute("""
         INSERT INTO finished_tasks (id, task_name, queue, payload, priority, state, attempt,
                                     errors, crashes, created_at, finished_at)
-        SELECT -g, 'x', 'work', '{}', 0, 'failed', 1, 1, 0, now(), now()
-        FROM generate_series(1, 40) g""")
+        SELECT -g, 'x', CASE WHEN g <= 40 THEN 'work' ELSE 'only-failures' END, '{}', 0,
+               'failed', 1, 1, 0, now(), now()
+        FROM generate_series(1, 42) g""")
     db.execute("ANALYZE tasks")
     db.execute("ANALYZE finished_tasks")
 
@@ -114,6 +115,9 @@ def test_status_estimates_counts_above_the_cap_and_says_so(
     exact = cli("status")
     row = next(line for line in exact.splitlines() if " work " in line)
     assert " 300 " in row and " 40 " in row and "~" not in exact
+    # And a queue that holds nothing but failures is found too (by its index, not a scan)
+    row = next(line for line in exact.splitlines() if " only-failures " in line)
+    assert " 2 " in row
     assert "~ estimate" not in exact
 
     # When the cap is below both counts, Then both are the planner's estimates, marked ~

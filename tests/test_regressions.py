@@ -274,3 +274,21 @@ def test_the_unknown_task_check_reads_statistics_not_a_deep_backlog(
     )
     scan = next(line for line in plan.splitlines() if "Seq Scan on tasks" in line)
     assert "never executed" in scan, plan
+
+
+def test_queue_depth_for_metrics_is_estimated_over_a_deep_backlog(
+    fleet_app: Any, db: psycopg.Connection[Any]
+) -> None:
+    # Given more queued tasks than the metrics count exactly (10,000), and fresh statistics
+    fleet_app.sleepy.send_many([{"s": 0}] * 3)
+    db.execute("""
+        INSERT INTO tasks (task_name, queue, payload, max_attempts, max_crashes, run_after)
+        SELECT 'x', 'work', '{}', 5, 3, now() - interval '1 hour'
+        FROM generate_series(1, 12000)""")
+    db.execute("ANALYZE tasks")
+    # When a worker's /metrics reads the queue depth
+    rows = {r[0]: r for r in fleet_app.reg.client.execute("metrics_queues", {})}
+    # Then the depth is the planner's estimate, close to the truth, and the oldest age
+    # is found among the tasks counted
+    assert 11_000 <= rows["work"][1] <= 13_500, rows["work"]
+    assert rows["work"][4] is not None and float(rows["work"][4]) >= 3000

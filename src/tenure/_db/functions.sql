@@ -657,3 +657,34 @@ BEGIN
     END IF;
 END;
 $$;
+
+-- Every queue that has work, failures or settings, without scanning a deep backlog:
+-- loose index scans over the queued and the unsuccessful finished rows (one probe per
+-- queue), the running rows (bounded by the fleet's slots), the first p_cap scheduled
+-- ones, and the published queues. For status pages and metrics.
+CREATE OR REPLACE FUNCTION {schema}.queue_names(p_cap integer)
+RETURNS SETOF text
+LANGUAGE sql STABLE AS $$
+    WITH RECURSIVE
+    queued AS (
+        (SELECT t.queue FROM {schema}.tasks t WHERE t.state = 'queued' ORDER BY t.queue LIMIT 1)
+        UNION ALL
+        SELECT (SELECT t.queue FROM {schema}.tasks t
+                WHERE t.state = 'queued' AND t.queue > q.queue ORDER BY t.queue LIMIT 1)
+        FROM queued q WHERE q.queue IS NOT NULL
+    ),
+    cold AS (
+        (SELECT f.queue FROM {schema}.finished_tasks f WHERE f.state <> 'succeeded'
+         ORDER BY f.queue LIMIT 1)
+        UNION ALL
+        SELECT (SELECT f.queue FROM {schema}.finished_tasks f
+                WHERE f.state <> 'succeeded' AND f.queue > c.queue ORDER BY f.queue LIMIT 1)
+        FROM cold c WHERE c.queue IS NOT NULL
+    )
+    SELECT queue FROM queued WHERE queue IS NOT NULL
+    UNION SELECT queue FROM cold WHERE queue IS NOT NULL
+    UNION SELECT t.queue FROM {schema}.tasks t WHERE t.state = 'running'
+    UNION SELECT s.queue FROM (SELECT t.queue FROM {schema}.tasks t
+                               WHERE t.state = 'scheduled' LIMIT p_cap) s
+    UNION SELECT q.name FROM {schema}.queues q
+$$;

@@ -1,39 +1,18 @@
 -- Per queue: waiting (due / scheduled), running, expired leases, failures, the
 -- queue's settings and the age of its oldest due task.
--- Nothing here scans a deep backlog or a long history: queue names come from the
--- published queues and from loose index scans (one probe per queue); running and
+-- Nothing here scans a deep backlog or a long history: queue names come from
+-- queue_names() (loose index scans, one probe per queue); running and
 -- expired are counted exactly (bounded by the fleet's slots); every other count is
 -- exact up to the cap and the planner's estimate above it, flagged in the last three
 -- columns (queued, scheduled, failed/quarantined/cancelled). An estimated queue's
 -- oldest age is a lower bound.
-WITH RECURSIVE
-queued_names AS (
-    (SELECT t.queue FROM {schema}.tasks t WHERE t.state = 'queued' ORDER BY t.queue LIMIT 1)
-    UNION ALL
-    SELECT (SELECT t.queue FROM {schema}.tasks t
-            WHERE t.state = 'queued' AND t.queue > q.queue ORDER BY t.queue LIMIT 1)
-    FROM queued_names q WHERE q.queue IS NOT NULL
-),
-cold_names AS (
-    (SELECT f.queue FROM {schema}.finished_tasks f WHERE f.state <> 'succeeded'
-     ORDER BY f.queue LIMIT 1)
-    UNION ALL
-    SELECT (SELECT f.queue FROM {schema}.finished_tasks f
-            WHERE f.state <> 'succeeded' AND f.queue > c.queue ORDER BY f.queue LIMIT 1)
-    FROM cold_names c WHERE c.queue IS NOT NULL
-),
-running AS (
+WITH running AS (
     SELECT queue, count(*) AS running,
            count(*) FILTER (WHERE lease_expires_at < now()) AS expired
     FROM {schema}.tasks WHERE state = 'running' GROUP BY queue
 ),
 names AS (
-    SELECT queue FROM queued_names WHERE queue IS NOT NULL
-    UNION SELECT queue FROM cold_names WHERE queue IS NOT NULL
-    UNION SELECT queue FROM running
-    UNION SELECT DISTINCT s.queue FROM (SELECT t.queue FROM {schema}.tasks t
-                                        WHERE t.state = 'scheduled' LIMIT %(cap)s) s
-    UNION SELECT name FROM {schema}.queues
+    SELECT n.queue FROM {schema}.queue_names(%(cap)s) n(queue) WHERE n.queue IS NOT NULL
 ),
 counted AS (
     SELECT n.queue,
