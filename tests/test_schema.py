@@ -31,6 +31,10 @@ CATALOG = {
     "reloptions": """
         SELECT c.relname, c.reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = %(s)s AND c.reloptions IS NOT NULL ORDER BY 1""",
+    "statistics": """
+        SELECT s.stxname, pg_get_statisticsobjdef(s.oid)
+        FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace
+        WHERE n.nspname = %(s)s ORDER BY 1""",
     "sequences": """
         SELECT sequence_name, data_type, increment FROM information_schema.sequences
         WHERE sequence_schema = %(s)s ORDER BY 1""",
