@@ -44,6 +44,13 @@ bench: $(STAMP)
 bench-bloat: $(STAMP)
 	$(PY) bench/bloat.py $(BENCH_FLAGS)
 
+# 64 worker processes on one database, then 2,000,000 queued + 5,000,000 finished tasks:
+# claim latency, status, prune, heartbeat load and lock waits; writes bench/results/scale.md
+# (about 10 minutes; BENCH_FLAGS='--processes 16 --queued 200000' for a quicker look).
+.PHONY: bench-scale
+bench-scale: $(STAMP)
+	$(PY) bench/scale.py $(BENCH_FLAGS)
+
 .PHONY: bench-scale-out
 bench-scale-out: $(STAMP)
 	$(PY) bench/scale_out.py

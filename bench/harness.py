@@ -49,6 +49,17 @@ class HarnessError(Exception):
     """The benchmark itself failed (not a slow figure)."""
 
 
+def revision() -> str:
+    """The git commit benchmarked, marked dirty when src/ has uncommitted changes."""
+    git = ["git", "-C", str(ROOT)]
+    try:
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True)
+        dirty = subprocess.run([*git, "status", "--porcelain", "src"], capture_output=True)
+    except OSError:
+        return "unknown revision"
+    return head.stdout.decode().strip() + (" + uncommitted src/ changes" if dirty.stdout else "")
+
+
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -253,13 +264,13 @@ def tenure_env(dsn: str, schema: str, log: Path | None = None) -> dict[str, str]
     return env
 
 
-def tenure_worker_cmd(flags: list[str]) -> list[str]:
+def tenure_worker_cmd(flags: list[str], app: str = "bench.bench_tasks:reg") -> list[str]:
     return [
         sys.executable,
         "-m",
         "tenure",
         "worker",
-        "bench.bench_tasks:reg",
+        app,
         *flags,
         "--log-level",
         "warning",

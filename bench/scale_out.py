@@ -40,7 +40,10 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
-from tenure.errors import TenureError
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import harness as h  # noqa: E402
+from tenure.errors import TenureError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM_DSN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -226,17 +229,6 @@ def report(results: dict[int, list[float]], args: argparse.Namespace) -> None:
         console.print(f"2 processes reach {medians[2] / base:.2f}× one process (target ≥ 1.80×)")
 
 
-def revision() -> str:
-    """The git commit benchmarked, marked dirty when src/ has uncommitted changes."""
-    git = ["git", "-C", str(ROOT)]
-    try:
-        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True)
-        dirty = subprocess.run([*git, "status", "--porcelain", "src"], capture_output=True)
-    except OSError:
-        return "unknown revision"
-    return head.stdout.decode().strip() + (" + uncommitted src/ changes" if dirty.stdout else "")
-
-
 def on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # so the finally blocks stop the workers
 
@@ -272,7 +264,7 @@ def main() -> int:
     try:
         dsn, which = pick_dsn()
         console.print(f"[bold]database:[/] {which} ({dsn.split('?')[0]}), schema {SCHEMA}")
-        console.print(f"tenure at {revision()}; ANALYZE after enqueue: {args.analyze}")
+        console.print(f"tenure at {h.revision()}; ANALYZE after enqueue: {args.analyze}")
         os.environ["TENURE_DATABASE_URL"] = dsn
         os.environ["TENURE_BENCH_SCHEMA"] = SCHEMA
         sys.path.insert(0, str(ROOT))

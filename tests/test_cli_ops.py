@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import psycopg
@@ -89,9 +90,63 @@ def test_prune_older_than(cli: Any, fleet_app: Any, db: psycopg.Connection[Any])
         SELECT -g, 'x', 'work', '{}', 0, 'succeeded', 1, 0, 0, now() - interval '9 days',
                now() - CASE WHEN g <= 7 THEN interval '8 days' ELSE interval '1 day' END
         FROM generate_series(1, 10) g""")
-    assert "pruned 7 finished tasks" in cli("prune", "--older-than", "7d")
+    assert "pruned 7 finished tasks in 1 batch of at most 1000" in cli(
+        "prune", "--older-than", "7d"
+    )
     assert db.execute("SELECT count(*) FROM finished_tasks").fetchone() == (3,)
     cli("prune", "--older-than", "soon", code=2)
+
+
+def test_status_estimates_counts_above_the_cap_and_says_so(
+    cli: Any, fleet_app: Any, db: psycopg.Connection[Any]
+) -> None:
+    # Given 300 queued tasks and 40 failed ones in queue "work", with fresh statistics
+    fleet_app.sleepy.send_many([{"s": 0}] * 300)
+    db.execute("""
+        INSERT INTO finished_tasks (id, task_name, queue, payload, priority, state, attempt,
+                                    errors, crashes, created_at, finished_at)
+        SELECT -g, 'x', CASE WHEN g <= 40 THEN 'work' ELSE 'only-failures' END, '{}', 0,
+               'failed', 1, 1, 0, now(), now()
+        FROM generate_series(1, 42) g""")
+    db.execute("ANALYZE tasks")
+    db.execute("ANALYZE finished_tasks")
+
+    # When status counts exactly up to its default cap, Then nothing is marked
+    exact = cli("status")
+    row = next(line for line in exact.splitlines() if " work " in line)
+    assert " 300 " in row and " 40 " in row and "~" not in exact
+    # And a queue that holds nothing but failures is found too (by its index, not a scan)
+    row = next(line for line in exact.splitlines() if " only-failures " in line)
+    assert " 2 " in row
+    assert "~ estimate" not in exact
+
+    # When the cap is below both counts, Then both are the planner's estimates, marked ~
+    capped = cli("status", "--count-cap", "25")
+    row = next(line for line in capped.splitlines() if " work " in line)
+    queued, failed = (int(x) for x in re.findall(r"~(\d+)", row)[:2])
+    assert 250 <= queued <= 360, row  # ANALYZE saw every row: close to the truth
+    assert 30 <= failed <= 50, row
+    assert "≥" in row  # the oldest age is now a lower bound
+    assert "~ estimate: more than 25 tasks" in capped
+
+
+def test_status_ranks_keys_from_a_sample_when_the_table_is_deep(
+    fleet_app: Any, db: psycopg.Connection[Any]
+) -> None:
+    # Given a backlog of one big and one small partition key
+    fleet_app.sleepy.send_many([{"s": 0}] * 2000, partition_key="big")
+    fleet_app.sleepy.send_many([{"s": 0}] * 5, partition_key="small")
+    client = fleet_app.reg.client
+    # When the table counts as small, Then every key count is exact
+    exact = client.key_counts(10)
+    assert [(k[1], k[2], k[4]) for k in exact] == [("big", 2000, False), ("small", 5, False)]
+    # When it counts as deep (any size over 0 bytes), Then the counts come from a page
+    # sample, scaled up, and are flagged as estimates (a half sample: about half the
+    # pages, each count doubled)
+    whole = client.key_counts(10, exact_bytes=0, sample_percent=100)
+    assert [(k[1], k[2], k[4]) for k in whole] == [("big", 2000, True), ("small", 5, True)]
+    half = client.key_counts(10, exact_bytes=0, sample_percent=50)
+    assert all(k[4] and k[2] % 2 == 0 for k in half)
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -10,7 +11,7 @@ import psycopg
 import pytest
 
 from tenure import ResultTimeout, TaskCancelled, TaskFailed, TaskNotFound
-from tests.conftest import eventually, worker_id_of
+from tests.conftest import direct_url, eventually, worker_id_of
 
 pytestmark = pytest.mark.acceptance
 
@@ -119,6 +120,40 @@ def test_prune_deletes_old_finished_tasks_in_batches(
                                         outcome)
                   SELECT id, 1, gen_random_uuid(), now(), now(), 'succeeded'
                   FROM finished_tasks""")
-    assert fleet_app.reg.client.prune(timedelta(days=7), batch=50) == 120
+    db.execute("""INSERT INTO idempotency_keys (task_name, key, task_id)
+                  SELECT task_name, 'k' || id, id FROM finished_tasks""")
+    db.execute("UPDATE finished_tasks SET idempotency_key = 'k' || id")
+    batches: list[int] = []
+    deleted = fleet_app.reg.client.prune(
+        timedelta(days=7), batch=50, on_batch=lambda n, _s: batches.append(n)
+    )
+    assert deleted == 120 and batches == [50, 50, 20]  # bounded: never more than a batch
     assert db.execute("SELECT count(*) FROM finished_tasks").fetchone() == (30,)
     assert db.execute("SELECT count(*) FROM attempts").fetchone() == (30,)
+    assert db.execute("SELECT count(*) FROM idempotency_keys").fetchone() == (30,)
+
+
+def test_prune_skips_rows_another_session_holds_instead_of_waiting(
+    fleet_app: Any, db: psycopg.Connection[Any], database_url: str, schema: str
+) -> None:
+    fleet_app.sleepy.send({})  # migrate
+    db.execute("""
+        INSERT INTO finished_tasks (id, task_name, queue, payload, priority, state, attempt,
+                                    errors, crashes, created_at, finished_at)
+        SELECT -g, 'x', 'work', '{}', 0, 'succeeded', 1, 0, 0, now(), now() - interval '10 days'
+        FROM generate_series(1, 10) g""")
+    # Given another session holding a lock on one old finished row (an operator's
+    # long transaction, say)
+    with psycopg.connect(direct_url(database_url)) as holder:
+        holder.execute(f"SELECT 1 FROM {schema}.finished_tasks WHERE id = -1 FOR UPDATE")
+        # When prune runs, Then it finishes at once without that row
+        done: list[int] = []
+        pruner = threading.Thread(
+            target=lambda: done.append(fleet_app.reg.client.prune(timedelta(days=7)))
+        )
+        pruner.start()
+        pruner.join(10)
+        assert done == [9], "prune waited for a row lock instead of skipping the row"
+        holder.rollback()
+    # And the next prune takes the row once it is free
+    assert fleet_app.reg.client.prune(timedelta(days=7)) == 1

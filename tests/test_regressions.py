@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from tenure import Registry
+from tenure._db import sqlfiles
 from tenure._db.migrate import migrate
 from tenure._maintenance.reaper import BATCH, Reaper
 from tenure._worker.heartbeat import Heartbeat
@@ -291,3 +292,51 @@ def test_a_renewal_answered_after_most_of_a_lease_does_not_end_self_fencing(
             await link.close()
 
     assert asyncio.run(scenario()) == (True, True, False)
+
+
+def test_the_unknown_task_check_reads_statistics_not_a_deep_backlog(
+    fleet_app: Any, db: psycopg.Connection[Any], schema: str
+) -> None:
+    fleet_app.sleepy.send({})  # migrate
+    client = fleet_app.reg.client
+    params = {"queues": ["work"], "names": ["known", fleet_app.sleepy.name]}
+    # Given a small backlog with 30 tasks no worker registered: read from the rows
+    db.execute("""
+        INSERT INTO tasks (task_name, queue, payload, max_attempts, max_crashes)
+        SELECT 'ghost', 'work', '{}', 5, 3 FROM generate_series(1, 30)""")
+    assert client.execute("tasks_unknown", params) == [("ghost",)]
+    # Given a deep one (past 16 MB) whose statistics are fresh
+    db.execute("""
+        INSERT INTO tasks (task_name, queue, payload, max_attempts, max_crashes)
+        SELECT CASE WHEN g % 40 = 0 THEN 'ghost' ELSE 'known' END, 'work',
+               '{"padding": "................................................"}', 5, 3
+        FROM generate_series(1, 120000) g""")
+    db.execute("ANALYZE tasks")
+    size = db.execute("SELECT pg_relation_size('tasks')").fetchone()
+    assert size is not None and size[0] > 16 * 2**20
+    # When the check runs, Then it names the unknown task without scanning the table
+    assert client.execute("tasks_unknown", params) == [("ghost",)]
+    query = sqlfiles.query("tasks_unknown", schema)
+    plan = "\n".join(
+        r[0] for r in db.execute(b"EXPLAIN (ANALYZE, COSTS OFF) " + query, params).fetchall()
+    )
+    scan = next(line for line in plan.splitlines() if "Seq Scan on tasks" in line)
+    assert "never executed" in scan, plan
+
+
+def test_queue_depth_for_metrics_is_estimated_over_a_deep_backlog(
+    fleet_app: Any, db: psycopg.Connection[Any]
+) -> None:
+    # Given more queued tasks than the metrics count exactly (10,000), and fresh statistics
+    fleet_app.sleepy.send_many([{"s": 0}] * 3)
+    db.execute("""
+        INSERT INTO tasks (task_name, queue, payload, max_attempts, max_crashes, run_after)
+        SELECT 'x', 'work', '{}', 5, 3, now() - interval '1 hour'
+        FROM generate_series(1, 12000)""")
+    db.execute("ANALYZE tasks")
+    # When a worker's /metrics reads the queue depth
+    rows = {r[0]: r for r in fleet_app.reg.client.execute("metrics_queues", {})}
+    # Then the depth is the planner's estimate, close to the truth, and the oldest age
+    # is found among the tasks counted
+    assert 11_000 <= rows["work"][1] <= 13_500, rows["work"]
+    assert rows["work"][4] is not None and float(rows["work"][4]) >= 3000

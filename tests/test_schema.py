@@ -31,6 +31,10 @@ CATALOG = {
     "reloptions": """
         SELECT c.relname, c.reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = %(s)s AND c.reloptions IS NOT NULL ORDER BY 1""",
+    "statistics": """
+        SELECT s.stxname, pg_get_statisticsobjdef(s.oid)
+        FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace
+        WHERE n.nspname = %(s)s ORDER BY 1""",
     "sequences": """
         SELECT sequence_name, data_type, increment FROM information_schema.sequences
         WHERE sequence_schema = %(s)s ORDER BY 1""",
@@ -70,8 +74,9 @@ def test_migrations_produce_exactly_schema_sql(database_url: str) -> None:
             conn.execute(f'DROP SCHEMA IF EXISTS "{b}" CASCADE')
 
 
-def test_concurrent_migrations_apply_once(database_url: str, schema: str) -> None:
-    barrier = threading.Barrier(8)
+def race_migrations(database_url: str, schema: str, callers: int = 8) -> list[list[str]]:
+    """``callers`` threads migrate ``schema`` at the same instant; what each applied."""
+    barrier = threading.Barrier(callers)
     applied: list[list[str]] = []
     errors: list[BaseException] = []
 
@@ -83,14 +88,49 @@ def test_concurrent_migrations_apply_once(database_url: str, schema: str) -> Non
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=run) for _ in range(8)]
+    threads = [threading.Thread(target=run) for _ in range(callers)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert errors == [], [repr(e.__cause__) for e in errors]
+    return applied
+
+
+def test_concurrent_migrations_apply_once(database_url: str, schema: str) -> None:
+    applied = race_migrations(database_url, schema)
     # every numbered migration plus the functions file, applied by exactly one caller
     assert sorted(len(a) for a in applied) == [0] * 7 + [len(sqlfiles.migration_names()) + 1]
+
+
+def test_concurrent_migrations_through_a_warm_pool_apply_once(database_url: str) -> None:
+    # Given a pooler (when the suite runs through one) holding ~30 idle server
+    # connections that have already served migrations of other schemas: a server
+    # connection that looked a schema up before another one created it must not
+    # answer from its stale catalog cache (issue 9: 7 of 8 callers failed on
+    # pg_namespace's unique index, only once the pool was warm).
+    def hold_a_transaction() -> None:
+        with dbconnect.connect(database_url) as conn, conn.transaction():
+            conn.execute("SELECT pg_sleep(0.3)")
+
+    warmers = [threading.Thread(target=hold_a_transaction) for _ in range(30)]
+    for t in warmers:
+        t.start()
+    for t in warmers:
+        t.join()
+    names = [f"w_{uuid.uuid4().hex[:12]}" for _ in range(4)]
+    try:
+        for name in names:
+            # When 8 callers race to create and migrate a fresh schema, round after round
+            applied = race_migrations(database_url, name)
+            # Then each round's work was done once, by one caller, and nobody failed
+            assert sorted(len(a) for a in applied) == [0] * 7 + [
+                len(sqlfiles.migration_names()) + 1
+            ]
+    finally:
+        with psycopg.connect(direct_url(database_url), autocommit=True) as conn:
+            for name in names:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
 def test_claim_stays_on_its_partial_index_with_a_million_finished_rows(

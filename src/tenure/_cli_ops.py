@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from tenure.client import TASK_STATES
+from tenure.client import PRUNE_BATCH, TASK_STATES
 
 DEFAULT_DASHBOARD_PORT = 8484
 
@@ -301,8 +301,15 @@ def make_prune(duration: click.ParamType[Any]) -> click.Command:
     )
     def prune(dsn: str | None, schema: str, older_than: timedelta) -> None:
         """Delete finished tasks older than --older-than, in bounded batches."""
-        deleted = _client(dsn, schema).prune(older_than)
-        click.echo(f"pruned {deleted} finished task{'s' if deleted != 1 else ''}")
+        batches: list[float] = []
+        deleted = _client(dsn, schema).prune(
+            older_than, on_batch=lambda _n, seconds: batches.append(seconds)
+        )
+        click.echo(
+            f"pruned {deleted} finished task{'s' if deleted != 1 else ''} in {len(batches)} "
+            f"batch{'es' if len(batches) != 1 else ''} of at most {PRUNE_BATCH} "
+            f"(longest {max(batches) * 1000:.0f} ms)"
+        )
 
     return prune
 

@@ -22,6 +22,7 @@ from tenure._worker.config import (
     DEFAULT_POLL_INTERVAL,
     WorkerConfig,
 )
+from tenure.client import EXACT_COUNT_CAP
 from tenure.errors import ConfigError, TenureError
 from tenure.registry import Registry
 
@@ -299,19 +300,38 @@ def db_stop() -> None:
     show_default=True,
     help="How many of the largest partition-key backlogs to show.",
 )
-def status(dsn: str | None, schema: str, top_keys: int) -> None:
-    """Queues, limits, the largest partition keys, live workers and their leases."""
+@click.option(
+    "--count-cap",
+    type=click.IntRange(0, 10**9),
+    default=EXACT_COUNT_CAP,
+    show_default=True,
+    help="Count tasks exactly up to this many per queue and state; above it show the "
+    "planner's estimate, marked ~.",
+)
+def status(dsn: str | None, schema: str, top_keys: int, count_cap: int) -> None:
+    """Queues, limits, the largest partition keys, live workers and their leases.
+
+    Stays fast over millions of queued or finished tasks: counts above --count-cap
+    are estimates and are marked ~ (running and expired are always exact)."""
     from rich.console import Console
     from rich.table import Table
 
     from tenure.client import Client
 
     client = Client(dsn, schema=schema)
-    queues = client.execute("status_queues", {})
+    queues = client.queue_counts(cap=count_cap)
     limits = client.execute("status_limits", {})
-    keys = client.execute("status_keys", {"limit": top_keys}) if top_keys else []
+    keys = client.key_counts(top_keys) if top_keys else []
     workers = client.execute("status_workers", {})
     console = Console()
+    estimated = False
+
+    def count(value: Any, approx: Any) -> str:
+        nonlocal estimated
+        if approx:
+            estimated = True
+            return f"~{int(value)}"
+        return str(value)
 
     def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
         t = Table(title=title, title_justify="left")
@@ -346,8 +366,12 @@ def status(dsn: str | None, schema: str, top_keys: int) -> None:
         [
             [
                 q[0],
-                *(str(v) for v in q[1:8]),
-                "-" if q[8] is None else f"{float(q[8]):.1f}s",
+                count(q[1], q[13]),
+                count(q[2], q[14]),
+                str(q[3]),
+                str(q[4]),
+                *(count(v, q[15]) for v in q[5:8]),
+                "-" if q[8] is None else f"{'≥' if q[13] else ''}{float(q[8]):.1f}s",
                 limit(q[9], q[3]),
                 limit(q[10]),
                 str(q[11]),
@@ -367,7 +391,12 @@ def status(dsn: str | None, schema: str, top_keys: int) -> None:
             "largest partition keys",
             ["queue", "key", "queued", "running"],
             [
-                [str(k[0]), "(none)" if k[1] is None else str(k[1]), str(k[2]), str(k[3])]
+                [
+                    str(k[0]),
+                    "(none)" if k[1] is None else str(k[1]),
+                    count(k[2], k[4]),
+                    str(k[3]),
+                ]
                 for k in keys
             ],
         )
@@ -401,6 +430,12 @@ def status(dsn: str | None, schema: str, top_keys: int) -> None:
             for w in workers
         ],
     )
+    if estimated:
+        console.print(
+            f"~ estimate: more than {count_cap} tasks, so the count comes from the planner's "
+            "statistics (queues) or a sample of the table's pages (keys), not a scan; "
+            "≥ oldest: at least this old"
+        )
 
 
 # Operator commands live in their own module; see tenure/_cli_ops.py.

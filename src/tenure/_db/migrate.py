@@ -25,6 +25,13 @@ from tenure.errors import DatabaseError
 log = logging.getLogger(__name__)
 
 _LOCK = b"SELECT pg_advisory_xact_lock(hashtext('tenure.migrate'), hashtext(%(schema)s))"
+# Read after the lock, as its own statement: locking pg_namespace makes this backend
+# take in the catalog changes committed while it waited (an advisory lock does not),
+# so the CREATE SCHEMA IF NOT EXISTS that follows sees a schema the previous holder
+# created. Without it, a pooled server connection that looked the schema up before
+# (another client's pending(), through a warm PgBouncer) still answers "no such
+# schema" from its cache and the CREATE SCHEMA fails on pg_namespace's unique index.
+_CATALOG_SYNC = b"SELECT count(*) FROM pg_catalog.pg_namespace WHERE nspname = %(schema)s"
 _EXISTS = b"SELECT to_regclass(%(table)s) IS NOT NULL"
 
 
@@ -72,6 +79,7 @@ def _migrate(conn: psycopg.Connection[Any], schema: str) -> list[str]:
     applied: list[str] = []
     with conn.transaction():
         conn.execute(_LOCK, {"schema": schema})
+        conn.execute(_CATALOG_SYNC, {"schema": schema})
         conn.execute(sqlfiles.bind("tenure._db.queries", "migrations_table.sql", schema))
         for name in pending(conn, schema):
             if name.startswith("functions.sql@"):

@@ -55,6 +55,10 @@ CREATE INDEX tasks_running_queue_idx ON {schema}.tasks (queue, partition_key)
 CREATE INDEX tasks_running_name_idx ON {schema}.tasks (task_name, partition_key)
     WHERE state = 'running';
 
+-- The common (name, queue, state) combinations, for estimates over a deep backlog.
+CREATE STATISTICS {schema}.tasks_queue_name_state (mcv)
+    ON task_name, queue, state FROM {schema}.tasks;
+
 -- Finished work: succeeded, failed for good, cancelled or quarantined.
 CREATE TABLE {schema}.finished_tasks (
     id              bigint PRIMARY KEY,

@@ -110,7 +110,7 @@ def _history(rows: list[tuple[Any, ...]], depth_now: dict[str, int]) -> dict[str
 
 def overview(client: Client) -> dict[str, Any]:
     """Queues with their last hour, and the workers."""
-    queues = client.execute("status_queues", {})
+    queues = client.queue_counts()
     throughput = {r[0]: (int(r[1]), int(r[2])) for r in client.execute("dashboard_throughput", {})}
     depth_now = {str(q[0]): int(q[1]) + int(q[2]) + int(q[3]) for q in queues}
     history = _history(client.execute("dashboard_history", {}), depth_now)
@@ -122,6 +122,7 @@ def overview(client: Client) -> dict[str, Any]:
             {
                 "name": name,
                 "queued": int(q[1]),
+                "queued_estimated": bool(q[13]),
                 "scheduled": int(q[2]),
                 "running": int(q[3]),
                 "expired": int(q[4]),
@@ -225,7 +226,7 @@ def task_list(client: Client, filters: TaskFilters, now: datetime) -> dict[str, 
         for r in rows
     ]
     older = tasks[-1]["id"] if len(tasks) == filters.limit else None
-    queues = sorted({str(q[0]) for q in client.execute("status_queues", {})})
+    queues = sorted({str(q[0]) for q in client.queue_counts()})
     names = [str(r[0]) for r in client.execute("dashboard_task_names", {})]
     return {"tasks": tasks, "older": older, "queue_names": queues, "task_names": names}
 

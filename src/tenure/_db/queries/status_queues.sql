@@ -1,32 +1,38 @@
 -- Per queue: waiting (due / scheduled), running, expired leases, failures, the
 -- queue's settings and the age of its oldest due task.
-WITH hot AS (
-    SELECT queue,
-           count(*) FILTER (WHERE state = 'queued') AS queued,
-           count(*) FILTER (WHERE state = 'scheduled') AS scheduled,
-           count(*) FILTER (WHERE state = 'running') AS running,
-           count(*) FILTER (WHERE state = 'running' AND lease_expires_at < now()) AS expired,
-           min(created_at) FILTER (WHERE state = 'queued') AS oldest
-    FROM {schema}.tasks GROUP BY queue
-),
-cold AS (
-    SELECT queue,
-           count(*) FILTER (WHERE state = 'failed') AS failed,
-           count(*) FILTER (WHERE state = 'quarantined') AS quarantined,
-           count(*) FILTER (WHERE state = 'cancelled') AS cancelled
-    FROM {schema}.finished_tasks WHERE state <> 'succeeded' GROUP BY queue
+-- Nothing here scans a deep backlog or a long history: queue names come from
+-- queue_names() (loose index scans, one probe per queue); running and
+-- expired are counted exactly (bounded by the fleet's slots); every other count is
+-- exact up to the cap and the planner's estimate above it, flagged in the last three
+-- columns (queued, scheduled, failed/quarantined/cancelled). An estimated queue's
+-- oldest age is a lower bound.
+WITH running AS (
+    SELECT queue, count(*) AS running,
+           count(*) FILTER (WHERE lease_expires_at < now()) AS expired
+    FROM {schema}.tasks WHERE state = 'running' GROUP BY queue
 ),
 names AS (
-    SELECT queue FROM hot UNION SELECT queue FROM cold UNION SELECT name FROM {schema}.queues
+    SELECT n.queue FROM {schema}.queue_names(%(cap)s) n(queue) WHERE n.queue IS NOT NULL
+),
+counted AS (
+    SELECT n.queue,
+           {schema}.count_capped('tasks', n.queue, 'queued', %(cap)s) AS queued,
+           {schema}.count_capped('tasks', n.queue, 'scheduled', %(cap)s) AS scheduled,
+           {schema}.count_capped('finished_tasks', n.queue, 'failed', %(cap)s) AS failed,
+           {schema}.count_capped('finished_tasks', n.queue, 'quarantined', %(cap)s)
+               AS quarantined,
+           {schema}.count_capped('finished_tasks', n.queue, 'cancelled', %(cap)s) AS cancelled
+    FROM names n
 )
-SELECT n.queue,
-       coalesce(h.queued, 0), coalesce(h.scheduled, 0), coalesce(h.running, 0),
-       coalesce(h.expired, 0), coalesce(c.failed, 0), coalesce(c.quarantined, 0),
-       coalesce(c.cancelled, 0), extract(epoch FROM now() - h.oldest),
+SELECT c.queue,
+       (c.queued).n, (c.scheduled).n, coalesce(r.running, 0), coalesce(r.expired, 0),
+       (c.failed).n, (c.quarantined).n, (c.cancelled).n,
+       extract(epoch FROM now() - (c.queued).oldest),
        q.max_concurrency, q.max_concurrency_per_key, coalesce(q.weight, 1),
-       coalesce(q.paused, false)
-FROM names n
-LEFT JOIN hot h ON h.queue = n.queue
-LEFT JOIN cold c ON c.queue = n.queue
-LEFT JOIN {schema}.queues q ON q.name = n.queue
+       coalesce(q.paused, false),
+       (c.queued).estimated, (c.scheduled).estimated,
+       (c.failed).estimated OR (c.quarantined).estimated OR (c.cancelled).estimated
+FROM counted c
+LEFT JOIN running r ON r.queue = c.queue
+LEFT JOIN {schema}.queues q ON q.name = c.queue
 ORDER BY 1

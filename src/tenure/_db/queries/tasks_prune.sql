@@ -1,7 +1,10 @@
 -- Delete one bounded batch of finished tasks older than the cutoff, with their
--- attempts and idempotency keys; short transactions, no long locks.
+-- attempts and idempotency keys, in its own short transaction: the oldest rows first
+-- through finished_tasks_finished_at_idx, rows another session holds skipped, and
+-- every delete an index probe per row, so a batch's locks last milliseconds however
+-- long the history is.
 WITH doomed AS (
-    SELECT id FROM {schema}.finished_tasks
+    SELECT id, task_name, idempotency_key FROM {schema}.finished_tasks
     WHERE finished_at < now() - %(older_than)s::interval
     ORDER BY finished_at
     LIMIT %(batch)s
@@ -11,7 +14,9 @@ gone_attempts AS (
     DELETE FROM {schema}.attempts a USING doomed d WHERE a.task_id = d.id
 ),
 gone_keys AS (
-    DELETE FROM {schema}.idempotency_keys k USING doomed d WHERE k.task_id = d.id
+    -- through the key's primary key: idempotency_keys has no index on task_id
+    DELETE FROM {schema}.idempotency_keys k USING doomed d
+    WHERE k.task_name = d.task_name AND k.key = d.idempotency_key AND k.task_id = d.id
 ),
 stale_waiters AS (
     DELETE FROM {schema}.result_waiters WHERE since < now() - interval '1 day'
