@@ -130,3 +130,29 @@ def test_a_task_process_that_grew_past_the_memory_limit_is_replaced(
     pid2 = fleet_app.leaks.send({"mb": 1}).result(timeout=30)
     assert pid1 != pid2
     assert "task_process_recycled" in w.log()
+
+
+def test_a_group_wide_sigterm_drains_supervised_children_instead_of_stopping_them(
+    fleet_app: Any, workers: Any, db: psycopg.Connection[Any]
+) -> None:
+    # Given a supervisor whose two children run tasks that outlast a signal's arrival
+    handles = fleet_app.sleepy.send_many([{"s": 2}] * 2)
+    sup = workers(
+        "--lease", "5s", "--concurrency", "1", "--prefetch", "0", "--processes", "2",
+        "--drain-timeout", "20s",
+    )  # fmt: skip
+    eventually(lambda: all(h.state() == "running" for h in handles), timeout=30)
+    children = live_worker_pids(db)
+    assert len(children) == 2
+    # When SIGTERM reaches the supervisor and each child at once (systemd's default
+    # KillMode signals every process of the unit; the supervisor forwards it again)
+    sup.signal(signal.SIGTERM)
+    for pid in children:
+        os.kill(pid, signal.SIGTERM)
+    # Then every child drains: its task finishes on its first attempt and it exits 0
+    assert sup.wait(30) == 0
+    for h in handles:
+        info = h.info()
+        assert (info.state, info.attempt) == ("succeeded", 1), sup.log()
+    assert "worker_stopped_now" not in sup.log()
+    assert sup.log().count("worker_drained") == 2

@@ -520,3 +520,23 @@ def test_batch_array_literals_round_trip_every_value(db: psycopg.Connection[Any]
     assert row[2] == ints
     assert row[3] == floats
     assert row[4] == []
+
+
+def test_a_reaped_attempt_is_not_taken_for_an_outcome_the_worker_wrote(
+    noop: Any, db: psycopg.Connection[Any], schema: str
+) -> None:
+    # Given a worker whose earlier attempts were one written by it, one reaped
+    noop.send({})  # the schema exists
+    me = uuid.uuid4()
+    db.execute(
+        "INSERT INTO attempts (task_id, attempt, worker_id, started_at, ended_at, outcome) "
+        "VALUES (1, 1, %s, now(), now(), 'succeeded'), (2, 1, %s, now(), now(), 'lease_expired')",
+        (me, me),
+    )
+    # When its completer asks which of them it had recorded before a reconnect
+    rows = db.execute(
+        sqlfiles.query("attempts_recorded", schema),
+        {"worker": me, "ids": [1, 2], "attempts": [1, 1]},
+    ).fetchall()
+    # Then only the outcome it wrote counts; the reaped one was fenced
+    assert rows == [(1,)]

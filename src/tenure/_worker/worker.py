@@ -8,7 +8,9 @@ run the claim loop.
 Drain (SIGTERM or SIGINT): stop claiming, let running attempts finish within the
 drain timeout, hand back what is left (released: another worker takes it at once,
 no attempt spent), mark the worker gone and return 0. A second signal exits at
-once; leases then expire normally.
+once; leases then expire normally. A child of ``--processes`` takes a signal that
+follows the first within two seconds as the same request: a group-wide signal
+reaches it twice, directly and forwarded by its supervisor.
 
 Connections: three per process — claims and outcomes, heartbeat and reaper, LISTEN.
 """
@@ -53,6 +55,8 @@ log = logging.getLogger(__name__)
 
 UNKNOWN_CHECK_INTERVAL = 60.0
 STARTUP_BACKOFF_CAP = 30.0
+# Seconds within which a supervised child takes a repeated signal as the same request.
+DUPLICATE_SIGNAL = 2.0
 
 
 class Worker:
@@ -79,6 +83,8 @@ class Worker:
         self._others_idle = False
         self._draining = False
         self._signals = 0
+        self._first_signal = 0.0
+        self._supervised = "TENURE_SUPERVISED_SLOT" in os.environ
         self._runners: dict[tuple[int, int], asyncio.Task[None]] = {}
         self.buffer: deque[Claimed] = deque()  # prefetched: claimed, waiting for a slot
         self._unknown_reported: set[str] = set()
@@ -97,7 +103,15 @@ class Worker:
         self._wake.set()
 
     def _on_signal(self, signum: int) -> None:
+        now = time.monotonic()
+        if self._signals and self._supervised and now - self._first_signal < DUPLICATE_SIGNAL:
+            # A group-wide signal (systemd's default KillMode, Ctrl-C in a terminal)
+            # reaches a supervised child directly and again through its supervisor:
+            # one stop request, not the second one that means "stop now".
+            log.info("worker_signal_repeated worker=%s signal=%s", self.id, signum)
+            return
         self._signals += 1
+        self._first_signal = self._first_signal or now
         if self._signals > 1:
             log.warning("worker_stopped_now worker=%s signal=%s", self.id, signum)
             logging.shutdown()
