@@ -480,6 +480,7 @@ class Bench:
 
         a = self.args
         ns = argparse.Namespace(
+            kind="io",
             concurrency=16,
             ms=20.0,
             seconds=8.0,
