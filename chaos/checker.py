@@ -17,6 +17,10 @@ Invariants (each must be 0):
   without success (bounded duplication);
 - limit violations: more attempts of the ``max_concurrency`` task overlapping than the
   limit.
+
+All tables are read in one REPEATABLE READ snapshot, so a check during the run sees
+each task in exactly one place. The driver adds what only it can see: violations the
+checks during the run found, and supervised children that were killed and not restarted.
 """
 
 from __future__ import annotations
@@ -97,6 +101,10 @@ class Report:
     faults: dict[str, int] = field(default_factory=dict)
     examples: list[str] = field(default_factory=list)
     final: bool = True
+    midrun_checks: int = 0
+    midrun_violations: list[str] = field(default_factory=list)
+    children_killed: int = 0
+    children_not_restarted: int = 0
 
     def violations(self) -> list[str]:
         found = []
@@ -109,9 +117,11 @@ class Report:
             "same_attempt_run_twice",
             "unexplained_extra_runs",
             "limit_violations",
+            "children_not_restarted",
         ):
             if getattr(self, name):
                 found.append(f"{name}={getattr(self, name)}")
+        found += [f"mid-run {v}" for v in self.midrun_violations]
         if self.takeover_bound and self.takeover_first.p99 > self.takeover_bound:
             found.append(
                 f"takeover p99 {self.takeover_first.p99:.2f}s > bound {self.takeover_bound:.2f}s"
@@ -141,10 +151,25 @@ def check(
     *,
     takeover_bound: float = 0.0,
     final: bool = True,
+    takeovers: bool = True,
 ) -> Report:
     """Judge the campaign in ``schema``. With ``final=False`` (during a run) running
-    attempts count as open intervals and unfinished tasks are not lost."""
-    faults = faults or []
+    attempts count as open intervals and unfinished tasks are not lost; with
+    ``takeovers=False`` takeover delays are not measured."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        return _check(conn, schema, sent_ids, faults or [], takeover_bound, final, takeovers)
+
+
+def _check(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    sent_ids: list[int] | None,
+    faults: list[Fault],
+    takeover_bound: float,
+    final: bool,
+    takeovers: bool,
+) -> Report:
     rep = Report(final=final, takeover_bound=takeover_bound)
     now: datetime = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
     finished = {
@@ -208,7 +233,7 @@ def check(
 
     for task_id, atts in by_task.items():
         for attempt, worker, _s, _e, outcome in atts:
-            pids = ran_by.get((task_id, attempt))
+            pids = ran_by.get((task_id, attempt), [])
             if outcome == "running" or not pids:
                 continue
             if pid_of.get(worker) not in pids:
@@ -226,7 +251,7 @@ def check(
             rep.stale_outcomes += 1
             note(f"task {task_id} finished {state} at attempt {attempt}; last attempt {last}")
             continue
-        pids = ran_by.get((task_id, attempt))
+        pids = ran_by.get((task_id, attempt), [])
         if pids and pid_of.get(last[1]) not in pids and state != "quarantined":
             rep.stale_outcomes += 1
             note(f"task {task_id}: outcome written by pid {pid_of.get(last[1])}, ran in {pids}")
@@ -267,30 +292,32 @@ def check(
 
     # Takeovers: from the fault to the next attempt of each task the faulted worker held.
     rep.faults = dict(Counter(f.kind for f in faults))
+    if not takeovers:
+        return rep
     ids_of_pid: dict[int, set[Any]] = defaultdict(set)
     for wid, pid in pid_of.items():
         ids_of_pid[pid].add(wid)
+    # Each expired attempt that was taken over: (its interval, the next start, crash count).
+    expired_of: dict[Any, list[tuple[datetime, datetime, datetime, int]]] = defaultdict(list)
+    for atts in by_task.values():
+        crashes = 0
+        for i, (_a, worker, start, end, outcome) in enumerate(atts):
+            if outcome != "lease_expired":
+                continue
+            crashes += 1
+            if i + 1 < len(atts):
+                expired_of[worker].append((start, end, atts[i + 1][2], crashes))
     first: list[float] = []
     every: list[float] = []
     for fault in faults:
-        ids = set().union(*(ids_of_pid.get(p, set()) for p in fault.pids)) if fault.pids else set()
-        if not ids:
-            continue
-        for atts in by_task.values():
-            crashes = 0
-            for i, (_a, worker, start, end, outcome) in enumerate(atts):
-                if outcome == "lease_expired":
-                    crashes += 1
-                if (
-                    outcome == "lease_expired"
-                    and worker in ids
-                    and start <= fault.at < end
-                    and i + 1 < len(atts)
-                ):
-                    delay = (atts[i + 1][2] - fault.at).total_seconds()
-                    every.append(delay)
-                    if crashes == 1:
-                        first.append(delay)
+        for pid in fault.pids:
+            for wid in ids_of_pid.get(pid, set()):
+                for start, end, next_start, crashes in expired_of.get(wid, []):
+                    if start <= fault.at < end:
+                        delay = (next_start - fault.at).total_seconds()
+                        every.append(delay)
+                        if crashes == 1:
+                            first.append(delay)
     rep.takeover_first = Delays.of(first)
     rep.takeover_all = Delays.of(every)
     return rep

@@ -2,16 +2,23 @@
 
 Rules:
 - The campaign runs against a PRIVATE embedded PostgreSQL in a temporary data dir, so
-  restarting it never disturbs another test run; it is stopped at the end.
+  restarting it never disturbs another test run; it is stopped at the end. With
+  ``database="system"`` it runs against the system cluster instead (``chaos/database.py``),
+  which is running again when the campaign ends, whatever happened.
 - Every fault is chosen, placed and timed by one ``random.Random(seed)``; the seed is
   printed. Faults run one after another, each on a worker slot (or the database) that
   no other fault holds, with a short gap; a database restart waits until no other
   fault is active.
-- Kinds: ``kill`` (SIGKILL, restarted shortly after), ``stop`` (SIGSTOP longer than
+- Kinds: ``kill`` (SIGKILL, restarted shortly after), ``kill_child`` (SIGKILL of one
+  child of a ``--processes`` supervisor; the fault lasts until the supervisor has
+  replaced it, and counts against the supervisor if it has not within
+  ``CHILD_RESTART_TIMEOUT``), ``stop`` (SIGSTOP longer than
   the lease, then SIGCONT), ``pg_restart``, ``proxy_drop``, ``proxy_blackhole``,
   ``proxy_latency`` (the proxied worker's connections), ``partition`` (the namespaced
   worker's link cut and restored) and ``clock`` (the skewed worker restarted under
   another far-off clock).
+- The invariant checker also runs during the campaign (``chaos/monitor.py``); what it
+  finds there is reported with its time.
 - Every loop is bounded in count and time; namespaces, proxies, workers and the server
   are cleaned up in ``finally``, also when the campaign fails.
 """
@@ -19,9 +26,11 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -31,17 +40,20 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from chaos import netns
 from chaos.app import EFFECTS_DDL, LIMITED, WORK, build
-from chaos.checker import Fault, Report, check, stale_leases
+from chaos.checker import Fault, Report, check
+from chaos.database import SYSTEM_CLUSTER, SYSTEM_DSN, Database, Embedded, System
 from chaos.fleet import Slot
+from chaos.monitor import Monitor
 from chaos.proxy import Proxy
-from tenure._db.embedded import EmbeddedServer
 from tenure._db.migrate import migrate
 
 KINDS = (
     "kill",
+    "kill_child",
     "stop",
     "pg_restart",
     "proxy_drop",
@@ -51,6 +63,14 @@ KINDS = (
     "clock",
 )
 PROXY_KINDS = {"proxy_drop", "proxy_blackhole", "proxy_latency"}
+# Which slot a kind hits when it is not any worker's: the proxy's, the namespace's…
+FIXED_TARGET = {
+    "partition": "netns",
+    "clock": "skewed",
+    "kill_child": "supervised",
+    **{k: "proxied" for k in PROXY_KINDS},
+}
+CHILD_RESTART_TIMEOUT = 45.0  # the supervisor's backoff is capped at 30 s
 
 
 @dataclass
@@ -69,6 +89,11 @@ class CampaignConfig:
     drain_timeout: float = 120.0
     results_dir: Path | None = None
     verbose: bool = False
+    database: str = "embedded"  # or "system": the cluster below, at system_dsn
+    system_dsn: str = SYSTEM_DSN
+    cluster: str = SYSTEM_CLUSTER
+    check_interval: float = 3.0  # the invariant checker during the run
+    supervised_processes: int = 2
 
     @property
     def heartbeat(self) -> float:
@@ -111,6 +136,8 @@ class _Active:
     heal_at: float
     fault: Fault
     undo: Any
+    ready: Any = None  # healed only once this says so (or at give_up, counted)
+    give_up: float = 0.0
 
 
 class Campaign:
@@ -126,6 +153,8 @@ class Campaign:
         self.pg_down = False
         self._idle_since = float("inf")
         self.log_lines: list[str] = []
+        self.children_killed = 0
+        self.children_not_restarted = 0
 
     def say(self, text: str) -> None:
         self.log_lines.append(text)
@@ -142,9 +171,12 @@ class Campaign:
     def _setup(self, base: Path) -> None:
         cfg = self.cfg
         base.chmod(0o755)  # the server user (root runs PostgreSQL as tenure-pg) must reach it
-        self.server = EmbeddedServer(base / "pg")
-        self.dsn = self.server.join()
-        self.socket = str(self.server.socket_dir / ".s.PGSQL.5432")
+        self.db: Database = (
+            System(cfg.system_dsn, cfg.cluster)
+            if cfg.database == "system"
+            else Embedded(base / "pg")
+        )
+        self.dsn = self.db.dsn
         self.schema = f"chaos_{cfg.seed % 10**8:08d}_{int(time.time()) % 10**6}"
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             migrate(conn, self.schema)
@@ -154,10 +186,8 @@ class Campaign:
                 )
             )
         self.registry = build(self.schema, self.dsn)
-        args = (
-            "--lease", f"{cfg.lease}s", "--concurrency", str(cfg.concurrency),
-            "--drain-timeout", "1s", "--log-level", "info",
-        )  # fmt: skip
+        common = ("--lease", f"{cfg.lease}s", "--drain-timeout", "1s", "--log-level", "info")
+        args = (*common, "--concurrency", str(cfg.concurrency))
         logs = base / "logs"
         logs.mkdir()
         self.log_dir = logs
@@ -165,19 +195,25 @@ class Campaign:
             self.slots[f"direct{i}"] = Slot(
                 f"direct{i}", "direct", self.dsn, args, self.schema, logs
             )
+        if "kill_child" in cfg.kinds:
+            n = cfg.supervised_processes
+            child_args = (*common, "--concurrency", str(max(1, cfg.concurrency // n)))
+            self.slots["supervised"] = Slot(
+                "supervised", "supervised", self.dsn, child_args, self.schema, logs, processes=n
+            )
         if PROXY_KINDS & set(cfg.kinds):
-            proxy = Proxy(self.socket, seed=cfg.seed)
+            proxy = Proxy(self.db.target, seed=cfg.seed)
             self.proxies.append(proxy)
             self.proxy = proxy
-            dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+            dsn = make_conninfo(self.dsn, host="127.0.0.1", port=str(proxy.port))
             self.slots["proxied"] = Slot("proxied", "proxied", dsn, args, self.schema, logs)
         if "partition" in cfg.kinds:
             netns.sweep()
             ns = netns.Namespace(1 + cfg.seed % 200)
             self.namespaces.append(ns)
-            proxy = Proxy(self.socket, listen_host=ns.host_addr, seed=cfg.seed + 1)
+            proxy = Proxy(self.db.target, listen_host=ns.host_addr, seed=cfg.seed + 1)
             self.proxies.append(proxy)
-            dsn = f"postgresql://postgres@{ns.host_addr}:{proxy.port}/postgres"
+            dsn = make_conninfo(self.dsn, host=ns.host_addr, port=str(proxy.port))
             self.slots["netns"] = Slot("netns", "netns", dsn, args, self.schema, logs, ns)
         if "clock" in cfg.kinds:
             self.slots["skewed"] = Slot(
@@ -199,19 +235,25 @@ class Campaign:
             return None if busy else "db"
         if len(busy & set(self.slots)) + 1 >= len(self.slots):
             return None  # at least one healthy worker stays to take the work over
-        fixed = {"partition": "netns", "clock": "skewed"}
-        fixed.update({k: "proxied" for k in PROXY_KINDS})
-        if kind in fixed:
-            free = [fixed[kind]] if fixed[kind] not in busy else []
+        if kind in FIXED_TARGET:
+            free = [FIXED_TARGET[kind]] if FIXED_TARGET[kind] not in busy else []
             if kind in ("clock", "proxy_drop", "proxy_latency"):
                 return free[0] if free else None
-        else:
-            free = sorted(n for n in self.slots if n not in busy)
+        else:  # the supervisor's children have their own kind
+            free = sorted(n for n in self.slots if n not in busy and n != "supervised")
         holding = self._holding()  # prefer a worker with work in flight: that is the test
-        loaded = [n for n in free if self.slots[n].pid in holding]
+        loaded = [n for n in free if set(self._workers_of(n)) & holding]
         if not loaded and time.monotonic() - self._idle_since < 3.0:
             return None  # wait a little for a worker with work in flight
         return self.rng.choice(loaded or free) if free else None
+
+    def _workers_of(self, name: str) -> list[int]:
+        """The pids of a slot's live workers: its process, or a supervisor's children."""
+        slot = self.slots[name]
+        if not slot.processes:
+            return [slot.pid]
+        kids = slot.children()
+        return kids if len(kids) == slot.processes else []  # not while one restarts
 
     def _inject(self, kind: str, target: str) -> _Active:
         lease = self.cfg.lease
@@ -224,6 +266,22 @@ class Campaign:
             slot.kill()
             fault = Fault(kind, _now(), (pid,), target)
             return _Active(kind, target, now + rng.uniform(0.2, 1.0), fault, slot.start)
+        if kind == "kill_child":
+            assert slot is not None
+            kids = self._workers_of(target)
+            child = rng.choice(sorted(set(kids) & self._holding()) or kids)
+            os.kill(child, signal.SIGKILL)
+            fault = Fault(kind, _now(), (child,), f"child {child} of supervisor {slot.pid}")
+            self.children_killed += 1
+
+            def replaced() -> bool:
+                kids = slot.children()
+                return len(kids) == slot.processes and child not in kids
+
+            return _Active(
+                kind, target, now + 0.2, fault, lambda: None,
+                ready=replaced, give_up=now + CHILD_RESTART_TIMEOUT,
+            )  # fmt: skip
         if kind == "stop":
             assert slot is not None
             slot.signal(signal.SIGSTOP)
@@ -233,14 +291,13 @@ class Campaign:
             hold = lease + self.cfg.heartbeat + rng.uniform(0.2, 1.2)
             return _Active(kind, target, now + hold, fault, lambda: slot.signal(signal.SIGCONT))
         if kind == "pg_restart":
-            fault = Fault(kind, _now(), (), "fast shutdown")
+            fault = Fault(kind, _now(), (), f"{self.db.label} server, fast shutdown")
             self.pg_down = True
-            self.server.stop()
+            self.db.stop()
             down = rng.uniform(0.5, 2.0)
 
             def start() -> None:
-                self.server = EmbeddedServer(self.server.data_dir)
-                self.server.join()
+                self.db.start()
                 self.pg_down = False
                 with contextlib.suppress(Exception):
                     self.conn.close()
@@ -320,20 +377,68 @@ class Campaign:
         self.say(f"seed={cfg.seed} faults={len(plan)} tasks={cfg.tasks} rate={rate:.0f}/s")
         self._wait_fleet(30.0)
         t0 = time.monotonic()
-        deadline = t0 + cfg.max_duration
         active: list[_Active] = []
         next_fault = t0 + self.rng.uniform(*cfg.gap)
-        max_stale = 0.0
-        next_sample = t0 + 2.0
+        monitor = Monitor(
+            self.dsn, self.schema, lambda: list(self.faults), t0, cfg.check_interval, say=self.say
+        )
+        monitor.start()
+        try:
+            self._loop(t0, plan, rate, active, next_fault)
+            self.say(f"{time.monotonic() - t0:7.1f}s all faults done; sent {len(self.sent)}")
+            self._wait_finished(cfg.drain_timeout)
+        finally:
+            monitor.stop()
+        fenced = 0
+        for slot in self.slots.values():
+            slot.drain(20)
+        logs = {name: slot.logs() for name, slot in self.slots.items()}
+        for text in logs.values():
+            fenced += text.count("lease_lost")
+        report = check(
+            self.conn, self.schema, self.sent, self.faults, takeover_bound=cfg.takeover_bound
+        )
+        report.midrun_checks = monitor.passes
+        report.midrun_violations = [str(f) for f in monitor.findings]
+        report.children_killed = self.children_killed
+        report.children_not_restarted = self.children_not_restarted
+        elapsed = time.monotonic() - started
+        runs: dict[int, int] = dict(
+            self.conn.execute(
+                sql.SQL("SELECT pid, count(*) FROM {s}.chaos_effects GROUP BY pid").format(
+                    s=sql.Identifier(self.schema)
+                )
+            ).fetchall()
+        )
+        by_slot = {n: sum(runs.get(p, 0) for p in s.worker_pids()) for n, s in self.slots.items()}
+        return Result(
+            cfg, report, self.faults, elapsed, fenced, monitor.max_stale_lease,
+            timeline=self._timeline(t0), logs=logs, runs_by_slot=by_slot,
+        )  # fmt: skip
+
+    def _heal(self, a: _Active, now: float, t0: float) -> bool:
+        """Undo a fault whose time is up; False while it must wait (a child not replaced)."""
+        if a.heal_at > now:
+            return False
+        if a.ready is not None and not a.ready():
+            if now < a.give_up:
+                return False
+            self.children_not_restarted += 1
+            self.say(f"{now - t0:7.1f}s {a.kind} on {a.target}: NOT replaced ({a.fault.detail})")
+        a.undo()
+        self.faults.append(Fault(a.fault.kind, a.fault.at, a.fault.pids, a.fault.detail, _now()))
+        self.say(f"{now - t0:7.1f}s healed {a.kind} on {a.target}")
+        return True
+
+    def _loop(
+        self, t0: float, plan: list[str], rate: float, active: list[_Active], next_fault: float
+    ) -> None:
+        cfg = self.cfg
+        deadline = t0 + cfg.max_duration
         while time.monotonic() < deadline and (plan or active or len(self.sent) < cfg.tasks):
             now = time.monotonic()
-            for a in [a for a in active if a.heal_at <= now]:
-                a.undo()
+            for a in [a for a in active if self._heal(a, now, t0)]:
                 active.remove(a)
-                self.faults.append(
-                    Fault(a.fault.kind, a.fault.at, a.fault.pids, a.fault.detail, _now())
-                )
-                self.say(f"{now - t0:7.1f}s healed {a.kind} on {a.target}")
                 next_fault = max(next_fault, now + self.rng.uniform(*cfg.gap))
             for slot in self.slots.values():  # a worker that died on its own comes back
                 if not slot.alive() and slot.name not in {a.target for a in active}:
@@ -358,40 +463,9 @@ class Campaign:
                 due = min(cfg.tasks, int((now - t0) * rate)) - len(self.sent)
                 if due > 0:
                     self._send(min(due, 500))
-                if now >= next_sample:
-                    next_sample = now + 2.0
-                    with contextlib.suppress(Exception):
-                        max_stale = max(max_stale, stale_leases(self.conn, self.schema))
             time.sleep(0.05)
         for a in active:  # out of time: heal what is still broken
-            a.undo()
-            self.faults.append(
-                Fault(a.fault.kind, a.fault.at, a.fault.pids, a.fault.detail, _now())
-            )
-        self.say(f"{time.monotonic() - t0:7.1f}s all faults done; sent {len(self.sent)}")
-        self._wait_finished(cfg.drain_timeout)
-        fenced = 0
-        for slot in self.slots.values():
-            slot.drain(20)
-        logs = {name: slot.logs() for name, slot in self.slots.items()}
-        for text in logs.values():
-            fenced += text.count("lease_lost")
-        report = check(
-            self.conn, self.schema, self.sent, self.faults, takeover_bound=cfg.takeover_bound
-        )
-        elapsed = time.monotonic() - started
-        runs = dict(
-            self.conn.execute(
-                sql.SQL("SELECT pid, count(*) FROM {s}.chaos_effects GROUP BY pid").format(
-                    s=sql.Identifier(self.schema)
-                )
-            ).fetchall()
-        )
-        by_slot = {n: sum(runs.get(p, 0) for p in s.pids) for n, s in self.slots.items()}
-        return Result(
-            cfg, report, self.faults, elapsed, fenced, max_stale,
-            timeline=self._timeline(t0), logs=logs, runs_by_slot=by_slot,
-        )  # fmt: skip
+            self._heal(a, float("inf"), t0)
 
     def _wait_fleet(self, timeout: float) -> None:
         """Until every slot's worker registered (so the first fault hits a live fleet)."""
@@ -399,9 +473,10 @@ class Campaign:
         query = sql.SQL("SELECT count(*) FROM {s}.workers WHERE state = 'active'").format(
             s=sql.Identifier(self.schema)
         )
+        workers = sum(max(1, s.processes) for s in self.slots.values())
         while time.monotonic() < deadline:
             row = self.conn.execute(query).fetchone()
-            if row is not None and row[0] >= len(self.slots):
+            if row is not None and row[0] >= workers:
                 return
             time.sleep(0.1)
         raise RuntimeError(f"the fleet did not come up within {timeout:.0f}s")
@@ -476,8 +551,12 @@ class Campaign:
                 ns.remove()
         with contextlib.suppress(Exception):
             self.conn.close()
-        with contextlib.suppress(Exception):
-            EmbeddedServer(base / "pg").stop()
+        db: Database | None = getattr(self, "db", None)
+        try:
+            if db is not None:
+                db.close(getattr(self, "schema", ""))
+        except Exception as exc:  # said loudly: a system server may need a hand
+            print(f"chaos: could not restore the {db and db.label} server: {exc}", file=sys.stderr)
         if self.cfg.results_dir is not None:
             with contextlib.suppress(Exception):
                 dest = self.cfg.results_dir / "logs"

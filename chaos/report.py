@@ -38,6 +38,18 @@ def table(result: Result) -> Table:
     row("attempts recorded for the wrong worker", rep.misattributed_attempts, "0")
     row(f"limit: max overlap (limit {rep.limit})", rep.limit_max_overlap, f"<= {rep.limit}")
     row("limit violations", rep.limit_violations, "0")
+    row(
+        "supervised children killed / not restarted",
+        f"{rep.children_killed} / {rep.children_not_restarted}",
+        "… / 0",
+    )
+    row(
+        "checks during the run / violations seen",
+        f"{rep.midrun_checks} / {len(rep.midrun_violations)}",
+        "… / 0",
+    )
+    for finding in rep.midrun_violations[:5]:
+        row("  seen during the run", finding)
     for label, d in (
         ("takeover, first crash", rep.takeover_first),
         ("takeover, all", rep.takeover_all),
@@ -52,6 +64,7 @@ def table(result: Result) -> Table:
         row(f"  {kind}", n)
     row("late writes fenced (lease_lost in logs)", result.fenced_writes)
     row("oldest unreaped expired lease seen", f"{result.max_stale_lease:.1f}s")
+    row("database", cfg.database if cfg.database == "embedded" else f"system {cfg.cluster}")
     row("campaign time", f"{result.elapsed:.0f}s")
     verdict = "OK" if rep.ok else "VIOLATED: " + ", ".join(rep.violations())
     row("verdict", verdict)
