@@ -12,7 +12,8 @@ Invariants (each must be 0):
 - stale outcomes: a finished task whose outcome is not its last attempt's, or whose last
   attempt was recorded for a worker other than the one that ran it;
 - misattributed attempts: any attempt recorded for a worker other than the one whose
-  process ran it (a write that slipped past the fence);
+  process ran it, or recorded as succeeded though it never ran (a write that slipped
+  past the fence);
 - same attempt run twice, and duplicate runs not explained by an attempt that ended
   without success (bounded duplication);
 - limit violations: more attempts of the ``max_concurrency`` task overlapping than the
@@ -234,6 +235,10 @@ def _check(
     for task_id, atts in by_task.items():
         for attempt, worker, _s, _e, outcome in atts:
             pids = ran_by.get((task_id, attempt), [])
+            if outcome == "succeeded" and not pids:
+                rep.misattributed_attempts += 1  # every run leaves its row before it works
+                note(f"task {task_id} attempt {attempt} succeeded but never ran")
+                continue
             if outcome == "running" or not pids:
                 continue
             if pid_of.get(worker) not in pids:
@@ -332,3 +337,36 @@ def stale_leases(conn: psycopg.Connection[Any], schema: str) -> float:
         ).format(s=sql.Identifier(schema))
     ).fetchone()
     return float(row[0]) if row else 0.0
+
+
+def timeline(
+    conn: psycopg.Connection[Any], schema: str, faults: list[Fault], wall0: float
+) -> dict[str, Any]:
+    """Seconds since ``wall0`` (a Unix time): successes per second, each fault's span, and
+    each takeover (when the next attempt started, how long after the expired lease)."""
+    ident = sql.Identifier(schema)
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT floor(extract(epoch FROM ended_at) - %s)::int AS s, count(*) "
+            "FROM {s}.attempts WHERE outcome = 'succeeded' GROUP BY 1 ORDER BY 1"
+        ).format(s=ident),
+        (wall0,),
+    ).fetchall()
+    takeovers = conn.execute(
+        sql.SQL(
+            "SELECT extract(epoch FROM b.started_at) - %s, "
+            "extract(epoch FROM b.started_at - a.ended_at) "
+            "FROM {s}.attempts a JOIN {s}.attempts b "
+            "ON b.task_id = a.task_id AND b.attempt = a.attempt + 1 "
+            "WHERE a.outcome = 'lease_expired'"
+        ).format(s=ident),
+        (wall0,),
+    ).fetchall()
+    return {
+        "throughput": [[int(s), int(n)] for s, n in rows],
+        "faults": [
+            [f.kind, f.at.timestamp() - wall0, (f.until or f.at).timestamp() - wall0]
+            for f in faults
+        ],
+        "takeovers": [[float(t), float(d)] for t, d in takeovers],
+    }

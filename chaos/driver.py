@@ -33,6 +33,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,7 +45,7 @@ from psycopg.conninfo import make_conninfo
 
 from chaos import netns
 from chaos.app import EFFECTS_DDL, LIMITED, WORK, build
-from chaos.checker import Fault, Report, check
+from chaos.checker import Fault, Report, check, timeline
 from chaos.database import SYSTEM_CLUSTER, SYSTEM_DSN, Database, Embedded, System
 from chaos.fleet import Slot
 from chaos.monitor import Monitor
@@ -71,6 +72,7 @@ FIXED_TARGET = {
     **{k: "proxied" for k in PROXY_KINDS},
 }
 CHILD_RESTART_TIMEOUT = 45.0  # the supervisor's backoff is capped at 30 s
+SETTLE_TIMEOUT = 30.0  # a restarted worker registers within this, or the campaign goes on
 
 
 @dataclass
@@ -135,9 +137,12 @@ class _Active:
     target: str
     heal_at: float
     fault: Fault
-    undo: Any
-    ready: Any = None  # healed only once this says so (or at give_up, counted)
-    give_up: float = 0.0
+    undo: Callable[[], None]
+    before: Callable[[], bool] | None = None  # undo only once this holds…
+    give_up: float = 0.0  # …or this time came (then `missed` is told)
+    missed: Callable[[], None] | None = None
+    after: Callable[[], bool] | None = None  # undone, the fault lasts until this holds
+    until: datetime | None = None  # when it was undone
 
 
 class Campaign:
@@ -265,7 +270,11 @@ class Campaign:
             pid = slot.pid
             slot.kill()
             fault = Fault(kind, _now(), (pid,), target)
-            return _Active(kind, target, now + rng.uniform(0.2, 1.0), fault, slot.start)
+            # Over once the new worker registered: until then it is not there to take over.
+            return _Active(
+                kind, target, now + rng.uniform(0.2, 1.0), fault, slot.start,
+                after=lambda: self._registered([slot.pid]),
+            )  # fmt: skip
         if kind == "kill_child":
             assert slot is not None
             kids = self._workers_of(target)
@@ -276,20 +285,23 @@ class Campaign:
 
             def replaced() -> bool:
                 kids = slot.children()
-                return len(kids) == slot.processes and child not in kids
+                return len(kids) == slot.processes and child not in kids and self._registered(kids)
+
+            def missed() -> None:
+                self.children_not_restarted += 1
+                self.say(f"child {child} of supervisor {slot.pid} was NOT replaced")
 
             return _Active(
                 kind, target, now + 0.2, fault, lambda: None,
-                ready=replaced, give_up=now + CHILD_RESTART_TIMEOUT,
+                before=replaced, give_up=now + CHILD_RESTART_TIMEOUT, missed=missed,
             )  # fmt: skip
         if kind == "stop":
             assert slot is not None
             slot.signal(signal.SIGSTOP)
             fault = Fault(kind, _now(), (slot.pid,), target)
-            # Resume just after the takeover: the paused worker's late outcomes then land
-            # while the new owner's attempt runs, which is what the fence must refuse.
-            hold = lease + self.cfg.heartbeat + rng.uniform(0.2, 1.2)
-            return _Active(kind, target, now + hold, fault, lambda: slot.signal(signal.SIGCONT))
+            return self._until_taken_over(
+                fault, target, slot.pid, lambda: slot.signal(signal.SIGCONT)
+            )
         if kind == "pg_restart":
             fault = Fault(kind, _now(), (), f"{self.db.label} server, fast shutdown")
             self.pg_down = True
@@ -316,7 +328,10 @@ class Campaign:
             slot.clock_offset = self._offset()
             slot.start()
             fault = Fault(kind, _now(), (), f"faketime {slot.clock_offset}")
-            return _Active(kind, target, now + rng.uniform(0.5, 1.5), fault, lambda: None)
+            return _Active(
+                kind, target, now + rng.uniform(0.5, 1.5), fault, lambda: None,
+                before=lambda: self._registered([slot.pid]), give_up=now + SETTLE_TIMEOUT,
+            )  # fmt: skip
         proxy = self.proxy
         if kind == "proxy_drop":
             proxy.set_mode("drop")
@@ -326,7 +341,7 @@ class Campaign:
             proxy.set_mode("blackhole")
             assert slot is not None
             fault = Fault(kind, _now(), (slot.pid,), "blackhole")
-            hold = lease + self.cfg.heartbeat + rng.uniform(0.2, 1.2)
+            return self._until_taken_over(fault, target, slot.pid, lambda: proxy.set_mode("pass"))
         else:
             latency = rng.uniform(0.02, 0.3)
             jitter = rng.uniform(0.0, 0.2)
@@ -334,6 +349,58 @@ class Campaign:
             fault = Fault(kind, _now(), (), f"latency {latency * 1000:.0f}ms+{jitter * 1000:.0f}")
             hold = rng.uniform(1.5, 3.0)
         return _Active(kind, target, now + hold, fault, lambda: proxy.set_mode("pass"))
+
+    def _until_taken_over(
+        self, fault: Fault, target: str, pid: int, undo: Callable[[], None]
+    ) -> _Active:
+        """A worker cut off (paused, blackholed) past its lease comes back as soon as
+        another worker has taken one of its tasks over: its late outcomes then arrive
+        while the new owner's attempt runs, which is what the fence must refuse. It
+        comes back by lease + heartbeat + 0.2–1.2 s in any case."""
+        lease, now = self.cfg.lease, time.monotonic()
+        held = self._held_by(pid)
+        give_up = now + lease + self.cfg.heartbeat + self.rng.uniform(0.2, 1.2)
+        return _Active(
+            fault.kind, target, now + lease, fault, undo,
+            before=lambda: self._taken_over(held), give_up=give_up,
+        )  # fmt: skip
+
+    def _query(self, text: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Rows of a campaign query on the driver's connection; none if it fails (the
+        database may be restarting: the caller asks again on a later tick)."""
+        try:
+            query = sql.SQL(text).format(s=sql.Identifier(self.schema))
+            return self.conn.execute(query, params).fetchall()
+        except psycopg.Error:
+            return []
+
+    def _held_by(self, pid: int) -> dict[int, int]:
+        """The tasks the worker ``pid`` holds now: task id → attempt."""
+        rows = self._query(
+            "SELECT t.id, t.attempt FROM {s}.tasks t JOIN {s}.workers w ON w.id = t.lease_owner "
+            "WHERE t.state = 'running' AND w.pid = %(pid)s",
+            {"pid": pid},
+        )
+        return {int(r[0]): int(r[1]) for r in rows}
+
+    def _taken_over(self, held: dict[int, int]) -> bool:
+        """Whether another worker now holds a later attempt of one of ``held``."""
+        rows = self._query(
+            "SELECT count(*) FROM {s}.tasks t "
+            "JOIN unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS h(id, attempt) "
+            "ON h.id = t.id WHERE t.state = 'running' AND t.attempt > h.attempt",
+            {"ids": list(held), "attempts": list(held.values())},
+        )
+        return bool(rows and rows[0][0])
+
+    def _registered(self, pids: list[int]) -> bool:
+        """Whether every one of ``pids`` runs a registered, active worker."""
+        rows = self._query(
+            "SELECT count(DISTINCT pid) FROM {s}.workers WHERE pid = ANY(%(pids)s) "
+            "AND state = 'active'",
+            {"pids": pids},
+        )
+        return bool(pids) and bool(rows) and rows[0][0] == len(set(pids))
 
     # -- the run ----------------------------------------------------------------------
 
@@ -411,22 +478,29 @@ class Campaign:
             ).fetchall()
         )
         by_slot = {n: sum(runs.get(p, 0) for p in s.worker_pids()) for n, s in self.slots.items()}
+        wall0 = _now().timestamp() - (time.monotonic() - t0)
         return Result(
             cfg, report, self.faults, elapsed, fenced, monitor.max_stale_lease,
-            timeline=self._timeline(t0), logs=logs, runs_by_slot=by_slot,
+            timeline=timeline(self.conn, self.schema, self.faults, wall0),
+            logs=logs, runs_by_slot=by_slot,
         )  # fmt: skip
 
     def _heal(self, a: _Active, now: float, t0: float) -> bool:
-        """Undo a fault whose time is up; False while it must wait (a child not replaced)."""
-        if a.heal_at > now:
-            return False
-        if a.ready is not None and not a.ready():
-            if now < a.give_up:
+        """Undo a fault whose time is up; True once it is over (its target free again)."""
+        if a.until is None:
+            if a.heal_at > now:
                 return False
-            self.children_not_restarted += 1
-            self.say(f"{now - t0:7.1f}s {a.kind} on {a.target}: NOT replaced ({a.fault.detail})")
-        a.undo()
-        self.faults.append(Fault(a.fault.kind, a.fault.at, a.fault.pids, a.fault.detail, _now()))
+            if a.before is not None and not a.before():
+                if now < a.give_up:
+                    return False
+                if a.missed is not None:
+                    a.missed()
+            a.undo()
+            a.until = _now()
+            a.heal_at = now
+        if a.after is not None and now < a.heal_at + SETTLE_TIMEOUT and not a.after():
+            return False
+        self.faults.append(Fault(a.fault.kind, a.fault.at, a.fault.pids, a.fault.detail, a.until))
         self.say(f"{now - t0:7.1f}s healed {a.kind} on {a.target}")
         return True
 
@@ -483,14 +557,12 @@ class Campaign:
 
     def _holding(self) -> set[int]:
         """Pids of the workers holding leases now."""
-        query = sql.SQL(
+        rows = self._query(
             "SELECT DISTINCT w.pid FROM {s}.tasks t JOIN {s}.workers w ON w.id = t.lease_owner "
-            "WHERE t.state = 'running'"
-        ).format(s=sql.Identifier(self.schema))
-        try:
-            return {r[0] for r in self.conn.execute(query).fetchall()}
-        except psycopg.Error:
-            return set()
+            "WHERE t.state = 'running'",
+            {},
+        )
+        return {int(r[0]) for r in rows}
 
     def _wait_finished(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -507,37 +579,6 @@ class Campaign:
                 if not slot.alive():
                     slot.start()
             time.sleep(0.2)
-
-    def _timeline(self, t0: float) -> dict[str, Any]:
-        wall0 = _now().timestamp() - (time.monotonic() - t0)
-        rows = self.conn.execute(
-            sql.SQL(
-                "SELECT floor(extract(epoch FROM ended_at) - %s)::int AS s, count(*) "
-                "FROM {s}.attempts WHERE outcome = 'succeeded' GROUP BY 1 ORDER BY 1"
-            ).format(s=sql.Identifier(self.schema)),
-            (wall0,),
-        ).fetchall()
-        return {
-            "throughput": [[int(s), int(n)] for s, n in rows],
-            "faults": [
-                [f.kind, f.at.timestamp() - wall0, (f.until or f.at).timestamp() - wall0]
-                for f in self.faults
-            ],
-            "takeovers": self._takeover_points(wall0),
-        }
-
-    def _takeover_points(self, wall0: float) -> list[list[float]]:
-        rows = self.conn.execute(
-            sql.SQL(
-                "SELECT extract(epoch FROM b.started_at) - %s, "
-                "extract(epoch FROM b.started_at - a.ended_at) "
-                "FROM {s}.attempts a JOIN {s}.attempts b "
-                "ON b.task_id = a.task_id AND b.attempt = a.attempt + 1 "
-                "WHERE a.outcome = 'lease_expired'"
-            ).format(s=sql.Identifier(self.schema)),
-            (wall0,),
-        ).fetchall()
-        return [[float(t), float(d)] for t, d in rows]
 
     def _teardown(self, base: Path) -> None:
         for slot in self.slots.values():

@@ -4,7 +4,8 @@ Rules:
 - One daemon thread with its own connection; each pass is one ``check(final=False)``
   in a single snapshot, so a task moving between tables mid-read is never miscounted.
 - A pass that finds a violation records it with its time since the campaign began and
-  its examples; the campaign fails on it even if the final check would not see it.
+  its examples (unless the pass before found the same); the campaign fails on it even
+  if the final check would not see it.
 - Each pass also samples the oldest expired lease still ``running`` (invariant 1:
   reaped within a lease and a sweep).
 - A pass that cannot reach the database (a restart in progress) is skipped; the next
@@ -84,10 +85,11 @@ class Monitor:
         self.max_stale_lease = max(self.max_stale_lease, stale_leases(conn, self.schema))
         report = check(conn, self.schema, None, self.faults(), final=False, takeovers=False)
         self.passes += 1
-        found = report.violations()
+        found = tuple(report.violations())
         if not found:
             return None
-        finding = Finding(time.monotonic() - self.t0, tuple(found), tuple(report.examples[:5]))
-        self.findings.append(finding)
-        self.say(f"MID-RUN VIOLATION {finding}")
+        finding = Finding(time.monotonic() - self.t0, found, tuple(report.examples[:5]))
+        if not self.findings or self.findings[-1].violations != found:  # news only
+            self.findings.append(finding)
+            self.say(f"MID-RUN VIOLATION {finding}")
         return finding
