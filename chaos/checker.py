@@ -106,6 +106,7 @@ class Report:
     midrun_violations: list[str] = field(default_factory=list)
     children_killed: int = 0
     children_not_restarted: int = 0
+    slowest_takeovers: list[str] = field(default_factory=list)
 
     def violations(self) -> list[str]:
         found = []
@@ -302,27 +303,42 @@ def _check(
     ids_of_pid: dict[int, set[Any]] = defaultdict(set)
     for wid, pid in pid_of.items():
         ids_of_pid[pid].add(wid)
-    # Each expired attempt that was taken over: (its interval, the next start, crash count).
-    expired_of: dict[Any, list[tuple[datetime, datetime, datetime, int]]] = defaultdict(list)
-    for atts in by_task.values():
+    # Each expired attempt that was taken over: its task, its interval, the next attempt
+    # (start, worker) and the task's crash count so far.
+    expired_of: dict[Any, list[tuple[int, datetime, datetime, datetime, Any, int]]] = defaultdict(
+        list
+    )
+    for task_id, atts in by_task.items():
         crashes = 0
         for i, (_a, worker, start, end, outcome) in enumerate(atts):
             if outcome != "lease_expired":
                 continue
             crashes += 1
             if i + 1 < len(atts):
-                expired_of[worker].append((start, end, atts[i + 1][2], crashes))
+                nxt = atts[i + 1]
+                expired_of[worker].append((task_id, start, end, nxt[2], nxt[1], crashes))
     first: list[float] = []
     every: list[float] = []
+    slow: list[tuple[float, str]] = []
     for fault in faults:
         for pid in fault.pids:
             for wid in ids_of_pid.get(pid, set()):
-                for start, end, next_start, crashes in expired_of.get(wid, []):
-                    if start <= fault.at < end:
-                        delay = (next_start - fault.at).total_seconds()
-                        every.append(delay)
-                        if crashes == 1:
-                            first.append(delay)
+                for task_id, start, end, next_start, by, crashes in expired_of.get(wid, []):
+                    if not start <= fault.at < end:
+                        continue
+                    delay = (next_start - fault.at).total_seconds()
+                    every.append(delay)
+                    if crashes == 1:
+                        first.append(delay)
+                        slow.append(
+                            (
+                                delay,
+                                f"task {task_id}: {fault.kind} of pid {pid} at "
+                                f"{fault.at.time()}, lease ended {end.time()}, next attempt "
+                                f"by pid {pid_of.get(by)} at {next_start.time()} ({delay:.2f}s)",
+                            )
+                        )
+    rep.slowest_takeovers = [text for _d, text in sorted(slow, reverse=True)[:5]]
     rep.takeover_first = Delays.of(first)
     rep.takeover_all = Delays.of(every)
     return rep

@@ -123,7 +123,7 @@ class Result:
         rep = self.report
         return (
             f"seed={self.config.seed} kinds={self.config.kinds} violations={rep.violations()} "
-            f"examples={rep.examples[:10]}"
+            f"examples={rep.examples[:10]} slowest takeovers={rep.slowest_takeovers[:3]}"
         )
 
 
@@ -442,7 +442,7 @@ class Campaign:
         planned = len(plan) * (mean_gap + 1.5 * cfg.lease) + 5
         rate = cfg.rate or max(20.0, cfg.tasks / planned)
         self.say(f"seed={cfg.seed} faults={len(plan)} tasks={cfg.tasks} rate={rate:.0f}/s")
-        self._wait_fleet(30.0)
+        self._wait_fleet(120.0)  # generous: a loaded machine starts Python slowly
         t0 = time.monotonic()
         active: list[_Active] = []
         next_fault = t0 + self.rng.uniform(*cfg.gap)

@@ -46,6 +46,9 @@ def campaign(*kinds: str, seed: int, faults: int = 2, tasks: int = 300) -> Resul
             faults_per_kind=faults,
             kinds=kinds,
             rate=25.0,
+            # Room for one worker to run the whole stream plus what it takes over, so a
+            # takeover measures the lease protocol, not a queue for free slots.
+            concurrency=32,
             drain_timeout=60.0,
         )
     )
