@@ -98,6 +98,7 @@ class Report:
     limit_violations: int = 0
     takeover_first: Delays = field(default_factory=Delays)
     takeover_all: Delays = field(default_factory=Delays)
+    takeover_limit_full: Delays = field(default_factory=Delays)
     takeover_bound: float = 0.0
     faults: dict[str, int] = field(default_factory=dict)
     examples: list[str] = field(default_factory=list)
@@ -317,8 +318,20 @@ def _check(
             if i + 1 < len(atts):
                 nxt = atts[i + 1]
                 expired_of[worker].append((task_id, start, end, nxt[2], nxt[1], crashes))
+    # A limited task whose lease ended while the limit was full of other valid leases (a
+    # second fault may hold them) cannot start before one of those ends: its takeover
+    # waits for the limit, not for the lease protocol, and is measured apart.
+    limited_spans = [
+        (task_id, a[2], a[3]) for task_id in limited_ids for a in by_task.get(task_id, [])
+    ]
+
+    def limit_full(task_id: int, at: datetime) -> bool:
+        others = sum(1 for t, s, e in limited_spans if t != task_id and s <= at < e)
+        return others >= LIMITED_MAX
+
     first: list[float] = []
     every: list[float] = []
+    waited: list[float] = []
     slow: list[tuple[float, str]] = []
     for fault in faults:
         for pid in fault.pids:
@@ -328,7 +341,9 @@ def _check(
                         continue
                     delay = (next_start - fault.at).total_seconds()
                     every.append(delay)
-                    if crashes == 1:
+                    if crashes == 1 and task_id in limited_ids and limit_full(task_id, end):
+                        waited.append(delay)
+                    elif crashes == 1:
                         first.append(delay)
                         slow.append(
                             (
@@ -341,6 +356,7 @@ def _check(
     rep.slowest_takeovers = [text for _d, text in sorted(slow, reverse=True)[:5]]
     rep.takeover_first = Delays.of(first)
     rep.takeover_all = Delays.of(every)
+    rep.takeover_limit_full = Delays.of(waited)
     return rep
 
 
