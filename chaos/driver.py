@@ -12,11 +12,15 @@ Rules:
 - Kinds: ``kill`` (SIGKILL, restarted shortly after), ``kill_child`` (SIGKILL of one
   child of a ``--processes`` supervisor; the fault lasts until the supervisor has
   replaced it, and counts against the supervisor if it has not within
-  ``CHILD_RESTART_TIMEOUT``), ``stop`` (SIGSTOP longer than
-  the lease, then SIGCONT), ``pg_restart``, ``proxy_drop``, ``proxy_blackhole``,
-  ``proxy_latency`` (the proxied worker's connections), ``partition`` (the namespaced
-  worker's link cut and restored) and ``clock`` (the skewed worker restarted under
-  another far-off clock).
+  ``CHILD_RESTART_TIMEOUT``), ``stop`` (SIGSTOP at least a lease long, then SIGCONT),
+  ``pg_restart``, ``proxy_drop``, ``proxy_blackhole``, ``proxy_latency`` (the proxied
+  worker's connections), ``partition`` (the namespaced worker's link cut and restored)
+  and ``clock`` (the skewed worker restarted under another far-off clock).
+- A paused or blackholed worker comes back as soon as another worker took one of its
+  tasks over, so its late outcomes meet the new owner's running attempt. A restarted
+  worker (kill, clock, a supervisor's child) keeps its fault active until it has
+  registered: until then it cannot take anything over, and the next fault must not
+  count on it.
 - The invariant checker also runs during the campaign (``chaos/monitor.py``); what it
   finds there is reported with its time.
 - Every loop is bounded in count and time; namespaces, proxies, workers and the server
