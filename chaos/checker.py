@@ -12,11 +12,16 @@ Invariants (each must be 0):
 - stale outcomes: a finished task whose outcome is not its last attempt's, or whose last
   attempt was recorded for a worker other than the one that ran it;
 - misattributed attempts: any attempt recorded for a worker other than the one whose
-  process ran it (a write that slipped past the fence);
+  process ran it, or recorded as succeeded though it never ran (a write that slipped
+  past the fence);
 - same attempt run twice, and duplicate runs not explained by an attempt that ended
   without success (bounded duplication);
 - limit violations: more attempts of the ``max_concurrency`` task overlapping than the
   limit.
+
+All tables are read in one REPEATABLE READ snapshot, so a check during the run sees
+each task in exactly one place. The driver adds what only it can see: violations the
+checks during the run found, and supervised children that were killed and not restarted.
 """
 
 from __future__ import annotations
@@ -93,10 +98,16 @@ class Report:
     limit_violations: int = 0
     takeover_first: Delays = field(default_factory=Delays)
     takeover_all: Delays = field(default_factory=Delays)
+    takeover_limit_full: Delays = field(default_factory=Delays)
     takeover_bound: float = 0.0
     faults: dict[str, int] = field(default_factory=dict)
     examples: list[str] = field(default_factory=list)
     final: bool = True
+    midrun_checks: int = 0
+    midrun_violations: list[str] = field(default_factory=list)
+    children_killed: int = 0
+    children_not_restarted: int = 0
+    slowest_takeovers: list[str] = field(default_factory=list)
 
     def violations(self) -> list[str]:
         found = []
@@ -109,9 +120,11 @@ class Report:
             "same_attempt_run_twice",
             "unexplained_extra_runs",
             "limit_violations",
+            "children_not_restarted",
         ):
             if getattr(self, name):
                 found.append(f"{name}={getattr(self, name)}")
+        found += [f"mid-run {v}" for v in self.midrun_violations]
         if self.takeover_bound and self.takeover_first.p99 > self.takeover_bound:
             found.append(
                 f"takeover p99 {self.takeover_first.p99:.2f}s > bound {self.takeover_bound:.2f}s"
@@ -141,10 +154,25 @@ def check(
     *,
     takeover_bound: float = 0.0,
     final: bool = True,
+    takeovers: bool = True,
 ) -> Report:
     """Judge the campaign in ``schema``. With ``final=False`` (during a run) running
-    attempts count as open intervals and unfinished tasks are not lost."""
-    faults = faults or []
+    attempts count as open intervals and unfinished tasks are not lost; with
+    ``takeovers=False`` takeover delays are not measured."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        return _check(conn, schema, sent_ids, faults or [], takeover_bound, final, takeovers)
+
+
+def _check(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    sent_ids: list[int] | None,
+    faults: list[Fault],
+    takeover_bound: float,
+    final: bool,
+    takeovers: bool,
+) -> Report:
     rep = Report(final=final, takeover_bound=takeover_bound)
     now: datetime = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
     finished = {
@@ -208,7 +236,11 @@ def check(
 
     for task_id, atts in by_task.items():
         for attempt, worker, _s, _e, outcome in atts:
-            pids = ran_by.get((task_id, attempt))
+            pids = ran_by.get((task_id, attempt), [])
+            if outcome == "succeeded" and not pids:
+                rep.misattributed_attempts += 1  # every run leaves its row before it works
+                note(f"task {task_id} attempt {attempt} succeeded but never ran")
+                continue
             if outcome == "running" or not pids:
                 continue
             if pid_of.get(worker) not in pids:
@@ -226,7 +258,7 @@ def check(
             rep.stale_outcomes += 1
             note(f"task {task_id} finished {state} at attempt {attempt}; last attempt {last}")
             continue
-        pids = ran_by.get((task_id, attempt))
+        pids = ran_by.get((task_id, attempt), [])
         if pids and pid_of.get(last[1]) not in pids and state != "quarantined":
             rep.stale_outcomes += 1
             note(f"task {task_id}: outcome written by pid {pid_of.get(last[1])}, ran in {pids}")
@@ -267,32 +299,64 @@ def check(
 
     # Takeovers: from the fault to the next attempt of each task the faulted worker held.
     rep.faults = dict(Counter(f.kind for f in faults))
+    if not takeovers:
+        return rep
     ids_of_pid: dict[int, set[Any]] = defaultdict(set)
     for wid, pid in pid_of.items():
         ids_of_pid[pid].add(wid)
+    # Each expired attempt that was taken over: its task, its interval, the next attempt
+    # (start, worker) and the task's crash count so far.
+    expired_of: dict[Any, list[tuple[int, datetime, datetime, datetime, Any, int]]] = defaultdict(
+        list
+    )
+    for task_id, atts in by_task.items():
+        crashes = 0
+        for i, (_a, worker, start, end, outcome) in enumerate(atts):
+            if outcome != "lease_expired":
+                continue
+            crashes += 1
+            if i + 1 < len(atts):
+                nxt = atts[i + 1]
+                expired_of[worker].append((task_id, start, end, nxt[2], nxt[1], crashes))
+    # A limited task whose lease ended while the limit was full of other valid leases (a
+    # second fault may hold them) cannot start before one of those ends: its takeover
+    # waits for the limit, not for the lease protocol, and is measured apart.
+    limited_spans = [
+        (task_id, a[2], a[3]) for task_id in limited_ids for a in by_task.get(task_id, [])
+    ]
+
+    def limit_full(task_id: int, at: datetime) -> bool:
+        others = sum(1 for t, s, e in limited_spans if t != task_id and s <= at < e)
+        return others >= LIMITED_MAX
+
     first: list[float] = []
     every: list[float] = []
+    waited: list[float] = []
+    slow: list[tuple[float, str]] = []
     for fault in faults:
-        ids = set().union(*(ids_of_pid.get(p, set()) for p in fault.pids)) if fault.pids else set()
-        if not ids:
-            continue
-        for atts in by_task.values():
-            crashes = 0
-            for i, (_a, worker, start, end, outcome) in enumerate(atts):
-                if outcome == "lease_expired":
-                    crashes += 1
-                if (
-                    outcome == "lease_expired"
-                    and worker in ids
-                    and start <= fault.at < end
-                    and i + 1 < len(atts)
-                ):
-                    delay = (atts[i + 1][2] - fault.at).total_seconds()
+        for pid in fault.pids:
+            for wid in ids_of_pid.get(pid, set()):
+                for task_id, start, end, next_start, by, crashes in expired_of.get(wid, []):
+                    if not start <= fault.at < end:
+                        continue
+                    delay = (next_start - fault.at).total_seconds()
                     every.append(delay)
-                    if crashes == 1:
+                    if crashes == 1 and task_id in limited_ids and limit_full(task_id, end):
+                        waited.append(delay)
+                    elif crashes == 1:
                         first.append(delay)
+                        slow.append(
+                            (
+                                delay,
+                                f"task {task_id}: {fault.kind} of pid {pid} at "
+                                f"{fault.at.time()}, lease ended {end.time()}, next attempt "
+                                f"by pid {pid_of.get(by)} at {next_start.time()} ({delay:.2f}s)",
+                            )
+                        )
+    rep.slowest_takeovers = [text for _d, text in sorted(slow, reverse=True)[:5]]
     rep.takeover_first = Delays.of(first)
     rep.takeover_all = Delays.of(every)
+    rep.takeover_limit_full = Delays.of(waited)
     return rep
 
 
@@ -305,3 +369,36 @@ def stale_leases(conn: psycopg.Connection[Any], schema: str) -> float:
         ).format(s=sql.Identifier(schema))
     ).fetchone()
     return float(row[0]) if row else 0.0
+
+
+def timeline(
+    conn: psycopg.Connection[Any], schema: str, faults: list[Fault], wall0: float
+) -> dict[str, Any]:
+    """Seconds since ``wall0`` (a Unix time): successes per second, each fault's span, and
+    each takeover (when the next attempt started, how long after the expired lease)."""
+    ident = sql.Identifier(schema)
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT floor(extract(epoch FROM ended_at) - %s)::int AS s, count(*) "
+            "FROM {s}.attempts WHERE outcome = 'succeeded' GROUP BY 1 ORDER BY 1"
+        ).format(s=ident),
+        (wall0,),
+    ).fetchall()
+    takeovers = conn.execute(
+        sql.SQL(
+            "SELECT extract(epoch FROM b.started_at) - %s, "
+            "extract(epoch FROM b.started_at - a.ended_at) "
+            "FROM {s}.attempts a JOIN {s}.attempts b "
+            "ON b.task_id = a.task_id AND b.attempt = a.attempt + 1 "
+            "WHERE a.outcome = 'lease_expired'"
+        ).format(s=ident),
+        (wall0,),
+    ).fetchall()
+    return {
+        "throughput": [[int(s), int(n)] for s, n in rows],
+        "faults": [
+            [f.kind, f.at.timestamp() - wall0, (f.until or f.at).timestamp() - wall0]
+            for f in faults
+        ],
+        "takeovers": [[float(t), float(d)] for t, d in takeovers],
+    }

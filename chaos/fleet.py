@@ -1,8 +1,9 @@
 """Worker slots of a campaign: real ``python -m tenure worker chaos.app:reg`` processes.
 
 A slot is where a worker runs — directly on the database's socket, behind the loopback
-proxy, inside a network namespace, or under a far-off clock — and it keeps that place
-when its worker is killed and restarted.
+proxy, inside a network namespace, under a far-off clock, or as a supervisor
+(``--processes N``) whose children are the workers — and it keeps that place when its
+worker is killed and restarted.
 """
 
 from __future__ import annotations
@@ -10,17 +11,21 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil  # type: ignore[import-untyped]
+
 import tenure
 from chaos.app import SCHEMA_ENV
 from chaos.netns import Namespace
 
 ROOT = Path(__file__).resolve().parent.parent
+CHILD_STARTED = re.compile(r"child_started slot=\d+ pid=(\d+)")
 
 
 def faketime_library() -> str:
@@ -32,13 +37,14 @@ def faketime_library() -> str:
 @dataclass
 class Slot:
     name: str
-    kind: str  # direct, proxied, netns, skewed
+    kind: str  # direct, proxied, netns, skewed, supervised
     dsn: str
     args: tuple[str, ...]
     schema: str
     log_dir: Path
     namespace: Namespace | None = None
     clock_offset: str = ""
+    processes: int = 0  # > 0: a supervisor of this many children
     proc: subprocess.Popen[bytes] | None = None
     pids: list[int] = field(default_factory=list)
     starts: int = 0
@@ -50,6 +56,8 @@ class Slot:
 
     def start(self) -> None:
         argv = [sys.executable, "-m", "tenure", "worker", "chaos.app:reg", *self.args]
+        if self.processes:
+            argv += ["--processes", str(self.processes)]
         if self.namespace is not None:
             argv = self.namespace.command(argv)
         env = {
@@ -70,6 +78,22 @@ class Slot:
         self.pids.append(self.proc.pid)
         self.procs.append(self.proc)
 
+    def children(self) -> list[int]:
+        """Pids of the live children of the current process (a supervisor's workers)."""
+        if not self.alive():
+            return []
+        with contextlib.suppress(psutil.Error):
+            kids = psutil.Process(self.pid).children()
+            return sorted(k.pid for k in kids if k.status() != psutil.STATUS_ZOMBIE)
+        return []
+
+    def worker_pids(self) -> list[int]:
+        """Every pid that ran this slot's tasks: the workers, or a supervisor's children
+        (each logged as it started)."""
+        if not self.processes:
+            return list(self.pids)
+        return [int(m) for m in CHILD_STARTED.findall(self.logs())]
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -88,9 +112,13 @@ class Slot:
             self.proc.wait(10)
 
     def kill_all(self) -> None:
-        """SIGKILL every process this slot ever started that is still alive."""
+        """SIGKILL every process this slot ever started that is still alive, and a
+        supervisor's children first (they would otherwise drain after it is gone)."""
         for proc in self.procs:
             if proc.poll() is None:
+                with contextlib.suppress(psutil.Error):
+                    for kid in psutil.Process(proc.pid).children(recursive=True):
+                        kid.kill()
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGCONT)
                     proc.kill()

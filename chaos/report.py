@@ -38,20 +38,34 @@ def table(result: Result) -> Table:
     row("attempts recorded for the wrong worker", rep.misattributed_attempts, "0")
     row(f"limit: max overlap (limit {rep.limit})", rep.limit_max_overlap, f"<= {rep.limit}")
     row("limit violations", rep.limit_violations, "0")
+    row(
+        "supervised children killed / not restarted",
+        f"{rep.children_killed} / {rep.children_not_restarted}",
+        "… / 0",
+    )
+    row(
+        "checks during the run / violations seen",
+        f"{rep.midrun_checks} / {len(rep.midrun_violations)}",
+        "… / 0",
+    )
+    for finding in rep.midrun_violations[:5]:
+        row("  seen during the run", finding)
     for label, d in (
         ("takeover, first crash", rep.takeover_first),
+        ("takeover, first crash, limit full", rep.takeover_limit_full),
         ("takeover, all", rep.takeover_all),
     ):
         row(
             f"{label} (n={d.count}) p50/p99/max",
             f"{d.p50:.2f}s / {d.p99:.2f}s / {d.max:.2f}s",
-            f"p99 <= {rep.takeover_bound:.2f}s" if "first" in label else "",
+            f"p99 <= {rep.takeover_bound:.2f}s" if label == "takeover, first crash" else "",
         )
     row("faults injected", sum(rep.faults.values()))
     for kind, n in sorted(rep.faults.items()):
         row(f"  {kind}", n)
     row("late writes fenced (lease_lost in logs)", result.fenced_writes)
     row("oldest unreaped expired lease seen", f"{result.max_stale_lease:.1f}s")
+    row("database", cfg.database if cfg.database == "embedded" else f"system {cfg.cluster}")
     row("campaign time", f"{result.elapsed:.0f}s")
     verdict = "OK" if rep.ok else "VIOLATED: " + ", ".join(rep.violations())
     row("verdict", verdict)
