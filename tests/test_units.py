@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pydantic
@@ -10,7 +11,9 @@ import pytest
 from tenure import Backoff, ConfigError, PayloadInvalid, Registry
 from tenure._durations import as_timedelta, parse_duration
 from tenure._worker.config import WorkerConfig
+from tenure._worker.executor import execute
 from tenure._worker.state import Claimed, Held, Holdings
+from tenure._worker.threads import DaemonThreadPool
 from tenure.context import TaskContext
 
 
@@ -166,3 +169,22 @@ def test_task_context_events_reflect_marks_made_before_and_after_first_use() -> 
     late.mark_cancelled()
     assert stop.is_set() and late.cancelled.is_set() and late.stop is stop
     assert not late.lease_lost.is_set()
+
+
+def test_a_timeout_error_raised_by_a_task_without_a_timeout_is_an_ordinary_error() -> None:
+    # Given an async task with no timeout whose own code raises TimeoutError
+    reg = Registry(schema="units")
+
+    @reg.task(name="calls_out")
+    async def calls_out(payload: dict) -> None:
+        raise TimeoutError("the remote service did not answer")
+
+    row = Claimed(1, "calls_out", "default", {}, 1, 0, 0)
+    pool = DaemonThreadPool(1)
+    # When the worker runs it
+    outcome = asyncio.run(execute(calls_out, row, TaskContext(1, 1, "calls_out", "default"), pool))
+    pool.shutdown(wait=False)
+    # Then it is recorded as the error it is, with its traceback, and retried
+    assert outcome.outcome == "error"
+    assert outcome.error is not None and "the remote service did not answer" in outcome.error
+    assert outcome.delay > 0

@@ -101,7 +101,11 @@ async def execute(
             except TimeoutError:
                 pool.abandon(job)
                 raise
-    except TimeoutError:
+    except TimeoutError as exc:
+        if timeout is None:  # the function's own TimeoutError: an error like any other
+            return Outcome(
+                tid, attempt, "error", error=_error_text(exc), delay=_retry_delay(task, claimed)
+            )
         ctx.mark_stop()
         return _timed_out(claimed, timeout, _retry_delay(task, claimed))
     except RetryAfter as exc:
