@@ -19,6 +19,7 @@ from tenure import Registry
 from tenure._db import sqlfiles
 from tenure._db.migrate import migrate
 from tenure._maintenance.reaper import BATCH, Reaper
+from tenure._maintenance.vacuumer import Vacuumer, VacuumResult
 from tenure._worker.heartbeat import Heartbeat
 from tenure._worker.link import Link
 from tenure._worker.state import Holdings
@@ -340,3 +341,42 @@ def test_queue_depth_for_metrics_is_estimated_over_a_deep_backlog(
     # is found among the tasks counted
     assert 11_000 <= rows["work"][1] <= 13_500, rows["work"]
     assert rows["work"][4] is not None and float(rows["work"][4]) >= 3000
+
+
+def test_the_vacuumer_clears_a_burn_down_of_dead_rows_and_leaves_a_clean_table_alone(
+    database_url: str, db: psycopg.Connection[Any], schema: str
+) -> None:
+    # Given a hot table that a burn-down left with 12,000 dead rows and no live ones
+    migrate(db, schema)
+    db.execute(
+        "INSERT INTO tasks (task_name, queue, payload, max_attempts, max_crashes) "
+        "SELECT 'burn', 'default', '{}', 1, 1 FROM generate_series(1, 12000)"
+    )
+    db.execute("DELETE FROM tasks")
+    db.execute("SELECT pg_stat_force_next_flush()")
+
+    def dead() -> int:
+        row = db.execute(
+            "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'tasks'::regclass"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    eventually(lambda: dead() >= 12_000, timeout=10, what="statistics see the dead rows")
+
+    async def passes() -> tuple[VacuumResult, VacuumResult]:
+        link = Link(direct_url(database_url), schema, "vacuum-test")
+        try:
+            vacuumer = Vacuumer(link)
+            first = await vacuumer.run_once()
+            db.execute("SELECT pg_stat_clear_snapshot()")
+            eventually(lambda: dead() < 12_000, timeout=10, what="the vacuum counted")
+            return first, await vacuumer.run_once()
+        finally:
+            await link.close()
+
+    # When the vacuumer makes two passes
+    first, second = asyncio.run(passes())
+    # Then the first vacuums the table and the second finds nothing left to do
+    assert first.vacuumed and first.dead >= 12_000
+    assert not second.vacuumed and second.dead < 10_000
+    assert dead() == 0

@@ -12,7 +12,8 @@ once; leases then expire normally. A child of ``--processes`` takes a signal tha
 follows the first within two seconds as the same request: a group-wide signal
 reaches it twice, directly and forwarded by its supervisor.
 
-Connections: three per process — claims and outcomes, heartbeat and reaper, LISTEN.
+Connections: three per process — claims and outcomes, heartbeat and reaper, LISTEN —
+and a fourth for the moment of a vacuum of the hot table (see the vacuumer).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from tenure._db import connect as dbconnect
 from tenure._db.migrate import migrate
 from tenure._maintenance.promoter import Promoter
 from tenure._maintenance.reaper import Reaper
+from tenure._maintenance.vacuumer import Vacuumer
 from tenure._worker.claimer import Claimer
 from tenure._worker.completer import Completer, Outcome
 from tenure._worker.config import WorkerConfig
@@ -208,6 +210,7 @@ class Worker:
             cfg.heartbeat_interval,
             gone_after=max(cfg.lease * 4, cfg.lease + cfg.drain_timeout),
         )
+        self.vacuumer = Vacuumer(beat)
         self.completer = Completer(work, self.holdings, self.id)
         self.completer.on_settled = self.metrics.settled
         self.claimer = Claimer(work, self.id, cfg.queues, names, cfg.lease)
@@ -215,6 +218,7 @@ class Worker:
         self.heartbeat.start()
         self.reaper.start()
         self.promoter.start()
+        self.vacuumer.start()
         self.completer.start()
         if cfg.listen:
             self.notifier.start()
@@ -239,6 +243,7 @@ class Worker:
             await self.completer.stop()
             await self.reaper.stop()
             await self.promoter.stop()
+            await self.vacuumer.stop()
             await self.heartbeat.stop()
             try:
                 await beat.fetch("worker_set_state", {"worker": self.id, "state": "gone"})
