@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,67 +35,17 @@ from types import FrameType
 from typing import Any
 
 import psycopg
-from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import harness as h  # noqa: E402
+from bench.harness import ROOT, HarnessError, console, pick_dsn, scalar  # noqa: E402
 from tenure.errors import TenureError  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-SYSTEM_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 SCHEMA = "bench_scale"
 BATCH = 5_000
-STOP_TIMEOUT = 30.0
 START_TIMEOUT = 60.0
-
-console = Console(width=max(100, shutil.get_terminal_size((100, 24)).columns))
-Proc = subprocess.Popen[bytes]
-
-
-class HarnessError(Exception):
-    """The benchmark itself failed (not a slow figure)."""
-
-
-def pick_dsn() -> tuple[str, str]:
-    """The system PostgreSQL if it answers within 2 s, else the embedded server."""
-    try:
-        psycopg.connect(SYSTEM_DSN, connect_timeout=2).close()
-        return SYSTEM_DSN, "system PostgreSQL"
-    except psycopg.Error:
-        pass
-    os.environ.pop("TENURE_DATABASE_URL", None)
-    from tenure._db.connect import resolve_dsn
-
-    return resolve_dsn(None), "embedded PostgreSQL"
-
-
-def scalar(db: psycopg.Connection[Any], sql: str) -> int:
-    row = db.execute(sql).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-def stop(fleet: list[Proc]) -> None:
-    """SIGTERM every live worker, wait up to STOP_TIMEOUT in all, then SIGKILL."""
-    for proc in fleet:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    for proc in fleet:
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            console.print(f"[yellow]worker pid {proc.pid} ignored SIGTERM for 30 s; killed[/]")
-            proc.kill()
-            proc.wait()
-
-
-def check_alive(fleet: list[Proc]) -> None:
-    for proc in fleet:
-        if proc.poll() is not None:
-            raise HarnessError(f"worker pid {proc.pid} died (exit {proc.returncode})")
 
 
 def one_run(dsn: str, db: psycopg.Connection[Any], n: int, args: argparse.Namespace) -> float:
@@ -137,16 +85,13 @@ def one_run(dsn: str, db: psycopg.Connection[Any], n: int, args: argparse.Namesp
     if args.kind == "cpu":
         cmd += ["--processes", str(n)]  # one supervisor, n children
     with tempfile.TemporaryFile() as log:  # the workers' stderr, summarised after the run
-        fleet: list[Proc] = []
+        fleet = h.Fleet(log)  # each in a session of its own: Ctrl-C reaches only the harness
         try:
             for _ in range(1 if args.kind == "cpu" else n):
-                # A session of their own: Ctrl-C reaches only the harness, which stops them.
-                fleet.append(
-                    subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=log, start_new_session=True)
-                )
+                fleet.start(cmd, env)
             done, elapsed, left, failed = measure(db, fleet, n, args)
         finally:
-            stop(fleet)
+            fleet.stop()
             log.seek(0)
             lines = log.read().decode(errors="replace").splitlines()
             if lines:
@@ -164,7 +109,7 @@ def one_run(dsn: str, db: psycopg.Connection[Any], n: int, args: argparse.Namesp
 
 
 def measure(
-    db: psycopg.Connection[Any], fleet: list[Proc], n: int, args: argparse.Namespace
+    db: psycopg.Connection[Any], fleet: h.Fleet, n: int, args: argparse.Namespace
 ) -> tuple[int, float, int, int]:
     """Wait for every worker, warm up, then count finished tasks over the window.
 
@@ -174,7 +119,7 @@ def measure(
     active_sql = f"SELECT count(*) FROM {SCHEMA}.workers WHERE state = 'active'"
     deadline = time.monotonic() + START_TIMEOUT
     while scalar(db, active_sql) < n:
-        check_alive(fleet)
+        fleet.check_alive()
         if time.monotonic() > deadline:
             raise HarnessError(f"{n} workers not active after {START_TIMEOUT:.0f} s")
         time.sleep(0.05)
@@ -183,7 +128,7 @@ def measure(
     c0, t0 = scalar(db, finished_sql), time.monotonic()
     time.sleep(args.window)
     c1, t1 = scalar(db, finished_sql), time.monotonic()
-    check_alive(fleet)
+    fleet.check_alive()
     left = scalar(db, f"SELECT count(*) FROM {SCHEMA}.tasks WHERE state = 'queued'")
     failed = scalar(db, f"{finished_sql} WHERE state <> 'succeeded'")
     return c1 - c0, t1 - t0, left, failed
