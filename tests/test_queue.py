@@ -81,7 +81,7 @@ class FakeWorker:
         )
         return {r[0]: r[1] for r in rows}
 
-    def renew(self, held: list[tuple[int, int]]) -> set[int]:
+    def renew(self, held: list[tuple[int, int]], surrendered: list[int] | None = None) -> set[int]:
         rows = self.run(
             "lease_renew_many",
             worker=self.id,
@@ -92,6 +92,7 @@ class FakeWorker:
             ids=[h[0] for h in held],
             attempts=[h[1] for h in held],
             orphan_after=LEASE / 2,
+            surrendered=surrendered or [],
         )
         return set(rows[0][1])
 

@@ -22,9 +22,10 @@ from tenure._maintenance.reaper import BATCH, Reaper
 from tenure._maintenance.vacuumer import Vacuumer, VacuumResult
 from tenure._worker.heartbeat import Heartbeat
 from tenure._worker.link import Link
-from tenure._worker.state import Holdings
+from tenure._worker.state import Claimed, Held, Holdings
+from tenure.context import TaskContext
 from tests.conftest import ROOT, direct_url, eventually
-from tests.test_queue import FakeWorker
+from tests.test_queue import LEASE, FakeWorker, expire_now, reap
 
 
 def test_one_unwritable_outcome_does_not_hold_back_the_others(
@@ -131,6 +132,55 @@ def test_rows_a_worker_owns_but_never_received_are_handed_back(
     # Then the row is claimable again, with no error or crash counted
     assert db.execute("SELECT state, errors, crashes FROM tasks").fetchone() == ("queued", 0, 0)
     assert db.execute("SELECT attempt, outcome FROM attempts").fetchall() == [(attempt, "released")]
+
+
+def test_attempts_given_up_while_self_fenced_expire_as_crashes_not_releases(
+    database_url: str, db: psycopg.Connection[Any], schema: str, registry: Registry
+) -> None:
+    # Before: a worker stalled past most of its lease (SIGSTOP, a frozen process) fenced
+    # itself, and its next heartbeat handed back the rows it had been running as
+    # 'released', "never received": the run was lost but no crash counted, so a task that
+    # stalls its worker could run again and again past max_crashes.
+    @registry.task(name="stall")
+    def stall(payload: dict) -> None: ...
+
+    stall.send({})
+    w = FakeWorker(db, schema, ["stall"])
+    [(tid, attempt)] = w.claim()
+    db.execute("UPDATE tasks SET started_at = now() - interval '1 hour'")  # past orphan age
+
+    async def scenario() -> tuple[Any, set[int], set[int]]:
+        link = Link(direct_url(database_url), schema, "fenced")
+        holdings = Holdings()
+        holdings.add(
+            Held(
+                Claimed(tid, "stall", "default", {}, attempt, 0, 0),
+                TaskContext(tid, attempt, "stall", "default"),
+            )
+        )
+        beat = Heartbeat(link, holdings, w.id, LEASE, LEASE / 3)
+        try:
+            # Given the worker heard nothing for a whole lease and fenced itself
+            beat.last_ok -= LEASE.total_seconds()
+            assert beat.check_self_fence() and not holdings.held
+            # When the link is back and it heartbeats holding nothing
+            await beat.run_once()
+            kept = set(holdings.surrendered)
+            state = db.execute("SELECT state FROM tasks").fetchone()
+            # and the lease runs out and the reaper takes it
+            expire_now(db, tid)
+            reap(w)
+            await beat.run_once()
+            return state, kept, set(holdings.surrendered)
+        finally:
+            await link.close()
+
+    # Then the row waited for the reaper, which recorded a lost lease and counted a crash
+    assert asyncio.run(scenario()) == (("running",), {tid}, set())
+    assert db.execute("SELECT attempt, outcome FROM attempts").fetchall() == [
+        (attempt, "lease_expired")
+    ]
+    assert db.execute("SELECT crashes FROM tasks").fetchone() == (1,)
 
 
 def test_a_fresh_claim_is_not_mistaken_for_an_orphan(

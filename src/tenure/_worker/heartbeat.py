@@ -10,9 +10,11 @@ Rules:
   (self-fencing) before the database could consider its leases expired: every held
   task is marked lost and claiming pauses until a heartbeat sent less than that long
   ago succeeds (a late answer to an old one proves nothing about the link now).
-- Rows the database says this worker owns but the worker does not hold (a claim
-  whose answer was lost, tasks dropped while self-fenced) are handed back once they
-  are half a lease old, without counting a crash.
+- Rows the database says this worker owns but the worker never received (a claim
+  whose answer was lost) are handed back once they are half a lease old, without
+  counting a crash. Attempts dropped while self-fenced are not among them: they may
+  have run, so they are left to expire and the reaper counts the crash (a task that
+  stalls its worker past the lease is capped by ``max_crashes`` like one that kills it).
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class Heartbeat(Service):
     async def run_once(self) -> HeartbeatResult:
         snapshot = self.holdings.snapshot()
         sent = time.monotonic()
+        surrendered = list(self.holdings.surrendered)
         try:
             rows = await self.link.fetch(
                 "lease_renew_many",
@@ -81,6 +84,7 @@ class Heartbeat(Service):
                     "lease": self.lease,
                     "ids": arrays.ints(snapshot),
                     "attempts": arrays.ints(snapshot.values()),
+                    "surrendered": arrays.ints(surrendered),
                     "orphan_after": self.lease / 2,
                 },
             )
@@ -98,6 +102,8 @@ class Heartbeat(Service):
         renewed: set[int] = set(rows[0][1]) if rows else set()
         idle_elsewhere = int(rows[0][2]) if rows else 0
         orphans = int(rows[0][3]) if rows else 0
+        if surrendered:  # those the reaper has expired no longer need keeping apart
+            self.holdings.surrendered.intersection_update(rows[0][6] if rows else ())
         if orphans:
             log.warning(
                 "leases_orphaned worker=%s released=%d: claimed rows this worker never "
@@ -125,8 +131,13 @@ class Heartbeat(Service):
             self.on_beat(result)
         return result
 
-    def lose(self, task_id: int, attempt: int, why: str) -> None:
-        held = self.holdings.drop(task_id, attempt)
+    def lose(self, task_id: int, attempt: int, why: str, *, surrender: bool = False) -> None:
+        # A surrendered attempt's row may go on naming this worker until the reaper
+        # expires it: it must not be handed back as never received.
+        if surrender:
+            held = self.holdings.surrender(task_id, attempt)
+        else:
+            held = self.holdings.drop(task_id, attempt)
         if held is None:
             return
         held.context.mark_lost()
@@ -160,5 +171,5 @@ class Heartbeat(Service):
             )
         self.fenced = True
         for task_id, attempt in list(self.holdings.snapshot().items()):
-            self.lose(task_id, attempt, "self-fenced")
+            self.lose(task_id, attempt, "self-fenced", surrender=True)
         return True

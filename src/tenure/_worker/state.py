@@ -47,6 +47,9 @@ class Holdings:
 
     held: dict[int, Held] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)
+    # Tasks whose attempts were given up while self-fenced and whose rows may still
+    # name this worker, until the reaper expires them.
+    surrendered: set[int] = field(default_factory=set)
     _running: int = 0
     _open: int = 0  # held and outcome not yet handed over
 
@@ -55,6 +58,7 @@ class Holdings:
         older = self.held.get(held.claimed.id)
         if older is not None:
             self.drop(held.claimed.id, older.claimed.attempt)
+        self.surrendered.discard(held.claimed.id)
         self.held[held.claimed.id] = held
         self._open += 1
 
@@ -83,6 +87,13 @@ class Holdings:
     def snapshot(self) -> dict[int, int]:
         """Task id to attempt for every lease this worker holds."""
         return {tid: h.claimed.attempt for tid, h in self.held.items()}
+
+    def surrender(self, task_id: int, attempt: int) -> Held | None:
+        """Give up an attempt whose row may go on naming this worker until it expires."""
+        held = self.drop(task_id, attempt)
+        if held is not None:
+            self.surrendered.add(task_id)
+        return held
 
     def drop(self, task_id: int, attempt: int) -> Held | None:
         held = self.held.get(task_id)

@@ -1,7 +1,8 @@
 -- One heartbeat: renew every lease this worker still holds, hand back rows it owns
--- but does not hold (a claim whose answer never arrived), publish what it holds and
--- runs, read the idle capacity of the other live workers serving its queues, and
--- pick up what operators asked for (tasks to cancel, a drain).
+-- but never received (a claim whose answer never arrived; rows it gave up while
+-- self-fenced are `surrendered`: they wait for the reaper, which counts the crash),
+-- publish what it holds and runs, read the idle capacity of the other live workers
+-- serving its queues, and pick up what operators asked for (tasks to cancel, a drain).
 -- Returns the tasks it still owns; anything missing was taken over or finished.
 WITH me AS (
     UPDATE {schema}.workers
@@ -23,6 +24,7 @@ orphaned AS (
     FROM (SELECT o.id, o.attempt, o.started_at FROM {schema}.tasks o
           WHERE o.lease_owner = %(worker)s AND o.state = 'running'
             AND NOT (o.id = ANY (%(ids)s::bigint[]))
+            AND NOT (o.id = ANY (%(surrendered)s::bigint[]))
             AND o.started_at < now() - %(orphan_after)s::interval
           FOR UPDATE SKIP LOCKED) o
     WHERE t.id = o.id
@@ -43,4 +45,6 @@ fleet AS (
 )
 SELECT (SELECT count(*) FROM me), array(SELECT id FROM renewed), (SELECT idle FROM fleet),
        (SELECT count(*) FROM orphaned), array(SELECT id FROM renewed WHERE cancel_requested),
-       coalesce((SELECT drain_requested FROM me), false)
+       coalesce((SELECT drain_requested FROM me), false),
+       array(SELECT s.id FROM {schema}.tasks s
+             WHERE s.id = ANY (%(surrendered)s::bigint[]) AND s.lease_owner = %(worker)s)
