@@ -234,3 +234,37 @@ def test_completing_under_a_limit_frees_the_slot_for_the_next_claim(
         assert w.claim(3) == []
         w.complete(tid, attempt)
     assert db.execute("SELECT count(*) FROM finished_tasks").fetchone() == (3,)
+
+
+def test_work_already_running_when_a_task_limit_appears_counts_against_it(
+    registry: Registry, db: psycopg.Connection[Any], schema: str
+) -> None:
+    # Given three attempts of a task with no limit, claimed freely
+    @registry.task(name="n")
+    def n(payload: dict) -> None: ...
+
+    n.send_many([{}] * 10)
+    w = FakeWorker(db, schema, ["n"])
+    assert len(w.claim(3)) == 3
+    # When a limit of 4 is published for the task name
+    w.publish_limits("n", 4)
+    # Then the three still running take three of its four slots
+    assert len(w.claim(10)) == 1
+    assert db.execute("SELECT count(*) FROM tasks WHERE state = 'running'").fetchone() == (4,)
+
+
+def test_work_already_running_when_a_queue_limit_appears_counts_against_it(
+    registry: Registry, db: psycopg.Connection[Any], schema: str
+) -> None:
+    @registry.task(name="m")
+    def m(payload: dict) -> None: ...
+
+    m.send_many([{}] * 10)
+    w = FakeWorker(db, schema, ["m"])
+    assert len(w.claim(3)) == 3
+    publish_queue(w, "default", max_concurrency=4)
+    assert len(w.claim(10)) == 1
+    # and a row sent after the limit is counted once it runs
+    m.send({})
+    assert w.claim(10) == []
+    assert db.execute("SELECT count(*) FROM tasks WHERE state = 'running'").fetchone() == (4,)

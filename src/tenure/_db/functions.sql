@@ -12,6 +12,21 @@ LANGUAGE sql STABLE AS $$
                            FROM {schema}.queues q WHERE q.name = p_queue), 1.0)
 $$;
 
+-- Whether a new row of this task name in this queue is under a limit: the sender
+-- declared one, or a limit on the name or the queue is published. Flagged rows are
+-- claimed through the limit buckets and counted by them.
+CREATE OR REPLACE FUNCTION {schema}.is_limited(p_name text, p_queue text, p_declared boolean)
+RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT p_declared
+        OR EXISTS (SELECT 1 FROM {schema}.limits l
+                   WHERE l.task_name = p_name
+                     AND (l.max_concurrency IS NOT NULL OR l.max_concurrency_per_key IS NOT NULL))
+        OR EXISTS (SELECT 1 FROM {schema}.queues q
+                   WHERE q.name = p_queue
+                     AND (q.max_concurrency IS NOT NULL OR q.max_concurrency_per_key IS NOT NULL))
+$$;
+
 -- Where the next task of a key enters its queue: at the queue's head (the task
 -- served next), or one step after the key's own last queued task if that is later.
 -- A key with nothing queued starts level with the head; a key with a backlog goes
@@ -166,6 +181,8 @@ $$;
 -- Open one limit bucket for this claim: take its transaction advisory lock (or
 -- report -1 if another claimer holds it), expire its stale leases so a late
 -- renewal cannot revive one, and return how many more attempts it may start.
+-- Every row a limit applies to is flagged `limited` (see is_limited; a claim
+-- through a bucket flags what it takes), so only flagged rows are counted.
 -- Kinds: 'q' queue, 'qk' queue + key, 't' task name, 'tk' task name + key.
 CREATE OR REPLACE FUNCTION {schema}.bucket_open(p_kind text, p_queue text, p_task_name text, p_key text,
                                      p_limit integer)
@@ -183,16 +200,18 @@ BEGIN
     PERFORM {schema}.expire_leases(p_queue, p_task_name, p_key, 1000);
     IF p_kind = 'q' THEN
         SELECT count(*) INTO v_running FROM {schema}.tasks t
-        WHERE t.state = 'running' AND t.queue = p_queue;
+        WHERE t.state = 'running' AND t.limited AND t.queue = p_queue;
     ELSIF p_kind = 'qk' THEN
         SELECT count(*) INTO v_running FROM {schema}.tasks t
-        WHERE t.state = 'running' AND t.queue = p_queue AND t.partition_key = p_key;
+        WHERE t.state = 'running' AND t.limited AND t.queue = p_queue
+          AND t.partition_key = p_key;
     ELSIF p_kind = 't' THEN
         SELECT count(*) INTO v_running FROM {schema}.tasks t
-        WHERE t.state = 'running' AND t.task_name = p_task_name;
+        WHERE t.state = 'running' AND t.limited AND t.task_name = p_task_name;
     ELSE
         SELECT count(*) INTO v_running FROM {schema}.tasks t
-        WHERE t.state = 'running' AND t.task_name = p_task_name AND t.partition_key = p_key;
+        WHERE t.state = 'running' AND t.limited AND t.task_name = p_task_name
+          AND t.partition_key = p_key;
     END IF;
     RETURN greatest(p_limit - v_running, 0);
 END;
@@ -305,7 +324,7 @@ BEGIN
                 UPDATE {schema}.tasks t
                 SET state = 'running', attempt = t.attempt + 1, lease_owner = p_worker,
                     lease_expires_at = clock_timestamp() + greatest(t.lease, p_lease),
-                    started_at = clock_timestamp()
+                    started_at = clock_timestamp(), limited = true
                 WHERE t.id = (SELECT s.id FROM {schema}.tasks s
                               WHERE s.id = v_cand.id AND s.state = 'queued'
                               FOR UPDATE SKIP LOCKED)
@@ -610,7 +629,7 @@ BEGIN
                                 vtime)
     SELECT m.id, m.task_name, m.queue, m.payload, m.priority, coalesce(m.partition_key, ''),
            'queued', m.attempt, 0, 0, coalesce(m.max_attempts, 5), coalesce(m.max_crashes, 3),
-           m.limited, m.lease, now(), m.created_at, m.last_error, m.idempotency_key,
+           {schema}.is_limited(m.task_name, m.queue, m.limited), m.lease, now(), m.created_at, m.last_error, m.idempotency_key,
            {schema}.vtime_base(m.queue, coalesce(m.partition_key, ''))
     FROM moved m
     RETURNING queue INTO v_queue;

@@ -50,10 +50,11 @@ CREATE INDEX tasks_key_tail_idx ON {schema}.tasks (queue, partition_key, vtime)
 CREATE INDEX tasks_scheduled_idx ON {schema}.tasks (run_after) WHERE state = 'scheduled';
 CREATE INDEX tasks_running_owner_idx ON {schema}.tasks (lease_owner) WHERE state = 'running';
 CREATE INDEX tasks_running_expiry_idx ON {schema}.tasks (lease_expires_at) WHERE state = 'running';
-CREATE INDEX tasks_running_queue_idx ON {schema}.tasks (queue, partition_key)
-    WHERE state = 'running';
-CREATE INDEX tasks_running_name_idx ON {schema}.tasks (task_name, partition_key)
-    WHERE state = 'running';
+-- Bucket counts of running work under a limit; unlimited claims never write these.
+CREATE INDEX tasks_running_limited_queue_idx ON {schema}.tasks (queue, partition_key)
+    WHERE state = 'running' AND limited;
+CREATE INDEX tasks_running_limited_name_idx ON {schema}.tasks (task_name, partition_key)
+    WHERE state = 'running' AND limited;
 
 -- The common (name, queue, state) combinations, for estimates over a deep backlog.
 CREATE STATISTICS {schema}.tasks_queue_name_state (mcv)

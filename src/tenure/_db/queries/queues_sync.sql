@@ -1,5 +1,7 @@
 -- Publish this registry's queue settings (weight, limits, key weights). A pause set
--- by an operator is left as it is.
+-- by an operator is left as it is. When a queue gets a limit, its rows are flagged:
+-- waiting ones are then claimed through the limit buckets, running ones counted.
+WITH changed AS (
 INSERT INTO {schema}.queues (name, weight, max_concurrency, max_concurrency_per_key, key_weights)
 SELECT * FROM unnest(%(names)s::text[], %(weights)s::integer[], %(limits)s::integer[],
                      %(per_key)s::integer[], %(key_weights)s::jsonb[])
@@ -12,3 +14,13 @@ SET weight = excluded.weight,
 WHERE (queues.weight, queues.max_concurrency, queues.max_concurrency_per_key, queues.key_weights)
       IS DISTINCT FROM (excluded.weight, excluded.max_concurrency,
                         excluded.max_concurrency_per_key, excluded.key_weights)
+RETURNING name, max_concurrency, max_concurrency_per_key
+),
+flagged AS (
+    UPDATE {schema}.tasks t SET limited = true
+    FROM changed c
+    WHERE t.queue = c.name AND NOT t.limited
+      AND (c.max_concurrency IS NOT NULL OR c.max_concurrency_per_key IS NOT NULL)
+    RETURNING t.id
+)
+SELECT (SELECT count(*) FROM changed), (SELECT count(*) FROM flagged)

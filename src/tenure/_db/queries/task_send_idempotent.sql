@@ -2,11 +2,7 @@
 -- repeated key returns no row here (the caller then looks the existing task up).
 WITH input AS MATERIALIZED (
     SELECT coalesce(%(run_at)s::timestamptz, now() + %(delay)s::interval) AS run_after,
-           %(limited)s OR EXISTS (
-               SELECT 1 FROM {schema}.limits l
-               WHERE l.task_name = %(name)s
-                 AND (l.max_concurrency IS NOT NULL OR l.max_concurrency_per_key IS NOT NULL)
-           ) AS limited
+           {schema}.is_limited(%(name)s, %(queue)s, %(limited)s) AS limited
 ),
 key AS (
     INSERT INTO {schema}.idempotency_keys (task_name, key, task_id)

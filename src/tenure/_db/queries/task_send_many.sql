@@ -1,11 +1,7 @@
 -- Enqueue a batch of tasks of one kind and key in one round trip, in order.
 WITH input AS MATERIALIZED (
     SELECT coalesce(%(run_at)s::timestamptz, now() + %(delay)s::interval) AS run_after,
-           %(limited)s OR EXISTS (
-               SELECT 1 FROM {schema}.limits l
-               WHERE l.task_name = %(name)s
-                 AND (l.max_concurrency IS NOT NULL OR l.max_concurrency_per_key IS NOT NULL)
-           ) AS limited,
+           {schema}.is_limited(%(name)s, %(queue)s, %(limited)s) AS limited,
            {schema}.vtime_base(%(queue)s, %(partition_key)s) AS base,
            {schema}.vtime_step(%(queue)s, %(partition_key)s) AS step
 ),
