@@ -4,12 +4,17 @@
 -- migrations), so a function is edited here and nowhere else. {schema} is the
 -- quoted schema name, {channel} the quoted NOTIFY channel.
 
+-- The helpers below are plpgsql, not sql: a sql function with a sub-select is not
+-- inlined, and is planned again on every call (tens of microseconds per send).
+
 -- The vtime step of one task of a key: 1 / the key's weight in its queue.
 CREATE OR REPLACE FUNCTION {schema}.vtime_step(p_queue text, p_key text)
 RETURNS double precision
-LANGUAGE sql STABLE AS $$
-    SELECT 1.0 / coalesce((SELECT (q.key_weights ->> p_key)::double precision
-                           FROM {schema}.queues q WHERE q.name = p_queue), 1.0)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN 1.0 / coalesce((SELECT (q.key_weights ->> p_key)::double precision
+                           FROM {schema}.queues q WHERE q.name = p_queue), 1.0);
+END;
 $$;
 
 -- Whether a new row of this task name in this queue is under a limit: the sender
@@ -17,14 +22,16 @@ $$;
 -- claimed through the limit buckets and counted by them.
 CREATE OR REPLACE FUNCTION {schema}.is_limited(p_name text, p_queue text, p_declared boolean)
 RETURNS boolean
-LANGUAGE sql STABLE AS $$
-    SELECT p_declared
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN p_declared
         OR EXISTS (SELECT 1 FROM {schema}.limits l
                    WHERE l.task_name = p_name
                      AND (l.max_concurrency IS NOT NULL OR l.max_concurrency_per_key IS NOT NULL))
         OR EXISTS (SELECT 1 FROM {schema}.queues q
                    WHERE q.name = p_queue
-                     AND (q.max_concurrency IS NOT NULL OR q.max_concurrency_per_key IS NOT NULL))
+                     AND (q.max_concurrency IS NOT NULL OR q.max_concurrency_per_key IS NOT NULL));
+END;
 $$;
 
 -- Where the next task of a key enters its queue: at the queue's head (the task
