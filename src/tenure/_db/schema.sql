@@ -102,8 +102,6 @@ CREATE TABLE {schema}.attempts (
     PRIMARY KEY (task_id, attempt)
 );
 
-CREATE INDEX attempts_ended_at_idx ON {schema}.attempts (ended_at);
-
 CREATE TABLE {schema}.workers (
     id           uuid PRIMARY KEY,
     host         text NOT NULL,
