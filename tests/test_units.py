@@ -12,6 +12,7 @@ from tenure import Backoff, ConfigError, PayloadInvalid, Registry
 from tenure._durations import as_timedelta, parse_duration
 from tenure._worker.config import WorkerConfig
 from tenure._worker.executor import execute
+from tenure._worker.metrics import DURATION_BUCKETS, Histogram
 from tenure._worker.state import Claimed, Held, Holdings
 from tenure._worker.threads import DaemonThreadPool
 from tenure.context import TaskContext
@@ -188,3 +189,16 @@ def test_a_timeout_error_raised_by_a_task_without_a_timeout_is_an_ordinary_error
     assert outcome.outcome == "error"
     assert outcome.error is not None and "the remote service did not answer" in outcome.error
     assert outcome.delay > 0
+
+
+def test_duration_histogram_buckets_are_cumulative_and_inclusive() -> None:
+    h = Histogram()
+    for seconds in (0.001, 0.005, 0.02, 0.2, 61.0):
+        h.observe(seconds)
+    buckets = dict(zip(DURATION_BUCKETS, h.cumulative(), strict=True))
+    # a run equal to a bound counts under it (Prometheus "le"); one past the last bound
+    # counts only in +Inf, which is the total
+    assert buckets[0.005] == 2
+    assert buckets[0.01] == 2 and buckets[0.025] == 3
+    assert buckets[0.25] == 4 and buckets[60.0] == 4
+    assert h.n == 5 and h.total == pytest.approx(61.226)

@@ -46,6 +46,8 @@ def _error_text(exc: BaseException) -> str:
 
 def _json_text(encoded: str) -> str:
     """JSON text PostgreSQL's jsonb accepts: it refuses the NUL escape."""
+    if "\\u0000" not in encoded:
+        return encoded
     return _NUL_ESCAPE.sub(lambda m: m.group(1) + "\\ufffd", encoded)
 
 

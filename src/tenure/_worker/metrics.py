@@ -19,9 +19,11 @@ import importlib
 import logging
 import math
 import time
+from bisect import bisect_left
 from collections import Counter
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
 from tenure._worker.state import Claimed, Held
@@ -77,18 +79,21 @@ def _num(value: float) -> str:
 
 @dataclass
 class Histogram:
-    """Cumulative buckets, sum and count of one label set."""
+    """Buckets, sum and count of one label set. Each run is counted in its own bucket
+    (one search per run, which is on every task's path); a scrape sums them up."""
 
-    counts: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
+    own: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
     total: float = 0.0
     n: int = 0
 
     def observe(self, seconds: float) -> None:
-        for i, bound in enumerate(DURATION_BUCKETS):
-            if seconds <= bound:
-                self.counts[i] += 1
+        self.own[bisect_left(DURATION_BUCKETS, seconds)] += 1
         self.total += seconds
         self.n += 1
+
+    def cumulative(self) -> list[int]:
+        """Runs at or under each bound of DURATION_BUCKETS, as a scrape shows them."""
+        return list(accumulate(self.own[:-1]))
 
 
 _NO_SPAN = nullcontext()
@@ -198,7 +203,7 @@ class Metrics:
         name = "tenure_task_duration_seconds"
         family(name, "histogram", "Run time of task attempts on this worker.")
         for (queue, task), hist in sorted(self.durations.items()):
-            for bound, count in zip(DURATION_BUCKETS, hist.counts, strict=True):
+            for bound, count in zip(DURATION_BUCKETS, hist.cumulative(), strict=True):
                 labels = _labels(queue=queue, task=task, le=_num(bound))
                 out.append(f"{name}_bucket{labels} {count}")
             out.append(f"{name}_bucket{_labels(queue=queue, task=task, le='+Inf')} {hist.n}")
