@@ -485,6 +485,7 @@ DECLARE
     v_ids      bigint[];
     v_verdicts text[];
     v_queues   text[];
+    v_touched  text[];
 BEGIN
     WITH input AS (
         SELECT DISTINCT ON (u.id) u.*
@@ -548,15 +549,19 @@ BEGIN
     SELECT array_agg(o.id), array_agg(o.verdict),
            array_agg(DISTINCT o.queue) FILTER (
                WHERE o.verdict = 'released' OR (o.verdict = 'retry' AND o.delay <= 0)
-                  OR o.limited
-                  OR EXISTS (SELECT 1 FROM {schema}.queues q
-                             WHERE q.name = o.queue
-                               AND (q.max_concurrency IS NOT NULL
-                                    OR q.max_concurrency_per_key IS NOT NULL)))
-    INTO v_ids, v_verdicts, v_queues
+                  OR o.limited),
+           array_agg(DISTINCT o.queue)
+    INTO v_ids, v_verdicts, v_queues, v_touched
     FROM owned o;
 
-    PERFORM pg_notify({channel}, q) FROM unnest(v_queues) q;
+    -- A queue under a limit is woken too: a slot in it was freed. (One probe per queue
+    -- of the batch, not one per outcome.)
+    PERFORM pg_notify({channel}, w.queue)
+    FROM (SELECT unnest(v_queues) AS queue
+          UNION
+          SELECT q.name FROM {schema}.queues q
+          WHERE q.name = ANY (v_touched)
+            AND (q.max_concurrency IS NOT NULL OR q.max_concurrency_per_key IS NOT NULL)) w;
     PERFORM {schema}.notify_done(array(
         SELECT u.id FROM unnest(v_ids, v_verdicts) AS u(id, verdict)
         WHERE u.verdict IN ('succeeded', 'failed', 'cancelled')));
