@@ -267,8 +267,16 @@ class Bench:
             time.sleep(1.0)
             with h.phase("latency: idle fleet", self.r["loads"]):
                 out["idle"] = self._probes(log, a.probes)
-            drain2 = h.median([d.rate for d in self.r["drain"].get("tenure", {}).get(2, [])])
-            rate = 0.5 * (drain2 if drain2 == drain2 else 2000.0)
+            if a.load_rate:
+                rate = a.load_rate
+            else:
+                with h.phase("latency: sustained send + drain", self.r["loads"]):
+                    out["sustained"] = self._sustained()
+                rate = 0.5 * out["sustained"]
+                console.print(
+                    f"  sustained with sends on this machine: {out['sustained']:.0f}/s; "
+                    f"the loaded case sends half"
+                )
             out["load_rate"] = rate
             with h.phase(f"latency: 50 % load ({rate:.0f}/s)", self.r["loads"]):
                 stop = threading.Event()
@@ -304,8 +312,33 @@ class Bench:
             console.print(f"[yellow]only {len(lines)} of {n} probes started in 30 s[/]")
         return [float(ln.split()[3]) - float(ln.split()[4]) for ln in lines]
 
+    def _sustained(self, seconds: float = 4.0) -> float:
+        """Tasks/s the fleet finishes while this machine sends as fast as it can.
+
+        The drain rate leaves out what sending costs; on one machine both share the
+        cores, so "50 % load" is half of this end-to-end rate. The backlog left over is
+        finished before the probes start.
+        """
+        stop = threading.Event()
+        loader = threading.Thread(target=self._load, args=(0.0, stop), daemon=True)
+        loader.start()
+        finished = f"SELECT count(*) FROM {SCHEMA}.finished_tasks"
+        try:
+            time.sleep(1.0)
+            n0, t0 = self.count(finished), time.monotonic()
+            time.sleep(seconds)
+            n1, t1 = self.count(finished), time.monotonic()
+        finally:
+            stop.set()
+            loader.join()
+        deadline = time.monotonic() + 60
+        while self.count(f"SELECT count(*) FROM {SCHEMA}.tasks") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return (n1 - n0) / (t1 - t0)
+
     def _load(self, rate: float, stop: threading.Event) -> None:
-        """Send no-op tasks at ``rate``/s in ten batches a second, from its own registry."""
+        """Send no-op tasks at ``rate``/s in ten batches a second, from its own registry;
+        with ``rate`` 0, batches of 1,000 back to back."""
         from tenure import Registry
 
         reg = Registry(self.dsn, schema=SCHEMA)
@@ -314,12 +347,13 @@ class Bench:
         async def noop(payload: dict[str, Any]) -> None:
             pass
 
-        per = max(1, round(rate / 10))
+        per = max(1, round(rate / 10)) if rate > 0 else 1_000
         next_at = time.monotonic()
         while not stop.is_set():
             noop.send_many([{}] * per)
-            next_at += 0.1
-            time.sleep(max(0.0, next_at - time.monotonic()))
+            if rate > 0:
+                next_at += 0.1
+                time.sleep(max(0.0, next_at - time.monotonic()))
         reg.client.close()
 
     # -- takeover -------------------------------------------------------------------------
@@ -559,6 +593,12 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=1.0, help="s after the first finish (1)")
     p.add_argument("--max-window", type=float, default=10.0, help="longest drain window (10 s)")
     p.add_argument("--probes", type=int, default=200, help="latency probes per case (200)")
+    p.add_argument(
+        "--load-rate",
+        type=float,
+        default=0.0,
+        help="tasks/s of the loaded latency case (half what 2 processes sustain with sends)",
+    )
     p.add_argument("--kills", type=int, default=20, help="SIGKILLs in the takeover phase (20)")
     p.add_argument("--takeover-lease", default="5s", help="lease in the takeover phase (5s)")
     p.add_argument("--deploy-rate", type=int, default=200, help="rolling stream tasks/s (200)")
