@@ -26,6 +26,7 @@ def publish_queue(w: FakeWorker, name: str, **settings: Any) -> None:
         per_key=[settings.get("max_concurrency_per_key")],
         key_weights=[Jsonb(settings.get("key_weights", {}))],
     )
+    w.run("limits_flag_running")
 
 
 def keys_of(db: psycopg.Connection[Any], ids: list[int]) -> list[str]:
@@ -264,7 +265,30 @@ def test_work_already_running_when_a_queue_limit_appears_counts_against_it(
     assert len(w.claim(3)) == 3
     publish_queue(w, "default", max_concurrency=4)
     assert len(w.claim(10)) == 1
-    # and a row sent after the limit is counted once it runs
-    m.send({})
-    assert w.claim(10) == []
     assert db.execute("SELECT count(*) FROM tasks WHERE state = 'running'").fetchone() == (4,)
+    # and a row sent after the limit carries the flag the buckets count by
+    late = m.send({})
+    assert db.execute("SELECT limited FROM tasks WHERE id = %s", (late.id,)).fetchone() == (True,)
+
+
+def test_a_row_that_missed_its_limit_flag_is_flagged_when_claimed_through_the_limit(
+    registry: Registry, db: psycopg.Connection[Any], schema: str
+) -> None:
+    # Given a queue limited to one, and rows a sender inserted without the flag (its
+    # send raced the limit's publication)
+    @registry.task(name="r")
+    def r(payload: dict) -> None: ...
+
+    r.send({})  # migrates
+    db.execute("DELETE FROM tasks")
+    w = FakeWorker(db, schema, ["r"])
+    publish_queue(w, "default", max_concurrency=1)
+    db.execute(
+        "INSERT INTO tasks (task_name, queue, payload, max_attempts, max_crashes, limited) "
+        "SELECT 'r', 'default', '{}', 5, 3, false FROM generate_series(1, 3)"
+    )
+    # When one is claimed, it goes through the limit and is flagged
+    assert len(w.claim(10)) == 1
+    assert db.execute("SELECT limited FROM tasks WHERE state = 'running'").fetchone() == (True,)
+    # Then it fills the queue's one slot
+    assert w.claim(10) == []

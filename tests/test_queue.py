@@ -100,7 +100,9 @@ class FakeWorker:
         return dict(self.run("task_promote_due", max=1000))
 
     def publish_limits(self, name: str, limit: int | None, per_key: int | None = None) -> None:
+        # as a starting worker does: the limits, then the running rows they apply to
         self.run("limits_sync", names=[name], limits=[limit], per_key=[per_key])
+        self.run("limits_flag_running")
 
 
 def expire_now(db: psycopg.Connection[Any], task_id: int) -> None:

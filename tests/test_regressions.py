@@ -144,20 +144,22 @@ def test_attempts_given_up_while_self_fenced_expire_as_crashes_not_releases(
     @registry.task(name="stall")
     def stall(payload: dict) -> None: ...
 
-    stall.send({})
+    stall.send_many([{}, {}])
     w = FakeWorker(db, schema, ["stall"])
-    [(tid, attempt)] = w.claim()
+    [(ran, ran_attempt), (waited, waited_attempt)] = sorted(w.claim())
     db.execute("UPDATE tasks SET started_at = now() - interval '1 hour'")  # past orphan age
 
-    async def scenario() -> tuple[Any, set[int], set[int]]:
+    async def scenario() -> tuple[dict[int, str], set[int], set[int]]:
         link = Link(direct_url(database_url), schema, "fenced")
         holdings = Holdings()
-        holdings.add(
-            Held(
-                Claimed(tid, "stall", "default", {}, attempt, 0, 0),
-                TaskContext(tid, attempt, "stall", "default"),
+        for tid, attempt in ((ran, ran_attempt), (waited, waited_attempt)):
+            holdings.add(
+                Held(
+                    Claimed(tid, "stall", "default", {}, attempt, 0, 0),
+                    TaskContext(tid, attempt, "stall", "default"),
+                )
             )
-        )
+        holdings.start(holdings.held[ran])  # the other one is still prefetched
         beat = Heartbeat(link, holdings, w.id, LEASE, LEASE / 3)
         try:
             # Given the worker heard nothing for a whole lease and fenced itself
@@ -166,21 +168,23 @@ def test_attempts_given_up_while_self_fenced_expire_as_crashes_not_releases(
             # When the link is back and it heartbeats holding nothing
             await beat.run_once()
             kept = set(holdings.surrendered)
-            state = db.execute("SELECT state FROM tasks").fetchone()
-            # and the lease runs out and the reaper takes it
-            expire_now(db, tid)
+            states = dict(db.execute("SELECT id, state FROM tasks").fetchall())
+            # and the started one's lease runs out and the reaper takes it
+            expire_now(db, ran)
             reap(w)
             await beat.run_once()
-            return state, kept, set(holdings.surrendered)
+            return states, kept, set(holdings.surrendered)
         finally:
             await link.close()
 
-    # Then the row waited for the reaper, which recorded a lost lease and counted a crash
-    assert asyncio.run(scenario()) == (("running",), {tid}, set())
-    assert db.execute("SELECT attempt, outcome FROM attempts").fetchall() == [
-        (attempt, "lease_expired")
+    # Then the prefetched attempt, which never ran, was handed back at once at no cost;
+    # the started one waited for the reaper, which recorded a lost lease and a crash
+    assert asyncio.run(scenario()) == ({ran: "running", waited: "queued"}, {ran}, set())
+    assert db.execute("SELECT task_id, attempt, outcome FROM attempts ORDER BY 1").fetchall() == [
+        (ran, ran_attempt, "lease_expired"),
+        (waited, waited_attempt, "released"),
     ]
-    assert db.execute("SELECT crashes FROM tasks").fetchone() == (1,)
+    assert dict(db.execute("SELECT id, crashes FROM tasks").fetchall()) == {ran: 1, waited: 0}
 
 
 def test_a_fresh_claim_is_not_mistaken_for_an_orphan(

@@ -10,11 +10,12 @@ Rules:
   (self-fencing) before the database could consider its leases expired: every held
   task is marked lost and claiming pauses until a heartbeat sent less than that long
   ago succeeds (a late answer to an old one proves nothing about the link now).
-- Rows the database says this worker owns but the worker never received (a claim
-  whose answer was lost) are handed back once they are half a lease old, without
-  counting a crash. Attempts dropped while self-fenced are not among them: they may
-  have run, so they are left to expire and the reaper counts the crash (a task that
-  stalls its worker past the lease is capped by ``max_crashes`` like one that kills it).
+- Rows the database says this worker owns but does not hold (a claim whose answer
+  was lost, prefetched attempts dropped while self-fenced) are handed back once they
+  are half a lease old, without counting a crash. Attempts that had started when the
+  worker fenced itself are not among them: they may have run, so they are left to
+  expire and the reaper counts the crash (a task that stalls its worker past the
+  lease is capped by ``max_crashes`` like one that kills it).
 """
 
 from __future__ import annotations
@@ -173,5 +174,8 @@ class Heartbeat(Service):
             )
         self.fenced = True
         for task_id, attempt in list(self.holdings.snapshot().items()):
-            self.lose(task_id, attempt, "self-fenced", surrender=True)
+            held = self.holdings.held[task_id]
+            # One that never started is handed back by the next heartbeat, costing
+            # nothing; one that ran may have done its work: the reaper counts a crash.
+            self.lose(task_id, attempt, "self-fenced", surrender=held.started)
         return True

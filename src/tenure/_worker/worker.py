@@ -302,6 +302,7 @@ class Worker:
                 "key_weights": [Jsonb(q.key_weights) for q in queues],
             },
         )
+        await beat.fetch("limits_flag_running", {})
 
     async def _claim_loop(self) -> None:
         cfg = self.config

@@ -1,6 +1,6 @@
 -- Publish this registry's fleet-wide task limits; lift limits its tasks no longer declare.
--- When a limit appears, the task's rows are flagged: waiting ones are then claimed
--- through the limit buckets, and running ones are counted by them.
+-- When a limit appears, the task's waiting rows are flagged so they are claimed
+-- through the limit buckets (limits_flag_running flags its running ones after).
 WITH input AS (
     SELECT * FROM unnest(%(names)s::text[], %(limits)s::integer[], %(per_key)s::integer[])
         AS u(task_name, max_concurrency, max_concurrency_per_key)
@@ -21,7 +21,7 @@ RETURNING task_name, max_concurrency, max_concurrency_per_key
 flagged AS (
     UPDATE {schema}.tasks t SET limited = true
     FROM changed c
-    WHERE t.task_name = c.task_name AND NOT t.limited
+    WHERE t.task_name = c.task_name AND NOT t.limited AND t.state IN ('scheduled', 'queued')
       AND (c.max_concurrency IS NOT NULL OR c.max_concurrency_per_key IS NOT NULL)
     RETURNING t.id
 )

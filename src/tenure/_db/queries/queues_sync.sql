@@ -1,6 +1,7 @@
 -- Publish this registry's queue settings (weight, limits, key weights). A pause set
--- by an operator is left as it is. When a queue gets a limit, its rows are flagged:
--- waiting ones are then claimed through the limit buckets, running ones counted.
+-- by an operator is left as it is. When a queue gets a limit, its waiting rows are
+-- flagged so they are claimed through the limit buckets (limits_flag_running flags
+-- its running ones after).
 WITH changed AS (
 INSERT INTO {schema}.queues (name, weight, max_concurrency, max_concurrency_per_key, key_weights)
 SELECT * FROM unnest(%(names)s::text[], %(weights)s::integer[], %(limits)s::integer[],
@@ -19,7 +20,7 @@ RETURNING name, max_concurrency, max_concurrency_per_key
 flagged AS (
     UPDATE {schema}.tasks t SET limited = true
     FROM changed c
-    WHERE t.queue = c.name AND NOT t.limited
+    WHERE t.queue = c.name AND NOT t.limited AND t.state IN ('scheduled', 'queued')
       AND (c.max_concurrency IS NOT NULL OR c.max_concurrency_per_key IS NOT NULL)
     RETURNING t.id
 )
