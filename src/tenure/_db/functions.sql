@@ -376,13 +376,12 @@ $$;
 -- and merge joins off so that plan, which cannot know the batch size, still locks
 -- the picked rows by primary key instead of scanning the table. Start and
 -- expiry use the statement's clock, not the transaction's, so an attempt never
--- appears to start before the previous owner's outcome was written. It returns the
--- columns a worker reads, no more (every row passes through a tuplestore).
-DROP FUNCTION IF EXISTS {schema}.claim(uuid, text[], text[], integer, interval, integer);
-CREATE FUNCTION {schema}.claim(p_worker uuid, p_queues text[], p_names text[], p_limit integer,
+-- appears to start before the previous owner's outcome was written. Its signature
+-- and result type stay as they are: an older version re-applying its own functions
+-- (a rollback) must be able to replace it.
+CREATE OR REPLACE FUNCTION {schema}.claim(p_worker uuid, p_queues text[], p_names text[], p_limit integer,
                                p_lease interval, p_start integer)
-RETURNS TABLE (id bigint, task_name text, queue text, payload jsonb, attempt integer,
-               errors integer, crashes integer)
+RETURNS SETOF {schema}.tasks
 LANGUAGE plpgsql
 SET enable_sort = off
 SET plan_cache_mode = force_generic_plan
@@ -443,12 +442,10 @@ BEGIN
                     lease_expires_at = clock_timestamp() + greatest(t.lease, p_lease),
                     started_at = clock_timestamp()
                 FROM picked WHERE t.id = picked.id
-                RETURNING t.id, t.task_name, t.queue, t.payload, t.attempt, t.errors, t.crashes;
+                RETURNING t.*;
             ELSE
-                RETURN QUERY
-                SELECT c.id, c.task_name, c.queue, c.payload, c.attempt, c.errors, c.crashes
-                FROM {schema}.claim_limited(
-                    p_worker, v_queue, p_names, v_share, p_lease, false) c;
+                RETURN QUERY SELECT * FROM {schema}.claim_limited(
+                    p_worker, v_queue, p_names, v_share, p_lease, false);
             END IF;
             GET DIAGNOSTICS v_got = ROW_COUNT;
             v_left := v_left - v_got;
@@ -456,10 +453,8 @@ BEGIN
             IF v_share > 0 AND EXISTS (
                 SELECT 1 FROM {schema}.tasks t
                 WHERE t.state = 'queued' AND t.limited AND t.queue = v_queue) THEN
-                RETURN QUERY
-                SELECT c.id, c.task_name, c.queue, c.payload, c.attempt, c.errors, c.crashes
-                FROM {schema}.claim_limited(
-                    p_worker, v_queue, p_names, v_share, p_lease, true) c;
+                RETURN QUERY SELECT * FROM {schema}.claim_limited(
+                    p_worker, v_queue, p_names, v_share, p_lease, true);
                 GET DIAGNOSTICS v_got = ROW_COUNT;
                 v_left := v_left - v_got;
             END IF;
