@@ -374,7 +374,9 @@ $$;
 -- backlog on every claim). Its statements are planned once per session (a generic
 -- plan: replanning the claim cost a quarter of a millisecond per call), with hash
 -- and merge joins off so that plan, which cannot know the batch size, still locks
--- the picked rows by primary key instead of scanning the table. Start and
+-- the picked rows by primary key instead of scanning the table, and JIT off: that
+-- plan's cost grows with the backlog (it assumes a tenth of it is wanted), and past
+-- jit_above_cost each claim of a deep backlog would compile code for ten milliseconds. Start and
 -- expiry use the statement's clock, not the transaction's, so an attempt never
 -- appears to start before the previous owner's outcome was written. Its signature
 -- and result type stay as they are: an older version re-applying its own functions
@@ -387,6 +389,7 @@ SET enable_sort = off
 SET plan_cache_mode = force_generic_plan
 SET enable_hashjoin = off
 SET enable_mergejoin = off
+SET jit = off
 AS $$
 DECLARE
     v_left    integer := p_limit;
