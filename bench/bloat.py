@@ -79,17 +79,23 @@ def main() -> int:
                     if samples[-1][0] - begin > args.max_seconds:
                         raise h.HarnessError(f"backlog not drained in {args.max_seconds:.0f} s")
                     fleet.check_alive()
-                    time.sleep(args.sample)
+                    # Finely until the first task finishes, so the clock starts near it
+                    time.sleep(args.sample if done else 0.05)
             db.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
     except (h.HarnessError, psycopg.Error) as exc:
         console.print(f"[red]harness failure:[/] {str(exc).strip().splitlines()[0]}")
         return 1
     step = args.tasks / 10
-    # The clock starts at the first finished task (start-up is not drain time); each
-    # tenth's end is interpolated between the two samples around it.
-    first = next(i for i, (_, d) in enumerate(samples) if d > 0)
-    reached = [samples[first][0]] + [crossing(samples, k * step) for k in range(1, 11)]
-    tenths = [step / max(b - a, 1e-9) for a, b in zip(reached, reached[1:], strict=False)]
+    # The clock starts at the first sample that saw finished tasks (start-up is not
+    # drain time), and the first tenth counts only what finished after it; each tenth's
+    # end is interpolated between the two samples around it.
+    start, done0 = next((t, d) for t, d in samples if d > 0)
+    marks = [float(done0)] + [k * step for k in range(1, 11)]
+    reached = [start] + [crossing(samples, m) for m in marks[1:]]
+    tenths = [
+        (m1 - m0) / max(b - a, 1e-9)
+        for m0, m1, a, b in zip(marks[:-1], marks[1:], reached[:-1], reached[1:], strict=True)
+    ]
     for i, rate in enumerate(tenths):
         console.print(f"  tenth {i + 1:2}: {rate:8.0f} tasks/s")
     ratio = tenths[-1] / tenths[0]
