@@ -66,14 +66,16 @@ def test_metrics_counters_move_during_a_run(fleet_app: Any, workers: Any) -> Non
     # When twelve tasks of 0.3s run two at a time
     handles = fleet_app.sleepy.send_many([{"s": 0.3}] * 12)
 
-    # Then a scrape mid-run shows some done, leases held and the queue's depth
+    # Then a scrape mid-run shows some done, leases held and the queue's depth (held
+    # is 0 for the moment between writing two outcomes and claiming the next two, so
+    # the run is scraped until a scrape shows both)
     def mid_run() -> str | None:
         text = get(port, "/metrics")[1]
         done = sample(text, "tenure_tasks_succeeded_total", SLEEPY) or 0
-        return text if 0 < done < 12 else None
+        held = sample(text, "tenure_leases_held") or 0
+        return text if 0 < done < 12 and held >= 1 else None
 
-    during = eventually(mid_run, what="a scrape in the middle of the run")
-    assert (sample(during, "tenure_leases_held") or 0) >= 1
+    during = eventually(mid_run, what="a scrape in the middle of the run, leases held")
     assert sample(during, "tenure_queue_depth", 'queue="work"') is not None
     assert sample(during, "tenure_heartbeat_lag_seconds") is not None
     # And when the run is over every counter has reached its end
