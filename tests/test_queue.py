@@ -333,36 +333,6 @@ def test_renew_extends_only_leases_still_held(
     assert held[1][0] not in after
 
 
-def test_the_heartbeat_tells_each_idle_worker_its_turn_on_a_notify(
-    noop: Any, db: psycopg.Connection[Any], schema: str
-) -> None:
-    # Given four live workers on the queue, one of them with every slot taken
-    noop.send({})  # migrates
-    workers = [FakeWorker(db, schema, ["noop"]) for _ in range(4)]
-    busy = workers[1]
-    for w in workers:
-        w.run(
-            "worker_register", worker=w.id, host="h", pid=1, queues=["default"],
-            concurrency=2, version="t",
-        )  # fmt: skip
-    held = {w.id: (2 if w is busy else 0) for w in workers}
-
-    def beat(w: FakeWorker) -> int:
-        rows = w.run(
-            "lease_renew_many", worker=w.id, state="active", held=held[w.id], running=0,
-            lease=LEASE, ids=[], attempts=[], orphan_after=LEASE / 2, surrendered=[],
-        )  # fmt: skip
-        return int(rows[0][7])
-
-    for w in workers:
-        beat(w)  # each publishes what it holds
-    # When each heartbeats, Then an idle worker's turn counts the idle ones sorting before it
-    idle = sorted((w for w in workers if w is not busy), key=lambda w: w.id)
-    assert [beat(w) for w in idle] == [0, 1, 2]
-    # and the busy worker, which claims nothing on a NOTIFY, holds up no one
-    assert beat(busy) == sum(1 for w in idle if w.id < busy.id)
-
-
 # -- outcomes -----------------------------------------------------------------------------
 
 

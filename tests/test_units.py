@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import timedelta
 
 import pydantic
@@ -16,7 +15,6 @@ from tenure._worker.executor import execute
 from tenure._worker.metrics import DURATION_BUCKETS, Histogram
 from tenure._worker.state import Claimed, Held, Holdings
 from tenure._worker.threads import DaemonThreadPool
-from tenure._worker.worker import WAKE_STAGGER, Worker
 from tenure.context import TaskContext
 
 
@@ -204,20 +202,3 @@ def test_duration_histogram_buckets_are_cumulative_and_inclusive() -> None:
     assert buckets[0.01] == 2 and buckets[0.025] == 3
     assert buckets[0.25] == 4 and buckets[60.0] == 4
     assert h.n == 5 and h.total == pytest.approx(61.226)
-
-
-def test_a_notify_wakes_the_first_idle_worker_at_once_and_the_others_in_turn() -> None:
-    async def scenario(turn: int) -> tuple[bool, float]:
-        worker = Worker(Registry("postgresql://unused", schema="t"), WorkerConfig(queues=("q",)))
-        worker._turn = turn
-        start = time.monotonic()
-        worker._notified()
-        worker._notified()  # a second NOTIFY before its turn comes: one wake
-        at_once = worker._wake.is_set()
-        await asyncio.wait_for(worker._wake.wait(), 1.0)
-        return at_once, time.monotonic() - start
-
-    first, _ = asyncio.run(scenario(0))
-    third, waited = asyncio.run(scenario(2))
-    assert first is True
-    assert third is False and waited >= 2 * WAKE_STAGGER

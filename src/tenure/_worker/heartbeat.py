@@ -44,7 +44,6 @@ class HeartbeatResult:
     idle_elsewhere: int  # free slots of the other live workers serving our queues
     cancel: list[int]  # held tasks an operator asked to cancel
     drain: bool  # an operator asked this worker to drain
-    ahead: int = 0  # of those with a free slot, how many sort before this worker
 
 
 class Heartbeat(Service):
@@ -128,7 +127,6 @@ class Heartbeat(Service):
             idle_elsewhere=idle_elsewhere,
             cancel=[int(i) for i in rows[0][4]] if rows else [],
             drain=bool(rows[0][5]) if rows else False,
-            ahead=int(rows[0][7]) if rows else 0,
         )
         if self.on_beat is not None:
             self.on_beat(result)

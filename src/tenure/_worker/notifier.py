@@ -3,13 +3,10 @@
 The same channel carries ``!cancel:<id>`` when an operator cancels a running task,
 so the worker that holds it stops it at once instead of at its next heartbeat.
 
-Wake-ups coalesce: many notifications between two claims cause one claim. Idle
-workers take a notification in turn (the worker decides when, see
-``Worker._notified``), so one send does not set off a claim by every idle worker
-at the same instant. When the listening connection breaks it is reopened with
-backoff; the claimer's poll interval covers the gap. With ``listen=False``
-(connection poolers in transaction mode) the notifier is not started and polling
-alone drives claims.
+Wake-ups coalesce: many notifications between two claims cause one claim. When the
+listening connection breaks it is reopened with backoff; the claimer's poll
+interval covers the gap. With ``listen=False`` (connection poolers in transaction
+mode) the notifier is not started and polling alone drives claims.
 """
 
 from __future__ import annotations

@@ -56,10 +56,6 @@ from tenure.registry import Registry
 log = logging.getLogger(__name__)
 
 UNKNOWN_CHECK_INTERVAL = 60.0
-# On a NOTIFY, each idle worker that sorts after another idle one waits this long per
-# worker ahead of it (at most MAX_TURN of them) before it claims.
-WAKE_STAGGER = 0.002
-MAX_TURN = 10
 STARTUP_BACKOFF_CAP = 30.0
 # Seconds within which a supervised child takes a repeated signal as the same request.
 DUPLICATE_SIGNAL = 2.0
@@ -87,8 +83,6 @@ class Worker:
         self._wake = asyncio.Event()
         self._maybe_more = True
         self._others_idle = False
-        self._turn = 0  # idle workers on our queues that claim before us on a NOTIFY
-        self._staggered: asyncio.TimerHandle | None = None
         self._draining = False
         self._signals = 0
         self._first_signal = 0.0
@@ -129,21 +123,6 @@ class Worker:
     def wake(self) -> None:
         self._maybe_more = True
         self._wake.set()
-
-    def _notified(self) -> None:
-        """Work was sent to our queues. Every idle worker hears the NOTIFY; they claim in
-        turn, WAKE_STAGGER apart in the order the heartbeat reports, so the first claim
-        does not race the whole fleet's for the same rows."""
-        if self._turn == 0:
-            self.wake()
-        elif self._staggered is None:
-            self._staggered = asyncio.get_running_loop().call_later(
-                self._turn * WAKE_STAGGER, self._staggered_wake
-            )
-
-    def _staggered_wake(self) -> None:
-        self._staggered = None
-        self.wake()
 
     # -- start-up ---------------------------------------------------------------------
 
@@ -235,7 +214,7 @@ class Worker:
         self.completer = Completer(work, self.holdings, self.id)
         self.completer.on_settled = self.metrics.settled
         self.claimer = Claimer(work, self.id, cfg.queues, names, cfg.lease)
-        self.notifier = Notifier(listen, cfg.queues, self._notified, self.cancel_task)
+        self.notifier = Notifier(listen, cfg.queues, self.wake, self.cancel_task)
         self.heartbeat.start()
         self.reaper.start()
         self.promoter.start()
@@ -445,7 +424,6 @@ class Worker:
         """After each heartbeat: while another worker has idle slots, hand back prefetched
         tasks it can start at once."""
         self._others_idle = beat.idle_elsewhere > 0
-        self._turn = min(beat.ahead, MAX_TURN)
         if beat.idle_elsewhere > 0 and self.buffer:
             self._release_waiting(beat.idle_elsewhere, "idle capacity elsewhere")
 

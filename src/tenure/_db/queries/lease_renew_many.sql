@@ -2,8 +2,7 @@
 -- but never received (a claim whose answer never arrived; rows it gave up while
 -- self-fenced are `surrendered`: they wait for the reaper, which counts the crash),
 -- publish what it holds and runs, read the idle capacity of the other live workers
--- serving its queues (and how many of those with a free slot sort before it: its turn
--- when a NOTIFY wakes them all), and pick up what operators asked for (tasks to cancel, a drain).
+-- serving its queues, and pick up what operators asked for (tasks to cancel, a drain).
 -- Returns the tasks it still owns; anything missing was taken over or finished.
 WITH me AS (
     UPDATE {schema}.workers
@@ -39,8 +38,7 @@ recorded AS (
     FROM orphaned
 ),
 fleet AS (
-    SELECT coalesce(sum(greatest(w.concurrency - w.held, 0)), 0) AS idle,
-           count(*) FILTER (WHERE w.concurrency > w.held AND w.id < %(worker)s) AS ahead
+    SELECT coalesce(sum(greatest(w.concurrency - w.held, 0)), 0) AS idle
     FROM {schema}.workers w, me
     WHERE w.state = 'active' AND w.id <> %(worker)s AND w.queues && me.queues
       AND w.heartbeat_at > now() - %(lease)s::interval
@@ -49,5 +47,4 @@ SELECT (SELECT count(*) FROM me), array(SELECT id FROM renewed), (SELECT idle FR
        (SELECT count(*) FROM orphaned), array(SELECT id FROM renewed WHERE cancel_requested),
        coalesce((SELECT drain_requested FROM me), false),
        array(SELECT s.id FROM {schema}.tasks s
-             WHERE s.id = ANY (%(surrendered)s::bigint[]) AND s.lease_owner = %(worker)s),
-       (SELECT ahead FROM fleet)
+             WHERE s.id = ANY (%(surrendered)s::bigint[]) AND s.lease_owner = %(worker)s)
