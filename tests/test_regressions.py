@@ -155,7 +155,7 @@ def test_attempts_given_up_while_self_fenced_expire_as_crashes_not_releases(
         for tid, attempt in ((ran, ran_attempt), (waited, waited_attempt)):
             holdings.add(
                 Held(
-                    Claimed(tid, "stall", "default", {}, attempt, 0, 0),
+                    Claimed(tid, "stall", "default", "{}", attempt, 0, 0),
                     TaskContext(tid, attempt, "stall", "default"),
                 )
             )

@@ -127,7 +127,7 @@ def test_schema_names_must_be_plain_identifiers() -> None:
 
 
 def _held(task_id: int, attempt: int = 1) -> Held:
-    row = Claimed(task_id, "t", "q", {}, attempt, 0, 0)
+    row = Claimed(task_id, "t", "q", "{}", attempt, 0, 0)
     return Held(row, TaskContext(task_id, attempt, "t", "q"))
 
 
@@ -180,7 +180,7 @@ def test_a_timeout_error_raised_by_a_task_without_a_timeout_is_an_ordinary_error
     async def calls_out(payload: dict) -> None:
         raise TimeoutError("the remote service did not answer")
 
-    row = Claimed(1, "calls_out", "default", {}, 1, 0, 0)
+    row = Claimed(1, "calls_out", "default", "{}", 1, 0, 0)
     pool = DaemonThreadPool(1)
     # When the worker runs it
     outcome = asyncio.run(execute(calls_out, row, TaskContext(1, 1, "calls_out", "default"), pool))

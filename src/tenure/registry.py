@@ -108,6 +108,14 @@ class Task(Generic[P, R]):
         except pydantic.ValidationError as exc:
             raise PayloadInvalid(f"{self.name}: {label} invalid: {_first_line(exc)}") from None
 
+    def decode(self, text: str | bytes) -> Any:
+        """A stored payload (JSON text) as the function receives it, parsed and
+        validated in one pass, or :class:`PayloadInvalid`."""
+        try:
+            return self._adapter.validate_json(text)
+        except pydantic.ValidationError as exc:
+            raise PayloadInvalid(f"{self.name}: payload invalid: {_first_line(exc)}") from None
+
     def encode(self, payload: Any, *, label: str = "payload") -> str:
         """Validate ``payload`` and return it as JSON text."""
         value = self.validate(payload, label=label)

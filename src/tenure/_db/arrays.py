@@ -23,10 +23,8 @@ def floats(values: Iterable[float]) -> str:
 
 def texts(values: Iterable[str | None]) -> str:
     """``{"a",NULL}`` for a ``text[]`` or ``jsonb[]`` parameter; None is NULL."""
-    return "{" + ",".join(_quote(v) for v in values) + "}"
-
-
-def _quote(value: str | None) -> str:
-    if value is None:
-        return "NULL"
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    quoted = [
+        "NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        for v in values
+    ]
+    return "{" + ",".join(quoted) + "}"

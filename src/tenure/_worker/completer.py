@@ -122,9 +122,11 @@ class Completer:
         del self.pending[:n]
         fenced: list[int] = []
         counts = self.holdings.counts
+        submitted, drop, on_settled = self._submitted, self.holdings.drop, self.on_settled
+        debug = log.isEnabledFor(logging.DEBUG)
         for o in batch:
-            self._submitted.discard((o.task_id, o.attempt))
-            held = self.holdings.drop(o.task_id, o.attempt)
+            submitted.discard((o.task_id, o.attempt))
+            held = drop(o.task_id, o.attempt)
             verdict = verdicts.get(o.task_id)
             if verdict is None and dropped:
                 counts["outcomes_dropped"] += 1
@@ -142,18 +144,19 @@ class Completer:
                     o.outcome,
                 )
                 continue
-            event = _EVENTS.get(verdict, f"task_{verdict}")
+            event = _EVENTS.get(verdict) or f"task_{verdict}"
             counts[event] += 1
-            if self.on_settled is not None:
-                self.on_settled(event, held)
-            log.debug(
-                "%s task=%s attempt=%s queue=%s worker=%s",
-                event,
-                o.task_id,
-                o.attempt,
-                held.claimed.queue if held is not None else "-",
-                self.worker_id,
-            )
+            if on_settled is not None:
+                on_settled(event, held)
+            if debug:
+                log.debug(
+                    "%s task=%s attempt=%s queue=%s worker=%s",
+                    event,
+                    o.task_id,
+                    o.attempt,
+                    held.claimed.queue if held is not None else "-",
+                    self.worker_id,
+                )
         if not self.pending:
             self._idle.set()
         return CompleteResult(verdicts, fenced)

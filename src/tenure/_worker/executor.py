@@ -74,7 +74,7 @@ async def execute(
     if task.options.isolation == "process" and processes is not None:
         return await _in_process(task, claimed, processes, timeout)
     try:
-        payload = task.validate(claimed.payload)
+        payload = task.decode(claimed.payload)
     except Exception as exc:  # PayloadInvalid, or a validator that raised something else
         message = (
             str(exc)
@@ -125,6 +125,8 @@ async def execute(
             error=_error_text(exc),
             delay=_retry_delay(task, claimed),
         )
+    if result is None:  # most tasks return nothing
+        return Outcome(tid, attempt, "succeeded", result="null")
     try:
         encoded = pydantic_core.to_json(result).decode()
     except pydantic_core.PydanticSerializationError as exc:

@@ -37,7 +37,7 @@ class Job:
 
     module: str
     qualname: str
-    payload: Any
+    payload: str  # JSON text, as stored
     task_id: int
     attempt: int
     task_name: str
@@ -85,7 +85,7 @@ def _child_main(conn: Connection) -> None:
                 obj = getattr(obj, part)
             task = obj
             _current.set(TaskContext(job.task_id, job.attempt, job.task_name, job.queue))
-            payload = task.validate(job.payload)
+            payload = task.decode(job.payload)
             result = task.fn(payload)
             if asyncio.iscoroutine(result):
                 result = asyncio.run(result)

@@ -16,7 +16,7 @@ class Claimed(NamedTuple):
     id: int
     task_name: str
     queue: str
-    payload: Any
+    payload: str  # JSON text: the task's type parses and validates it in one pass
     attempt: int
     errors: int
     crashes: int
@@ -35,6 +35,9 @@ class Held:
     started: bool = False  # False while prefetched: claimed but not yet running
     completing: bool = False  # outcome handed to the completer, not yet written
     thread: Future[Any] | None = None  # the pool job of a sync task while it runs
+
+    def set_thread(self, job: Future[Any]) -> None:
+        self.thread = job
 
 
 @dataclass

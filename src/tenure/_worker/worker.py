@@ -26,7 +26,6 @@ import signal
 import socket
 import time
 from collections import deque
-from typing import Any
 from uuid import UUID, uuid4
 
 from psycopg.types.json import Jsonb
@@ -346,10 +345,7 @@ class Worker:
     async def _run_task(self, row: Claimed, held: Held) -> None:
         try:
             task = self.registry.tasks[row.task_name]
-
-            def on_thread(job: Any) -> None:
-                held.thread = job
-
+            on_thread = None if task.is_async else held.set_thread
             started = time.monotonic()
             try:
                 with self.metrics.span(row):
