@@ -33,7 +33,7 @@ clean:
 
 # Tenure beside PgQueuer, Procrastinate, Celery+Redis and a bare-SQL floor; each peer
 # is installed from PyPI into bench/.peers/<name>/ on first use. Pass flags with
-# BENCH_FLAGS='--repeats 3 --kills 10' (see: .venv/bin/python bench/run.py --help).
+# BENCH_FLAGS='--repeats 5 --kills 10' (see: .venv/bin/python bench/run.py --help).
 .PHONY: bench
 bench: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'

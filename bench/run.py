@@ -589,7 +589,7 @@ def main() -> int:
         default=100,
         help="slots per worker process, every system (100: the floor claims batches of 100)",
     )
-    p.add_argument("--repeats", type=int, default=2, help="drain runs per system (2)")
+    p.add_argument("--repeats", type=int, default=3, help="drain runs per system (3)")
     p.add_argument("--warmup", type=float, default=1.0, help="s after the first finish (1)")
     p.add_argument("--max-window", type=float, default=10.0, help="longest drain window (10 s)")
     p.add_argument("--probes", type=int, default=200, help="latency probes per case (200)")
