@@ -112,8 +112,8 @@ class Metrics:
 
     # -- recording (called from the worker and the completer) ------------------------
 
-    def claimed(self, row: Claimed) -> None:
-        self.labeled[("task_claimed", row.queue, row.task_name)] += 1
+    def claimed(self, rows: list[Claimed]) -> None:
+        self.labeled.update(("task_claimed", row.queue, row.task_name) for row in rows)
 
     def settled(self, event: str, held: Held | None) -> None:
         """The completer wrote an outcome; ``held`` is None if it was no longer held."""

@@ -305,8 +305,7 @@ class Worker:
                     log.warning("claim_failed error=%s", exc)
                     await asyncio.sleep(dbconnect.backoff_delay(failures, base=0.1, cap=poll))
                     continue
-                for row in claimed:
-                    self._hold(row)
+                self._hold(claimed)
                 self._fill()
                 if len(claimed) == want:
                     self._maybe_more = True
@@ -317,19 +316,22 @@ class Worker:
                 self._maybe_more = True  # poll: a NOTIFY may have been missed
             self._wake.clear()
 
-    def _hold(self, row: Claimed) -> None:
-        ctx = TaskContext(row.id, row.attempt, row.task_name, row.queue)
-        self.holdings.add(Held(row, ctx))
-        self.holdings.counts["task_claimed"] += 1
-        self.metrics.claimed(row)
-        log.debug(
-            "task_claimed task=%s attempt=%s queue=%s worker=%s",
-            row.id,
-            row.attempt,
-            row.queue,
-            self.id,
-        )
-        self.buffer.append(row)
+    def _hold(self, rows: list[Claimed]) -> None:
+        """Take on freshly claimed attempts; they wait in the buffer for a slot."""
+        holdings, debug = self.holdings, log.isEnabledFor(logging.DEBUG)
+        for row in rows:
+            holdings.add(Held(row, TaskContext(row.id, row.attempt, row.task_name, row.queue)))
+            if debug:
+                log.debug(
+                    "task_claimed task=%s attempt=%s queue=%s worker=%s",
+                    row.id,
+                    row.attempt,
+                    row.queue,
+                    self.id,
+                )
+        holdings.counts["task_claimed"] += len(rows)
+        self.metrics.claimed(rows)
+        self.buffer.extend(rows)
 
     def _fill(self) -> None:
         """Start prefetched tasks while slots are free."""
