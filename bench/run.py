@@ -238,6 +238,7 @@ class Bench:
             with h.phase(f"drain, run {repeat + 1}/{a.repeats}", self.r["loads"]):
                 for procs in (1, 2):
                     for name in systems:  # interleaved, so drift hits every system alike
+                        h.checkpoint(self.db)
                         if name == "tenure":
                             d = self.tenure_drain(procs)
                         elif name == "floor":

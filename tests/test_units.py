@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from uuid import UUID, uuid4
 
 import pydantic
 import pytest
@@ -102,6 +103,27 @@ def test_payload_type_comes_from_the_type_hint_and_errors_name_the_field() -> No
     with pytest.raises(PayloadInvalid) as err:
         parse.encode({"uri": "a", "pages": "many"})
     assert "pages" in str(err.value) and "\n" not in str(err.value)
+
+
+class Stamped(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(strict=True)
+    at: datetime
+    ref: UUID
+    tags: set[str]
+
+
+def test_a_stored_payload_decodes_as_json_even_for_strict_types() -> None:
+    """What ``send`` stored is JSON text; the worker parses it in JSON mode, where a
+    strict model still takes an ISO timestamp, a UUID string and a list for a set."""
+    reg = Registry("postgresql://unused", schema="unused")
+
+    @reg.task
+    def stamp(payload: Stamped) -> None: ...
+
+    value = Stamped(at=datetime(2026, 11, 28, 12, tzinfo=UTC), ref=uuid4(), tags={"a", "b"})
+    assert stamp.decode(stamp.encode(value)) == value
+    with pytest.raises(PayloadInvalid, match="stamp: payload invalid: at"):
+        stamp.decode(f'{{"at": "noon", "ref": "{value.ref}", "tags": []}}')
 
 
 def test_dict_payloads_must_be_dicts() -> None:
