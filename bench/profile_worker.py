@@ -33,10 +33,14 @@ _write = completer.Completer._write
 _fetch = link.Link.fetch
 
 
-async def claim_once(self: claimer.Claimer, want: int) -> Any:
-    rows = await _claim(self, want)
+async def claim_once(
+    self: claimer.Claimer, want: int, outcomes: list[Outcome] | None = None
+) -> Any:
+    rows, verdicts = await _claim(self, want, outcomes)
     claims[(want, len(rows))] += 1
-    return rows
+    if outcomes:
+        completions[len(outcomes)] += 1
+    return rows, verdicts
 
 
 async def write(self: completer.Completer, batch: list[Outcome]) -> dict[int, str]:

@@ -81,6 +81,29 @@ class FakeWorker:
         )
         return {r[0]: r[1] for r in rows}
 
+    def complete_and_claim(
+        self, done: list[tuple[int, int]], n: int = 10
+    ) -> tuple[dict[int, str], list[tuple[int, int]]]:
+        """Successes for ``done`` (task, attempt) and a claim of ``n``, in one statement
+        (the worker's usual round trip)."""
+        rows = self.run(
+            "task_complete_claim",
+            worker=self.id,
+            ids=[t for t, _ in done],
+            attempts=[a for _, a in done],
+            outcomes=["succeeded"] * len(done),
+            results=[None] * len(done),
+            errors=[None] * len(done),
+            delays=[0.0] * len(done),
+            queues=self.queues,
+            names=self.names,
+            limit=n,
+            lease=LEASE,
+            start=0,
+        )
+        verdicts = {r[0]: r[1] for r in rows if r[1] is not None}
+        return verdicts, [(r[0], r[5]) for r in rows if r[1] is None]
+
     def renew(self, held: list[tuple[int, int]], surrendered: list[int] | None = None) -> set[int]:
         rows = self.run(
             "lease_renew_many",
@@ -470,6 +493,34 @@ def test_an_expired_lease_frees_its_limit_slot_without_a_sweep(
     assert len(claimed) == 1
     assert a.renew([(tid, attempt)]) == set()  # the late renewal cannot revive it
     assert db.execute("SELECT count(*) FROM tasks WHERE state = 'running'").fetchone() == (1,)
+
+
+def test_outcomes_written_with_a_claim_are_fenced_and_free_their_slot_for_it(
+    registry: Registry, db: psycopg.Connection[Any], schema: str
+) -> None:
+    @registry.task(name="one", max_concurrency=1)
+    def one(payload: dict) -> None: ...
+
+    t1, t2, t3 = (h.id for h in one.send_many([{}, {}, {}]))
+    a, b = FakeWorker(db, schema, ["one"]), FakeWorker(db, schema, ["one"])
+    a.publish_limits("one", 1)
+    [(_, a1)] = a.claim()
+    # The outcome is written first, so the slot it frees is free to the claim
+    assert a.complete_and_claim([(t1, a1)]) == ({t1: "succeeded"}, [(t2, 1)])
+    # A stale outcome is fenced out and the claim beside it still respects the limit
+    expire_now(db, t2)
+    assert reap(b) == [(t2, "requeued")]
+    [(_, b2)] = b.claim()
+    assert a.complete_and_claim([(t2, 1)]) == ({}, [])
+    assert b.complete_and_claim([(t2, b2)]) == ({t2: "succeeded"}, [(t3, 1)])
+    attempts = db.execute(
+        "SELECT task_id, attempt, worker_id, outcome FROM attempts ORDER BY task_id, attempt"
+    ).fetchall()
+    assert attempts == [
+        (t1, 1, a.id, "succeeded"),
+        (t2, 1, a.id, "lease_expired"),
+        (t2, 2, b.id, "succeeded"),
+    ]
 
 
 def test_lifting_a_limit_frees_rows_sent_under_it(

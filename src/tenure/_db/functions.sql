@@ -567,6 +567,31 @@ BEGIN
 END;
 $$;
 
+-- A worker's usual round trip: record the outcomes of a batch (exactly as
+-- complete() does, every one fenced), then claim up to p_limit (exactly as claim()
+-- does). One statement instead of two; the claim runs after the outcomes are
+-- written, so a slot they free under a limit is free to it. Outcome rows carry a
+-- verdict; claimed rows carry none.
+CREATE OR REPLACE FUNCTION {schema}.complete_and_claim(
+    p_worker uuid, p_ids bigint[], p_attempts integer[], p_outcomes text[], p_results jsonb[],
+    p_errors text[], p_delays double precision[], p_queues text[], p_names text[],
+    p_limit integer, p_lease interval, p_start integer)
+RETURNS TABLE (r_id bigint, r_verdict text, r_task_name text, r_queue text, r_payload text,
+               r_attempt integer, r_errors integer, r_crashes integer)
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY
+    SELECT c.task_id, c.verdict, NULL::text, NULL::text, NULL::text, NULL::integer,
+           NULL::integer, NULL::integer
+    FROM {schema}.complete(p_worker, p_ids, p_attempts, p_outcomes, p_results, p_errors,
+                           p_delays) c;
+    RETURN QUERY
+    SELECT t.id, NULL::text, t.task_name, t.queue, t.payload::text, t.attempt, t.errors,
+           t.crashes
+    FROM {schema}.claim(p_worker, p_queues, p_names, p_limit, p_lease, p_start) t;
+END;
+$$;
+
 -- Tell whoever waits for results (handle.result()) which of these tasks just
 -- finished: one notification on the schema's "done" channel listing the waited-for
 -- ids (empty, meaning "look again", when the list would not fit), and none at all

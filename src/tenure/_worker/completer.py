@@ -8,13 +8,19 @@ heartbeat keeps those leases alive meanwhile); if the failed try had committed
 after all, the retry finds the attempts already recorded and counts them done. A
 batch the database refuses outright is written one outcome at a time, so one bad
 outcome cannot hold the others back.
+
+While a worker claims, its claim loop carries the outcomes: a new outcome wakes that
+loop (``carrier``), whose next claim writes the pending batch in the same statement
+(``carried``), and which kicks this loop for outcomes it does not carry. Writes
+take ``lock``, so a batch is written by one of the two, never both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
 from uuid import UUID
@@ -41,6 +47,18 @@ class Outcome(NamedTuple):
     delay: float = 0.0  # seconds before a retry
 
 
+def outcome_params(batch: list[Outcome]) -> dict[str, str]:
+    """A batch of outcomes as the array parameters complete() takes."""
+    return {
+        "ids": arrays.ints(o.task_id for o in batch),
+        "attempts": arrays.ints(o.attempt for o in batch),
+        "outcomes": arrays.texts(o.outcome for o in batch),
+        "results": arrays.texts(o.result for o in batch),
+        "errors": arrays.texts(o.error for o in batch),
+        "delays": arrays.floats(o.delay for o in batch),
+    }
+
+
 @dataclass(frozen=True)
 class CompleteResult:
     verdicts: dict[int, str]
@@ -64,6 +82,9 @@ class Completer:
         # Told each settled outcome's event and the attempt it ended (None if no longer
         # held); the worker's metrics count outcomes per queue and task with it.
         self.on_settled: Callable[[str, Held | None], None] | None = None
+        # While set, a new outcome calls this instead of waking the completer's loop.
+        self.carrier: Callable[[], None] | None = None
+        self.lock = asyncio.Lock()
 
     def submit(self, outcome: Outcome) -> None:
         """Queue an outcome; a second outcome for the same attempt is ignored."""
@@ -77,20 +98,40 @@ class Completer:
             self.holdings.complete(held)
         self.pending.append(outcome)
         self._idle.clear()
-        self._wake.set()
+        if self.carrier is None:
+            self._wake.set()
+        else:
+            self.carrier()
+
+    def kick(self) -> None:
+        """Write what is pending now, on the completer's own loop."""
+        if self.pending:
+            self._wake.set()
+
+    @asynccontextmanager
+    async def carried(self) -> AsyncIterator[list[Outcome]]:
+        """The pending batch for a claim to write in the same statement; settle it
+        with :meth:`settle` inside the block. Empty while the completer is writing or
+        after a failed write (the completer sorts out what that one recorded)."""
+        if self.lock.locked() or self._uncertain or not self.pending:
+            yield []
+            return
+        async with self.lock:
+            batch = self.pending[:MAX_BATCH]
+            try:
+                yield batch
+            except BaseException:
+                self._uncertain = True  # it may have committed before its answer was lost
+                self._wake.set()
+                raise
+
+    def settle(self, batch: list[Outcome], verdicts: dict[int, str]) -> CompleteResult:
+        """Settle a batch written by :meth:`carried`'s holder."""
+        return self._settle(len(batch), verdicts)
 
     async def _write(self, batch: list[Outcome]) -> dict[int, str]:
         rows = await self.link.fetch(
-            "task_complete_many",
-            {
-                "worker": self.worker_id,
-                "ids": arrays.ints(o.task_id for o in batch),
-                "attempts": arrays.ints(o.attempt for o in batch),
-                "outcomes": arrays.texts(o.outcome for o in batch),
-                "results": arrays.texts(o.result for o in batch),
-                "errors": arrays.texts(o.error for o in batch),
-                "delays": arrays.floats(o.delay for o in batch),
-            },
+            "task_complete_many", {"worker": self.worker_id, **outcome_params(batch)}
         )
         return {int(r[0]): str(r[1]) for r in rows}
 
@@ -205,22 +246,28 @@ class Completer:
             await self._wake.wait()
             self._wake.clear()
             while self.pending:
-                try:
-                    await self.run_once()
-                    failures = 0
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    failures += 1
-                    if isinstance(exc, DatabaseError) and not is_transient(exc.__cause__ or exc):
-                        try:
-                            await self._write_singly()
-                            continue
-                        except Exception as again:
-                            exc = again
-                    self._uncertain = True
-                    log.warning("completer_failed pending=%d error=%s", len(self.pending), exc)
-                    await asyncio.sleep(backoff_delay(failures, base=0.05, cap=2.0))
+                async with self.lock:  # a claim may have carried the batch meanwhile
+                    try:
+                        if self.pending:
+                            await self.run_once()
+                        failures = 0
+                        continue
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        failures += 1
+                        error = exc
+                        if isinstance(exc, DatabaseError) and not is_transient(
+                            exc.__cause__ or exc
+                        ):
+                            try:
+                                await self._write_singly()
+                                continue
+                            except Exception as again:
+                                error = again
+                        self._uncertain = True
+                log.warning("completer_failed pending=%d error=%s", len(self.pending), error)
+                await asyncio.sleep(backoff_delay(failures, base=0.05, cap=2.0))
 
     async def flush(self, timeout: float) -> bool:
         """Wait until every pending outcome is written; False on timeout."""

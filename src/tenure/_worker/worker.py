@@ -212,6 +212,7 @@ class Worker:
         self.vacuumer = Vacuumer(beat)
         self.completer = Completer(work, self.holdings, self.id)
         self.completer.on_settled = self.metrics.settled
+        self.completer.carrier = self._wake.set  # the claim loop carries outcomes
         self.claimer = Claimer(work, self.id, cfg.queues, names, cfg.lease)
         self.notifier = Notifier(listen, cfg.queues, self.wake, self.cancel_task)
         self.heartbeat.start()
@@ -297,11 +298,12 @@ class Worker:
             if want > 0 and batched and not self.heartbeat.fenced and self._maybe_more:
                 self._maybe_more = False
                 try:
-                    claimed = await self.claimer.run_once(want)
+                    claimed = await self._claim(want)
                     failures = 0
                 except Exception as exc:
                     failures += 1
                     self._maybe_more = True
+                    self.completer.kick()  # outcomes go on their own while claims fail
                     log.warning("claim_failed error=%s", exc)
                     await asyncio.sleep(dbconnect.backoff_delay(failures, base=0.1, cap=poll))
                     continue
@@ -310,11 +312,20 @@ class Worker:
                 if len(claimed) == want:
                     self._maybe_more = True
                     continue
+            self.completer.kick()  # outcomes that no claim carries now
             try:
                 await asyncio.wait_for(self._wake.wait(), poll * random.uniform(0.8, 1.0))
             except TimeoutError:
                 self._maybe_more = True  # poll: a NOTIFY may have been missed
             self._wake.clear()
+
+    async def _claim(self, want: int) -> list[Claimed]:
+        """Claim up to ``want``, writing the pending outcomes in the same statement."""
+        async with self.completer.carried() as outcomes:
+            claimed, verdicts = await self.claimer.run_once(want, outcomes)
+            if outcomes:
+                self.completer.settle(outcomes, verdicts)
+        return claimed
 
     def _hold(self, rows: list[Claimed]) -> None:
         """Take on freshly claimed attempts; they wait in the buffer for a slot."""
@@ -457,6 +468,8 @@ class Worker:
     # -- drain ------------------------------------------------------------------------
 
     async def _drain(self, beat: Link) -> None:
+        self.completer.carrier = None  # no more claims: the completer writes on its own
+        self.completer.kick()
         self.heartbeat.state = "draining"
         try:
             await beat.fetch("worker_set_state", {"worker": self.id, "state": "draining"})
