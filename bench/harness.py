@@ -314,7 +314,9 @@ def sample_drain(
     """Sample the finished count every 0.5 s (a count(*) is not free, and the
     backlogs are large). The clock starts at the first finished
     task; the steady-state window runs from ``warmup`` seconds later until 90 % of the
-    backlog is done or ``max_seconds`` have passed."""
+    backlog is done or ``max_seconds`` have passed. A last sample that finds the whole
+    backlog done is left out when the window has another: the drain ended at some
+    unknown moment before it, and the idle time after would count against the rate."""
     t_begin = time.monotonic()
     samples: list[tuple[float, int]] = []
     t_first: float | None = None
@@ -335,6 +337,8 @@ def sample_drain(
     window = [(t, d) for t, d in samples if t >= t_first + warmup]
     if len(window) < 2:  # the backlog went faster than the warm-up: use what there is
         window = [(t, d) for t, d in samples if t >= t_first]
+    if len(window) > 2 and window[-1][1] >= backlog:
+        window.pop()
     (t0, d0), (t1, d1) = window[0], window[-1]
     if t1 <= t0:
         raise HarnessError("drain window too short to measure; raise the backlog")
