@@ -109,39 +109,34 @@ CREATE OR REPLACE FUNCTION {schema}.expire_leases(p_queue text, p_task_name text
 RETURNS TABLE (task_id bigint, verdict text)
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_expired     bigint[];
     v_requeued    bigint[];
     v_quarantined bigint[];
     v_ended       text[];
     v_queues      text[];
 BEGIN
-    -- The expired rows, locked until the caller commits. Every statement after reads
-    -- them through the primary key (id = ANY), so no plan can scan the table, however
-    -- stale its statistics (a vacuum of a momentarily empty table leaves it "empty").
-    SELECT array_agg(x.id) INTO v_expired
-    FROM (SELECT t.id
-          FROM {schema}.tasks t
-          WHERE t.state = 'running'
-            AND t.lease_expires_at < now()
-            AND (p_queue IS NULL OR t.queue = p_queue)
-            AND (p_task_name IS NULL OR t.task_name = p_task_name)
-            AND (p_key IS NULL OR t.partition_key = p_key)
-          ORDER BY t.lease_expires_at
-          LIMIT p_max
-          FOR UPDATE SKIP LOCKED) x;
-    IF v_expired IS NULL THEN
-        RETURN;
-    END IF;
-    WITH recorded AS (
+    WITH expired AS (
+        SELECT t.id
+        FROM {schema}.tasks t
+        WHERE t.state = 'running'
+          AND t.lease_expires_at < now()
+          AND (p_queue IS NULL OR t.queue = p_queue)
+          AND (p_task_name IS NULL OR t.task_name = p_task_name)
+          AND (p_key IS NULL OR t.partition_key = p_key)
+        ORDER BY t.lease_expires_at
+        LIMIT p_max
+        FOR UPDATE SKIP LOCKED
+    ),
+    recorded AS (
         INSERT INTO {schema}.attempts (task_id, attempt, worker_id, started_at, ended_at, outcome,
                                        error)
         SELECT t.id, t.attempt, t.lease_owner, t.started_at, t.lease_expires_at, 'lease_expired',
                'lease expired: worker ' || t.lease_owner || ' stopped renewing'
-        FROM {schema}.tasks t WHERE t.id = ANY (v_expired)
+        FROM {schema}.tasks t JOIN expired e ON e.id = t.id
     ),
     quarantined AS (
         DELETE FROM {schema}.tasks t
-        WHERE t.id = ANY (v_expired) AND (t.crashes + 1 >= t.max_crashes OR t.cancel_requested)
+        USING expired e
+        WHERE t.id = e.id AND (t.crashes + 1 >= t.max_crashes OR t.cancel_requested)
         RETURNING t.*
     ),
     moved AS (
@@ -171,7 +166,8 @@ BEGIN
             run_after = now() + CASE WHEN t.crashes = 0 THEN interval '0'
                                      ELSE least(60, 2 ^ (t.crashes - 1)) * (0.75 + random() / 2)
                                           * interval '1 second' END
-        WHERE t.id = ANY (v_expired) AND t.crashes + 1 < t.max_crashes AND NOT t.cancel_requested
+        FROM expired e
+        WHERE t.id = e.id AND t.crashes + 1 < t.max_crashes AND NOT t.cancel_requested
         RETURNING t.id, t.queue, t.state
     )
     SELECT (SELECT array_agg(r.id) FROM requeued r),
@@ -448,8 +444,7 @@ BEGIN
                 SET state = 'running', attempt = t.attempt + 1, lease_owner = p_worker,
                     lease_expires_at = clock_timestamp() + greatest(t.lease, p_lease),
                     started_at = clock_timestamp()
-                FROM picked
-                WHERE t.id = picked.id AND t.id = ANY (ARRAY(SELECT p.id FROM picked p))
+                FROM picked WHERE t.id = picked.id
                 RETURNING t.*;
             ELSE
                 RETURN QUERY SELECT * FROM {schema}.claim_limited(
@@ -509,7 +504,7 @@ BEGIN
                END AS verdict
         FROM {schema}.tasks t
         JOIN input i ON i.id = t.id AND i.attempt = t.attempt
-        WHERE t.state = 'running' AND t.lease_owner = p_worker AND t.id = ANY (p_ids)
+        WHERE t.state = 'running' AND t.lease_owner = p_worker
         FOR UPDATE OF t
     ),
     recorded AS (
@@ -522,7 +517,7 @@ BEGIN
     removed AS (
         DELETE FROM {schema}.tasks t
         USING owned o
-        WHERE t.id = o.id AND t.id = ANY (p_ids) AND o.verdict IN ('succeeded', 'failed', 'cancelled')
+        WHERE t.id = o.id AND o.verdict IN ('succeeded', 'failed', 'cancelled')
         RETURNING t.*, o.verdict, o.result, o.error
     ),
     finished AS (
@@ -547,7 +542,7 @@ BEGIN
                                      THEN make_interval(secs => o.delay)
                                      ELSE interval '0' END
         FROM owned o
-        WHERE t.id = o.id AND t.id = ANY (p_ids) AND o.verdict IN ('retry', 'released')
+        WHERE t.id = o.id AND o.verdict IN ('retry', 'released')
     )
     SELECT array_agg(o.id), array_agg(o.verdict),
            array_agg(DISTINCT o.queue) FILTER (

@@ -4,7 +4,6 @@
 -- publish what it holds and runs, read the idle capacity of the other live workers
 -- serving its queues, and pick up what operators asked for (tasks to cancel, a drain).
 -- Returns the tasks it still owns; anything missing was taken over or finished.
--- Rows are reached through the primary key (id = ANY), whatever the statistics say.
 WITH me AS (
     UPDATE {schema}.workers
     SET heartbeat_at = now(), state = %(state)s, held = %(held)s, running = %(running)s
@@ -15,23 +14,20 @@ renewed AS (
     UPDATE {schema}.tasks t
     SET lease_expires_at = now() + greatest(t.lease, %(lease)s::interval)
     FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS u(id, attempt)
-    WHERE t.id = u.id AND t.id = ANY (%(ids)s::bigint[]) AND t.attempt = u.attempt
-      AND t.lease_owner = %(worker)s AND t.state = 'running'
+    WHERE t.id = u.id AND t.attempt = u.attempt AND t.lease_owner = %(worker)s
+      AND t.state = 'running'
     RETURNING t.id, t.cancel_requested
-),
-unknown AS MATERIALIZED (
-    SELECT o.id, o.attempt, o.started_at FROM {schema}.tasks o
-    WHERE o.lease_owner = %(worker)s AND o.state = 'running'
-      AND NOT (o.id = ANY (%(ids)s::bigint[]))
-      AND NOT (o.id = ANY (%(surrendered)s::bigint[]))
-      AND o.started_at < now() - %(orphan_after)s::interval
-    FOR UPDATE SKIP LOCKED
 ),
 orphaned AS (
     UPDATE {schema}.tasks t
     SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL, started_at = NULL
-    FROM unknown o
-    WHERE t.id = o.id AND t.id = ANY (ARRAY(SELECT k.id FROM unknown k))
+    FROM (SELECT o.id, o.attempt, o.started_at FROM {schema}.tasks o
+          WHERE o.lease_owner = %(worker)s AND o.state = 'running'
+            AND NOT (o.id = ANY (%(ids)s::bigint[]))
+            AND NOT (o.id = ANY (%(surrendered)s::bigint[]))
+            AND o.started_at < now() - %(orphan_after)s::interval
+          FOR UPDATE SKIP LOCKED) o
+    WHERE t.id = o.id
     RETURNING t.id, o.attempt, o.started_at
 ),
 recorded AS (
