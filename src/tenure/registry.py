@@ -106,7 +106,7 @@ class Task(Generic[P, R]):
         try:
             return self._adapter.validate_python(payload)
         except pydantic.ValidationError as exc:
-            raise PayloadInvalid(f"{self.name}: {label} invalid: {_first_line(exc)}") from None
+            raise self._invalid(label, exc) from None
 
     def decode(self, text: str | bytes) -> Any:
         """A stored payload (JSON text) as the function receives it, parsed and
@@ -114,7 +114,10 @@ class Task(Generic[P, R]):
         try:
             return self._adapter.validate_json(text)
         except pydantic.ValidationError as exc:
-            raise PayloadInvalid(f"{self.name}: payload invalid: {_first_line(exc)}") from None
+            raise self._invalid("payload", exc) from None
+
+    def _invalid(self, label: str, exc: pydantic.ValidationError) -> PayloadInvalid:
+        return PayloadInvalid(f"{self.name}: {label} invalid: {_first_line(exc)}")
 
     def encode(self, payload: Any, *, label: str = "payload") -> str:
         """Validate ``payload`` and return it as JSON text."""

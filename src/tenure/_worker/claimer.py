@@ -45,17 +45,19 @@ class Claimer:
         """Record ``outcomes`` (if any), then claim up to ``free`` tasks; returns what
         this worker now holds leases on, and the verdict of each outcome recorded
         (an outcome missing from them was fenced out)."""
+        if free <= 0 and not outcomes:
+            return [], {}
         self._turn += 1
         params = {
             "worker": self.worker_id,
             "queues": self.queues,
             "names": self.names,
-            "limit": max(free, 0),
+            "limit": free,  # claim() takes nothing for a limit of 0 or less
             "lease": self.lease,
             "start": self._turn,
         }
         if not outcomes:
-            rows = await self.link.fetch("task_claim", params) if free > 0 else []
+            rows = await self.link.fetch("task_claim", params)
             return [Claimed(*row) for row in rows], {}
         rows = await self.link.fetch("task_complete_claim", {**params, **outcome_params(outcomes)})
         claimed = [Claimed(r[0], *r[2:]) for r in rows if r[1] is None]
