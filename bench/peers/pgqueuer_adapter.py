@@ -3,6 +3,9 @@
 Throughput settings, chosen like tenure's and printed by ``info``: ``batch_size``
 (jobs dequeued per round trip) is ``--batch-size`` (default 100 here; the library's
 default is 10) and the worker runs in continuous mode with no concurrency cap.
+The ``stream`` mode sends ``noop`` jobs on the shared 50 ms clock; a spike
+(``enqueue --spike``) sends ``noop_spike`` jobs, a second no-op entrypoint, so the
+harness can tell them apart in ``pgqueuer_log``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import asyncpg  # noqa: E402
-from common import emit, parser  # noqa: E402
+from common import Clock, emit, parser, run_clock_async  # noqa: E402
 from pgqueuer import AsyncpgDriver, Job, Queries, QueueManager  # noqa: E402
 
 BATCH_SIZE = 100
@@ -50,20 +53,31 @@ async def main() -> int:
             await queries.uninstall()
         elif args.mode == "enqueue":
             t0 = time.perf_counter()
+            name = "noop_spike" if args.spike else "noop"
             if args.shape == "single":
                 for _ in range(args.n):
-                    await queries.enqueue("noop", None)
+                    await queries.enqueue(name, None)
             else:
                 for start in range(0, args.n, args.batch):
                     k = min(args.batch, args.n - start)
-                    await queries.enqueue(["noop"] * k, [None] * k, [0] * k)
+                    await queries.enqueue([name] * k, [None] * k, [0] * k)
             elapsed = time.perf_counter() - t0
             emit({"n": args.n, "seconds": elapsed, "rate": args.n / elapsed})
+        elif args.mode == "stream":
+
+            async def send(k: int) -> None:
+                await queries.enqueue(["noop"] * k, [None] * k, [0] * k)
+
+            await run_clock_async(Clock(args.rate, args.seconds, args.tick), send)
         elif args.mode == "worker":
             qm = QueueManager(queries)
 
             @qm.entrypoint("noop")
             async def noop(job: Job) -> None:
+                pass
+
+            @qm.entrypoint("noop_spike")
+            async def noop_spike(job: Job) -> None:
                 pass
 
             loop = asyncio.get_running_loop()

@@ -3,6 +3,10 @@
 Throughput settings, printed by ``info``: the worker runs the async no-op task with
 ``concurrency=--concurrency`` (the library's default is 1) and keeps finished jobs
 (``delete_jobs="never"``, its default), so the harness counts ``succeeded`` rows.
+The ``stream`` mode defers ``noop`` on the shared 50 ms clock; a spike
+(``enqueue --spike``) defers ``noop_spike``, a second no-op task, so the harness can
+tell them apart; ``procrastinate_events`` holds when each was deferred, started and
+succeeded.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import procrastinate  # noqa: E402
-from common import emit, parser  # noqa: E402
+from common import Clock, emit, parser, run_clock_async  # noqa: E402
 
 
 def make_app(dsn: str) -> procrastinate.App:
@@ -24,6 +28,10 @@ def make_app(dsn: str) -> procrastinate.App:
 
     @app.task(name="noop")
     async def noop() -> None:
+        pass
+
+    @app.task(name="noop_spike")
+    async def noop_spike() -> None:
         pass
 
     return app
@@ -44,7 +52,7 @@ async def main() -> int:
         )
         return 0
     app = make_app(args.dsn)
-    noop = app.tasks["noop"]
+    noop = app.tasks["noop_spike" if args.spike else "noop"]
     async with app.open_async():
         if args.mode == "setup":
             await app.schema_manager.apply_schema_async()
@@ -59,6 +67,12 @@ async def main() -> int:
                     await noop.batch_defer_async(*([{}] * k))
             elapsed = time.perf_counter() - t0
             emit({"n": args.n, "seconds": elapsed, "rate": args.n / elapsed})
+        elif args.mode == "stream":
+
+            async def send(k: int) -> None:
+                await noop.batch_defer_async(*([{}] * k))
+
+            await run_clock_async(Clock(args.rate, args.seconds, args.tick), send)
         elif args.mode == "worker":
             await app.run_worker_async(concurrency=args.concurrency)
     return 0
