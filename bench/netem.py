@@ -1,0 +1,955 @@
+"""A database across a network: tenure and its peers with workers behind ``tc netem``.
+
+What it measures, for tenure and each peer (PgQueuer at batch 100 and at its default
+10, Procrastinate, Celery+Redis): the drain rate of 2 worker processes, and the idle
+pickup latency of a probe task, at each round-trip delay of ``--delays`` (0, 1 and
+5 ms by default). Tenure's ratio to each peer and tenure's drain at the largest
+delay as a fraction of its 0 ms drain (target: at least 50 %) close the report.
+
+The network, made by this module and removed on every exit path:
+
+- one network namespace ``tnnetem<N>`` holding the workers, joined to the host by the
+  veth pair ``tnm<N>h`` (host end, 10.214.N.1/30) and ``tnm<N>n`` (inside,
+  10.214.N.2/30). Only those two addresses and 127.0.0.1 are ever used.
+- two ``socat`` forwarders on the host end of the veth, listening on 10.214.N.1 and
+  connecting to PostgreSQL at 127.0.0.1:5432 and to Redis at 127.0.0.1:6379; the
+  workers in the namespace connect to 10.214.N.1. Both sides set TCP_NODELAY.
+- the delay: a ``netem`` root qdisc on *both* ends of the veth, each delaying its
+  egress by half the round trip (so 1 ms RTT = 0.5 ms host→namespace + 0.5 ms
+  namespace→host; ``ping 10.214.N.1`` from inside reads the full RTT). The 0 ms
+  baseline runs through the same veth, forwarders and qdiscs with a delay of 0, so
+  the only difference between the cases is the delay.
+
+Enqueueing, counting and probe sending run on the host over loopback, undelayed: only
+the workers' traffic crosses the delayed link.
+
+Drain: the backlog is sized to ``--work-seconds`` (20) of work at the rate expected
+for that delay (a fixed guess at 0 ms, then the rate measured at the next smaller
+delay), or ``--backlog`` for every system; it is enqueued before the 2 workers start.
+Finished tasks are counted every 0.5 s (``bench.harness.sample_drain``); the window
+starts ``--warmup`` s after the first finish and lasts at most ``--window`` s, so the
+backlog never runs dry inside it.
+
+Pickup latency, idle fleet of 2 workers: ``--probes`` tasks sent one at a time,
+``--gap`` s apart. From the database clock: tenure ``attempts.started_at −
+finished_tasks.created_at``; PgQueuer ``picked − queued`` in ``pgqueuer_log``;
+Procrastinate ``started − deferred`` in ``procrastinate_events``. Celery has no
+database: its probe carries the sender's ``time.time()`` and records its own at start
+(one kernel clock, the namespace shares it).
+
+``python bench/netem.py`` runs it; ``run_netem()`` returns the same results as a dict.
+The 2-core machine may be shared: absolute figures are indicative, ratios come from
+the same run. Needs root (namespaces, qdiscs), iproute2 and socat.
+
+This file is also run by the peers' own Pythons (``bench/.peers/<name>/``) for their
+probe senders and the Celery probe worker (the ``_peer`` command): the top level
+imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PREFIX = "tnnetem"
+NET = "10.214"
+OWNER = "tenure-owner="
+PG_PORT = 15432  # forwarders listen on the host end of the veth only
+REDIS_PORT = 16379
+SCHEMA = "bench_netem"
+SEND_BATCH = 5_000
+SYSTEMS = ("tenure", "pgqueuer", "pgqueuer10", "procrastinate", "celery")
+LABELS = {
+    "tenure": "tenure",
+    "pgqueuer": "PgQueuer (batch 100)",
+    "pgqueuer10": "PgQueuer (batch 10, its default)",
+    "procrastinate": "Procrastinate",
+    "celery": "Celery+Redis",
+}
+# Drain rates (tasks/s, 2 processes, loopback) from bench/results/latest.md, with a
+# margin: the 0 ms backlog is sized from these.
+GUESS = {
+    "tenure": 50_000,
+    "pgqueuer": 25_000,
+    "pgqueuer10": 8_000,
+    "procrastinate": 1_000,
+    "celery": 3_000,
+}
+
+
+# -- the network -----------------------------------------------------------------------------
+
+
+def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=15)
+
+
+def _owner_alive(pid: int, start: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return int(stat.rsplit(")", 1)[1].split()[19]) == start
+
+
+def _start_time(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+
+
+def sweep() -> None:
+    """Remove namespaces and veths of this module whose maker is gone (a run killed
+    before its cleanup); never those of a run still alive."""
+    owners: dict[str, tuple[int, int] | None] = {}
+    for line in _run(["ip", "-o", "link", "show"], check=False).stdout.splitlines():
+        parts = line.split(":")
+        name = parts[1].strip().split("@")[0] if len(parts) > 1 else ""
+        if re.fullmatch(r"tnm\d+h", name):
+            found = re.search(rf"alias {OWNER}(\d+):(\d+)", line)
+            owners[name] = (int(found.group(1)), int(found.group(2))) if found else None
+    for line in _run(["ip", "netns", "list"], check=False).stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        if not re.fullmatch(rf"{PREFIX}\d+", name):
+            continue
+        owner = owners.pop(f"tnm{name[len(PREFIX) :]}h", None)
+        if owner is not None and _owner_alive(*owner):
+            continue
+        if owner is None and _run(["ip", "netns", "pids", name], check=False).stdout.strip():
+            continue
+        _run(["ip", "netns", "del", name], check=False)
+    for link, owner in owners.items():
+        if owner is None or not _owner_alive(*owner):
+            _run(["ip", "link", "del", link], check=False)
+
+
+class Link:
+    """Namespace ``tnnetem<n>`` and its veth pair, the forwarders on the host end, and
+    the delay: netem on both veth ends where the kernel has it, else in the forwarders."""
+
+    def __init__(self) -> None:
+        sweep()
+        spaces = {
+            ln.split()[0]
+            for ln in _run(["ip", "netns", "list"], check=False).stdout.splitlines()
+            if ln.split()
+        }
+        shown = _run(["ip", "-o", "link", "show"], check=False).stdout
+        links = set(re.findall(r"^\d+: ([^:@]+)", shown, re.M))
+        free = [
+            n for n in range(1, 251) if f"{PREFIX}{n}" not in spaces and f"tnm{n}h" not in links
+        ]
+        if not free:
+            raise RuntimeError("no free namespace number in 1..250")
+        n = free[0]
+        self.n = n
+        self.name = f"{PREFIX}{n}"
+        self.host_if, self.ns_if = f"tnm{n}h", f"tnm{n}n"
+        self.host_addr, self.ns_addr = f"{NET}.{n}.1", f"{NET}.{n}.2"
+        self.forwarders: list[subprocess.Popen[bytes]] = []
+        self.rtt_ms = 0.0
+        self.netem = False
+        try:
+            ip = ["ip"]
+            _run([*ip, "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if])
+            owner = f"{OWNER}{os.getpid()}:{_start_time(os.getpid())}"
+            _run([*ip, "link", "set", self.host_if, "alias", owner])
+            _run([*ip, "netns", "add", self.name])
+            _run([*ip, "link", "set", self.ns_if, "netns", self.name])
+            _run([*ip, "addr", "add", f"{self.host_addr}/30", "dev", self.host_if])
+            _run([*ip, "link", "set", self.host_if, "up"])
+            _run([*ip, "-n", self.name, "addr", "add", f"{self.ns_addr}/30", "dev", self.ns_if])
+            _run([*ip, "-n", self.name, "link", "set", self.ns_if, "up"])
+            _run([*ip, "-n", self.name, "link", "set", "lo", "up"])
+            try:
+                self._netem("add", "0ms")
+                self.netem = True
+            except subprocess.CalledProcessError:
+                pass  # no sch_netem in this kernel: the forwarders delay instead
+            self._start_forwarders(0.0)
+        except BaseException:
+            self.remove()
+            raise
+
+    @property
+    def placement(self) -> str:
+        if self.netem:
+            return "tc netem on both veth ends, each delaying its egress by half the round trip"
+        return (
+            "this kernel has no sch_netem (CONFIG_NET_SCH_NETEM unset): the forwarder on "
+            "the host end of the veth delays every chunk it relays by half the round trip, "
+            "in each direction, order kept (a fixed one-way delay, as netem delay is)"
+        )
+
+    def _start_forwarders(self, one_way: float) -> None:
+        for port, target in ((PG_PORT, "127.0.0.1:5432"), (REDIS_PORT, "127.0.0.1:6379")):
+            argv = [sys.executable, __file__, "_forward", self.host_addr, str(port), target]
+            self.forwarders.append(
+                subprocess.Popen(
+                    [*argv, f"{one_way:.6f}"],
+                    stdout=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+        deadline = time.monotonic() + 10
+        for port in (PG_PORT, REDIS_PORT):
+            while True:
+                try:
+                    socket.create_connection((self.host_addr, port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"forwarder on {self.host_addr}:{port} not up") from None
+                    time.sleep(0.05)
+
+    def _stop_forwarders(self) -> None:
+        for proc in self.forwarders:
+            if proc.poll() is None:
+                proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.forwarders.clear()
+
+    def set_rtt(self, rtt_ms: float) -> None:
+        """Delay each direction by half of ``rtt_ms`` (between fleets: no worker is
+        connected, so restarting the forwarders breaks nothing)."""
+        if self.netem:
+            self._netem("change", f"{rtt_ms / 2:g}ms")
+        else:
+            self._stop_forwarders()
+            self._start_forwarders(rtt_ms / 2000)
+        self.rtt_ms = rtt_ms
+
+    def _netem(self, verb: str, delay: str) -> None:
+        """The root qdisc of both veth ends: netem delaying egress by ``delay``."""
+        netem = ["root", "netem", "delay", delay, "limit", "100000"]
+        _run(["tc", "qdisc", verb, "dev", self.host_if, *netem])
+        _run(["ip", "netns", "exec", self.name, "tc", "qdisc", verb, "dev", self.ns_if, *netem])
+
+    def statement_rtt_ms(self, count: int = 50) -> float | None:
+        """The median time of ``SELECT 1`` from inside the namespace, through the
+        forwarder: the round trip every statement of a worker pays."""
+        code = (
+            "import psycopg,time,statistics,sys;c=psycopg.connect(sys.argv[1]);t=[]\n"
+            f"for _ in range({count}):\n"
+            " a=time.perf_counter();c.execute('SELECT 1').fetchone();"
+            "t.append(time.perf_counter()-a)\n"
+            "print(statistics.median(t)*1e3)"
+        )
+        out = _run(self.command([sys.executable, "-c", code, self.pg_dsn()]), check=False)
+        try:
+            return float(out.stdout.strip())
+        except ValueError:
+            return None
+
+    def command(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def pg_dsn(self, dbname: str = "test") -> str:
+        return f"postgresql://postgres@{self.host_addr}:{PG_PORT}/{dbname}"
+
+    def redis_url(self) -> str:
+        return f"redis://{self.host_addr}:{REDIS_PORT}/15"
+
+    def remove(self) -> None:
+        """Stop the forwarders, then delete the namespace and the veth (its qdiscs go
+        with the devices)."""
+        self._stop_forwarders()
+        _run(["ip", "link", "del", self.host_if], check=False)
+        _run(["ip", "netns", "del", self.name], check=False)
+
+
+# -- the forwarder (its own process: python bench/netem.py _forward HOST PORT TARGET DELAY) --
+
+
+def _forward_main(host: str, port: int, target: str, one_way: float) -> int:
+    """Relay ``host:port`` to ``target``; every chunk read is written to the other side
+    ``one_way`` seconds later, order kept. The loop waits in select(), whose timeout
+    has microsecond resolution (epoll's is a millisecond, too coarse for 0.5 ms)."""
+    try:  # wake within a microsecond of a timer, not the default 50 µs slack
+        import ctypes
+
+        ctypes.CDLL(None).prctl(29, 1, 0, 0, 0)  # PR_SET_TIMERSLACK, 1 ns
+    except (OSError, AttributeError):
+        pass
+    loop = asyncio.SelectorEventLoop(selectors.SelectSelector())
+    asyncio.set_event_loop(loop)
+    t_host, _, t_port = target.rpartition(":")
+
+    class Side(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.transport: asyncio.Transport | None = None
+            self.other: Side | None = None
+            self.queue: deque[tuple[float, bytes]] = deque()
+            self.timer: asyncio.TimerHandle | None = None
+            self.lost = False
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            self.transport = transport
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def data_received(self, data: bytes) -> None:
+            other = self.other
+            if one_way <= 0 and not self.queue and other is not None and other.transport:
+                other.transport.write(data)
+                return
+            self.queue.append((loop.time() + one_way, data))
+            if self.timer is None:
+                self.timer = loop.call_at(self.queue[0][0], self.flush)
+
+        def flush(self) -> None:
+            self.timer = None
+            other = self.other
+            if other is None or other.transport is None:
+                self.timer = loop.call_later(0.001, self.flush)  # target not connected yet
+                return
+            now = loop.time()
+            while self.queue and self.queue[0][0] <= now:
+                other.transport.write(self.queue.popleft()[1])
+            if self.queue:
+                self.timer = loop.call_at(self.queue[0][0], self.flush)
+            elif self.lost:
+                other.transport.close()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.lost = True
+            other = self.other
+            if not self.queue and other is not None and other.transport is not None:
+                other.transport.close()
+
+    async def connect(client: Side) -> None:
+        server = Side()
+        server.other, client.other = client, server
+        try:
+            await loop.create_connection(lambda: server, t_host, int(t_port))
+        except OSError:
+            if client.transport is not None:
+                client.transport.close()
+
+    def accept() -> Side:
+        client = Side()
+        loop.create_task(connect(client))
+        return client
+
+    async def serve() -> None:
+        server = await loop.create_server(accept, host, port, reuse_address=True, backlog=256)
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        await stop.wait()
+        server.close()
+
+    loop.run_until_complete(serve())
+    return 0
+
+
+# -- the bench (tenure's environment) --------------------------------------------------------
+
+
+class NetBench:
+    def __init__(self, link: Link, args: argparse.Namespace) -> None:
+        import psycopg
+
+        sys.path.insert(0, str(ROOT))
+        from bench import harness as h
+
+        self.h = h
+        self.link = link
+        self.args = args
+        self.dsn = h.SYSTEM_DSN
+        self.db = psycopg.connect(self.dsn, autocommit=True)
+        os.environ.setdefault("TENURE_BENCH_SCHEMA", SCHEMA)
+        os.environ["TENURE_DATABASE_URL"] = self.dsn
+        from bench import bench_tasks
+
+        self.t = bench_tasks
+        self.schema = bench_tasks.reg.schema  # bench_netem, unless imported before
+
+    def close(self) -> None:
+        self.db.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
+        self.t.reg.client.close()
+        self.db.close()
+
+    def count(self, sql: str, params: Any = None) -> int:
+        return self.h.scalar(self.db, sql, params)
+
+    def reset(self) -> None:
+        self.db.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
+        self.t.reg.client.close()
+
+    def tenure_cmd(self, direct: bool = False) -> list[str]:
+        flags = ["--concurrency", str(self.args.concurrency), "--lease", "30s"]
+        cmd = self.h.tenure_worker_cmd(flags)
+        return cmd if direct else self.link.command(cmd)
+
+    def tenure_env(self, direct: bool = False) -> dict[str, str]:
+        return self.h.tenure_env(self.dsn if direct else self.link.pg_dsn(), self.schema)
+
+    def peer_cmd(self, name: str, dsn: str, *extra: str) -> list[str]:
+        return self.link.command(self.h.adapter(name, "worker", dsn, *extra))
+
+    def ns_url(self, dbname: str) -> str:
+        """A peer's database as its workers in the namespace reach it."""
+        return self.link.pg_dsn(dbname)
+
+    def wait_workers(self, n: int, fleet: Any, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        q = f"SELECT count(*) FROM {self.schema}.workers WHERE state = 'active'"
+        while self.count(q) < n:
+            fleet.check_alive()
+            if time.monotonic() > deadline:
+                raise self.h.HarnessError(f"{n} workers not active after {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def wait_backends(self, dbname: str, n: int, fleet: Any, timeout: float = 60.0) -> None:
+        """Wait until ``n`` connections from the namespace reach ``dbname`` (through the
+        forwarder they come from 127.0.0.1), then a second for the workers to settle."""
+        deadline = time.monotonic() + timeout
+        q = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+        while self.count(q, [dbname]) < n:
+            fleet.check_alive()
+            if time.monotonic() > deadline:
+                raise self.h.HarnessError(f"{n} connections to {dbname} not up in {timeout:.0f} s")
+            time.sleep(0.1)
+        time.sleep(1.0)
+
+    # -- drain ----------------------------------------------------------------------------
+
+    def drain(self, name: str, backlog: int) -> Any:
+        self.h.checkpoint(self.db)
+        if name == "tenure":
+            return self._tenure_drain(backlog)
+        if name == "celery":
+            return self._celery_drain(backlog)
+        return self._pg_peer_drain(name, backlog)
+
+    def _sample(self, count: Any, backlog: int, fleet: Any) -> Any:
+        a = self.args
+        return self.h.sample_drain(count, backlog, fleet, warmup=a.warmup, max_seconds=a.window)
+
+    def _tenure_drain(self, backlog: int, direct: bool = False) -> Any:
+        self.reset()
+        for start in range(0, backlog, SEND_BATCH):
+            self.t.noop.send_many([{}] * min(SEND_BATCH, backlog - start))
+        self.db.execute(f"ANALYZE {self.schema}.tasks")
+        with self.h.fleet("netem-tenure") as fleet:
+            for _ in range(2):
+                fleet.start(self.tenure_cmd(direct), self.tenure_env(direct))
+            return self._sample(
+                lambda: self.count(f"SELECT count(*) FROM {self.schema}.finished_tasks"),
+                backlog,
+                fleet,
+            )
+
+    def _pg_peer_drain(self, name: str, backlog: int) -> Any:
+        import psycopg
+
+        h = self.h
+        pgqueuer = name.startswith("pgqueuer")
+        dbname = f"bench_netem_{name}"
+        with h.fresh_database(self.dsn, dbname) as host_dsn:
+            h.adapter_json(name, "setup", host_dsn)
+            h.adapter_json(name, "enqueue", host_dsn, str(backlog), "batch")
+            with psycopg.connect(host_dsn, autocommit=True) as pdb:
+                if pgqueuer:
+                    pdb.execute("ANALYZE pgqueuer")
+
+                    def done() -> int:
+                        return backlog - h.scalar(pdb, "SELECT count(*) FROM pgqueuer")
+                else:
+                    pdb.execute("ANALYZE procrastinate_jobs")
+
+                    def done() -> int:
+                        return h.scalar(
+                            pdb,
+                            "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'",
+                        )
+
+                with h.fleet(f"netem-{name}") as fleet:
+                    for _ in range(2):
+                        fleet.start(
+                            self.peer_cmd(
+                                name,
+                                self.ns_url(dbname),
+                                "--concurrency",
+                                str(self.args.concurrency),
+                            ),
+                            cwd=h.ADAPTERS,
+                        )
+                    return self._sample(done, backlog, fleet)
+
+    def _celery_drain(self, backlog: int) -> Any:
+        h = self.h
+        url = "redis://{}:{}/{}".format(*h.REDIS)
+        h.adapter_json("celery", "setup", url)
+        try:
+            h.adapter_json("celery", "enqueue", url, str(backlog), "batch")
+            with h.fleet("netem-celery") as fleet:
+                for _ in range(2):
+                    fleet.start(self.peer_cmd("celery", self.link.redis_url()), cwd=h.ADAPTERS)
+                # Messages taken off the broker's list (each worker holds at most its
+                # prefetch of 4 beyond what it finished), as make bench counts them.
+                return self._sample(
+                    lambda: backlog - int(h.redis_command("LLEN", "celery")), backlog, fleet
+                )
+        finally:
+            h.adapter_json("celery", "teardown", url)
+
+    # -- idle pickup latency ----------------------------------------------------------------
+
+    def latency(self, name: str) -> list[float]:
+        if name == "tenure":
+            return self._tenure_latency()
+        if name == "celery":
+            return self._celery_latency()
+        return self._pg_peer_latency(name)
+
+    def _tenure_latency(self) -> list[float]:
+        a = self.args
+        self.reset()
+        self.t.probe.send({"t": 0})  # migrate outside the timing, then forget it
+        self.db.execute(f"DELETE FROM {self.schema}.tasks")
+        with self.h.fleet("netem-tenure-latency") as fleet:
+            for _ in range(2):
+                fleet.start(self.tenure_cmd(), self.tenure_env())
+            self.wait_workers(2, fleet)
+            time.sleep(1.0)
+            for _ in range(a.probes):
+                self.t.probe.send({"t": time.time()})
+                time.sleep(a.gap)
+            q = f"SELECT count(*) FROM {self.schema}.finished_tasks"
+            self._wait_count(lambda: self.count(q), a.probes, fleet)
+        rows = self.db.execute(
+            "SELECT extract(epoch FROM a.started_at - f.created_at)::float8 "
+            f"FROM {self.schema}.finished_tasks f JOIN {self.schema}.attempts a "
+            "ON a.task_id = f.id AND a.attempt = f.attempt"
+        ).fetchall()
+        return [float(r[0]) for r in rows]
+
+    def _wait_count(self, count: Any, n: int, fleet: Any, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while count() < n and time.monotonic() < deadline:
+            fleet.check_alive()
+            time.sleep(0.1)
+
+    def _pg_peer_latency(self, name: str) -> list[float]:
+        import psycopg
+
+        h, a = self.h, self.args
+        pgqueuer = name.startswith("pgqueuer")
+        dbname = f"bench_netem_{name}"
+        with h.fresh_database(self.dsn, dbname) as host_dsn:
+            h.adapter_json(name, "setup", host_dsn)
+            with psycopg.connect(host_dsn, autocommit=True) as pdb, h.fleet(f"netem-{name}") as fl:
+                for _ in range(2):
+                    fl.start(
+                        self.peer_cmd(
+                            name, self.ns_url(dbname), "--concurrency", str(a.concurrency)
+                        ),
+                        cwd=h.ADAPTERS,
+                    )
+                self.wait_backends(dbname, 2, fl)
+                self._peer_probe(name, host_dsn)
+                if pgqueuer:
+                    done_q = "SELECT count(*) FROM pgqueuer_log WHERE status = 'successful'"
+                    lat_q = (
+                        "SELECT extract(epoch FROM p.created - q.created)::float8 "
+                        "FROM pgqueuer_log q JOIN pgqueuer_log p ON p.job_id = q.job_id "
+                        "AND p.status = 'picked' WHERE q.status = 'queued'"
+                    )
+                else:
+                    done_q = "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'"
+                    lat_q = (
+                        "SELECT extract(epoch FROM s.at - d.at)::float8 "
+                        "FROM procrastinate_events d JOIN procrastinate_events s "
+                        "ON s.job_id = d.job_id AND s.type = 'started' WHERE d.type = 'deferred'"
+                    )
+                self._wait_count(lambda: h.scalar(pdb, done_q), a.probes, fl)
+                return [float(r[0]) for r in pdb.execute(lat_q).fetchall()]
+
+    def _peer_probe(self, name: str, target: str, log: str = "") -> None:
+        """Send the probes from the peer's own Python (this file's ``_peer`` command)."""
+        base = self.h.PEER_VARIANTS.get(name, (name, ()))[0]
+        python = str(self.h.peer_python(base))
+        argv = [python, __file__, "_peer", "probe", base, target, str(self.args.probes)]
+        argv += [str(self.args.gap), log]
+        out = subprocess.run(argv, capture_output=True, cwd=self.h.ADAPTERS, timeout=300)
+        if out.returncode != 0:
+            raise self.h.HarnessError(f"{name} probes failed: {out.stderr.decode()[-400:]}")
+
+    def _celery_latency(self) -> list[float]:
+        h, a = self.h, self.args
+        url = "redis://{}:{}/{}".format(*h.REDIS)
+        log = h.ROOT / "bench" / "results" / "logs" / "netem-celery.starts"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.unlink(missing_ok=True)
+        h.adapter_json("celery", "setup", url)
+        python = str(h.peer_python("celery"))
+        worker = [python, __file__, "_peer", "worker", "celery", self.link.redis_url(), "0"]
+        try:
+            with h.fleet("netem-celery-latency") as fleet:
+                for _ in range(2):
+                    fleet.start(self.link.command([*worker, "0", str(log)]), cwd=h.ADAPTERS)
+                deadline = time.monotonic() + 60
+                while not self._celery_ready() and time.monotonic() < deadline:
+                    fleet.check_alive()
+                    time.sleep(0.2)
+                time.sleep(1.0)
+                self._peer_probe("celery", url, str(log))
+
+                def lines() -> int:
+                    return len(log.read_text().splitlines()) if log.exists() else 0
+
+                self._wait_count(lines, a.probes, fleet)
+        finally:
+            h.adapter_json("celery", "teardown", url)
+        out = []
+        for line in log.read_text().splitlines():
+            sent, started = (float(x) for x in line.split())
+            out.append(started - sent)
+        return out
+
+    def _celery_ready(self) -> bool:
+        """Both workers are up once two clients of the bench's Redis database, come
+        through the forwarder, block on the queue's list."""
+        import socket
+
+        host, port, dbnum = self.h.REDIS
+        with socket.create_connection((host, port), timeout=5) as sock:
+            sock.sendall(b"*2\r\n$6\r\nCLIENT\r\n$4\r\nLIST\r\n")
+            data = b""
+            while b"\r\n" not in data:
+                data += sock.recv(65536)
+            head, _, rest = data.partition(b"\r\n")
+            size = int(head[1:])
+            while len(rest) < size:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                rest += chunk
+        lines = rest.decode(errors="replace").splitlines()
+        return sum(1 for ln in lines if f" db={dbnum} " in ln and "cmd=brpop" in ln) >= 2
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[k]
+
+
+def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=(__doc__ or "").splitlines()[0],
+        epilog="Needs root, iproute2 (ip, tc) and socat. Everything it makes is removed "
+        "on exit, SIGTERM and Ctrl-C included.",
+    )
+    p.add_argument("--delays", default="0,1,5", help="round trips in ms (0,1,5); 0 first")
+    p.add_argument("--systems", default=",".join(SYSTEMS), help=f"({','.join(SYSTEMS)})")
+    p.add_argument(
+        "--work-seconds",
+        type=float,
+        default=20.0,
+        help="size each backlog to this much work at the expected rate (20)",
+    )
+    p.add_argument("--backlog", type=int, default=0, help="fixed backlog for every system")
+    p.add_argument("--window", type=float, default=10.0, help="longest drain window, s (10)")
+    p.add_argument("--warmup", type=float, default=1.0, help="s after the first finish (1)")
+    p.add_argument("--concurrency", type=int, default=100, help="slots per process (100)")
+    p.add_argument("--probes", type=int, default=100, help="latency probes per case (100)")
+    p.add_argument("--gap", type=float, default=0.03, help="s between probes (0.03)")
+    p.add_argument("--no-latency", action="store_true", help="drain only")
+    p.add_argument(
+        "--no-loopback",
+        action="store_true",
+        help="skip tenure's reference drain straight on 127.0.0.1 (no namespace, no forwarder)",
+    )
+    p.add_argument("--no-drain", action="store_true", help="latency only")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    return p.parse_args(argv)
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_netem(argv: list[str] | None = None, **overrides: Any) -> dict[str, Any]:
+    """Run the network benchmark and return its results as a plain dict.
+
+    ``argv`` takes the command-line flags (see ``--help``); keyword ``overrides`` set
+    the same options by their attribute names (``delays="0,5"``, ``window=5.0``).
+    Result keys: ``meta`` (sizes, load, the measured ping per delay), ``drain``
+    (system -> delay ms as a string -> {rate, done, seconds, backlog}), ``latency``
+    (system -> delay -> {p50_ms, p99_ms, n}), ``ratios`` (peer -> delay -> tenure's
+    drain ÷ the peer's), ``tenure_keep`` (delay -> tenure's drain ÷ its 0 ms drain).
+    """
+    args = _parse_args(argv if argv is not None else [])
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    delays = [float(x) for x in str(args.delays).split(",") if x != ""]
+    systems = [s for s in str(args.systems).split(",") if s]
+    for need in ("ip", "tc"):
+        if shutil.which(need) is None:
+            raise RuntimeError(f"`{need}` is not installed")
+    results: dict[str, Any] = {
+        "meta": {
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "start_load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+            "statement_rtt_ms": {},
+        },
+        "drain": {s: {} for s in systems},
+        "latency": {s: {} for s in systems},
+    }
+    t0 = time.monotonic()
+    with _sigterm_raises():
+        link = Link()
+        bench: NetBench | None = None
+        try:
+            results["meta"]["delay_placement"] = link.placement
+            bench = NetBench(link, args)
+            h = bench.h
+            console = h.console
+            if "celery" in systems and not h.redis_up():
+                console.print("[yellow]no Redis at 127.0.0.1:6379: Celery skipped[/]")
+                systems = [s for s in systems if s != "celery"]
+            console.print(
+                f"namespace {link.name}: workers at {link.ns_addr}, forwarders on "
+                f"{link.host_addr}:{PG_PORT} (PostgreSQL) and :{REDIS_PORT} (Redis)"
+            )
+            console.print(f"delay: {link.placement}")
+            expected = dict(GUESS)
+            if "tenure" in systems and not args.no_drain and not args.no_loopback:
+                console.rule(f"[bold]loopback reference[/] — load {h.load()}")
+                backlog = args.backlog or int(expected["tenure"] * args.work_seconds)
+                h.checkpoint(bench.db)
+                d = bench._tenure_drain(backlog, direct=True)
+                results["loopback"] = {"rate": d.rate, "done": d.done, "seconds": d.seconds}
+                console.print(
+                    f"  tenure on 127.0.0.1:5432, no namespace, no forwarder: drain "
+                    f"{d.rate:9.0f} tasks/s ({d.done} in {d.seconds:.1f} s)  load {h.load()}"
+                )
+            for delay in delays:
+                link.set_rtt(delay)
+                key = f"{delay:g}"
+                rtt = link.statement_rtt_ms()
+                results["meta"]["statement_rtt_ms"][key] = rtt
+                console.rule(
+                    f"[bold]RTT {delay:g} ms[/] (SELECT 1 from the namespace: "
+                    f"{f'{rtt:.2f}' if rtt is not None else '?'} ms) — load {h.load()}"
+                )
+                for name in systems:
+                    if not args.no_latency:
+                        lat = bench.latency(name)
+                        results["latency"][name][key] = {
+                            "p50_ms": _pct(lat, 50) * 1e3,
+                            "p99_ms": _pct(lat, 99) * 1e3,
+                            "n": len(lat),
+                        }
+                        r = results["latency"][name][key]
+                        console.print(
+                            f"  {LABELS[name]:34} pickup p50 {r['p50_ms']:7.1f} ms  "
+                            f"p99 {r['p99_ms']:7.1f} ms  ({r['n']} probes)"
+                        )
+                    if not args.no_drain:
+                        backlog = args.backlog or int(expected[name] * args.work_seconds)
+                        d = bench.drain(name, backlog)
+                        expected[name] = d.rate * 1.1  # the next, longer delay is slower
+                        results["drain"][name][key] = {
+                            "rate": d.rate,
+                            "done": d.done,
+                            "seconds": d.seconds,
+                            "backlog": backlog,
+                        }
+                        console.print(
+                            f"  {LABELS[name]:34} drain {d.rate:9.0f} tasks/s "
+                            f"({d.done} in {d.seconds:.1f} s of a {backlog} backlog)  "
+                            f"load {h.load()}"
+                        )
+        finally:
+            if bench is not None:
+                try:
+                    bench.close()
+                except Exception:
+                    pass
+            link.remove()
+    results["meta"]["seconds"] = time.monotonic() - t0
+    results["meta"]["end_load"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    _summarise(results, systems, delays)
+    return results
+
+
+def _summarise(results: dict[str, Any], systems: list[str], delays: list[float]) -> None:
+    drain = results["drain"]
+    tenure = drain.get("tenure", {})
+    ratios: dict[str, dict[str, float]] = {}
+    for peer in systems:
+        if peer == "tenure":
+            continue
+        ratios[peer] = {
+            k: tenure[k]["rate"] / v["rate"]
+            for k, v in drain.get(peer, {}).items()
+            if k in tenure and v["rate"] > 0
+        }
+    results["ratios"] = ratios
+    base = tenure.get(f"{delays[0]:g}") if delays else None
+    results["tenure_keep"] = (
+        {k: v["rate"] / base["rate"] for k, v in tenure.items()} if base and base["rate"] else {}
+    )
+
+
+def print_report(results: dict[str, Any]) -> None:
+    keys = list(results["meta"]["statement_rtt_ms"])
+    drain, lat = results["drain"], results["latency"]
+    print()
+    print("drain, 2 worker processes (tasks/s), by round trip:")
+    print(f"  {'system':34}" + "".join(f"{k + ' ms':>12}" for k in keys))
+    for name, per in drain.items():
+        if per:
+            row = "".join(f"{per[k]['rate']:12.0f}" if k in per else f"{'-':>12}" for k in keys)
+            print(f"  {LABELS[name]:34}{row}")
+    print("tenure ÷ peer (drain):")
+    for name, per in results["ratios"].items():
+        if per:
+            row = "".join(f"{per[k]:11.2f}×" if k in per else f"{'-':>12}" for k in keys)
+            print(f"  {LABELS[name]:34}{row}")
+    if any(lat.values()):
+        print("idle pickup latency p50 / p99 (ms):")
+        for name, per in lat.items():
+            if per:
+                row = "".join(
+                    f"{per[k]['p50_ms']:6.1f}/{per[k]['p99_ms']:<5.1f}" if k in per else "-"
+                    for k in keys
+                )
+                print(f"  {LABELS[name]:34}{row}")
+    keep = results.get("tenure_keep") or {}
+    if keep:
+        last = keys[-1]
+        verdict = "PASS" if keep.get(last, 0) >= 0.5 else "BELOW TARGET"
+        print(
+            f"tenure at {last} ms RTT keeps {keep.get(last, float('nan')):.0%} of its "
+            f"{keys[0]} ms drain (target ≥ 50 %): {verdict}"
+        )
+    m = results["meta"]
+    print(f"load average {m['start_load']} → {m['end_load']}; {m['seconds']:.0f} s in all")
+
+
+# -- the peers' side (run by a peer's own Python; standard library plus that peer) ----------
+
+
+def _peer_main(argv: list[str]) -> int:
+    """``_peer probe NAME TARGET N GAP [LOG]`` sends N probes GAP s apart;
+    ``_peer worker celery URL 0 0 LOG`` runs a Celery worker whose probe task logs
+    ``<sent> <started>`` (wall clock) per start."""
+    action, name, target, n, gap = argv[:5]
+    log = argv[5] if len(argv) > 5 else ""
+    sys.path.insert(0, str(ROOT / "bench" / "peers"))
+    if name == "celery":
+        app = _celery_app(target, log)
+        if action == "worker":
+            app.worker_main(["worker", "--pool", "solo", "--loglevel", "WARNING"])
+            return 0
+        probe = app.tasks["netem_probe"]
+        for _ in range(int(n)):
+            probe.apply_async(args=[time.time()])
+            time.sleep(float(gap))
+        return 0
+    asyncio.run(_pg_probes(name, target, int(n), float(gap)))
+    return 0
+
+
+def _celery_app(url: str, log: str) -> Any:
+    from celery_adapter import make_app  # type: ignore[import-not-found]
+
+    app = make_app(url)
+
+    @app.task(name="netem_probe")  # type: ignore[untyped-decorator]
+    def netem_probe(sent: float) -> None:
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{sent:.6f} {time.time():.6f}\n".encode())
+        finally:
+            os.close(fd)
+
+    return app
+
+
+async def _pg_probes(name: str, dsn: str, n: int, gap: float) -> None:
+    if name == "pgqueuer":
+        import asyncpg  # type: ignore[import-not-found]
+        from pgqueuer import AsyncpgDriver, Queries  # type: ignore[import-not-found]
+
+        conn = await asyncpg.connect(dsn)
+        try:
+            queries = Queries(AsyncpgDriver(conn))
+            for _ in range(n):
+                await queries.enqueue("noop", None)
+                await asyncio.sleep(gap)
+        finally:
+            await conn.close()
+        return
+    from procrastinate_adapter import make_app  # type: ignore[import-not-found]
+
+    app = make_app(dsn)
+    async with app.open_async():
+        for _ in range(n):
+            await app.tasks["noop"].defer_async()
+            await asyncio.sleep(gap)
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "_peer":
+        return _peer_main(sys.argv[2:])
+    if len(sys.argv) > 1 and sys.argv[1] == "_forward":
+        host, port, target, delay = sys.argv[2:6]
+        return _forward_main(host, int(port), target, float(delay))
+    args = _parse_args()
+    if os.geteuid() != 0:
+        print("bench/netem.py needs root (network namespaces, tc)", file=sys.stderr)
+        return 2
+    try:
+        results = run_netem(sys.argv[1:])
+    except KeyboardInterrupt:
+        print("interrupted; namespace, qdiscs, forwarders and workers removed", file=sys.stderr)
+        return 130
+    print_report(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
