@@ -3,9 +3,11 @@
 One process loops: claim a batch of ``--batch`` rows from a hot table with
 ``FOR UPDATE SKIP LOCKED`` (setting owner and lease), then complete them fenced on
 owner by deleting them from the hot table and inserting them into a history table,
-in one statement. Two round trips per batch, autocommit, asynchronous commit like
-tenure's worker sessions. This is about the most any lease-based design reaches on
-this machine and database; the harness counts history rows to get the rate.
+in one statement (the history keeps when each was claimed, the lease's expiry less
+its 30 s, and when it finished, as a queue's history would). Two round trips per
+batch, autocommit, asynchronous commit like tenure's worker sessions. This is about
+the most any lease-based design reaches on this machine and database; the harness
+counts history rows to get the rate.
 
     python bench/floor.py setup DSN SCHEMA N
     python bench/floor.py worker DSN SCHEMA [--batch 100]
@@ -42,6 +44,7 @@ CREATE TABLE {s}.history (
     id bigint PRIMARY KEY,
     payload jsonb NOT NULL,
     owner uuid NOT NULL,
+    started_at timestamptz NOT NULL,
     finished_at timestamptz NOT NULL DEFAULT now()
 );
 """
@@ -59,9 +62,11 @@ RETURNING h.id
 
 COMPLETE = """
 WITH done AS (
-    DELETE FROM {s}.hot WHERE id = ANY(%(ids)s) AND owner = %(me)s RETURNING id, payload, owner
+    DELETE FROM {s}.hot WHERE id = ANY(%(ids)s) AND owner = %(me)s
+    RETURNING id, payload, owner, lease_expires_at
 )
-INSERT INTO {s}.history (id, payload, owner) SELECT id, payload, owner FROM done
+INSERT INTO {s}.history (id, payload, owner, started_at)
+SELECT id, payload, owner, lease_expires_at - interval '30 seconds' FROM done
 """
 
 

@@ -294,12 +294,17 @@ def tenure_worker_cmd(flags: list[str], app: str = "bench.bench_tasks:reg") -> l
 
 @dataclass
 class Drain:
-    """One drain run: the steady-state rate and the samples it came from."""
+    """One drain run: the sampled steady-state rate and the samples it came from, and
+    the whole-backlog rate (first start to last finish) once it is known."""
 
     rate: float
     done: int
     seconds: float
     samples: list[tuple[float, int]]
+    backlog: int = 0
+    whole: float = float("nan")  # tasks/s over the whole backlog
+    whole_seconds: float = float("nan")
+    whole_clock: str = ""  # where the whole-backlog times came from
 
 
 def sample_drain(
@@ -310,16 +315,24 @@ def sample_drain(
     warmup: float,
     max_seconds: float,
     start_timeout: float = 60.0,
+    finish_timeout: float = 0.0,
 ) -> Drain:
     """Sample the finished count every 0.5 s (a count(*) is not free, and the
-    backlogs are large). The clock starts at the first finished
-    task; the steady-state window runs from ``warmup`` seconds later until 90 % of the
-    backlog is done or ``max_seconds`` have passed. A last sample that finds the whole
-    backlog done is left out when the window has another: the drain ended at some
-    unknown moment before it, and the idle time after would count against the rate."""
+    backlogs are large). The clock starts at the first finished task; the
+    steady-state window runs from ``warmup`` seconds later until 90 % of the backlog
+    is done or ``max_seconds`` have passed. With ``finish_timeout``, sampling goes on
+    until the whole backlog is done (at most that many seconds after the first
+    finish), so the whole-backlog rate can be read afterwards; a drain that does not
+    finish in time is an error. A last window sample that finds the whole backlog done
+    is left out when the window has another: the drain ended at some unknown moment
+    before it, and the idle time after would count against the rate. The whole
+    backlog's rate here (``whole``) is from these samples, first sample showing a
+    finish to first showing all done; callers replace it with the database's times
+    where the system records them."""
     t_begin = time.monotonic()
     samples: list[tuple[float, int]] = []
     t_first: float | None = None
+    t_window_end: float | None = None
     while True:
         now, done = time.monotonic(), count()
         samples.append((now, done))
@@ -329,21 +342,43 @@ def sample_drain(
                 t_first = now
             elif now - t_begin > start_timeout:
                 raise HarnessError(f"no task finished {start_timeout:.0f} s after start")
-        elif done >= 0.9 * backlog or now - t_first >= warmup + max_seconds:
-            break
+        if (
+            t_first is not None
+            and t_window_end is None
+            and (done >= 0.9 * backlog or now - t_first >= warmup + max_seconds)
+        ):
+            t_window_end = now
+        if t_window_end is not None:
+            if not finish_timeout or done >= backlog:
+                break
+            assert t_first is not None
+            if now - t_first > finish_timeout:
+                raise HarnessError(
+                    f"backlog not drained {finish_timeout:.0f} s after the first finish "
+                    f"({done:,} of {backlog:,})"
+                )
+            fleet.check_alive()
         time.sleep(0.5)
     fleet.check_alive()
-    assert t_first is not None
-    window = [(t, d) for t, d in samples if t >= t_first + warmup]
+    assert t_first is not None and t_window_end is not None
+    window = [(t, d) for t, d in samples if t_first + warmup <= t <= t_window_end]
     if len(window) < 2:  # the backlog went faster than the warm-up: use what there is
-        window = [(t, d) for t, d in samples if t >= t_first]
+        window = [(t, d) for t, d in samples if t_first <= t <= t_window_end]
     if len(window) > 2 and window[-1][1] >= backlog:
         window.pop()
     (t0, d0), (t1, d1) = window[0], window[-1]
-    if t1 <= t0:
-        raise HarnessError("drain window too short to measure; raise the backlog")
     rel = [(t - t_first, d) for t, d in samples if t >= t_first]
-    return Drain((d1 - d0) / (t1 - t0), d1 - d0, t1 - t0, rel)
+    out = Drain(float("nan"), d1 - d0, t1 - t0, rel, backlog)
+    t_all = next((t for t, d in samples if d >= backlog), None)
+    if t_all is not None and t_all > t_first:
+        out.whole_seconds = t_all - t_first
+        out.whole = backlog / out.whole_seconds
+        out.whole_clock = "harness samples (0.5 s apart)"
+    if t1 > t0:
+        out.rate = (d1 - d0) / (t1 - t0)
+    elif not finish_timeout:  # a whole-backlog drain (a probe) may be too short for a window
+        raise HarnessError("drain window too short to measure; raise the backlog")
+    return out
 
 
 def median(values: list[float]) -> float:

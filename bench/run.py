@@ -2,12 +2,18 @@
 
 Phases (each bounded, sizes from flags and printed, load average before/after each):
 enqueue and drain (every system, 1 and 2 worker processes, medians of ``--repeats``),
-pickup latency (idle and under 50 % load), takeover after SIGKILL, rolling deploy,
+steady streams at ``--levels`` % of each system's own 2-process drain rate and a spike
+on a 25 % stream (``bench/streams.py``; every system but the floor, which has no
+sender), pickup latency (idle and under 50 % load), takeover after SIGKILL, rolling deploy,
 scale-out (``bench/scale_out.py``'s runs), and one worker's memory and connections.
 The table goes to the terminal and to ``bench/results/latest.md``, plots beside it.
 
-Drain rate: the harness counts finished tasks every 0.5 s; the clock starts at the
-first finished task and the steady-state window runs from ``--warmup`` s later until
+Drain backlogs: a probe drain of a small backlog (2 processes) estimates each
+system's rate, and its backlog is sized to 1.25 × ``--drain-seconds`` (20) of that,
+printed. Two rates per drain: the whole backlog's, first start to last finish from the
+database's own timestamps where the system keeps them (the targets are on this one),
+and the sampled window: the harness counts finished tasks every 0.5 s, the clock
+starts at the first finished task and the window runs from ``--warmup`` s later until
 90 % of the backlog is done or ``--max-window`` s have passed. The machine is shared,
 so figures are noisy: read the ratios, which come from the same run. Every system
 gets ``--concurrency`` slots per process, 100 by default: the floor claims batches of
@@ -19,8 +25,10 @@ finished about 12 % fewer tasks per second on this machine.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -49,6 +57,7 @@ class Bench:
         self.dsn = dsn
         self.db = db
         self.r: dict[str, Any] = {"loads": {}, "drain": {}, "enqueue": {}, "peers": {}}
+        self.probe_rates: dict[str, float] = {}
         self.logdir = h.ROOT / "bench" / "results" / "logs"
         self.logdir.mkdir(parents=True, exist_ok=True)
         os.environ["TENURE_DATABASE_URL"] = dsn
@@ -107,61 +116,87 @@ class Bench:
         )
         return float(json.loads(out.stdout.decode().strip().splitlines()[-1])["rate"])
 
-    def tenure_drain(self, procs: int) -> h.Drain:
+    def finish_timeout(self, name: str, backlog: int, procs: int) -> float:
+        """How long a drain may take before it counts as stuck: three times what the
+        probe predicts (twice that for one process), at least a minute."""
+        rate = self.probe_rates.get(name)
+        if not rate:
+            return 600.0
+        return 60.0 + 3 * (2 / procs) * backlog / rate
+
+    def tenure_drain(self, procs: int, backlog: int) -> h.Drain:
         a = self.args
         self.reset()
-        rate = self.send_many(a.backlog)
+        rate = self.send_many(backlog)
         self.r["enqueue"].setdefault("tenure", {}).setdefault("batch", []).append(rate)
         self.db.execute(f"ANALYZE {SCHEMA}.tasks")
         env = h.tenure_env(self.dsn, SCHEMA)
         with h.fleet("tenure-drain") as fleet:
             for _ in range(procs):
                 fleet.start(h.tenure_worker_cmd(self.tenure_drain_flags()), env)
-            return h.sample_drain(
+            d = h.sample_drain(
                 lambda: self.count(f"SELECT count(*) FROM {SCHEMA}.finished_tasks"),
-                a.backlog,
+                backlog,
                 fleet,
                 warmup=a.warmup,
                 max_seconds=a.max_window,
+                finish_timeout=self.finish_timeout("tenure", backlog, procs),
             )
+        whole_from_db(
+            d,
+            self.db,
+            f"SELECT (SELECT min(started_at) FROM {SCHEMA}.attempts), "
+            f"(SELECT max(finished_at) FROM {SCHEMA}.finished_tasks)",
+            "attempts.started_at to finished_tasks.finished_at",
+        )
+        return d
 
     def tenure_drain_flags(self) -> list[str]:
         return self.flags(concurrency=self.args.concurrency)
 
-    def floor_drain(self, procs: int) -> h.Drain:
+    def floor_drain(self, procs: int, backlog: int) -> h.Drain:
         a = self.args
         floor = [sys.executable, str(h.ROOT / "bench" / "floor.py")]
-        subprocess.run([*floor, "setup", self.dsn, FLOOR_SCHEMA, str(a.floor_backlog)], check=True)
+        subprocess.run([*floor, "setup", self.dsn, FLOOR_SCHEMA, str(backlog)], check=True)
         try:
             with h.fleet("floor") as fleet:
                 for _ in range(procs):
                     fleet.start([*floor, "worker", self.dsn, FLOOR_SCHEMA])
-                return h.sample_drain(
+                d = h.sample_drain(
                     lambda: self.count(f"SELECT count(*) FROM {FLOOR_SCHEMA}.history"),
-                    a.floor_backlog,
+                    backlog,
                     fleet,
                     warmup=a.warmup,
                     max_seconds=a.max_window,
+                    finish_timeout=self.finish_timeout("floor", backlog, procs),
                 )
+            whole_from_db(
+                d,
+                self.db,
+                f"SELECT min(started_at), max(finished_at) FROM {FLOOR_SCHEMA}.history",
+                "history.started_at (claim) to history.finished_at",
+            )
+            return d
         finally:
             self.db.execute(f"DROP SCHEMA IF EXISTS {FLOOR_SCHEMA} CASCADE")
 
-    def peer_drain(self, name: str, procs: int) -> h.Drain:
+    def peer_drain(self, name: str, procs: int, backlog: int, *, single: bool = True) -> h.Drain:
         a = self.args
         pgqueuer = name.startswith("pgqueuer")
-        backlog = a.backlog if pgqueuer else a.slow_backlog
         if name == "celery":
-            return self._celery_drain(procs, backlog)
+            return self._celery_drain(procs, backlog, single=single)
         with h.fresh_database(self.dsn, f"bench_{name}") as dsn:
             h.adapter_json(name, "setup", dsn)
-            if procs == 1:  # single sends once per peer, on the fresh database
-                single = h.adapter_json(name, "enqueue", dsn, str(a.single), "single")
+            if procs == 1 and single:  # single sends once per peer, on the fresh database
+                single_out = h.adapter_json(name, "enqueue", dsn, str(a.single), "single")
                 self.r["enqueue"].setdefault(name, {}).setdefault("single", []).append(
-                    single["rate"]
+                    single_out["rate"]
                 )
                 with psycopg.connect(dsn, autocommit=True) as pdb:
                     pdb.execute(
-                        "TRUNCATE pgqueuer" if pgqueuer else "DELETE FROM procrastinate_jobs"
+                        "TRUNCATE pgqueuer, pgqueuer_log"
+                        if pgqueuer
+                        else "DELETE FROM procrastinate_jobs"
                     )
             fill = h.adapter_json(name, "enqueue", dsn, str(backlog), "batch")
             self.r["enqueue"].setdefault(name, {}).setdefault("batch", []).append(fill["rate"])
@@ -186,19 +221,41 @@ class Bench:
                             h.adapter(name, "worker", dsn, "--concurrency", str(a.concurrency)),
                             cwd=h.ADAPTERS,
                         )
-                    return h.sample_drain(
-                        done, backlog, fleet, warmup=a.warmup, max_seconds=a.max_window
+                    d = h.sample_drain(
+                        done,
+                        backlog,
+                        fleet,
+                        warmup=a.warmup,
+                        max_seconds=a.max_window,
+                        finish_timeout=self.finish_timeout(name, backlog, procs),
                     )
+                if pgqueuer:
+                    whole_from_db(
+                        d,
+                        pdb,
+                        "SELECT min(created) FILTER (WHERE status = 'picked'), "
+                        "max(created) FILTER (WHERE status = 'successful') FROM pgqueuer_log",
+                        "pgqueuer_log picked to successful",
+                    )
+                else:
+                    whole_from_db(
+                        d,
+                        pdb,
+                        "SELECT min(at) FILTER (WHERE type = 'started'), "
+                        "max(at) FILTER (WHERE type = 'succeeded') FROM procrastinate_events",
+                        "procrastinate_events started to succeeded",
+                    )
+                return d
 
-    def _celery_drain(self, procs: int, backlog: int) -> h.Drain:
+    def _celery_drain(self, procs: int, backlog: int, *, single: bool = True) -> h.Drain:
         a = self.args
         url = "redis://{}:{}/{}".format(*h.REDIS)
         h.adapter_json("celery", "setup", url)
         try:
-            if procs == 1:
-                single = h.adapter_json("celery", "enqueue", url, str(a.single), "single")
+            if procs == 1 and single:
+                single_out = h.adapter_json("celery", "enqueue", url, str(a.single), "single")
                 self.r["enqueue"].setdefault("celery", {}).setdefault("single", []).append(
-                    single["rate"]
+                    single_out["rate"]
                 )
                 h.adapter_json("celery", "setup", url)
             fill = h.adapter_json("celery", "enqueue", url, str(backlog), "batch")
@@ -208,15 +265,64 @@ class Bench:
                     fleet.start(h.adapter("celery", "worker", url), cwd=h.ADAPTERS)
                 # Messages taken off the broker's list: equal to finished tasks in the
                 # steady state (each worker holds at most its prefetch of 4 in between).
+                # Celery keeps no times of its own: the whole-backlog rate is from the
+                # harness's samples.
                 return h.sample_drain(
                     lambda: backlog - int(h.redis_command("LLEN", "celery")),
                     backlog,
                     fleet,
                     warmup=a.warmup,
                     max_seconds=a.max_window,
+                    finish_timeout=self.finish_timeout("celery", backlog, procs),
                 )
         finally:
             h.adapter_json("celery", "teardown", url)
+
+    def drain(self, name: str, procs: int, backlog: int, *, single: bool = True) -> h.Drain:
+        if name == "tenure":
+            return self.tenure_drain(procs, backlog)
+        if name == "floor":
+            return self.floor_drain(procs, backlog)
+        return self.peer_drain(name, procs, backlog, single=single)
+
+    def probe(self, name: str) -> float:
+        """A short 2-process drain of a small backlog: that system's whole-backlog rate,
+        which sizes its real backlog and, when the drain phase did not run, its streams."""
+        a = self.args
+        fast = name in ("tenure", "floor") or name.startswith("pgqueuer")
+        n = a.probe_backlog if fast else a.slow_probe_backlog
+        h.checkpoint(self.db)
+        kept = copy.deepcopy(self.r["enqueue"])
+        d = self.drain(name, 2, n, single=False)
+        self.r["enqueue"] = kept  # a probe's fill is no send-rate sample
+        rate = d.whole if d.whole == d.whole else d.rate
+        self.probe_rates[name] = rate
+        self.r.setdefault("probes", {})[name] = {"backlog": n, "rate": rate}
+        return rate
+
+    def backlog_for(self, name: str) -> int:
+        """``--drain-seconds`` (20) of this system's own work at 2 processes, with a
+        quarter to spare against a probe that ran fast, within the flags' bounds."""
+        a = self.args
+        fixed = {"floor": a.floor_backlog}.get(
+            name, a.backlog if name == "tenure" or name.startswith("pgqueuer") else a.slow_backlog
+        )
+        if fixed:
+            return int(fixed)
+        rate = self.probe_rates.get(name) or self.probe(name)
+        want = int(1.25 * a.drain_seconds * rate)
+        return max(a.min_backlog, min(a.max_backlog, -(-want // 1000) * 1000))
+
+    def rate2(self, name: str) -> float:
+        """This system's 2-process drain rate measured in this run: the median
+        whole-backlog rate of the drain phase, else a probe drain's."""
+        runs = self.r["drain"].get(name, {}).get(2, [])
+        whole = [d.whole for d in runs if d.whole == d.whole]
+        if whole:
+            return h.median(whole)
+        if runs:
+            return h.median([d.rate for d in runs])
+        return self.probe_rates.get(name) or self.probe(name)
 
     def drains(self) -> None:
         a = self.args
@@ -234,22 +340,93 @@ class Bench:
             console.print(
                 f"bare INSERT + commit ×{a.single}: " + ", ".join(f"{x:.0f}/s" for x in floors)
             )
+        with h.phase("drain: sizing each backlog by a probe drain", self.r["loads"]):
+            backlogs = {}
+            for name in systems:
+                backlogs[name] = self.backlog_for(name)
+                probe = self.probe_rates.get(name)
+                console.print(
+                    f"  {name:14} backlog {backlogs[name]:>9,}"
+                    + (
+                        f" (probe {probe:,.0f}/s at 2 procs: about "
+                        f"{backlogs[name] / probe:.0f} s of its work)"
+                        if probe
+                        else " (fixed by flag)"
+                    )
+                )
+            self.r["backlogs"] = backlogs
         for repeat in range(a.repeats):
             with h.phase(f"drain, run {repeat + 1}/{a.repeats}", self.r["loads"]):
                 for procs in (1, 2):
                     for name in systems:  # interleaved, so drift hits every system alike
                         h.checkpoint(self.db)
-                        if name == "tenure":
-                            d = self.tenure_drain(procs)
-                        elif name == "floor":
-                            d = self.floor_drain(procs)
-                        else:
-                            d = self.peer_drain(name, procs)
+                        d = self.drain(name, procs, backlogs[name])
                         self.r["drain"][name][procs].append(d)
                         console.print(
-                            f"  {name:14} {procs} proc: {d.rate:8.0f} tasks/s "
-                            f"({d.done} in {d.seconds:.1f} s)  load {h.load()}"
+                            f"  {name:14} {procs} proc: window {d.rate:8.0f} tasks/s "
+                            f"({d.done} in {d.seconds:.1f} s); whole backlog {d.whole:8.0f}/s "
+                            f"({d.backlog:,} in {d.whole_seconds:.1f} s)  load {h.load()}"
                         )
+
+    # -- streams and spike ----------------------------------------------------------------
+
+    def streams(self) -> None:
+        from bench import streams
+
+        a = self.args
+        levels = [float(x) for x in a.levels.split(",") if x]
+        systems = ["tenure", *self.peers]
+        rates = {name: self.rate2(name) for name in systems}
+        out = self.r.setdefault("streams", {})
+        out.update(levels=levels, seconds=a.stream_seconds, rates=rates, runs={}, pickup_is={})
+        for level in levels:
+            with h.phase(f"streams: {level:g} % of each system's 2-proc drain", self.r["loads"]):
+                for name in systems:  # interleaved, so drift hits every system alike
+                    h.checkpoint(self.db)
+                    sys_ = streams.system(name, self.dsn, a.concurrency)
+                    out["pickup_is"][name] = sys_.pickup
+                    plan = streams.Plan(
+                        rate=rates[name] * level / 100, seconds=a.stream_seconds, settle=a.settle
+                    )
+                    try:
+                        res = streams.run(sys_, plan)
+                    except (h.HarnessError, psycopg.Error) as exc:
+                        res = {"error": str(exc).strip().splitlines()[0]}
+                    out["runs"].setdefault(name, {})[f"{level:g}"] = res
+                    console.print(f"  {name:14} {level:g} %: {stream_line(res)}", markup=False)
+
+    def spike(self) -> None:
+        from bench import streams
+
+        a = self.args
+        systems = ["tenure", *self.peers]
+        out = self.r.setdefault("spike", {})
+        for name in systems:
+            rate2 = self.rate2(name)
+            n = int(min(a.spike, a.spike_cap * rate2))
+            drain_est = n / (0.75 * rate2)
+            after = min(180.0, max(a.spike_after, 1.5 * drain_est + 10))
+            plan = streams.Plan(
+                rate=0.25 * rate2,
+                seconds=a.spike_before + after,
+                spike=n,
+                spike_at=a.spike_before,
+                settle=max(a.settle, 2 * drain_est),
+            )
+            console.print(
+                f"  {name:14} stream {plan.rate:,.0f}/s (25 % of {rate2:,.0f}/s), spike of "
+                f"{n:,} at {a.spike_before:g} s, stream to {plan.seconds:.0f} s"
+            )
+            h.checkpoint(self.db)
+            sys_ = streams.system(name, self.dsn, a.concurrency)
+            try:
+                res = streams.run(sys_, plan)
+            except (h.HarnessError, psycopg.Error) as exc:
+                res = {"error": str(exc).strip().splitlines()[0]}
+            res["rate2"] = rate2
+            res["pickup_is"] = sys_.pickup
+            out[name] = res
+            console.print(f"  {name:14} spike: {spike_line(res)}", markup=False)
 
     # -- latency --------------------------------------------------------------------------
 
@@ -569,20 +746,80 @@ class Bench:
         return [p for p in self.args.peers.split(",") if p]
 
 
+def whole_from_db(d: h.Drain, db: psycopg.Connection[Any], query: str, clock: str) -> None:
+    """Replace the sampled whole-backlog rate with the database's own first start and
+    last finish (``query`` returns those two timestamps)."""
+    row = db.execute(query).fetchone()
+    if row and row[0] is not None and row[1] is not None and row[1] > row[0]:
+        d.whole_seconds = (row[1] - row[0]).total_seconds()
+        d.whole = d.backlog / d.whole_seconds
+        d.whole_clock = clock
+
+
+def ms(x: float) -> str:
+    return "∞" if x == float("inf") else f"{x * 1e3:.1f} ms"
+
+
+def stream_line(res: dict[str, Any]) -> str:
+    if "error" in res:
+        return f"harness error: {res['error']}"
+    s, p = res["sender"], res["pickup"]
+    return (
+        f"sent {s['rate']:,.0f}/s of {s['target']:,.0f}/s ({s['missed_ticks']} ticks missed); "
+        f"pickup p50 {ms(p['p50'])}, p99 {ms(p['p99'])}, p99.9 {ms(p['p999'])} over "
+        f"{p['n']:,}; stalled seconds {len(res['stalled_seconds'])}; "
+        f"{res['unfinished']:,} unfinished"
+    )
+
+
+def spike_line(res: dict[str, Any]) -> str:
+    if "error" in res:
+        return f"harness error: {res['error']}"
+    sp = res["spike"]
+    if not sp["drained"]:
+        return (
+            f"not drained: {sp['spike_finished']:,} of {sp['n']:,} finished; "
+            f"stalled seconds {len(res['stalled_seconds'])}"
+        )
+    return (
+        f"{sp['n']:,} drained in {sp['drain_seconds']:.1f} s at {sp.get('drain_rate', 0):,.0f}/s "
+        f"({sp.get('drain_rate', 0) / res['rate2']:.0%} of its drain rate); pre-spike p99 "
+        f"{ms(sp['pre_p99'])}, back under {ms(sp['threshold'])} "
+        + (
+            "not within the stream"
+            if sp["recovered_after"] != sp["recovered_after"]
+            else f"after {sp['recovered_after']:.1f} s"
+        )
+        + f"; stalled seconds {len(res['stalled_seconds'])}"
+    )
+
+
 def on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backlog", type=int, default=100_000, help="drain backlog (100,000)")
     p.add_argument(
-        "--slow-backlog",
-        type=int,
-        default=20_000,
-        help="drain backlog for Procrastinate and Celery (20,000)",
+        "--drain-seconds",
+        type=float,
+        default=20.0,
+        help="size each drain backlog to at least this much of the system's own work (20 s)",
     )
-    p.add_argument("--floor-backlog", type=int, default=300_000, help="floor backlog (300,000)")
+    p.add_argument("--probe-backlog", type=int, default=50_000, help="probe drain (50,000)")
+    p.add_argument(
+        "--slow-probe-backlog",
+        type=int,
+        default=3_000,
+        help="probe drain for Procrastinate and Celery (3,000)",
+    )
+    p.add_argument("--min-backlog", type=int, default=5_000, help="smallest sized backlog")
+    p.add_argument("--max-backlog", type=int, default=3_000_000, help="largest sized backlog")
+    p.add_argument("--backlog", type=int, default=0, help="fix tenure's and PgQueuer's backlog")
+    p.add_argument(
+        "--slow-backlog", type=int, default=0, help="fix Procrastinate's and Celery's backlog"
+    )
+    p.add_argument("--floor-backlog", type=int, default=0, help="fix the floor's backlog")
     p.add_argument("--single", type=int, default=2_000, help="one-by-one sends timed (2,000)")
     p.add_argument(
         "--concurrency",
@@ -607,14 +844,28 @@ def main() -> int:
     p.add_argument("--scale-window", type=float, default=5.0, help="scale-out window (5 s)")
     p.add_argument("--scale-repeats", type=int, default=1, help="scale-out runs per N (1)")
     p.add_argument(
+        "--levels", default="10,25,50,75", help="stream rates, %% of 2-proc drain (10,25,50,75)"
+    )
+    p.add_argument("--stream-seconds", type=float, default=60.0, help="each stream (60 s)")
+    p.add_argument("--settle", type=float, default=30.0, help="longest wait to empty (30 s)")
+    p.add_argument("--spike", type=int, default=100_000, help="spike tasks (100,000)")
+    p.add_argument(
+        "--spike-cap",
+        type=float,
+        default=30.0,
+        help="a spike is at most this many seconds of the system's own drain (30)",
+    )
+    p.add_argument("--spike-before", type=float, default=20.0, help="stream before spike (20 s)")
+    p.add_argument("--spike-after", type=float, default=30.0, help="stream after, at least (30)")
+    p.add_argument(
         "--peers",
         default="pgqueuer,pgqueuer10,procrastinate,celery",
         help="peers to run (pgqueuer10: PgQueuer at its default batch size of 10)",
     )
     p.add_argument(
         "--phases",
-        default="drain,latency,takeover,rolling,scale,footprint",
-        help="phases to run (all)",
+        default="drain,streams,spike,latency,takeover,rolling,scale,footprint",
+        help="phases to run (all): drain,streams,spike,latency,takeover,rolling,scale,footprint",
     )
     args = p.parse_args()
     signal.signal(signal.SIGTERM, on_sigterm)
@@ -645,6 +896,8 @@ def main() -> int:
             console.print(f"tenure workers: {bench.r['meta']['worker_flags']}, async no-op task")
             steps = [
                 ("drain", bench.drains, None),
+                ("streams", bench.streams, None),
+                ("spike", bench.spike, "spike on a 25 % stream"),
                 ("latency", bench.latency, None),
                 ("takeover", bench.takeover, "takeover"),
                 ("rolling", bench.rolling, "rolling deploy"),
@@ -662,6 +915,10 @@ def main() -> int:
             db.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
         bench.r["meta"]["end_load"] = h.load()
         bench.r["meta"]["seconds"] = time.monotonic() - t0
+        # Every figure, so the report can be written again: python -c "import pickle;
+        # from bench import report; report.write(pickle.load(open(PATH, 'rb')))"
+        with (bench.logdir / "latest.pickle").open("wb") as f:
+            pickle.dump(bench.r, f)
         report.write(bench.r)
     except (h.HarnessError, psycopg.Error) as exc:
         console.print(f"[red]harness failure:[/] {str(exc).strip().splitlines()[0]}")

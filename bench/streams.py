@@ -466,7 +466,7 @@ def analyze(t: Tasks, plan: Plan, stall_window: float = 2.0) -> dict[str, Any]:
     fin = np.sort(t.finished[~np.isnan(t.finished)] - t0)
     end = t.now - t0
     last = max(float(created[-1]), float(fin[-1]) if len(fin) else 0.0)
-    nbins = int(np.ceil(last)) + 1
+    nbins = int(np.floor(last)) + 1
     per_second = np.histogram(fin, bins=nbins, range=(0, nbins))[0]
     stalled = []
     for b in np.flatnonzero(per_second == 0):
