@@ -11,14 +11,24 @@ The network, made by this module and removed on every exit path:
 - one network namespace ``tnnetem<N>`` holding the workers, joined to the host by the
   veth pair ``tnm<N>h`` (host end, 10.214.N.1/30) and ``tnm<N>n`` (inside,
   10.214.N.2/30). Only those two addresses and 127.0.0.1 are ever used.
-- two ``socat`` forwarders on the host end of the veth, listening on 10.214.N.1 and
-  connecting to PostgreSQL at 127.0.0.1:5432 and to Redis at 127.0.0.1:6379; the
-  workers in the namespace connect to 10.214.N.1. Both sides set TCP_NODELAY.
-- the delay: a ``netem`` root qdisc on *both* ends of the veth, each delaying its
-  egress by half the round trip (so 1 ms RTT = 0.5 ms host→namespace + 0.5 ms
-  namespace→host; ``ping 10.214.N.1`` from inside reads the full RTT). The 0 ms
-  baseline runs through the same veth, forwarders and qdiscs with a delay of 0, so
-  the only difference between the cases is the delay.
+- two forwarders (this file's ``_forward`` command, one process each) on the host
+  end of the veth, listening on 10.214.N.1 and connecting to PostgreSQL at
+  127.0.0.1:5432 and to Redis at 127.0.0.1:6379; the workers in the namespace connect
+  to 10.214.N.1. Both sides set TCP_NODELAY.
+- the delay, half the round trip each way (1 ms RTT = 0.5 ms host→namespace + 0.5 ms
+  namespace→host): a ``tc netem`` root qdisc on *both* ends of the veth, each
+  delaying its egress by half, where the kernel has sch_netem. A kernel without it
+  (CONFIG_NET_SCH_NETEM unset, as on the machine this was written on) gets the same
+  delay from the forwarder instead: every chunk it reads, in either direction, is
+  written to the other side half the RTT later, order kept — netem's fixed delay, at
+  the level of the TCP stream (the workers' TCP peer is then the forwarder, 0 ms
+  away, so TCP's own acks are not delayed; at these message sizes no window fills).
+  The forwarder's timers wait in select() (microseconds) with a 1 ns timer slack.
+  Before each case the round trip of ``SELECT 1`` from inside the namespace is
+  measured and printed (``meta.statement_rtt_ms``): what a worker's statement pays.
+- the 0 ms baseline runs through the same veth and forwarders with no delay, so the
+  only difference between the cases is the delay. ``--no-loopback`` skips tenure's
+  extra reference drain straight on 127.0.0.1 (no namespace, no forwarder).
 
 Enqueueing, counting and probe sending run on the host over loopback, undelayed: only
 the workers' traffic crosses the delayed link.
@@ -39,7 +49,7 @@ database: its probe carries the sender's ``time.time()`` and records its own at 
 
 ``python bench/netem.py`` runs it; ``run_netem()`` returns the same results as a dict.
 The 2-core machine may be shared: absolute figures are indicative, ratios come from
-the same run. Needs root (namespaces, qdiscs), iproute2 and socat.
+the same run. Needs root (namespaces, qdiscs) and iproute2.
 
 This file is also run by the peers' own Pythons (``bench/.peers/<name>/``) for their
 probe senders and the Celery probe worker (the ``_peer`` command): the top level
@@ -191,7 +201,7 @@ class Link:
         if self.netem:
             return "tc netem on both veth ends, each delaying its egress by half the round trip"
         return (
-            "this kernel has no sch_netem (CONFIG_NET_SCH_NETEM unset): the forwarder on "
+            "no sch_netem in this kernel (CONFIG_NET_SCH_NETEM unset): the forwarder on "
             "the host end of the veth delays every chunk it relays by half the round trip, "
             "in each direction, order kept (a fixed one-way delay, as netem delay is)"
         )
@@ -666,7 +676,7 @@ def _pct(values: list[float], q: float) -> float:
 def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=(__doc__ or "").splitlines()[0],
-        epilog="Needs root, iproute2 (ip, tc) and socat. Everything it makes is removed "
+        epilog="Needs root and iproute2 (ip, tc). Everything it makes is removed "
         "on exit, SIGTERM and Ctrl-C included.",
     )
     p.add_argument("--delays", default="0,1,5", help="round trips in ms (0,1,5); 0 first")
@@ -678,7 +688,7 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="size each backlog to this much work at the expected rate (20)",
     )
     p.add_argument("--backlog", type=int, default=0, help="fixed backlog for every system")
-    p.add_argument("--window", type=float, default=10.0, help="longest drain window, s (10)")
+    p.add_argument("--window", type=float, default=6.0, help="longest drain window, s (6)")
     p.add_argument("--warmup", type=float, default=1.0, help="s after the first finish (1)")
     p.add_argument("--concurrency", type=int, default=100, help="slots per process (100)")
     p.add_argument("--probes", type=int, default=100, help="latency probes per case (100)")
