@@ -96,13 +96,31 @@ def throughput(
         )
     out.append("")
     runs = {
-        k: [f"{d.whole:.0f} ({d.rate:.0f})" for p in (1, 2) for d in v[p]]
+        k: [
+            f"{d.whole:.0f} ({d.rate:.0f}) {d.backlog:,} in {d.whole_seconds:.1f} s"
+            for p in (1, 2)
+            for d in v[p]
+        ]
         for k, v in r["drain"].items()
     }
     out.append(
-        "Every drain run, whole backlog (window) tasks/s, 1 proc runs then 2 procs runs: "
-        + "; ".join(f"{NAMES[k]} {' '.join(v)}" for k, v in runs.items())
+        "Every drain run, whole backlog (window) tasks/s, backlog and how long it lasted, "
+        "1 proc runs then 2 procs runs: "
+        + "; ".join(f"{NAMES[k]}: {', '.join(v)}" for k, v in runs.items())
     )
+    want = r.get("meta", {}).get("args", {}).get("drain_seconds")
+    short = [
+        f"{NAMES[k]} ({d.whole_seconds:.1f} s)"
+        for k, v in r["drain"].items()
+        for d in v[2]
+        if want and d.whole_seconds < want
+    ]
+    if short:
+        out += [
+            "",
+            f"**2-process drains shorter than {want:g} s** (the probe ran slow; later runs "
+            "were resized): " + ", ".join(short),
+        ]
     clocks = {k: v[2][0].whole_clock for k, v in r["drain"].items() if v[2]}
     if clocks:
         out.append("")
@@ -340,8 +358,10 @@ def stream_tables(r: dict[str, Any]) -> list[str]:
                     continue
                 p, snd = res["pickup"], res["sender"]
                 ratio = "–" if name == "tenure" else _ratio(p["p99"], tp99)
+                behind = " (behind)" if snd["rate"] < 0.95 * snd["target"] else ""
                 out.append(
-                    f"| {key} % | {NAMES[name]} | {_fmt(snd['target'])} | {_fmt(snd['rate'])} "
+                    f"| {key} % | {NAMES[name]} | {_fmt(snd['target'])} "
+                    f"| {_fmt(snd['rate'])}{behind} "
                     f"| {_fmt(res['finish_rate'])} | {_ms(p['p50'])} / {_ms(p['p99'])} / "
                     f"{_ms(p['p999'])} | {len(res['stalled_seconds'])} | {res['unfinished']:,} "
                     f"| {ratio} |"

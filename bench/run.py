@@ -304,14 +304,9 @@ class Bench:
         """``--drain-seconds`` (20) of this system's own work at 2 processes, with a
         quarter to spare against a probe that ran fast, within the flags' bounds."""
         a = self.args
-        fixed = {"floor": a.floor_backlog}.get(
-            name, a.backlog if name == "tenure" or name.startswith("pgqueuer") else a.slow_backlog
-        )
-        if fixed:
-            return int(fixed)
-        rate = self.probe_rates.get(name) or self.probe(name)
-        want = int(1.25 * a.drain_seconds * rate)
-        return max(a.min_backlog, min(a.max_backlog, -(-want // 1000) * 1000))
+        if n := fixed(a, name):
+            return n
+        return sized(a, self.probe_rates.get(name) or self.probe(name))
 
     def rate2(self, name: str) -> float:
         """This system's 2-process drain rate measured in this run: the median
@@ -367,6 +362,14 @@ class Bench:
                             f"({d.done} in {d.seconds:.1f} s); whole backlog {d.whole:8.0f}/s "
                             f"({d.backlog:,} in {d.whole_seconds:.1f} s)  load {h.load()}"
                         )
+                        if procs == 2 and d.whole_seconds < a.drain_seconds and not fixed(a, name):
+                            # the probe ran slow: size the later runs by this one
+                            backlogs[name] = sized(a, d.whole)
+                            self.r["backlogs"][name] = backlogs[name]
+                            console.print(
+                                f"  {name:14} lasted under {a.drain_seconds:g} s: backlog "
+                                f"raised to {backlogs[name]:,} for the next runs"
+                            )
 
     # -- streams and spike ----------------------------------------------------------------
 
@@ -746,6 +749,19 @@ class Bench:
         return [p for p in self.args.peers.split(",") if p]
 
 
+def fixed(a: argparse.Namespace, name: str) -> int:
+    """The backlog a flag fixes for this system, or 0 when it is sized by its rate."""
+    if name == "floor":
+        return int(a.floor_backlog)
+    return int(a.backlog if name == "tenure" or name.startswith("pgqueuer") else a.slow_backlog)
+
+
+def sized(a: argparse.Namespace, rate: float) -> int:
+    """1.25 × ``--drain-seconds`` of work at ``rate``, in thousands, within the bounds."""
+    want = int(1.25 * a.drain_seconds * rate)
+    return max(a.min_backlog, min(a.max_backlog, -(-want // 1000) * 1000))
+
+
 def whole_from_db(d: h.Drain, db: psycopg.Connection[Any], query: str, clock: str) -> None:
     """Replace the sampled whole-backlog rate with the database's own first start and
     last finish (``query`` returns those two timestamps)."""
@@ -764,8 +780,10 @@ def stream_line(res: dict[str, Any]) -> str:
     if "error" in res:
         return f"harness error: {res['error']}"
     s, p = res["sender"], res["pickup"]
+    behind = " [SENDER BEHIND]" if s["rate"] < 0.95 * s["target"] else ""
     return (
-        f"sent {s['rate']:,.0f}/s of {s['target']:,.0f}/s ({s['missed_ticks']} ticks missed); "
+        f"sent {s['rate']:,.0f}/s of {s['target']:,.0f}/s{behind} "
+        f"({s['missed_ticks']} ticks missed); "
         f"pickup p50 {ms(p['p50'])}, p99 {ms(p['p99'])}, p99.9 {ms(p['p999'])} over "
         f"{p['n']:,}; stalled seconds {len(res['stalled_seconds'])}; "
         f"{res['unfinished']:,} unfinished"

@@ -58,8 +58,10 @@ def verdict(r: dict[str, Any], limit: float) -> tuple[bool, str]:
     elif after["p99"] > limit:
         reasons.append(f"post-spike pickup p99 {after['p99'] * 1e3:.1f} ms > {limit * 1e3:.0f} ms")
     s = r["sender"]
+    behind = " [SENDER BEHIND]" if s["rate"] < 0.95 * s["target"] else ""
     detail = (
-        f"sender {s['rate']:,.0f}/s of {s['target']:,.0f}/s ({s['missed_ticks']} ticks missed); "
+        f"sender {s['rate']:,.0f}/s of {s['target']:,.0f}/s{behind} "
+        f"({s['missed_ticks']} ticks missed); "
         f"spike of {sp['n']:,} sent in {sp['send_seconds']:.1f} s"
     )
     if sp["drained"]:
