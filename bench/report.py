@@ -267,6 +267,54 @@ def tables(r: dict[str, Any]) -> list[str]:
     ]
     out += [f"| {a} | {b} | {c} | {_check(ok)} |" for a, b, c, ok in checks]
     out += stream_tables(r)
+    out += other_tables(r)
+    return out
+
+
+def other_tables(r: dict[str, Any]) -> list[str]:
+    """bench/netem.py's and bench/parsing.py's results, as their modules return them."""
+    out: list[str] = []
+    ne = r.get("netem")
+    if ne:
+        out += ["", "## Network: workers behind a delayed link (`bench/netem.py`)", ""]
+        if "error" in ne:
+            out.append(f"Not run: {ne['error']}")
+        else:
+            keys = list(ne.get("meta", {}).get("statement_rtt_ms", {}))
+            out.append("| system | " + " | ".join(f"drain at {k} ms RTT" for k in keys) + " |")
+            out.append("|---|" + "---:|" * len(keys))
+            for name, per in ne.get("drain", {}).items():
+                cells = " | ".join(_fmt(per[k]["rate"]) if k in per else "–" for k in keys)
+                out.append(f"| {NAMES.get(name, name)} | {cells} |")
+            for name, per in ne.get("ratios", {}).items():
+                cells = ", ".join(f"{k} ms {v:.2f}×" for k, v in per.items())
+                out.append(f"- tenure ÷ {NAMES.get(name, name)}: {cells}")
+            for name, per in ne.get("latency", {}).items():
+                if per:
+                    cells = ", ".join(
+                        f"{k} ms {v['p50_ms']:.1f} / {v['p99_ms']:.1f} ms" for k, v in per.items()
+                    )
+                    out.append(f"- {NAMES.get(name, name)} idle pickup p50 / p99: {cells}")
+            keep = ne.get("tenure_keep") or {}
+            if keep and keys:
+                last = keys[-1]
+                v = keep.get(last, float("nan"))
+                out.append(
+                    f"- tenure at {last} ms RTT keeps {v:.0%} of its {keys[0]} ms drain "
+                    f"(target ≥ 50 %): {_check(v >= 0.5)}"
+                )
+    pa = r.get("parsing")
+    if pa:
+        out += ["", "## CPU-bound parsing (`bench/parsing.py`)", ""]
+        if "error" in pa:
+            out.append(f"Not run: {pa['error']}")
+        else:
+            out.append("| system | median docs/s | ÷ Celery |")
+            out.append("|---|---:|---:|")
+            for name, rate in pa.get("median", {}).items():
+                vs = pa.get("vs_celery", {}).get(name)
+                ratio = "–" if vs is None else f"{vs:.2f}×"
+                out.append(f"| {NAMES.get(name, name)} | {rate:,.1f} | {ratio} |")
     return out
 
 

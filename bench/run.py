@@ -5,7 +5,8 @@ enqueue and drain (every system, 1 and 2 worker processes, medians of ``--repeat
 steady streams at ``--levels`` % of each system's own 2-process drain rate and a spike
 on a 25 % stream (``bench/streams.py``; every system but the floor, which has no
 sender), pickup latency (idle and under 50 % load), takeover after SIGKILL, rolling deploy,
-scale-out (``bench/scale_out.py``'s runs), and one worker's memory and connections.
+scale-out (``bench/scale_out.py``'s runs), one worker's memory and connections, workers
+behind a delayed link (``bench/netem.py``) and CPU-bound parsing (``bench/parsing.py``).
 The table goes to the terminal and to ``bench/results/latest.md``, plots beside it.
 
 Drain backlogs: a probe drain of a small backlog (2 processes) estimates each
@@ -29,6 +30,7 @@ import copy
 import json
 import os
 import pickle
+import shlex
 import signal
 import subprocess
 import sys
@@ -430,6 +432,34 @@ class Bench:
             res["pickup_is"] = sys_.pickup
             out[name] = res
             console.print(f"  {name:14} spike: {spike_line(res)}", markup=False)
+
+    # -- network and CPU-bound parsing (bench/netem.py, bench/parsing.py) -------------------
+
+    def netem(self) -> None:
+        """``bench/netem.py``'s ``run_netem``: workers behind a delayed link."""
+        argv = shlex.split(self.args.netem_flags)
+        over = {} if "--systems" in argv else {"systems": ",".join(["tenure", *self.peers])}
+        try:
+            from bench import netem
+
+            res = netem.run_netem(argv, **over)
+            netem.print_report(res)
+        except Exception as exc:  # a phase that cannot run here is reported, not fatal
+            res = {"error": f"{type(exc).__name__}: {str(exc).strip()[:300]}"}
+            console.print(f"[yellow]netem phase not run: {res['error']}[/]")
+        self.r["netem"] = res
+
+    def parsing(self) -> None:
+        """``bench/parsing.py``'s ``run_parsing``: real document parsing vs Celery prefork."""
+        try:
+            from bench import parsing
+
+            res = parsing.run_parsing(shlex.split(self.args.parsing_flags))
+            parsing.print_report(res)
+        except Exception as exc:  # a phase that cannot run here is reported, not fatal
+            res = {"error": f"{type(exc).__name__}: {str(exc).strip()[:300]}"}
+            console.print(f"[yellow]parsing phase not run: {res['error']}[/]")
+        self.r["parsing"] = res
 
     # -- latency --------------------------------------------------------------------------
 
@@ -875,6 +905,8 @@ def main() -> int:
     )
     p.add_argument("--spike-before", type=float, default=20.0, help="stream before spike (20 s)")
     p.add_argument("--spike-after", type=float, default=30.0, help="stream after, at least (30)")
+    p.add_argument("--netem-flags", default="", help="flags for bench/netem.py (its --help)")
+    p.add_argument("--parsing-flags", default="", help="flags for bench/parsing.py (its --help)")
     p.add_argument(
         "--peers",
         default="pgqueuer,pgqueuer10,procrastinate,celery",
@@ -882,8 +914,9 @@ def main() -> int:
     )
     p.add_argument(
         "--phases",
-        default="drain,streams,spike,latency,takeover,rolling,scale,footprint",
-        help="phases to run (all): drain,streams,spike,latency,takeover,rolling,scale,footprint",
+        default="drain,streams,spike,latency,takeover,rolling,scale,footprint,netem,parsing",
+        help="phases to run (all): drain,streams,spike,latency,takeover,rolling,scale,"
+        "footprint,netem,parsing",
     )
     args = p.parse_args()
     signal.signal(signal.SIGTERM, on_sigterm)
@@ -921,6 +954,8 @@ def main() -> int:
                 ("rolling", bench.rolling, "rolling deploy"),
                 ("scale", bench.scale_out, "scale-out"),
                 ("footprint", bench.footprint, "memory and connections"),
+                ("netem", bench.netem, "network: workers behind a delayed link"),
+                ("parsing", bench.parsing, "CPU-bound parsing vs Celery prefork"),
             ]
             for key, fn, title in steps:
                 if key not in phases:
