@@ -337,7 +337,8 @@ class Child:
             cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=log, start_new_session=True
         )
         self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -351,7 +352,10 @@ class Child:
             try:
                 return self.lines.get(timeout=0.2)
             except queue.Empty:
-                if self.proc.poll() is not None and self.lines.empty():
+                if self.proc.poll() is not None:
+                    self.reader.join(2.0)  # its last line may still be on the way
+                    if not self.lines.empty():
+                        continue
                     raise h.HarnessError(
                         f"{self.what} exited {self.proc.returncode} (see the fleet log)"
                     ) from None
