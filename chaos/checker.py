@@ -99,6 +99,7 @@ class Report:
     takeover_first: Delays = field(default_factory=Delays)
     takeover_all: Delays = field(default_factory=Delays)
     takeover_limit_full: Delays = field(default_factory=Delays)
+    takeover_db_down: Delays = field(default_factory=Delays)
     takeover_bound: float = 0.0
     faults: dict[str, int] = field(default_factory=dict)
     examples: list[str] = field(default_factory=list)
@@ -329,9 +330,17 @@ def _check(
         others = sum(1 for t, s, e in limited_spans if t != task_id and s <= at < e)
         return others >= LIMITED_MAX
 
+    # A takeover the database was down for (a restart between the fault and the next
+    # attempt) waits for the server, not for the lease protocol: measured apart too.
+    outages = [(f.at, f.until or f.at) for f in faults if f.kind == "pg_restart"]
+
+    def db_down(since: datetime, until: datetime) -> bool:
+        return any(down < until and up > since for down, up in outages)
+
     first: list[float] = []
     every: list[float] = []
     waited: list[float] = []
+    db_waited: list[float] = []
     slow: list[tuple[float, str]] = []
     for fault in faults:
         for pid in fault.pids:
@@ -343,6 +352,8 @@ def _check(
                     every.append(delay)
                     if crashes == 1 and task_id in limited_ids and limit_full(task_id, end):
                         waited.append(delay)
+                    elif crashes == 1 and db_down(fault.at, next_start):
+                        db_waited.append(delay)
                     elif crashes == 1:
                         first.append(delay)
                         slow.append(
@@ -357,6 +368,7 @@ def _check(
     rep.takeover_first = Delays.of(first)
     rep.takeover_all = Delays.of(every)
     rep.takeover_limit_full = Delays.of(waited)
+    rep.takeover_db_down = Delays.of(db_waited)
     return rep
 
 

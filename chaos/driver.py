@@ -20,7 +20,9 @@ Rules:
   tasks over, so its late outcomes meet the new owner's running attempt. A restarted
   worker (kill, clock, a supervisor's child) keeps its fault active until it has
   registered: until then it cannot take anything over, and the next fault must not
-  count on it.
+  count on it. A fault that left leases behind (kill, kill_child, stop, partition,
+  proxy_blackhole) also lasts until they were taken over, so a database restart never
+  lands inside a takeover: its downtime is not the lease protocol's to answer for.
 - The invariant checker also runs during the campaign (``chaos/monitor.py``); what it
   finds there is reported with its time.
 - Every loop is bounded in count and time; namespaces, proxies, workers and the server
@@ -103,10 +105,16 @@ class CampaignConfig:
 
     @property
     def heartbeat(self) -> float:
+        """The workers' heartbeat and reaper interval: they are started with only
+        ``--lease``, so both are a third of it (``WorkerConfig.heartbeat_interval``)."""
         return self.lease / 3
 
     @property
     def takeover_bound(self) -> float:
+        """From a fault to the next attempt of a task the worker held, with the database
+        up: the last renewal came before the fault, so the lease ends within a lease of
+        it; a live worker's reaper runs within one interval after (jitter only shortens
+        it); 1 s covers the reaper's NOTIFY and the claim it wakes."""
         return self.lease + self.heartbeat + 1.0
 
 
@@ -274,10 +282,12 @@ class Campaign:
             pid = slot.pid
             slot.kill()
             fault = Fault(kind, _now(), (pid,), target)
-            # Over once the new worker registered: until then it is not there to take over.
+            held = self._held_by(pid)
+            # Over once the new worker registered (until then it is not there to take
+            # over) and the dead one's leases were taken over.
             return _Active(
                 kind, target, now + rng.uniform(0.2, 1.0), fault, slot.start,
-                after=lambda: self._registered([slot.pid]),
+                after=lambda: self._registered([slot.pid]) and self._settled(held, dead=True),
             )  # fmt: skip
         if kind == "kill_child":
             assert slot is not None
@@ -285,6 +295,7 @@ class Campaign:
             child = rng.choice(sorted(set(kids) & self._holding()) or kids)
             os.kill(child, signal.SIGKILL)
             fault = Fault(kind, _now(), (child,), f"child {child} of supervisor {slot.pid}")
+            held = self._held_by(child)
             self.children_killed += 1
 
             def replaced() -> bool:
@@ -298,6 +309,7 @@ class Campaign:
             return _Active(
                 kind, target, now + 0.2, fault, lambda: None,
                 before=replaced, give_up=now + CHILD_RESTART_TIMEOUT, missed=missed,
+                after=lambda: self._settled(held, dead=True),
             )  # fmt: skip
         if kind == "stop":
             assert slot is not None
@@ -324,8 +336,12 @@ class Campaign:
             assert slot is not None and slot.namespace is not None
             slot.namespace.cut()
             fault = Fault(kind, _now(), (slot.pid,), slot.namespace.name)
+            held = self._held_by(slot.pid)
             hold = rng.uniform(1.3, 2.5) * lease
-            return _Active(kind, target, now + hold, fault, slot.namespace.restore)
+            return _Active(
+                kind, target, now + hold, fault, slot.namespace.restore,
+                after=lambda: self._settled(held, dead=False),
+            )  # fmt: skip
         if kind == "clock":
             assert slot is not None
             slot.drain(15)
@@ -367,6 +383,7 @@ class Campaign:
         return _Active(
             fault.kind, target, now + lease, fault, undo,
             before=lambda: self._taken_over(held), give_up=give_up,
+            after=lambda: self._settled(held, dead=False),
         )  # fmt: skip
 
     def _query(self, text: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -396,6 +413,25 @@ class Campaign:
             {"ids": list(held), "attempts": list(held.values())},
         )
         return bool(rows and rows[0][0])
+
+    def _settled(self, held: dict[int, int], *, dead: bool) -> bool:
+        """Whether no attempt of ``held`` still waits to be taken over: none is queued
+        (reaped, not yet claimed again), none is running on an expired lease, and, if
+        its worker is ``dead``, none is running at all. A fault lasts until then, so a
+        database restart (which waits for no fault to be active) never falls inside a
+        takeover and charges its downtime to the lease protocol. A retry backing off
+        (``scheduled``) is not waited for, nor is a lease the worker renewed once it
+        came back."""
+        if not held:
+            return True
+        rows = self._query(
+            "SELECT count(*) FROM {s}.tasks t "
+            "JOIN unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS h(id, attempt) "
+            "ON h.id = t.id WHERE t.attempt = h.attempt AND (t.state = 'queued' "
+            "OR (t.state = 'running' AND (%(dead)s OR t.lease_expires_at < clock_timestamp())))",
+            {"ids": list(held), "attempts": list(held.values()), "dead": dead},
+        )
+        return bool(rows) and rows[0][0] == 0  # unknown (no answer): not yet
 
     def _registered(self, pids: list[int]) -> bool:
         """Whether every one of ``pids`` runs a registered, active worker."""
@@ -469,6 +505,8 @@ class Campaign:
         report = check(
             self.conn, self.schema, self.sent, self.faults, takeover_bound=cfg.takeover_bound
         )
+        if cfg.results_dir is not None:
+            self._dump_attempts(cfg.results_dir / "attempts.csv")
         report.midrun_checks = monitor.passes
         report.midrun_violations = [str(f) for f in monitor.findings]
         report.children_killed = self.children_killed
@@ -488,6 +526,22 @@ class Campaign:
             timeline=timeline(self.conn, self.schema, self.faults, wall0),
             logs=logs, runs_by_slot=by_slot,
         )  # fmt: skip
+
+    def _dump_attempts(self, path: Path) -> None:
+        """Every attempt with its task name and worker pid, as CSV: what a slow takeover
+        is traced with once the campaign's server is gone."""
+        query = sql.SQL(
+            "COPY (SELECT a.task_id, a.attempt, coalesce(f.task_name, t.task_name) AS task_name, "
+            "w.pid, a.worker_id, a.started_at, a.ended_at, a.outcome "
+            "FROM {s}.attempts a LEFT JOIN {s}.workers w ON w.id = a.worker_id "
+            "LEFT JOIN {s}.finished_tasks f ON f.id = a.task_id "
+            "LEFT JOIN {s}.tasks t ON t.id = a.task_id "
+            "ORDER BY a.started_at, a.task_id, a.attempt) TO STDOUT WITH (FORMAT csv, HEADER)"
+        ).format(s=sql.Identifier(self.schema))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as out, self.conn.cursor().copy(query) as copy:
+            for chunk in copy:
+                out.write(chunk)
 
     def _heal(self, a: _Active, now: float, t0: float) -> bool:
         """Undo a fault whose time is up; True once it is over (its target free again)."""

@@ -53,6 +53,7 @@ def table(result: Result) -> Table:
     for label, d in (
         ("takeover, first crash", rep.takeover_first),
         ("takeover, first crash, limit full", rep.takeover_limit_full),
+        ("takeover, first crash, database down", rep.takeover_db_down),
         ("takeover, all", rep.takeover_all),
     ):
         row(
