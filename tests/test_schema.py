@@ -212,7 +212,7 @@ def test_claim_stays_on_its_partial_index_with_a_million_finished_rows(
         # Its plan is generic (planned once per session), and a generic plan's cost grows
         # with the backlog: without JIT off, every claim of a deep one compiled code first
         assert {"plan_cache_mode=force_generic_plan", "jit=off"} <= set(config or [])
-        unlimited = re.findall(r"SELECT t\.id FROM .*?SKIP LOCKED", body, re.S)[0]
+        unlimited = re.findall(r"SELECT p\.id FROM .*?SKIP LOCKED", body, re.S)[0]
         candidate = (
             unlimited.replace("v_queue", "'default'")
             .replace("v_free", "ARRAY['noop']")

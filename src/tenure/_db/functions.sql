@@ -43,6 +43,7 @@ CREATE OR REPLACE FUNCTION {schema}.vtime_base(p_queue text, p_key text)
 RETURNS double precision
 LANGUAGE plpgsql STABLE
 SET enable_sort = off
+SET jit = off
 AS $$
 BEGIN
     RETURN greatest(
@@ -53,8 +54,9 @@ BEGIN
             (SELECT t.vtime FROM {schema}.tasks t
              WHERE t.state = 'queued' AND t.limited AND t.queue = p_queue
              ORDER BY t.priority DESC, t.vtime, t.id LIMIT 1)), 0),
-        (SELECT max(t.vtime) FROM {schema}.tasks t
-         WHERE t.state = 'queued' AND t.queue = p_queue AND t.partition_key = p_key)
+        (SELECT t.vtime FROM {schema}.tasks t
+         WHERE t.state = 'queued' AND t.queue = p_queue AND t.partition_key = p_key
+         ORDER BY t.vtime DESC LIMIT 1)
         + {schema}.vtime_step(p_queue, p_key));
 END;
 $$;
@@ -63,12 +65,17 @@ $$;
 -- placing each fairly among its key's work, and wake those queues.
 CREATE OR REPLACE FUNCTION {schema}.promote_due(p_max integer)
 RETURNS TABLE (queue text, promoted integer)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET enable_sort = off
+SET enable_nestloop = off
+SET enable_mergejoin = off
+SET jit = off
+AS $$
 DECLARE
     v_queues text[];
     v_counts integer[];
 BEGIN
-    WITH due AS (
+    WITH due AS MATERIALIZED (
         SELECT t.id, t.queue, t.partition_key,
                row_number() OVER (PARTITION BY t.queue, t.partition_key
                                   ORDER BY t.run_after, t.id) AS rn
@@ -76,17 +83,24 @@ BEGIN
               WHERE s.state = 'scheduled' AND s.run_after <= now()
               ORDER BY s.run_after LIMIT p_max FOR UPDATE SKIP LOCKED) t
     ),
-    keys AS (
+    keys AS MATERIALIZED (  -- one vtime_base() per key, not one per due row
         SELECT k.queue, k.partition_key,
                {schema}.vtime_base(k.queue, k.partition_key) AS base,
                {schema}.vtime_step(k.queue, k.partition_key) AS step
         FROM (SELECT DISTINCT d.queue, d.partition_key FROM due d) k
     ),
+    placed AS MATERIALIZED (
+        SELECT d.id, k.base + (d.rn - 1) * k.step AS vtime
+        FROM due d JOIN keys k ON k.queue = d.queue AND k.partition_key = d.partition_key
+    ),
+    -- The due rows are reached through the primary key (id = ANY), and joined to their
+    -- places by hash (no nested loops here): the cost is the batch's whatever the
+    -- statistics say.
     moved AS (
         UPDATE {schema}.tasks t
-        SET state = 'queued', vtime = k.base + (d.rn - 1) * k.step
-        FROM due d JOIN keys k ON k.queue = d.queue AND k.partition_key = d.partition_key
-        WHERE t.id = d.id
+        SET state = 'queued', vtime = p.vtime
+        FROM placed p
+        WHERE t.id = ANY (ARRAY(SELECT d.id FROM due d)) AND t.id = p.id
         RETURNING t.queue
     )
     SELECT array_agg(m.queue), array_agg(m.n)
@@ -107,36 +121,44 @@ $$;
 CREATE OR REPLACE FUNCTION {schema}.expire_leases(p_queue text, p_task_name text, p_key text,
                                        p_max integer)
 RETURNS TABLE (task_id bigint, verdict text)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET enable_sort = off
+SET jit = off
+AS $$
 DECLARE
+    v_expired     bigint[];
     v_requeued    bigint[];
     v_quarantined bigint[];
     v_ended       text[];
     v_queues      text[];
 BEGIN
-    WITH expired AS (
-        SELECT t.id
-        FROM {schema}.tasks t
-        WHERE t.state = 'running'
-          AND t.lease_expires_at < now()
-          AND (p_queue IS NULL OR t.queue = p_queue)
-          AND (p_task_name IS NULL OR t.task_name = p_task_name)
-          AND (p_key IS NULL OR t.partition_key = p_key)
-        ORDER BY t.lease_expires_at
-        LIMIT p_max
-        FOR UPDATE SKIP LOCKED
-    ),
-    recorded AS (
+    -- The expired rows, locked until the caller commits. The statement after reads them
+    -- through the primary key (id = ANY) and joins nothing, so its cost is the batch's
+    -- however stale the statistics.
+    SELECT array_agg(x.id) INTO v_expired
+    FROM (SELECT t.id
+          FROM {schema}.tasks t
+          WHERE t.state = 'running'
+            AND t.lease_expires_at < now()
+            AND (p_queue IS NULL OR t.queue = p_queue)
+            AND (p_task_name IS NULL OR t.task_name = p_task_name)
+            AND (p_key IS NULL OR t.partition_key = p_key)
+          ORDER BY t.lease_expires_at
+          LIMIT p_max
+          FOR UPDATE SKIP LOCKED) x;
+    IF v_expired IS NULL THEN
+        RETURN;
+    END IF;
+    WITH recorded AS (
         INSERT INTO {schema}.attempts (task_id, attempt, worker_id, started_at, ended_at, outcome,
                                        error)
         SELECT t.id, t.attempt, t.lease_owner, t.started_at, t.lease_expires_at, 'lease_expired',
                'lease expired: worker ' || t.lease_owner || ' stopped renewing'
-        FROM {schema}.tasks t JOIN expired e ON e.id = t.id
+        FROM {schema}.tasks t WHERE t.id = ANY (v_expired)
     ),
     quarantined AS (
         DELETE FROM {schema}.tasks t
-        USING expired e
-        WHERE t.id = e.id AND (t.crashes + 1 >= t.max_crashes OR t.cancel_requested)
+        WHERE t.id = ANY (v_expired) AND (t.crashes + 1 >= t.max_crashes OR t.cancel_requested)
         RETURNING t.*
     ),
     moved AS (
@@ -166,8 +188,7 @@ BEGIN
             run_after = now() + CASE WHEN t.crashes = 0 THEN interval '0'
                                      ELSE least(60, 2 ^ (t.crashes - 1)) * (0.75 + random() / 2)
                                           * interval '1 second' END
-        FROM expired e
-        WHERE t.id = e.id AND t.crashes + 1 < t.max_crashes AND NOT t.cancel_requested
+        WHERE t.id = ANY (v_expired) AND t.crashes + 1 < t.max_crashes AND NOT t.cancel_requested
         RETURNING t.id, t.queue, t.state
     )
     SELECT (SELECT array_agg(r.id) FROM requeued r),
@@ -254,6 +275,7 @@ CREATE OR REPLACE FUNCTION {schema}.claim_limited(p_worker uuid, p_queue text, p
 RETURNS SETOF {schema}.tasks
 LANGUAGE plpgsql
 SET enable_sort = off
+SET jit = off
 AS $$
 DECLARE
     v_q          record;
@@ -431,21 +453,26 @@ BEGIN
             SELECT * INTO v_q FROM {schema}.queues q WHERE q.name = v_queue;
             CONTINUE WHEN v_q.paused IS TRUE;
             IF v_q.max_concurrency IS NULL AND v_q.max_concurrency_per_key IS NULL THEN
+                -- The picked rows are locked first and then reached through the primary
+                -- key (id = ANY), joined to nothing: whatever the statistics say, the
+                -- claim reads the head of its index and its own batch. They are
+                -- returned in claim order.
                 RETURN QUERY
-                WITH picked AS (
-                    SELECT t.id FROM {schema}.tasks t
-                    WHERE t.state = 'queued' AND NOT t.limited AND t.queue = v_queue
-                      AND t.task_name = ANY (v_free)
-                    ORDER BY t.priority DESC, t.vtime, t.id
-                    LIMIT v_share
-                    FOR UPDATE SKIP LOCKED
+                WITH claimed AS (
+                    UPDATE {schema}.tasks t
+                    SET state = 'running', attempt = t.attempt + 1, lease_owner = p_worker,
+                        lease_expires_at = clock_timestamp() + greatest(t.lease, p_lease),
+                        started_at = clock_timestamp()
+                    WHERE t.id = ANY (ARRAY(
+                        SELECT p.id FROM {schema}.tasks p
+                        WHERE p.state = 'queued' AND NOT p.limited AND p.queue = v_queue
+                          AND p.task_name = ANY (v_free)
+                        ORDER BY p.priority DESC, p.vtime, p.id
+                        LIMIT v_share
+                        FOR UPDATE SKIP LOCKED))
+                    RETURNING t.*
                 )
-                UPDATE {schema}.tasks t
-                SET state = 'running', attempt = t.attempt + 1, lease_owner = p_worker,
-                    lease_expires_at = clock_timestamp() + greatest(t.lease, p_lease),
-                    started_at = clock_timestamp()
-                FROM picked WHERE t.id = picked.id
-                RETURNING t.*;
+                SELECT * FROM claimed c ORDER BY c.priority DESC, c.vtime, c.id;
             ELSE
                 RETURN QUERY SELECT * FROM {schema}.claim_limited(
                     p_worker, v_queue, p_names, v_share, p_lease, false);
@@ -478,7 +505,11 @@ CREATE OR REPLACE FUNCTION {schema}.complete(p_worker uuid, p_ids bigint[], p_at
                                   p_outcomes text[], p_results jsonb[], p_errors text[],
                                   p_delays double precision[])
 RETURNS TABLE (task_id bigint, verdict text)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET enable_nestloop = off
+SET enable_mergejoin = off
+SET jit = off
+AS $$
 DECLARE
     v_ids      bigint[];
     v_verdicts text[];
@@ -491,21 +522,29 @@ BEGIN
             AS u(id, attempt, outcome, result, error, delay)
         ORDER BY u.id
     ),
-    owned AS (
-        SELECT t.id, t.attempt, t.started_at, t.queue, t.limited, i.outcome, i.result, i.error,
+    -- The batch's rows this worker still owns, locked. Like every read of the hot table
+    -- below, it goes through the primary key (id = ANY) and joins nothing, so its cost
+    -- is the batch's whatever the statistics say.
+    held AS MATERIALIZED (
+        SELECT t.id, t.attempt, t.started_at, t.queue, t.limited, t.errors, t.max_attempts,
+               t.cancel_requested
+        FROM {schema}.tasks t
+        WHERE t.id = ANY (p_ids) AND t.state = 'running' AND t.lease_owner = p_worker
+        FOR UPDATE
+    ),
+    owned AS MATERIALIZED (
+        SELECT h.id, h.attempt, h.started_at, h.queue, h.limited, i.outcome, i.result, i.error,
                i.delay,
                CASE
                    WHEN i.outcome = 'succeeded' THEN 'succeeded'
-                   WHEN i.outcome = 'cancelled' OR t.cancel_requested THEN 'cancelled'
+                   WHEN i.outcome = 'cancelled' OR h.cancel_requested THEN 'cancelled'
                    WHEN i.outcome = 'released' THEN 'released'
                    WHEN i.outcome = 'discarded' THEN 'failed'
-                   WHEN t.errors + 1 >= t.max_attempts THEN 'failed'
+                   WHEN h.errors + 1 >= h.max_attempts THEN 'failed'
                    ELSE 'retry'
                END AS verdict
-        FROM {schema}.tasks t
-        JOIN input i ON i.id = t.id AND i.attempt = t.attempt
-        WHERE t.state = 'running' AND t.lease_owner = p_worker
-        FOR UPDATE OF t
+        FROM held h
+        JOIN input i ON i.id = h.id AND i.attempt = h.attempt
     ),
     recorded AS (
         INSERT INTO {schema}.attempts (task_id, attempt, worker_id, started_at, ended_at, outcome,
@@ -516,9 +555,9 @@ BEGIN
     ),
     removed AS (
         DELETE FROM {schema}.tasks t
-        USING owned o
-        WHERE t.id = o.id AND o.verdict IN ('succeeded', 'failed', 'cancelled')
-        RETURNING t.*, o.verdict, o.result, o.error
+        WHERE t.id = ANY (ARRAY(SELECT o.id FROM owned o
+                                WHERE o.verdict IN ('succeeded', 'failed', 'cancelled')))
+        RETURNING t.*
     ),
     finished AS (
         INSERT INTO {schema}.finished_tasks (id, task_name, queue, payload, priority, partition_key,
@@ -526,10 +565,10 @@ BEGIN
                                              last_error, result, idempotency_key, max_attempts,
                                              max_crashes, lease, limited)
         SELECT r.id, r.task_name, r.queue, r.payload, r.priority, nullif(r.partition_key, ''),
-               r.verdict, r.attempt, r.errors + (r.verdict = 'failed')::integer, r.crashes,
-               r.created_at, coalesce(r.error, r.last_error), r.result, r.idempotency_key,
+               o.verdict, r.attempt, r.errors + (o.verdict = 'failed')::integer, r.crashes,
+               r.created_at, coalesce(o.error, r.last_error), o.result, r.idempotency_key,
                r.max_attempts, r.max_crashes, r.lease, r.limited
-        FROM removed r
+        FROM removed r JOIN owned o ON o.id = r.id
     ),
     requeued AS (
         UPDATE {schema}.tasks t
@@ -542,7 +581,8 @@ BEGIN
                                      THEN make_interval(secs => o.delay)
                                      ELSE interval '0' END
         FROM owned o
-        WHERE t.id = o.id AND o.verdict IN ('retry', 'released')
+        WHERE t.id = ANY (ARRAY(SELECT r.id FROM owned r WHERE r.verdict IN ('retry', 'released')))
+          AND t.id = o.id
     )
     SELECT array_agg(o.id), array_agg(o.verdict),
            array_agg(DISTINCT o.queue) FILTER (

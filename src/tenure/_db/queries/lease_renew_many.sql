@@ -11,31 +11,36 @@ WITH me AS (
     RETURNING queues, drain_requested
 ),
 renewed AS (
+    -- Reached through the primary key and joined to nothing, so the cost is the batch's
+    -- whatever the statistics say; each row's attempt is looked up in the batch.
     UPDATE {schema}.tasks t
     SET lease_expires_at = now() + greatest(t.lease, %(lease)s::interval)
-    FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS u(id, attempt)
-    WHERE t.id = u.id AND t.attempt = u.attempt AND t.lease_owner = %(worker)s
-      AND t.state = 'running'
+    WHERE t.id = ANY (%(ids)s::bigint[])
+      AND t.attempt = (%(attempts)s::integer[])[array_position(%(ids)s::bigint[], t.id)]
+      AND t.lease_owner = %(worker)s AND t.state = 'running'
     RETURNING t.id, t.cancel_requested
+),
+unknown AS MATERIALIZED (
+    SELECT o.id, o.attempt, o.started_at FROM {schema}.tasks o
+    WHERE o.lease_owner = %(worker)s AND o.state = 'running'
+      AND NOT (o.id = ANY (%(ids)s::bigint[]))
+      AND NOT (o.id = ANY (%(surrendered)s::bigint[]))
+      AND o.started_at < now() - %(orphan_after)s::interval
+    FOR UPDATE SKIP LOCKED
 ),
 orphaned AS (
     UPDATE {schema}.tasks t
     SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL, started_at = NULL
-    FROM (SELECT o.id, o.attempt, o.started_at FROM {schema}.tasks o
-          WHERE o.lease_owner = %(worker)s AND o.state = 'running'
-            AND NOT (o.id = ANY (%(ids)s::bigint[]))
-            AND NOT (o.id = ANY (%(surrendered)s::bigint[]))
-            AND o.started_at < now() - %(orphan_after)s::interval
-          FOR UPDATE SKIP LOCKED) o
-    WHERE t.id = o.id
-    RETURNING t.id, o.attempt, o.started_at
+    WHERE t.id = ANY (ARRAY(SELECT k.id FROM unknown k))
+    RETURNING t.id
 ),
 recorded AS (
+    -- every unknown row is locked by this statement, so each one is handed back
     INSERT INTO {schema}.attempts (task_id, attempt, worker_id, started_at, ended_at, outcome,
                                    error)
     SELECT id, attempt, %(worker)s, started_at, now(), 'released',
            'claimed but never received by the worker'
-    FROM orphaned
+    FROM unknown
 ),
 fleet AS (
     SELECT coalesce(sum(greatest(w.concurrency - w.held, 0)), 0) AS idle
