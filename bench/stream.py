@@ -50,8 +50,9 @@ def verdict(r: dict[str, Any], limit: float) -> tuple[bool, str]:
         )
     if not sp["drained"]:
         reasons.append(
-            f"spike not drained ({sp['spike_finished']:,} of {sp['n']:,} finished, "
-            f"{r['left']:,} tasks left)"
+            f"spike not drained: the queue never came back to the stream's own "
+            f"{sp['steady_queue']:,} waiting ({sp['spike_finished']:,} of {sp['n']:,} spike "
+            f"tasks finished, {r['left']:,} tasks left)"
         )
     elif not after["n"]:
         reasons.append("no stream task was sent after the spike drained")
@@ -72,7 +73,7 @@ def verdict(r: dict[str, Any], limit: float) -> tuple[bool, str]:
     if after["n"]:
         detail += (
             f"; after it: pickup p50 {after['p50'] * 1e3:.1f} ms, p99 {after['p99'] * 1e3:.1f} ms "
-            f"over {after['n']:,} tasks"
+            f"over {after['n']:,} tasks (before it: p99 {sp['pre_p99'] * 1e3:.1f} ms)"
         )
     detail += f"; stalled seconds {len(r['stalled_seconds'])}"
     ok = not reasons

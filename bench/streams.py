@@ -497,23 +497,47 @@ def analyze(t: Tasks, plan: Plan, stall_window: float = 2.0) -> dict[str, Any]:
     return out
 
 
+def queued_series(created: Array, started: Array, grid: Array) -> Array:
+    """How many tasks were sent but not yet started at each instant of ``grid`` (both
+    arrays sorted; a task never started counts as waiting to the end)."""
+    return np.searchsorted(created, grid, "right") - np.searchsorted(started, grid, "right")
+
+
 def spike_figures(t: Tasks, stream: Array, t0: float, plan: Plan) -> dict[str, Any]:
+    """How a spike drained. The spike is drained when the queue is back to what the
+    steady stream alone keeps waiting (its most in the 10 s before the spike, sampled
+    every 10 ms): the stream's tasks sent during the spike queue behind it, so the last
+    spike task's finish is not yet the end of the backlog it caused. The drain rate
+    counts every task started from the spike's first send to that moment."""
     rel_c = t.created - t0
     rel_f = t.finished - t0
+    rel_s = t.started - t0
     ts = float(np.nanmin(rel_c[t.spike]))
-    drained = not np.isnan(rel_f[t.spike]).any()
-    td = float(np.nanmax(rel_f[t.spike])) if drained else float("nan")
-    fin = np.sort(rel_f[~np.isnan(rel_f)])
+    created = np.sort(rel_c)
+    started = np.sort(np.where(np.isnan(rel_s), np.inf, rel_s))
+    pre_grid = np.arange(max(plan.warmup, ts - 10.0), ts, 0.01)
+    steady_queue = int(queued_series(created, started, pre_grid).max()) if len(pre_grid) else 0
+    spike_done = not np.isnan(rel_f[t.spike]).any()
+    td = float("nan")
+    if spike_done:
+        last_spike = float(np.nanmax(rel_f[t.spike]))
+        grid = np.arange(ts, max(last_spike, float(created[-1])) + 0.01, 0.01)
+        q = queued_series(created, started, grid)
+        back = np.flatnonzero((q <= steady_queue) & (grid >= last_spike))
+        if len(back):
+            td = float(grid[back[0]])
+    drained = td == td
     out: dict[str, Any] = {
         "n": int(t.spike.sum()),
         "sent_at": ts,
         "send_seconds": float(np.nanmax(rel_c[t.spike]) - ts),
         "drained": drained,
+        "steady_queue": steady_queue,
         "drain_seconds": td - ts,
         "spike_finished": int((~np.isnan(rel_f[t.spike])).sum()),
     }
     if drained and td > ts:
-        n = np.searchsorted(fin, td, "right") - np.searchsorted(fin, ts, "left")
+        n = np.searchsorted(started, td, "right") - np.searchsorted(started, ts, "left")
         out["drain_rate"] = float(n / (td - ts))
     # pickup p99 of the stream's tasks over a 1 s window sliding by 0.1 s
     order = np.argsort(rel_c[stream])
@@ -540,6 +564,9 @@ def spike_figures(t: Tasks, stream: Array, t0: float, plan: Plan) -> dict[str, A
             recovered = wi + 1.0 - ts
             break
     out["recovered_after"] = recovered
+    # the same, counted from the end of the drain (while the backlog lasts, pickup is
+    # the backlog's length over the drain rate)
+    out["recovered_after_drain"] = max(0.0, ts + recovered - td) if drained else float("nan")
     after = stream & (rel_c > td) if drained else np.zeros_like(stream)
     out["after_drain"] = quantiles(pickups(t, after))
     return out
