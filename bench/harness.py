@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -30,9 +31,11 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS = ("127.0.0.1", 6379, 15)  # host, port, database number used only by the bench
+REDIS_URL = "redis://{}:{}/{}".format(*REDIS)
 PEERS_DIR = ROOT / "bench" / ".peers"
 ADAPTERS = ROOT / "bench" / "peers"
 STOP_TIMEOUT = 30.0
+SEND_BATCH = 5_000  # tasks per send_many when a backlog is enqueued
 
 # What each peer's virtual environment gets from PyPI, and the adapter that drives it.
 PEER_PACKAGES = {
@@ -76,6 +79,41 @@ def phase(name: str, loads: dict[str, tuple[str, str]]) -> Iterator[None]:
         after = load()
         loads[name] = (before, after)
         console.print(f"[dim]{name}: {time.monotonic() - t0:.0f} s; load average after: {after}[/]")
+
+
+def on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM as Ctrl-C, so the finally blocks stop the workers."""
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """``on_sigterm`` for the duration of the block; the previous handler after it."""
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def report_main(
+    run: Callable[[list[str]], dict[str, Any]],
+    print_report: Callable[[dict[str, Any]], None],
+    argv: list[str],
+    json_path: Path | None,
+    interrupted: str,
+) -> int:
+    """A benchmark module's command line: ``run(argv)``, its report printed and, with
+    ``--json``, its results written; a Ctrl-C or SIGTERM prints ``interrupted``, exit 130."""
+    try:
+        results = run(argv)
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130
+    print_report(results)
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=1))
+    return 0
 
 
 # -- databases ------------------------------------------------------------------------------
@@ -161,6 +199,13 @@ def redis_command(*words: str) -> Any:
     return int(reply[1:]) if reply.startswith(b":") else reply.decode()
 
 
+def celery_done(backlog: int) -> Callable[[], int]:
+    """Celery's finished count in a drain: messages taken off the broker's list. Equal
+    to finished tasks in the steady state (each worker holds at most its prefetch of 4
+    in between)."""
+    return lambda: backlog - int(redis_command("LLEN", "celery"))
+
+
 def redis_up() -> bool:
     try:
         return redis_command("PING") == "+PONG"
@@ -208,6 +253,26 @@ def adapter_json(name: str, *args: str) -> dict[str, Any]:
         raise HarnessError(f"{name} {args[0]} failed: {out.stderr.decode()[-400:]}")
     lines = [ln for ln in out.stdout.decode().splitlines() if ln.startswith("{")]
     return json.loads(lines[-1]) if lines else {}
+
+
+def peer_done(pdb: psycopg.Connection[Any], name: str, backlog: int) -> Callable[[], int]:
+    """ANALYZE a PostgreSQL peer's job table after its backlog is enqueued, and return
+    its finished count: PgQueuer deletes a finished job, Procrastinate marks it."""
+    if name.startswith("pgqueuer"):
+        pdb.execute("ANALYZE pgqueuer")
+
+        def done() -> int:
+            return backlog - scalar(pdb, "SELECT count(*) FROM pgqueuer")
+    else:
+        pdb.execute("ANALYZE procrastinate_jobs")
+
+        def done() -> int:
+            return scalar(
+                pdb,
+                "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'",
+            )
+
+    return done
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -274,6 +339,27 @@ def tenure_env(dsn: str, schema: str, log: Path | None = None) -> dict[str, str]
     if log is not None:
         env["TENURE_BENCH_LOG"] = str(log)
     return env
+
+
+def send_noops(task: Any, n: int) -> float:
+    """Enqueue ``n`` no-op tasks, ``SEND_BATCH`` to a ``send_many``; the send rate."""
+    t0 = time.perf_counter()
+    for start in range(0, n, SEND_BATCH):
+        task.send_many([{}] * min(SEND_BATCH, n - start))
+    return n / (time.perf_counter() - t0)
+
+
+def wait_active(
+    db: psycopg.Connection[Any], schema: str, n: int, fleet: Fleet, timeout: float = 60.0
+) -> None:
+    """Wait until ``n`` tenure workers of ``schema`` are active."""
+    deadline = time.monotonic() + timeout
+    q = f"SELECT count(*) FROM {schema}.workers WHERE state = 'active'"
+    while scalar(db, q) < n:
+        fleet.check_alive()
+        if time.monotonic() > deadline:
+            raise HarnessError(f"{n} workers not active after {timeout:.0f} s")
+        time.sleep(0.05)
 
 
 def tenure_worker_cmd(flags: list[str], app: str = "bench.bench_tasks:reg") -> list[str]:

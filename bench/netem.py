@@ -11,7 +11,7 @@ The network, made by this module and removed on every exit path:
 - one network namespace ``tnnetem<N>`` holding the workers, joined to the host by the
   veth pair ``tnm<N>h`` (host end, 10.214.N.1/30) and ``tnm<N>n`` (inside,
   10.214.N.2/30). Only those two addresses and 127.0.0.1 are ever used.
-- two forwarders (this file's ``_forward`` command, one process each) on the host
+- two forwarders (``bench/netlink.py``'s ``_forward`` command, one process each) on the host
   end of the veth, listening on 10.214.N.1 and connecting to PostgreSQL at
   127.0.0.1:5432 and to Redis at 127.0.0.1:6379; the workers in the namespace connect
   to 10.214.N.1. Both sides set TCP_NODELAY.
@@ -51,40 +51,28 @@ database: its probe carries the sender's ``time.time()`` and records its own at 
 The 2-core machine may be shared: absolute figures are indicative, ratios come from
 the same run. Needs root (namespaces, qdiscs) and iproute2.
 
-This file is also run by the peers' own Pythons (``bench/.peers/<name>/``) for their
-probe senders and the Celery probe worker (the ``_peer`` command): the top level
-imports only the standard library.
+The namespace, the forwarders and the peers' probe senders (run by the peers' own
+Pythons) are in ``bench/netlink.py``, which imports only the standard library.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
-import re
-import selectors
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-PREFIX = "tnnetem"
-NET = "10.214"
-OWNER = "tenure-owner="
-PG_PORT = 15432  # forwarders listen on the host end of the veth only
-REDIS_PORT = 16379
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import harness as h  # noqa: E402
+from bench import netlink  # noqa: E402
+from bench.netlink import PG_PORT, REDIS_PORT, Link  # noqa: E402
+
 SCHEMA = "bench_netem"
-SEND_BATCH = 5_000
 SYSTEMS = ("tenure", "pgqueuer", "pgqueuer10", "procrastinate", "celery")
 LABELS = {
     "tenure": "tenure",
@@ -104,276 +92,6 @@ GUESS = {
 }
 
 
-# -- the network -----------------------------------------------------------------------------
-
-
-def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=15)
-
-
-def _owner_alive(pid: int, start: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return int(stat.rsplit(")", 1)[1].split()[19]) == start
-
-
-def _start_time(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-
-
-def sweep() -> None:
-    """Remove namespaces and veths of this module whose maker is gone (a run killed
-    before its cleanup); never those of a run still alive."""
-    owners: dict[str, tuple[int, int] | None] = {}
-    for line in _run(["ip", "-o", "link", "show"], check=False).stdout.splitlines():
-        parts = line.split(":")
-        name = parts[1].strip().split("@")[0] if len(parts) > 1 else ""
-        if re.fullmatch(r"tnm\d+h", name):
-            found = re.search(rf"alias {OWNER}(\d+):(\d+)", line)
-            owners[name] = (int(found.group(1)), int(found.group(2))) if found else None
-    for line in _run(["ip", "netns", "list"], check=False).stdout.splitlines():
-        name = line.split()[0] if line.split() else ""
-        if not re.fullmatch(rf"{PREFIX}\d+", name):
-            continue
-        owner = owners.pop(f"tnm{name[len(PREFIX) :]}h", None)
-        if owner is not None and _owner_alive(*owner):
-            continue
-        if owner is None and _run(["ip", "netns", "pids", name], check=False).stdout.strip():
-            continue
-        _run(["ip", "netns", "del", name], check=False)
-    for link, owner in owners.items():
-        if owner is None or not _owner_alive(*owner):
-            _run(["ip", "link", "del", link], check=False)
-
-
-class Link:
-    """Namespace ``tnnetem<n>`` and its veth pair, the forwarders on the host end, and
-    the delay: netem on both veth ends where the kernel has it, else in the forwarders."""
-
-    def __init__(self) -> None:
-        sweep()
-        spaces = {
-            ln.split()[0]
-            for ln in _run(["ip", "netns", "list"], check=False).stdout.splitlines()
-            if ln.split()
-        }
-        shown = _run(["ip", "-o", "link", "show"], check=False).stdout
-        links = set(re.findall(r"^\d+: ([^:@]+)", shown, re.M))
-        free = [
-            n for n in range(1, 251) if f"{PREFIX}{n}" not in spaces and f"tnm{n}h" not in links
-        ]
-        if not free:
-            raise RuntimeError("no free namespace number in 1..250")
-        n = free[0]
-        self.n = n
-        self.name = f"{PREFIX}{n}"
-        self.host_if, self.ns_if = f"tnm{n}h", f"tnm{n}n"
-        self.host_addr, self.ns_addr = f"{NET}.{n}.1", f"{NET}.{n}.2"
-        self.forwarders: list[subprocess.Popen[bytes]] = []
-        self.rtt_ms = 0.0
-        self.netem = False
-        try:
-            ip = ["ip"]
-            _run([*ip, "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if])
-            owner = f"{OWNER}{os.getpid()}:{_start_time(os.getpid())}"
-            _run([*ip, "link", "set", self.host_if, "alias", owner])
-            _run([*ip, "netns", "add", self.name])
-            _run([*ip, "link", "set", self.ns_if, "netns", self.name])
-            _run([*ip, "addr", "add", f"{self.host_addr}/30", "dev", self.host_if])
-            _run([*ip, "link", "set", self.host_if, "up"])
-            _run([*ip, "-n", self.name, "addr", "add", f"{self.ns_addr}/30", "dev", self.ns_if])
-            _run([*ip, "-n", self.name, "link", "set", self.ns_if, "up"])
-            _run([*ip, "-n", self.name, "link", "set", "lo", "up"])
-            try:
-                self._netem("add", "0ms")
-                self.netem = True
-            except subprocess.CalledProcessError:
-                pass  # no sch_netem in this kernel: the forwarders delay instead
-            self._start_forwarders(0.0)
-        except BaseException:
-            self.remove()
-            raise
-
-    @property
-    def placement(self) -> str:
-        if self.netem:
-            return "tc netem on both veth ends, each delaying its egress by half the round trip"
-        return (
-            "no sch_netem in this kernel (CONFIG_NET_SCH_NETEM unset): the forwarder on "
-            "the host end of the veth delays every chunk it relays by half the round trip, "
-            "in each direction, order kept (a fixed one-way delay, as netem delay is)"
-        )
-
-    def _start_forwarders(self, one_way: float) -> None:
-        for port, target in ((PG_PORT, "127.0.0.1:5432"), (REDIS_PORT, "127.0.0.1:6379")):
-            argv = [sys.executable, __file__, "_forward", self.host_addr, str(port), target]
-            self.forwarders.append(
-                subprocess.Popen(
-                    [*argv, f"{one_way:.6f}"],
-                    stdout=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            )
-        deadline = time.monotonic() + 10
-        for port in (PG_PORT, REDIS_PORT):
-            while True:
-                try:
-                    socket.create_connection((self.host_addr, port), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"forwarder on {self.host_addr}:{port} not up") from None
-                    time.sleep(0.05)
-
-    def _stop_forwarders(self) -> None:
-        for proc in self.forwarders:
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.forwarders.clear()
-
-    def set_rtt(self, rtt_ms: float) -> None:
-        """Delay each direction by half of ``rtt_ms`` (between fleets: no worker is
-        connected, so restarting the forwarders breaks nothing)."""
-        if self.netem:
-            self._netem("change", f"{rtt_ms / 2:g}ms")
-        else:
-            self._stop_forwarders()
-            self._start_forwarders(rtt_ms / 2000)
-        self.rtt_ms = rtt_ms
-
-    def _netem(self, verb: str, delay: str) -> None:
-        """The root qdisc of both veth ends: netem delaying egress by ``delay``."""
-        netem = ["root", "netem", "delay", delay, "limit", "100000"]
-        _run(["tc", "qdisc", verb, "dev", self.host_if, *netem])
-        _run(["ip", "netns", "exec", self.name, "tc", "qdisc", verb, "dev", self.ns_if, *netem])
-
-    def statement_rtt_ms(self, count: int = 50) -> float | None:
-        """The median time of ``SELECT 1`` from inside the namespace, through the
-        forwarder: the round trip every statement of a worker pays."""
-        code = (
-            "import psycopg,time,statistics,sys;c=psycopg.connect(sys.argv[1]);t=[]\n"
-            f"for _ in range({count}):\n"
-            " a=time.perf_counter();c.execute('SELECT 1').fetchone();"
-            "t.append(time.perf_counter()-a)\n"
-            "print(statistics.median(t)*1e3)"
-        )
-        out = _run(self.command([sys.executable, "-c", code, self.pg_dsn()]), check=False)
-        try:
-            return float(out.stdout.strip())
-        except ValueError:
-            return None
-
-    def command(self, argv: list[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.name, *argv]
-
-    def pg_dsn(self, dbname: str = "test") -> str:
-        return f"postgresql://postgres@{self.host_addr}:{PG_PORT}/{dbname}"
-
-    def redis_url(self) -> str:
-        return f"redis://{self.host_addr}:{REDIS_PORT}/15"
-
-    def remove(self) -> None:
-        """Stop the forwarders, then delete the namespace and the veth (its qdiscs go
-        with the devices)."""
-        self._stop_forwarders()
-        _run(["ip", "link", "del", self.host_if], check=False)
-        _run(["ip", "netns", "del", self.name], check=False)
-
-
-# -- the forwarder (its own process: python bench/netem.py _forward HOST PORT TARGET DELAY) --
-
-
-def _forward_main(host: str, port: int, target: str, one_way: float) -> int:
-    """Relay ``host:port`` to ``target``; every chunk read is written to the other side
-    ``one_way`` seconds later, order kept. The loop waits in select(), whose timeout
-    has microsecond resolution (epoll's is a millisecond, too coarse for 0.5 ms)."""
-    try:  # wake within a microsecond of a timer, not the default 50 µs slack
-        import ctypes
-
-        ctypes.CDLL(None).prctl(29, 1, 0, 0, 0)  # PR_SET_TIMERSLACK, 1 ns
-    except (OSError, AttributeError):
-        pass
-    loop = asyncio.SelectorEventLoop(selectors.SelectSelector())
-    asyncio.set_event_loop(loop)
-    t_host, _, t_port = target.rpartition(":")
-
-    class Side(asyncio.Protocol):
-        def __init__(self) -> None:
-            self.transport: asyncio.Transport | None = None
-            self.other: Side | None = None
-            self.queue: deque[tuple[float, bytes]] = deque()
-            self.timer: asyncio.TimerHandle | None = None
-            self.lost = False
-
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            assert isinstance(transport, asyncio.Transport)
-            self.transport = transport
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-        def data_received(self, data: bytes) -> None:
-            other = self.other
-            if one_way <= 0 and not self.queue and other is not None and other.transport:
-                other.transport.write(data)
-                return
-            self.queue.append((loop.time() + one_way, data))
-            if self.timer is None:
-                self.timer = loop.call_at(self.queue[0][0], self.flush)
-
-        def flush(self) -> None:
-            self.timer = None
-            other = self.other
-            if other is None or other.transport is None:
-                self.timer = loop.call_later(0.001, self.flush)  # target not connected yet
-                return
-            now = loop.time()
-            while self.queue and self.queue[0][0] <= now:
-                other.transport.write(self.queue.popleft()[1])
-            if self.queue:
-                self.timer = loop.call_at(self.queue[0][0], self.flush)
-            elif self.lost:
-                other.transport.close()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self.lost = True
-            other = self.other
-            if not self.queue and other is not None and other.transport is not None:
-                other.transport.close()
-
-    async def connect(client: Side) -> None:
-        server = Side()
-        server.other, client.other = client, server
-        try:
-            await loop.create_connection(lambda: server, t_host, int(t_port))
-        except OSError:
-            if client.transport is not None:
-                client.transport.close()
-
-    def accept() -> Side:
-        client = Side()
-        loop.create_task(connect(client))
-        return client
-
-    async def serve() -> None:
-        server = await loop.create_server(accept, host, port, reuse_address=True, backlog=256)
-        stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        await stop.wait()
-        server.close()
-
-    loop.run_until_complete(serve())
-    return 0
-
-
 # -- the bench (tenure's environment) --------------------------------------------------------
 
 
@@ -381,10 +99,6 @@ class NetBench:
     def __init__(self, link: Link, args: argparse.Namespace) -> None:
         import psycopg
 
-        sys.path.insert(0, str(ROOT))
-        from bench import harness as h
-
-        self.h = h
         self.link = link
         self.args = args
         self.dsn = h.SYSTEM_DSN
@@ -402,7 +116,7 @@ class NetBench:
         self.db.close()
 
     def count(self, sql: str, params: Any = None) -> int:
-        return self.h.scalar(self.db, sql, params)
+        return h.scalar(self.db, sql, params)
 
     def reset(self) -> None:
         self.db.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
@@ -410,27 +124,18 @@ class NetBench:
 
     def tenure_cmd(self, direct: bool = False) -> list[str]:
         flags = ["--concurrency", str(self.args.concurrency), "--lease", "30s"]
-        cmd = self.h.tenure_worker_cmd(flags)
+        cmd = h.tenure_worker_cmd(flags)
         return cmd if direct else self.link.command(cmd)
 
     def tenure_env(self, direct: bool = False) -> dict[str, str]:
-        return self.h.tenure_env(self.dsn if direct else self.link.pg_dsn(), self.schema)
+        return h.tenure_env(self.dsn if direct else self.link.pg_dsn(), self.schema)
 
     def peer_cmd(self, name: str, dsn: str, *extra: str) -> list[str]:
-        return self.link.command(self.h.adapter(name, "worker", dsn, *extra))
+        return self.link.command(h.adapter(name, "worker", dsn, *extra))
 
     def ns_url(self, dbname: str) -> str:
         """A peer's database as its workers in the namespace reach it."""
         return self.link.pg_dsn(dbname)
-
-    def wait_workers(self, n: int, fleet: Any, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        q = f"SELECT count(*) FROM {self.schema}.workers WHERE state = 'active'"
-        while self.count(q) < n:
-            fleet.check_alive()
-            if time.monotonic() > deadline:
-                raise self.h.HarnessError(f"{n} workers not active after {timeout:.0f} s")
-            time.sleep(0.05)
 
     def wait_backends(self, dbname: str, n: int, fleet: Any, timeout: float = 60.0) -> None:
         """Wait until ``n`` connections from the namespace reach ``dbname`` (through the
@@ -440,14 +145,14 @@ class NetBench:
         while self.count(q, [dbname]) < n:
             fleet.check_alive()
             if time.monotonic() > deadline:
-                raise self.h.HarnessError(f"{n} connections to {dbname} not up in {timeout:.0f} s")
+                raise h.HarnessError(f"{n} connections to {dbname} not up in {timeout:.0f} s")
             time.sleep(0.1)
         time.sleep(1.0)
 
     # -- drain ----------------------------------------------------------------------------
 
     def drain(self, name: str, backlog: int) -> Any:
-        self.h.checkpoint(self.db)
+        h.checkpoint(self.db)
         if name == "tenure":
             return self._tenure_drain(backlog)
         if name == "celery":
@@ -456,14 +161,13 @@ class NetBench:
 
     def _sample(self, count: Any, backlog: int, fleet: Any) -> Any:
         a = self.args
-        return self.h.sample_drain(count, backlog, fleet, warmup=a.warmup, max_seconds=a.window)
+        return h.sample_drain(count, backlog, fleet, warmup=a.warmup, max_seconds=a.window)
 
     def _tenure_drain(self, backlog: int, direct: bool = False) -> Any:
         self.reset()
-        for start in range(0, backlog, SEND_BATCH):
-            self.t.noop.send_many([{}] * min(SEND_BATCH, backlog - start))
+        h.send_noops(self.t.noop, backlog)
         self.db.execute(f"ANALYZE {self.schema}.tasks")
-        with self.h.fleet("netem-tenure") as fleet:
+        with h.fleet("netem-tenure") as fleet:
             for _ in range(2):
                 fleet.start(self.tenure_cmd(direct), self.tenure_env(direct))
             return self._sample(
@@ -475,27 +179,12 @@ class NetBench:
     def _pg_peer_drain(self, name: str, backlog: int) -> Any:
         import psycopg
 
-        h = self.h
-        pgqueuer = name.startswith("pgqueuer")
         dbname = f"bench_netem_{name}"
         with h.fresh_database(self.dsn, dbname) as host_dsn:
             h.adapter_json(name, "setup", host_dsn)
             h.adapter_json(name, "enqueue", host_dsn, str(backlog), "batch")
             with psycopg.connect(host_dsn, autocommit=True) as pdb:
-                if pgqueuer:
-                    pdb.execute("ANALYZE pgqueuer")
-
-                    def done() -> int:
-                        return backlog - h.scalar(pdb, "SELECT count(*) FROM pgqueuer")
-                else:
-                    pdb.execute("ANALYZE procrastinate_jobs")
-
-                    def done() -> int:
-                        return h.scalar(
-                            pdb,
-                            "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'",
-                        )
-
+                done = h.peer_done(pdb, name, backlog)
                 with h.fleet(f"netem-{name}") as fleet:
                     for _ in range(2):
                         fleet.start(
@@ -510,19 +199,15 @@ class NetBench:
                     return self._sample(done, backlog, fleet)
 
     def _celery_drain(self, backlog: int) -> Any:
-        h = self.h
-        url = "redis://{}:{}/{}".format(*h.REDIS)
+        url = h.REDIS_URL
         h.adapter_json("celery", "setup", url)
         try:
             h.adapter_json("celery", "enqueue", url, str(backlog), "batch")
             with h.fleet("netem-celery") as fleet:
                 for _ in range(2):
                     fleet.start(self.peer_cmd("celery", self.link.redis_url()), cwd=h.ADAPTERS)
-                # Messages taken off the broker's list (each worker holds at most its
-                # prefetch of 4 beyond what it finished), as make bench counts them.
-                return self._sample(
-                    lambda: backlog - int(h.redis_command("LLEN", "celery")), backlog, fleet
-                )
+                # Messages taken off the broker's list, as make bench counts them.
+                return self._sample(h.celery_done(backlog), backlog, fleet)
         finally:
             h.adapter_json("celery", "teardown", url)
 
@@ -540,10 +225,10 @@ class NetBench:
         self.reset()
         self.t.probe.send({"t": 0})  # migrate outside the timing, then forget it
         self.db.execute(f"DELETE FROM {self.schema}.tasks")
-        with self.h.fleet("netem-tenure-latency") as fleet:
+        with h.fleet("netem-tenure-latency") as fleet:
             for _ in range(2):
                 fleet.start(self.tenure_cmd(), self.tenure_env())
-            self.wait_workers(2, fleet)
+            h.wait_active(self.db, self.schema, 2, fleet)
             time.sleep(1.0)
             for _ in range(a.probes):
                 self.t.probe.send({"t": time.time()})
@@ -566,7 +251,7 @@ class NetBench:
     def _pg_peer_latency(self, name: str) -> list[float]:
         import psycopg
 
-        h, a = self.h, self.args
+        a = self.args
         pgqueuer = name.startswith("pgqueuer")
         dbname = f"bench_netem_{name}"
         with h.fresh_database(self.dsn, dbname) as host_dsn:
@@ -599,24 +284,25 @@ class NetBench:
                 return [float(r[0]) for r in pdb.execute(lat_q).fetchall()]
 
     def _peer_probe(self, name: str, target: str, log: str = "") -> None:
-        """Send the probes from the peer's own Python (this file's ``_peer`` command)."""
-        base = self.h.PEER_VARIANTS.get(name, (name, ()))[0]
-        python = str(self.h.peer_python(base))
-        argv = [python, __file__, "_peer", "probe", base, target, str(self.args.probes)]
+        """Send the probes from the peer's own Python (``bench/netlink.py``'s ``_peer``
+        command)."""
+        base = h.PEER_VARIANTS.get(name, (name, ()))[0]
+        python = str(h.peer_python(base))
+        argv = [python, netlink.__file__, "_peer", "probe", base, target, str(self.args.probes)]
         argv += [str(self.args.gap), log]
-        out = subprocess.run(argv, capture_output=True, cwd=self.h.ADAPTERS, timeout=300)
+        out = subprocess.run(argv, capture_output=True, cwd=h.ADAPTERS, timeout=300)
         if out.returncode != 0:
-            raise self.h.HarnessError(f"{name} probes failed: {out.stderr.decode()[-400:]}")
+            raise h.HarnessError(f"{name} probes failed: {out.stderr.decode()[-400:]}")
 
     def _celery_latency(self) -> list[float]:
-        h, a = self.h, self.args
-        url = "redis://{}:{}/{}".format(*h.REDIS)
+        a = self.args
+        url = h.REDIS_URL
         log = h.ROOT / "bench" / "results" / "logs" / "netem-celery.starts"
         log.parent.mkdir(parents=True, exist_ok=True)
         log.unlink(missing_ok=True)
         h.adapter_json("celery", "setup", url)
         python = str(h.peer_python("celery"))
-        worker = [python, __file__, "_peer", "worker", "celery", self.link.redis_url(), "0"]
+        worker = [python, netlink.__file__, "_peer", "worker", "celery", self.link.redis_url(), "0"]
         try:
             with h.fleet("netem-celery-latency") as fleet:
                 for _ in range(2):
@@ -645,7 +331,7 @@ class NetBench:
         through the forwarder, block on the queue's list."""
         import socket
 
-        host, port, dbnum = self.h.REDIS
+        host, port, dbnum = h.REDIS
         with socket.create_connection((host, port), timeout=5) as sock:
             sock.sendall(b"*2\r\n$6\r\nCLIENT\r\n$4\r\nLIST\r\n")
             data = b""
@@ -663,14 +349,6 @@ class NetBench:
 
 
 # -- the run ----------------------------------------------------------------------------------
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[k]
 
 
 def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -704,19 +382,6 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-@contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run_netem(argv: list[str] | None = None, **overrides: Any) -> dict[str, Any]:
     """Run the network benchmark and return its results as a plain dict.
 
@@ -745,13 +410,12 @@ def run_netem(argv: list[str] | None = None, **overrides: Any) -> dict[str, Any]
         "latency": {s: {} for s in systems},
     }
     t0 = time.monotonic()
-    with _sigterm_raises():
+    with h.sigterm_raises():
         link = Link()
         bench: NetBench | None = None
         try:
             results["meta"]["delay_placement"] = link.placement
             bench = NetBench(link, args)
-            h = bench.h
             console = h.console
             if "celery" in systems and not h.redis_up():
                 console.print("[yellow]no Redis at 127.0.0.1:6379: Celery skipped[/]")
@@ -785,8 +449,8 @@ def run_netem(argv: list[str] | None = None, **overrides: Any) -> dict[str, Any]
                     if not args.no_latency:
                         lat = bench.latency(name)
                         results["latency"][name][key] = {
-                            "p50_ms": _pct(lat, 50) * 1e3,
-                            "p99_ms": _pct(lat, 99) * 1e3,
+                            "p50_ms": h.percentile(lat, 50) * 1e3,
+                            "p99_ms": h.percentile(lat, 99) * 1e3,
                             "n": len(lat),
                         }
                         r = results["latency"][name][key]
@@ -877,88 +541,18 @@ def print_report(results: dict[str, Any]) -> None:
     print(f"load average {m['start_load']} → {m['end_load']}; {m['seconds']:.0f} s in all")
 
 
-# -- the peers' side (run by a peer's own Python; standard library plus that peer) ----------
-
-
-def _peer_main(argv: list[str]) -> int:
-    """``_peer probe NAME TARGET N GAP [LOG]`` sends N probes GAP s apart;
-    ``_peer worker celery URL 0 0 LOG`` runs a Celery worker whose probe task logs
-    ``<sent> <started>`` (wall clock) per start."""
-    action, name, target, n, gap = argv[:5]
-    log = argv[5] if len(argv) > 5 else ""
-    sys.path.insert(0, str(ROOT / "bench" / "peers"))
-    if name == "celery":
-        app = _celery_app(target, log)
-        if action == "worker":
-            app.worker_main(["worker", "--pool", "solo", "--loglevel", "WARNING"])
-            return 0
-        probe = app.tasks["netem_probe"]
-        for _ in range(int(n)):
-            probe.apply_async(args=[time.time()])
-            time.sleep(float(gap))
-        return 0
-    asyncio.run(_pg_probes(name, target, int(n), float(gap)))
-    return 0
-
-
-def _celery_app(url: str, log: str) -> Any:
-    from celery_adapter import make_app  # type: ignore[import-not-found]
-
-    app = make_app(url)
-
-    @app.task(name="netem_probe")  # type: ignore[untyped-decorator]
-    def netem_probe(sent: float) -> None:
-        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, f"{sent:.6f} {time.time():.6f}\n".encode())
-        finally:
-            os.close(fd)
-
-    return app
-
-
-async def _pg_probes(name: str, dsn: str, n: int, gap: float) -> None:
-    if name == "pgqueuer":
-        import asyncpg  # type: ignore[import-not-found]
-        from pgqueuer import AsyncpgDriver, Queries  # type: ignore[import-not-found]
-
-        conn = await asyncpg.connect(dsn)
-        try:
-            queries = Queries(AsyncpgDriver(conn))
-            for _ in range(n):
-                await queries.enqueue("noop", None)
-                await asyncio.sleep(gap)
-        finally:
-            await conn.close()
-        return
-    from procrastinate_adapter import make_app  # type: ignore[import-not-found]
-
-    app = make_app(dsn)
-    async with app.open_async():
-        for _ in range(n):
-            await app.tasks["noop"].defer_async()
-            await asyncio.sleep(gap)
-
-
 def main() -> int:
-    if len(sys.argv) > 1 and sys.argv[1] == "_peer":
-        return _peer_main(sys.argv[2:])
-    if len(sys.argv) > 1 and sys.argv[1] == "_forward":
-        host, port, target, delay = sys.argv[2:6]
-        return _forward_main(host, int(port), target, float(delay))
     args = _parse_args()
     if os.geteuid() != 0:
         print("bench/netem.py needs root (network namespaces, tc)", file=sys.stderr)
         return 2
-    try:
-        results = run_netem(sys.argv[1:])
-    except KeyboardInterrupt:
-        print("interrupted; namespace, qdiscs, forwarders and workers removed", file=sys.stderr)
-        return 130
-    print_report(results)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
-    return 0
+    return h.report_main(
+        run_netem,
+        print_report,
+        sys.argv[1:],
+        args.json,
+        "interrupted; namespace, qdiscs, forwarders and workers removed",
+    )
 
 
 if __name__ == "__main__":

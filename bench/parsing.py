@@ -46,7 +46,6 @@ imports tenure only if it is installed).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -55,7 +54,6 @@ import sys
 import time
 from importlib.util import find_spec
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -258,7 +256,12 @@ class Runs:
         if a.prefetch is not None:
             flags += ["--prefetch", str(a.prefetch)]
         cmd = h.tenure_worker_cmd(flags, app="bench.parsing:reg")
-        with (self.logdir / "parsing-tenure.log").open("ab") as err:
+        return self._timed(cmd, env, log, "parsing-tenure.log")
+
+    def _timed(self, cmd: list[str], env: dict[str, str], log: Path, errlog: str) -> dict[str, Any]:
+        """Start the worker (its stderr to ``errlog``), wait for every document, stop it;
+        the window's figures from the parse ``log``."""
+        with (self.logdir / errlog).open("ab") as err:
             proc = subprocess.Popen(
                 cmd,
                 env=env,
@@ -269,16 +272,15 @@ class Runs:
             )
             try:
                 total = len(self.warm) + len(self.files)
-                lines, c0, c1 = _watch(proc, log, len(self.warm), total, a.timeout)
+                lines, c0, c1 = _watch(proc, log, len(self.warm), total, self.args.timeout)
             finally:
                 _stop(proc)
         return _window(lines, len(self.warm), c1 - c0)
 
     def celery(self) -> dict[str, Any]:
-        a = self.args
         if not self.celery_python:
             self.celery_python = celery_python()
-        url = "redis://{}:{}/{}".format(*self.h.REDIS)
+        url = self.h.REDIS_URL
         log = self.logdir / "parsing-celery.times"
         log.unlink(missing_ok=True)
         base = [self.celery_python, __file__, "_celery"]
@@ -287,22 +289,10 @@ class Runs:
         listing.write_text("\n".join([*self.warm, *self.files]))
         subprocess.run([*base, "enqueue", url, str(listing)], check=True, cwd=ROOT)
         env = {**os.environ, LOG_ENV: str(log)}
-        with (self.logdir / "parsing-celery.log").open("ab") as err:
-            proc = subprocess.Popen(
-                [*base, "worker", url],
-                env=env,
-                cwd=ROOT,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                start_new_session=True,
-            )
-            try:
-                total = len(self.warm) + len(self.files)
-                lines, c0, c1 = _watch(proc, log, len(self.warm), total, a.timeout)
-            finally:
-                _stop(proc)
-                subprocess.run([*base, "purge", url], capture_output=True, cwd=ROOT)
-        return _window(lines, len(self.warm), c1 - c0)
+        try:
+            return self._timed([*base, "worker", url], env, log, "parsing-celery.log")
+        finally:
+            subprocess.run([*base, "purge", url], capture_output=True, cwd=ROOT)
 
 
 def celery_python() -> str:
@@ -349,10 +339,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def run_parsing(argv: list[str] | None = None, **overrides: Any) -> dict[str, Any]:
     """Run the parsing benchmark and return its results as a plain dict.
 
@@ -395,29 +381,28 @@ def run_parsing(argv: list[str] | None = None, **overrides: Any) -> dict[str, An
         f"documents per run; load {h.load()}"
     )
     t0 = time.monotonic()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     runs = Runs(args, timed, warm)
     try:
-        for repeat in range(args.repeats):
-            for name in systems:
-                if name == "bare":
-                    r = bare_pool(timed, warm)
-                elif name == "celery":
-                    r = runs.celery()
-                else:
-                    r = runs.tenure(name.split("-")[1])
-                results["runs"][name].append(r)
-                extra = (
-                    f", worker CPU outside the parser {r['outside_cpu_ms']:.2f} ms/doc"
-                    if "outside_cpu_ms" in r
-                    else ""
-                )
-                h.console.print(
-                    f"  run {repeat + 1}: {LABELS[name]:42} {r['rate']:7.1f} docs/s "
-                    f"(parse {r['parse_ms']:.2f} ms/doc{extra})  load {h.load()}"
-                )
+        with h.sigterm_raises():
+            for repeat in range(args.repeats):
+                for name in systems:
+                    if name == "bare":
+                        r = bare_pool(timed, warm)
+                    elif name == "celery":
+                        r = runs.celery()
+                    else:
+                        r = runs.tenure(name.split("-")[1])
+                    results["runs"][name].append(r)
+                    extra = (
+                        f", worker CPU outside the parser {r['outside_cpu_ms']:.2f} ms/doc"
+                        if "outside_cpu_ms" in r
+                        else ""
+                    )
+                    h.console.print(
+                        f"  run {repeat + 1}: {LABELS[name]:42} {r['rate']:7.1f} docs/s "
+                        f"(parse {r['parse_ms']:.2f} ms/doc{extra})  load {h.load()}"
+                    )
     finally:
-        signal.signal(signal.SIGTERM, previous)
         runs.close()
     results["meta"]["seconds"] = time.monotonic() - t0
     results["meta"]["end_load"] = h.load()
@@ -512,15 +497,11 @@ def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "_celery":
         return _celery_main(sys.argv[2:])
     args = _parse_args(None)
-    try:
-        results = run_parsing(sys.argv[1:])
-    except KeyboardInterrupt:
-        print("interrupted; workers stopped", file=sys.stderr)
-        return 130
-    print_report(results)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
-    return 0
+    from bench import harness as h
+
+    return h.report_main(
+        run_parsing, print_report, sys.argv[1:], args.json, "interrupted; workers stopped"
+    )
 
 
 if __name__ == "__main__":

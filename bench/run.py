@@ -37,7 +37,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import psycopg
@@ -50,7 +49,6 @@ from bench.harness import console  # noqa: E402
 
 SCHEMA = "bench_tenure"
 FLOOR_SCHEMA = "bench_floor"
-SEND_BATCH = 5_000
 
 
 class Bench:
@@ -82,19 +80,10 @@ class Bench:
         return ["--concurrency", str(concurrency), "--lease", lease, *extra]
 
     def wait_active(self, n: int, fleet: h.Fleet, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        q = f"SELECT count(*) FROM {SCHEMA}.workers WHERE state = 'active'"
-        while self.count(q) < n:
-            fleet.check_alive()
-            if time.monotonic() > deadline:
-                raise h.HarnessError(f"{n} workers not active after {timeout:.0f} s")
-            time.sleep(0.05)
+        h.wait_active(self.db, SCHEMA, n, fleet, timeout)
 
     def send_many(self, n: int) -> float:
-        t0 = time.perf_counter()
-        for start in range(0, n, SEND_BATCH):
-            self.t.noop.send_many([{}] * min(SEND_BATCH, n - start))
-        return n / (time.perf_counter() - t0)
+        return h.send_noops(self.t.noop, n)
 
     # -- enqueue + drain ------------------------------------------------------------------
 
@@ -203,20 +192,7 @@ class Bench:
             fill = h.adapter_json(name, "enqueue", dsn, str(backlog), "batch")
             self.r["enqueue"].setdefault(name, {}).setdefault("batch", []).append(fill["rate"])
             with psycopg.connect(dsn, autocommit=True) as pdb:
-                if pgqueuer:
-                    pdb.execute("ANALYZE pgqueuer")
-
-                    def done() -> int:
-                        return backlog - h.scalar(pdb, "SELECT count(*) FROM pgqueuer")
-                else:
-                    pdb.execute("ANALYZE procrastinate_jobs")
-
-                    def done() -> int:
-                        return h.scalar(
-                            pdb,
-                            "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'",
-                        )
-
+                done = h.peer_done(pdb, name, backlog)
                 with h.fleet(name) as fleet:
                     for _ in range(procs):
                         fleet.start(
@@ -251,7 +227,7 @@ class Bench:
 
     def _celery_drain(self, procs: int, backlog: int, *, single: bool = True) -> h.Drain:
         a = self.args
-        url = "redis://{}:{}/{}".format(*h.REDIS)
+        url = h.REDIS_URL
         h.adapter_json("celery", "setup", url)
         try:
             if procs == 1 and single:
@@ -265,12 +241,10 @@ class Bench:
             with h.fleet("celery") as fleet:
                 for _ in range(procs):
                     fleet.start(h.adapter("celery", "worker", url), cwd=h.ADAPTERS)
-                # Messages taken off the broker's list: equal to finished tasks in the
-                # steady state (each worker holds at most its prefetch of 4 in between).
                 # Celery keeps no times of its own: the whole-backlog rate is from the
                 # harness's samples.
                 return h.sample_drain(
-                    lambda: backlog - int(h.redis_command("LLEN", "celery")),
+                    h.celery_done(backlog),
                     backlog,
                     fleet,
                     warmup=a.warmup,
@@ -842,10 +816,6 @@ def spike_line(res: dict[str, Any]) -> str:
     )
 
 
-def on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -919,7 +889,7 @@ def main() -> int:
         "footprint,netem,parsing",
     )
     args = p.parse_args()
-    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGTERM, h.on_sigterm)
     phases = set(args.phases.split(","))
     console.print(f"load average at start: {h.load()} (2-core box shared with other runs: noisy)")
     console.print("sizes: " + ", ".join(f"{k}={v}" for k, v in vars(args).items()))
