@@ -122,17 +122,23 @@ def test_a_worker_with_a_far_off_clock_never_changes_ownership() -> None:
     assert rep.tasks_run_more_than_once == 0, result.explain()
 
 
-# The fence of complete(): the attempt and the owner must match the running row.
-FENCE = re.compile(
-    r"AND i\.attempt = t\.attempt(\s+WHERE t\.state = 'running') AND t\.lease_owner = p_worker"
+# The fence of complete(): the owner must match the running row, and the attempt the
+# outcome's.
+FENCE = (
+    re.compile(
+        r"(WHERE t\.id = ANY \(p_ids\) AND t\.state = 'running') AND t\.lease_owner = p_worker"
+    ),
+    re.compile(r"(JOIN input i ON i\.id = h\.id) AND i\.attempt = h\.attempt"),
 )
 
 
 def remove_complete_fence(conn: psycopg.Connection[Any], schema: str) -> None:
     """Replace ``schema``'s functions with ones whose ``complete()`` takes any outcome for a
     running task, whoever sends it and for whichever attempt."""
-    text, found = FENCE.subn(r"\1", sqlfiles.functions_sql(schema).decode())
-    assert found == 1, "complete()'s fence changed shape: update FENCE to match it"
+    text = sqlfiles.functions_sql(schema).decode()
+    for part in FENCE:
+        text, found = part.subn(r"\1", text)
+        assert found == 1, "complete()'s fence changed shape: update FENCE to match it"
     conn.execute(text.encode())
 
 
