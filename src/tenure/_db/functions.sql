@@ -394,9 +394,10 @@ $$;
 -- switched off so the planner always walks the claim index in order, even when the
 -- table's statistics are stale after a burst (a sort would read the whole
 -- backlog on every claim). Its statements are planned once per session (a generic
--- plan: replanning the claim cost a quarter of a millisecond per call), with hash
--- and merge joins off so that plan, which cannot know the batch size, still locks
--- the picked rows by primary key instead of scanning the table, and JIT off: that
+-- plan: replanning the claim cost a quarter of a millisecond per call). That plan
+-- cannot know the batch size, so the picked rows are locked first and then reached by
+-- primary key alone (id = ANY), joined to nothing that could make it scan the table
+-- (hash and merge joins stay off for the small lookups beside it), and JIT is off: that
 -- plan's cost grows with the backlog (it assumes a tenth of it is wanted), and past
 -- jit_above_cost each claim of a deep backlog would compile code for ten milliseconds. Start and
 -- expiry use the statement's clock, not the transaction's, so an attempt never
