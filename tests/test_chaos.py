@@ -142,6 +142,22 @@ def remove_complete_fence(conn: psycopg.Connection[Any], schema: str) -> None:
     conn.execute(text.encode())
 
 
+def two_registered_workers(
+    db: psycopg.Connection[Any], schema: str, task_name: str, first_pid: int
+) -> tuple[FakeWorker, FakeWorker, dict[Any, int]]:
+    """Workers A and B for ``task_name``, registered with pids ``first_pid`` and the next
+    one, beside the campaign's table of task runs. Returns A, B and their pids."""
+    db.execute(sql.SQL(EFFECTS_DDL.replace("{schema}", "{s}")).format(s=sql.Identifier(schema)))
+    a, b = FakeWorker(db, schema, [task_name]), FakeWorker(db, schema, [task_name])
+    pids = {a.id: first_pid, b.id: first_pid + 1}
+    for w in (a, b):
+        w.run(
+            "worker_register", worker=w.id, host="chaos", pid=pids[w.id], queues=["default"],
+            concurrency=1, version="test",
+        )  # fmt: skip
+    return a, b, pids
+
+
 @pytest.mark.parametrize("fence", ["intact", "removed"])
 def test_the_checker_reports_an_outcome_written_after_the_lease_was_lost(
     registry: Registry, db: psycopg.Connection[Any], schema: str, fence: str
@@ -150,16 +166,9 @@ def test_the_checker_reports_an_outcome_written_after_the_lease_was_lost(
     def fenced(payload: dict) -> None: ...
 
     fenced.send({})
-    db.execute(sql.SQL(EFFECTS_DDL.replace("{schema}", "{s}")).format(s=sql.Identifier(schema)))
     if fence == "removed":
         remove_complete_fence(db, schema)
-    a, b = FakeWorker(db, schema, ["chaos.fenced"]), FakeWorker(db, schema, ["chaos.fenced"])
-    pids = {a.id: 4_000_001, b.id: 4_000_002}
-    for w in (a, b):
-        w.run(
-            "worker_register", worker=w.id, host="chaos", pid=pids[w.id], queues=["default"],
-            concurrency=1, version="test",
-        )  # fmt: skip
+    a, b, pids = two_registered_workers(db, schema, "chaos.fenced", 4_000_001)
 
     def ran(w: FakeWorker, task_id: int, attempt: int) -> None:
         db.execute(
@@ -204,14 +213,7 @@ def taken_over_once(
     def taken(payload: dict) -> None: ...
 
     taken.send({})
-    db.execute(sql.SQL(EFFECTS_DDL.replace("{schema}", "{s}")).format(s=sql.Identifier(schema)))
-    a, b = FakeWorker(db, schema, ["chaos.taken"]), FakeWorker(db, schema, ["chaos.taken"])
-    pids = {a.id: 4_000_011, b.id: 4_000_012}
-    for w in (a, b):
-        w.run(
-            "worker_register", worker=w.id, host="chaos", pid=pids[w.id], queues=["default"],
-            concurrency=1, version="test",
-        )  # fmt: skip
+    a, b, pids = two_registered_workers(db, schema, "chaos.taken", 4_000_011)
     [(tid, _)] = a.claim()
     db.execute(
         "UPDATE tasks SET started_at = now() - interval '3 seconds', "
