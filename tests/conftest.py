@@ -21,6 +21,9 @@ import pytest
 from tenure import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
+# What processes the tests start import: this checkout's code (not whichever one the
+# virtual environment's editable install points at), and the test apps.
+CHILD_PYTHONPATH = f"{ROOT / 'src'}{os.pathsep}{ROOT}"
 T = TypeVar("T")
 
 
@@ -122,7 +125,7 @@ class WorkerProcess:
             **os.environ,
             "TENURE_DATABASE_URL": database_url,
             "TENURE_TEST_SCHEMA": schema,
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": CHILD_PYTHONPATH,
         }
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
@@ -186,16 +189,20 @@ def workers(
         w.stop()
 
 
-@pytest.fixture
-def fleet_app(schema: str, monkeypatch: pytest.MonkeyPatch, database_url: str) -> Iterator[Any]:
-    """The test app module, imported in this process against the test schema."""
+def load_app(module: str, schema: str, database_url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A test app module (``tests.apps.*``), imported afresh in this process against
+    the test schema; close its ``reg.client`` when done."""
     import importlib
 
     monkeypatch.setenv("TENURE_TEST_SCHEMA", schema)
     monkeypatch.setenv("TENURE_DATABASE_URL", database_url)
-    import tests.apps.fleet as fleet
+    return importlib.reload(importlib.import_module(module))
 
-    fleet = importlib.reload(fleet)
+
+@pytest.fixture
+def fleet_app(schema: str, monkeypatch: pytest.MonkeyPatch, database_url: str) -> Iterator[Any]:
+    """The test app module, imported in this process against the test schema."""
+    fleet = load_app("tests.apps.fleet", schema, database_url, monkeypatch)
     yield fleet
     fleet.reg.client.close()
 
@@ -223,5 +230,5 @@ def tenure_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", **(env or {})},
+        env={**os.environ, "PYTHONPATH": CHILD_PYTHONPATH, "COLUMNS": "200", **(env or {})},
     )

@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import ROOT, eventually
+from tests.conftest import CHILD_PYTHONPATH, ROOT, eventually
 
 pytestmark = pytest.mark.acceptance
 
@@ -66,7 +66,7 @@ class Dashboard:
                 *args,
             ],
             cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, "PYTHONPATH": CHILD_PYTHONPATH},
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )

@@ -116,6 +116,8 @@ class FakeWorker:
             attempts=[h[1] for h in held],
             orphan_after=LEASE / 2,
             surrendered=surrendered or [],
+            outcomes_pending=0,
+            outcomes_stalled=None,
         )
         return set(rows[0][1])
 

@@ -24,7 +24,7 @@ from tenure._worker.heartbeat import Heartbeat
 from tenure._worker.link import Link
 from tenure._worker.state import Claimed, Held, Holdings
 from tenure.context import TaskContext
-from tests.conftest import ROOT, direct_url, eventually
+from tests.conftest import CHILD_PYTHONPATH, ROOT, direct_url, eventually
 from tests.test_queue import LEASE, FakeWorker, expire_now, reap
 
 
@@ -258,7 +258,7 @@ def test_a_schema_that_belongs_to_something_else_is_one_line(
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "TENURE_DATABASE_URL": database_url},
+        env={**os.environ, "PYTHONPATH": CHILD_PYTHONPATH, "TENURE_DATABASE_URL": database_url},
     )
     assert result.returncode == 1
     assert result.stderr.startswith(f"error: cannot migrate schema '{schema}'")

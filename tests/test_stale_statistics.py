@@ -155,6 +155,8 @@ def test_hot_statements_read_in_proportion_to_their_batch(
             attempts=list(held.values()),
             surrendered=[],
             orphan_after="15 seconds",
+            outcomes_pending=0,
+            outcomes_stalled=None,
         )
         assert sorted(renewed[0][1]) == sorted(held)
     # And completes and claims in two statements, as a worker with nothing to carry does

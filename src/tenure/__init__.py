@@ -24,6 +24,7 @@ from tenure.errors import (
     TaskSignal,
     TenureError,
 )
+from tenure.limits import Limits
 from tenure.options import Backoff
 from tenure.registry import Registry, Task, TaskHandle
 
@@ -34,6 +35,7 @@ __all__ = [
     "DatabaseError",
     "Discard",
     "LeaseLost",
+    "Limits",
     "PayloadInvalid",
     "Registry",
     "ResultTimeout",

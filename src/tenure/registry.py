@@ -27,6 +27,7 @@ import pydantic_core
 from tenure._durations import as_timedelta
 from tenure.client import Client, TaskInfo
 from tenure.errors import AlreadyRegistered, ConfigError, PayloadInvalid, TaskNotFound
+from tenure.limits import Limits
 from tenure.options import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_CRASHES,
@@ -93,7 +94,7 @@ class Task(Generic[P, R]):
         self.is_async = inspect.iscoroutinefunction(fn)
         self.payload_type = _payload_type(fn)
         self.result_type = _result_type(fn)
-        self._adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(self.payload_type)
+        self._adapter, self._nan_as_null = _adapter(self.payload_type)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
@@ -120,12 +121,18 @@ class Task(Generic[P, R]):
         return PayloadInvalid(f"{self.name}: {label} invalid: {_first_line(exc)}")
 
     def encode(self, payload: Any, *, label: str = "payload") -> str:
-        """Validate ``payload`` and return it as JSON text."""
+        """Validate ``payload`` and return it as JSON text, within the registry's
+        :class:`Limits` (else :class:`PayloadInvalid`)."""
         value = self.validate(payload, label=label)
         try:
-            return self._adapter.dump_json(value).decode()
+            data = self._adapter.dump_json(value)
         except pydantic_core.PydanticSerializationError as exc:
             raise PayloadInvalid(f"{self.name}: {label} is not JSON: {exc}") from None
+        text = data.decode()
+        self.registry.limits.check_payload(
+            text, len(data), f"{self.name}: {label}", value, self._nan_as_null
+        )
+        return text
 
     def send(
         self,
@@ -181,6 +188,19 @@ class Task(Generic[P, R]):
         return [TaskHandle(i, self.registry.client, self.result_type) for i in ids]
 
 
+def _adapter(payload_type: Any) -> tuple[pydantic.TypeAdapter[Any], bool]:
+    """The payload's adapter, and whether it writes NaN and infinities as null.
+
+    Where the adapter takes a config it writes them as JSON's missing constants, so
+    :meth:`Limits.check_payload` can refuse them; a model, dataclass or TypedDict
+    keeps its own config (NaN as null unless it says otherwise)."""
+    config = pydantic.ConfigDict(ser_json_inf_nan="constants")
+    try:
+        return pydantic.TypeAdapter(payload_type, config=config), False
+    except pydantic.PydanticUserError:
+        return pydantic.TypeAdapter(payload_type), True
+
+
 def _payload_type(fn: Callable[..., Any]) -> Any:
     params = [
         p
@@ -216,11 +236,18 @@ class Registry:
     """The tasks one application can send and run, bound to one database and schema.
 
     ``dsn`` defaults to ``TENURE_DATABASE_URL``, else the embedded PostgreSQL server.
+    ``limits`` bounds payloads at ``send`` and results and error texts in the worker
+    (payload 1 MB, result 10 MB, error text 8 KB, depth 64 by default).
     """
 
-    def __init__(self, dsn: str | None = None, *, schema: str = "tenure") -> None:
+    def __init__(
+        self, dsn: str | None = None, *, schema: str = "tenure", limits: Limits | None = None
+    ) -> None:
         self.client = Client(dsn, schema=schema)
         self.schema = self.client.schema
+        self.limits = limits if limits is not None else Limits()
+        if not isinstance(self.limits, Limits):
+            raise ConfigError("limits: expected a tenure.Limits")
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.queue_options: dict[str, QueueOptions] = {}
 

@@ -4,8 +4,8 @@ Rules:
 - The DSN is the one given, else ``TENURE_DATABASE_URL``, else the embedded server.
 - Every session sets ``idle_in_transaction_session_timeout`` and TCP keepalives, so a
   worker cut off in the middle of a transaction cannot hold row locks for long.
-- Transient failures (connection lost, serialization failure, deadlock) are retried
-  here, with backoff, and nowhere else.
+- Transient failures (connection lost, serialization failure, deadlock, a server
+  shutting down), judged by SQLSTATE, are retried here, with backoff, and nowhere else.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg import errors as pgerrors
 
 from tenure.errors import DatabaseError
 
@@ -31,10 +30,21 @@ ENV_DSN = "TENURE_DATABASE_URL"
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 30_000
 CONNECT_TIMEOUT_S = 5
 
-_TRANSIENT = (
-    psycopg.OperationalError,
-    pgerrors.SerializationFailure,
-    pgerrors.DeadlockDetected,
+# Transience is decided by SQLSTATE, never by exception class: psycopg files
+# ProgramLimitExceeded (54000), DiskFull and QueryCanceled under OperationalError too,
+# and retrying those writes the same refusal forever.
+TRANSIENT_CLASSES = ("08",)  # connection exceptions
+TRANSIENT_STATES = frozenset(
+    {
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected
+        "57P01",  # admin_shutdown (a restart, a failover)
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now (starting up, in recovery)
+        "53300",  # too_many_connections
+        "55P03",  # lock_not_available
+        "25006",  # read_only_sql_transaction (a standby answered: failover under way)
+    }
 )
 
 
@@ -99,7 +109,28 @@ def describe(exc: BaseException) -> str:
 
 
 def is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, _TRANSIENT)
+    """Whether trying the same statement again later may succeed: a lost or refused
+    connection (no SQLSTATE, or class 08), a serialization failure or deadlock, a
+    server shutting down or starting up. A :class:`DatabaseError` is judged by its
+    cause."""
+    if isinstance(exc, DatabaseError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    if not isinstance(exc, psycopg.Error):
+        return False
+    state = exc.sqlstate
+    if state is None:  # raised by the client: the connection broke or never opened
+        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+    return state.startswith(TRANSIENT_CLASSES) or state in TRANSIENT_STATES
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether a transient failure is the connection's or the server's (every
+    statement fails alike until it is back), not one statement's conflict."""
+    if isinstance(exc, DatabaseError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    if not isinstance(exc, psycopg.Error) or not is_transient(exc):
+        return False
+    return exc.sqlstate not in ("40001", "40P01", "55P03")
 
 
 def connect(dsn: str, application_name: str = "tenure") -> psycopg.Connection[Any]:
@@ -136,7 +167,9 @@ def retry_sync(fn: Callable[[], T], *, attempts: int = 5, what: str = "statement
     for failure in range(1, attempts + 1):
         try:
             return fn()
-        except _TRANSIENT as exc:
+        except psycopg.Error as exc:
+            if not is_transient(exc):
+                raise
             if failure == attempts:
                 raise DatabaseError(f"{what} failed: {describe(exc)}") from exc
             log.debug("transient failure in %s (%s); retrying", what, describe(exc))
@@ -151,7 +184,9 @@ async def retry_async(
     for failure in range(1, attempts + 1):
         try:
             return await fn()
-        except _TRANSIENT as exc:
+        except psycopg.Error as exc:
+            if not is_transient(exc):
+                raise
             if failure == attempts:
                 raise DatabaseError(f"{what} failed: {describe(exc)}") from exc
             log.debug("transient failure in %s (%s); retrying", what, describe(exc))

@@ -115,7 +115,9 @@ CREATE TABLE {schema}.workers (
     state        text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'draining', 'gone')),
     held         integer NOT NULL DEFAULT 0,   -- leases held (running or prefetched)
     running      integer NOT NULL DEFAULT 0,   -- attempts running now
-    drain_requested boolean NOT NULL DEFAULT false
+    drain_requested boolean NOT NULL DEFAULT false,
+    outcomes_pending integer NOT NULL DEFAULT 0,  -- finished here, not yet written
+    outcomes_stalled_since timestamptz            -- set while they wait past a lease
 );
 
 CREATE INDEX workers_live_idx ON {schema}.workers (heartbeat_at) WHERE state <> 'gone';

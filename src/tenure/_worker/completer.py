@@ -5,9 +5,15 @@ on (task, attempt, owner) in the database: an outcome for an attempt this worker
 no longer owns changes nothing, is logged as ``lease_lost`` and counted. A batch
 that fails to reach the database stays queued and is tried again with backoff (the
 heartbeat keeps those leases alive meanwhile); if the failed try had committed
-after all, the retry finds the attempts already recorded and counts them done. A
-batch the database refuses outright is written one outcome at a time, so one bad
-outcome cannot hold the others back.
+after all, the retry finds the attempts already recorded and counts them done.
+
+Outcomes always land. A batch the database refuses (judged by SQLSTATE: anything
+but a lost connection, a serialization failure, a deadlock or a server shutting
+down), or that fails ``SPLIT_AFTER`` times in a row for any reason, is written one
+outcome at a time, so one bad outcome cannot hold the others back; an outcome that
+cannot be written as it is is replaced by an error outcome that says why. While
+outcomes wait longer than a lease without progress, :meth:`Completer.stalled_for`
+says so, and ``/readyz`` answers 503.
 
 While a worker claims, its claim loop carries the outcomes: a new outcome wakes that
 loop (``carrier``), whose next claim writes the pending batch in the same statement
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,14 +33,17 @@ from typing import NamedTuple
 from uuid import UUID
 
 from tenure._db import arrays
-from tenure._db.connect import backoff_delay, is_transient
+from tenure._db.connect import backoff_delay, connection_lost, describe, is_transient
 from tenure._worker.link import Link
 from tenure._worker.state import Held, Holdings
 from tenure.errors import DatabaseError
+from tenure.limits import clean_text
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 500
+SPLIT_AFTER = 3  # failed tries of one batch, transient or not, before it is split
+REPLACED_ERROR_CHARS = 500
 
 
 class Outcome(NamedTuple):
@@ -85,6 +95,18 @@ class Completer:
         # While set, a new outcome calls this instead of waking the completer's loop.
         self.carrier: Callable[[], None] | None = None
         self.lock = asyncio.Lock()
+        self._progress_at = time.monotonic()  # last write that settled outcomes
+        self.last_error: str | None = None  # why the last write failed, until one succeeds
+
+    def stalled_for(self) -> float:
+        """Seconds outcomes have waited with no write settling any (0 when none wait)."""
+        if not self.pending:
+            return 0.0
+        return time.monotonic() - self._progress_at
+
+    def waiting(self) -> tuple[int, float]:
+        """How many outcomes wait, and :meth:`stalled_for`."""
+        return len(self.pending), self.stalled_for()
 
     def submit(self, outcome: Outcome) -> None:
         """Queue an outcome; a second outcome for the same attempt is ignored."""
@@ -93,6 +115,8 @@ class Completer:
             log.debug("duplicate outcome ignored task=%s attempt=%s", *key)
             return
         self._submitted.add(key)
+        if not self.pending:
+            self._progress_at = time.monotonic()
         held = self.holdings.held.get(outcome.task_id)
         if held is not None and held.claimed.attempt == outcome.attempt:
             self.holdings.complete(held)
@@ -140,11 +164,15 @@ class Completer:
         batch = self.pending[:MAX_BATCH]
         if not batch:
             return CompleteResult({}, [])
+        verdicts = await self._write_checked(batch)
+        self._uncertain = False
+        return self._settle(len(batch), verdicts)
+
+    async def _write_checked(self, batch: list[Outcome]) -> dict[int, str]:
         verdicts = await self._write(batch)
         if self._uncertain:
             # An earlier try of these outcomes may have committed before its answer
             # was lost: what this worker already recorded is done, not fenced.
-            self._uncertain = False
             missing = [o for o in batch if o.task_id not in verdicts]
             if missing:
                 rows = await self.link.fetch(
@@ -156,11 +184,13 @@ class Completer:
                     },
                 )
                 verdicts.update({int(r[0]): "recorded" for r in rows})
-        return self._settle(len(batch), verdicts)
+        return verdicts
 
     def _settle(self, n: int, verdicts: dict[int, str], dropped: bool = False) -> CompleteResult:
         batch = self.pending[:n]
         del self.pending[:n]
+        self._progress_at = time.monotonic()
+        self.last_error = None
         fenced: list[int] = []
         counts = self.holdings.counts
         submitted, drop, on_settled = self._submitted, self.holdings.drop, self.on_settled
@@ -203,32 +233,36 @@ class Completer:
         return CompleteResult(verdicts, fenced)
 
     async def _write_singly(self) -> None:
-        """A batch the database refused: write its outcomes one by one, and turn one
-        that cannot be written as it is into an error the task's retry policy handles."""
+        """Write the head batch one outcome at a time; one that cannot be written as
+        it is becomes an error outcome that says why, and one that conflicts with
+        another transaction (a serialization failure, a deadlock, a lock it could
+        not get) waits at the back. Raises when the database is away, and after the
+        pass when some outcome had to wait, so the loop backs off."""
+        waited: DatabaseError | None = None
         for outcome in list(self.pending[:MAX_BATCH]):
             try:
-                verdicts = await self._write([outcome])
+                verdicts = await self._write_checked([outcome])
             except DatabaseError as exc:
-                if is_transient(exc.__cause__ or exc):
-                    raise
+                if is_transient(exc):
+                    if connection_lost(exc):
+                        raise
+                    self.pending.append(self.pending.pop(0))
+                    waited = exc
+                    continue
+                replacement = _replacement(outcome, exc)
                 log.error(
-                    "outcome_unwritable task=%s attempt=%s error=%s; recording an error instead",
+                    "outcome_unwritable task=%s attempt=%s error=%s; recording %s instead",
                     outcome.task_id,
                     outcome.attempt,
-                    exc,
-                )
-                replacement = Outcome(
-                    outcome.task_id,
-                    outcome.attempt,
-                    "error",
-                    error=f"the task's outcome could not be recorded: {exc}",
-                    delay=1.0,
+                    clean_text(describe(exc))[:REPLACED_ERROR_CHARS],
+                    replacement.outcome,
                 )
                 self.pending[0] = replacement
+                self.holdings.counts["outcomes_replaced"] += 1
                 try:
-                    verdicts = await self._write([replacement])
+                    verdicts = await self._write_checked([replacement])
                 except DatabaseError as again:
-                    if is_transient(again.__cause__ or again):
+                    if is_transient(again):
                         raise
                     # Not a takeover: the database refuses both. The lease will expire
                     # and the reaper will count a crash.
@@ -236,6 +270,9 @@ class Completer:
                     self._settle(1, {}, dropped=True)
                     continue
             self._settle(1, verdicts)
+        if waited is not None:
+            raise waited
+        self._uncertain = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=self.name)
@@ -257,16 +294,22 @@ class Completer:
                     except Exception as exc:
                         failures += 1
                         error = exc
-                        if isinstance(exc, DatabaseError) and not is_transient(
-                            exc.__cause__ or exc
-                        ):
+                        self._uncertain = True  # a lost answer may hide a commit
+                        if failures >= SPLIT_AFTER or not is_transient(exc):
+                            # Refused, or failing again and again: find the outcome
+                            # at fault by writing them one by one.
                             try:
                                 await self._write_singly()
+                                failures = 0
                                 continue
+                            except asyncio.CancelledError:
+                                raise
                             except Exception as again:
                                 error = again
-                        self._uncertain = True
-                log.warning("completer_failed pending=%d error=%s", len(self.pending), error)
+                self.last_error = clean_text(describe(error))[:REPLACED_ERROR_CHARS]
+                log.warning(
+                    "completer_failed pending=%d error=%s", len(self.pending), self.last_error
+                )
                 await asyncio.sleep(backoff_delay(failures, base=0.05, cap=2.0))
 
     async def flush(self, timeout: float) -> bool:
@@ -286,6 +329,21 @@ class Completer:
             except asyncio.CancelledError:
                 pass
             self._task = None
+
+
+def _replacement(outcome: Outcome, exc: BaseException) -> Outcome:
+    """The outcome to record for one the database refused: the task's result is
+    dropped and the reason is given instead. A success that cannot be stored fails
+    for good (running it again returns the same); an error keeps its retry delay."""
+    why = clean_text(describe(exc.__cause__ or exc))[:REPLACED_ERROR_CHARS]
+    kind = {"succeeded": "discarded", "timed_out": "error"}.get(outcome.outcome, outcome.outcome)
+    return Outcome(
+        outcome.task_id,
+        outcome.attempt,
+        kind,
+        error=f"the task's {outcome.outcome} outcome could not be recorded: {why}",
+        delay=max(outcome.delay, 1.0),
+    )
 
 
 _EVENTS = {

@@ -30,18 +30,37 @@ from tenure._worker.state import Claimed
 from tenure._worker.threads import DaemonThreadPool
 from tenure.context import TaskContext, _current, bind
 from tenure.errors import Discard, PayloadInvalid, RetryAfter
+from tenure.limits import Limits, not_json
 from tenure.registry import Task
 
 log = logging.getLogger(__name__)
 
-MAX_ERROR_CHARS = 8000
+
+def _error_text(exc: BaseException, limits: Limits) -> str:
+    """The traceback of ``exc`` as it can be stored, whatever its ``str()`` does."""
+    try:
+        text = "".join(traceback.format_exception(exc)).strip()
+    except Exception as again:  # a __str__ that raises, a broken traceback
+        text = f"{type(exc).__qualname__} (its message could not be shown: {again!r})"
+    return limits.error_text(text)
 
 
-def _error_text(exc: BaseException) -> str:
-    text = "".join(traceback.format_exception(exc)).strip().replace("\x00", "\\0")
-    if len(text) > MAX_ERROR_CHARS:
-        text = "…" + text[-MAX_ERROR_CHARS:]
-    return text
+def _result_outcome(task: Task[Any, Any], claimed: Claimed, encoded: bytes) -> Outcome:
+    """The outcome of an attempt that returned ``encoded`` (JSON): succeeded, or
+    failed at once when the result cannot be stored."""
+    why = task.registry.limits.check_result(encoded)
+    if why is not None:
+        return _refused(claimed, why)
+    text = encoded.decode("utf-8", "backslashreplace")
+    if not_json(text):
+        return Outcome(
+            claimed.id,
+            claimed.attempt,
+            "error",
+            error="result is not JSON: it holds NaN or an infinity; return null or a string",
+            delay=_retry_delay(task, claimed),
+        )
+    return Outcome(claimed.id, claimed.attempt, "succeeded", result=_json_text(text))
 
 
 def _json_text(encoded: str) -> str:
@@ -70,13 +89,14 @@ async def execute(
     Tasks with ``isolation="process"`` run in ``processes``.
     """
     tid, attempt = claimed.id, claimed.attempt
+    limits = task.registry.limits
     timeout = task.options.timeout.total_seconds() if task.options.timeout else None
     if task.options.isolation == "process" and processes is not None:
         return await _in_process(task, claimed, processes, timeout)
     try:
         payload = task.decode(claimed.payload)
     except Exception as exc:  # PayloadInvalid, or a validator that raised something else
-        message = (
+        message = limits.error_text(
             str(exc)
             if isinstance(exc, PayloadInvalid)
             else (f"{task.name}: payload invalid: {type(exc).__name__}: {exc}")
@@ -106,15 +126,19 @@ async def execute(
     except TimeoutError as exc:
         if timeout is None:  # the function's own TimeoutError: an error like any other
             return Outcome(
-                tid, attempt, "error", error=_error_text(exc), delay=_retry_delay(task, claimed)
+                tid,
+                attempt,
+                "error",
+                error=_error_text(exc, limits),
+                delay=_retry_delay(task, claimed),
             )
         ctx.mark_stop()
         return _timed_out(claimed, timeout, _retry_delay(task, claimed))
     except RetryAfter as exc:
-        reason = exc.reason.replace("\x00", "\\0")
+        reason = limits.error_text(str(exc.reason))
         return Outcome(tid, attempt, "error", error=reason, delay=exc.delay.total_seconds())
     except Discard as exc:
-        return Outcome(tid, attempt, "discarded", error=exc.reason.replace("\x00", "\\0"))
+        return Outcome(tid, attempt, "discarded", error=limits.error_text(str(exc.reason)))
     except asyncio.CancelledError:
         raise
     except BaseException as exc:
@@ -122,22 +146,39 @@ async def execute(
             tid,
             attempt,
             "error",
-            error=_error_text(exc),
+            error=_error_text(exc, limits),
             delay=_retry_delay(task, claimed),
         )
     if result is None:  # most tasks return nothing
         return Outcome(tid, attempt, "succeeded", result="null")
+    too_large = limits.precheck_result(result)
+    if too_large is not None:
+        return _refused(claimed, too_large)
     try:
-        encoded = pydantic_core.to_json(result).decode()
-    except pydantic_core.PydanticSerializationError as exc:
+        encoded = pydantic_core.to_json(result)
+    except Exception as exc:  # not JSON, or a serializer of the user's that raised
         return Outcome(
             tid,
             attempt,
             "error",
-            error=f"result is not JSON: {exc}",
+            error=limits.error_text(f"result is not JSON: {_describe(exc)}"),
             delay=_retry_delay(task, claimed),
         )
-    return Outcome(tid, attempt, "succeeded", result=_json_text(encoded))
+    return _result_outcome(task, claimed, encoded)
+
+
+def _refused(claimed: Claimed, why: str) -> Outcome:
+    """A result that cannot be stored fails the task at once: the same code would
+    return the same value."""
+    log.error("task_result_refused task=%s attempt=%s: %s", claimed.id, claimed.attempt, why)
+    return Outcome(claimed.id, claimed.attempt, "discarded", error=why)
+
+
+def _describe(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return type(exc).__qualname__
 
 
 def _retry_delay(task: Task[Any, Any], claimed: Claimed) -> float:
@@ -179,9 +220,9 @@ async def _in_process(
         return _timed_out(claimed, timeout, _retry_delay(task, claimed))
     except ChildDied as exc:
         return Outcome(tid, attempt, "error", error=str(exc), delay=_retry_delay(task, claimed))
-    text = reply.text.replace("\x00", "\\0")
     if reply.kind == "ok":
-        return Outcome(tid, attempt, "succeeded", result=_json_text(reply.text))
+        return _result_outcome(task, claimed, reply.text.encode("utf-8", "backslashreplace"))
+    text = task.registry.limits.error_text(reply.text)
     if reply.kind in ("invalid", "discard"):
         return Outcome(tid, attempt, "discarded", error=text)
     if reply.kind == "retry_after":

@@ -67,6 +67,9 @@ class Heartbeat(Service):
         self.worker_id = worker_id
         self.lease = lease
         self.state = "active"
+        # How many outcomes wait to be written, and for how long without progress:
+        # set by the worker to its completer's view, published with each beat.
+        self.outcomes: Callable[[], tuple[int, float]] = lambda: (0, 0.0)
         self.last_ok = time.monotonic()
         self.fenced = False
 
@@ -74,6 +77,7 @@ class Heartbeat(Service):
         snapshot = self.holdings.snapshot()
         sent = time.monotonic()
         surrendered = list(self.holdings.surrendered)
+        waiting, stalled = self.outcomes()
         try:
             rows = await self.link.fetch(
                 "lease_renew_many",
@@ -87,6 +91,8 @@ class Heartbeat(Service):
                     "attempts": arrays.ints(snapshot.values()),
                     "surrendered": arrays.ints(surrendered),
                     "orphan_after": self.lease / 2,
+                    "outcomes_pending": waiting,
+                    "outcomes_stalled": stalled if stalled > self.lease.total_seconds() else None,
                 },
             )
         except Exception:

@@ -32,16 +32,23 @@ class Link:
         return self._conn
 
     async def fetch(self, statement: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        """Run the named statement and return its rows; a broken link is dropped."""
+        """Run the named statement and return its rows; a broken link is dropped.
+
+        Every failure, including parameters that cannot be sent at all (a string
+        that cannot be encoded), is a :class:`DatabaseError` whose cause
+        :func:`~tenure._db.connect.is_transient` judges."""
         conn = await self.connection()
         try:
             cur = await conn.execute(sqlfiles.query(statement, self.schema), params)
             return await cur.fetchall() if cur.description else []
-        except psycopg.OperationalError as exc:
-            await self.close()
-            raise DatabaseError(f"{statement}: {dbconnect.describe(exc)}") from exc
         except psycopg.Error as exc:
+            if dbconnect.connection_lost(exc) or conn.broken or conn.closed:
+                await self.close()
             raise DatabaseError(f"{statement}: {dbconnect.describe(exc)}") from exc
+        except Exception as exc:  # parameters psycopg could not adapt or encode
+            raise DatabaseError(
+                f"{statement}: parameters refused: {type(exc).__name__}: {exc}"
+            ) from exc
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

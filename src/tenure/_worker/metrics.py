@@ -51,6 +51,16 @@ LABELED: dict[str, tuple[str, str]] = {
 PLAIN: tuple[tuple[str, str, str], ...] = (
     ("tenure_lease_lost_total", "Held attempts this worker learned it lost.", "lease_lost"),
     ("tenure_fenced_writes_total", "Outcome writes the database fenced out.", "fenced_writes"),
+    (
+        "tenure_outcomes_replaced_total",
+        "Outcomes the database refused, recorded as an error that says why instead.",
+        "outcomes_replaced",
+    ),
+    (
+        "tenure_outcomes_dropped_total",
+        "Outcomes that could not be recorded at all (the lease expires instead).",
+        "outcomes_dropped",
+    ),
 )
 
 
@@ -222,6 +232,16 @@ class Metrics:
         )
         lag = time.monotonic() - heartbeat.last_ok if heartbeat is not None else 0.0
         out.append(f"tenure_heartbeat_lag_seconds {lag:.3f}")
+        completer = getattr(worker, "completer", None)
+        family("tenure_outcomes_pending", "gauge", "Outcomes finished here and not yet written.")
+        out.append(f"tenure_outcomes_pending {len(completer.pending) if completer else 0}")
+        family(
+            "tenure_outcomes_stalled_seconds",
+            "gauge",
+            "Seconds outcomes have waited with no write settling any (0 when none wait).",
+        )
+        stalled = completer.stalled_for() if completer is not None else 0.0
+        out.append(f"tenure_outcomes_stalled_seconds {stalled:.3f}")
         family("tenure_worker_ready", "gauge", "1 while the worker claims work (see /readyz).")
         out.append(f"tenure_worker_ready {int(worker_ready(worker)[0])}")
 
@@ -247,7 +267,8 @@ class Metrics:
 
 
 def worker_ready(worker: Worker) -> tuple[bool, str]:
-    """Whether the worker takes work now, and why not: starting, draining, self-fenced."""
+    """Whether the worker takes work now, and why not: starting, draining,
+    self-fenced, or finished outcomes it has not written for longer than a lease."""
     if not worker.ready.is_set():
         return False, "starting"
     if worker._draining:
@@ -255,4 +276,10 @@ def worker_ready(worker: Worker) -> tuple[bool, str]:
     heartbeat = getattr(worker, "heartbeat", None)
     if heartbeat is not None and heartbeat.fenced:
         return False, "self-fenced"
+    completer = getattr(worker, "completer", None)
+    if completer is not None:
+        stalled = completer.stalled_for()
+        if stalled > worker.config.lease.total_seconds():
+            why = f": {completer.last_error}" if completer.last_error else ""
+            return False, f"outcomes unwritten for {stalled:.0f}s{why}"
     return True, "ready"

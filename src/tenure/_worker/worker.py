@@ -213,6 +213,7 @@ class Worker:
         self.completer = Completer(work, self.holdings, self.id)
         self.completer.on_settled = self.metrics.settled
         self.completer.carrier = self._wake.set  # the claim loop carries outcomes
+        self.heartbeat.outcomes = self.completer.waiting
         self.claimer = Claimer(work, self.id, cfg.queues, names, cfg.lease)
         self.notifier = Notifier(listen, cfg.queues, self.wake, self.cancel_task)
         self.heartbeat.start()

@@ -158,6 +158,8 @@ def overview(client: Client) -> dict[str, Any]:
                 "running": int(w[10]),
                 "drain_requested": bool(w[11]),
                 "leases": int(w[12]),
+                "outcomes_pending": int(w[13]),
+                "outcomes_stalled": None if w[14] is None else age(float(w[14])),
             }
         )
     live = [w for w in worker_rows if w["state"] != "gone"]

@@ -5,7 +5,9 @@ SELECT w.id, w.host, w.pid, w.state, w.queues, w.concurrency, w.version,
        extract(epoch FROM now() - w.started_at) AS uptime,
        w.held, w.running, w.drain_requested,
        (SELECT count(*) FROM {schema}.tasks t
-        WHERE t.state = 'running' AND t.lease_owner = w.id) AS leases
+        WHERE t.state = 'running' AND t.lease_owner = w.id) AS leases,
+       w.outcomes_pending,
+       extract(epoch FROM now() - w.outcomes_stalled_since) AS outcomes_stalled
 FROM {schema}.workers w
 WHERE w.state <> 'gone' OR w.stopped_at >= now() - interval '1 hour'
    OR w.heartbeat_at >= now() - interval '1 hour'

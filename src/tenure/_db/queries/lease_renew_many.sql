@@ -6,7 +6,13 @@
 -- Returns the tasks it still owns; anything missing was taken over or finished.
 WITH me AS (
     UPDATE {schema}.workers
-    SET heartbeat_at = now(), state = %(state)s, held = %(held)s, running = %(running)s
+    SET heartbeat_at = now(), state = %(state)s, held = %(held)s, running = %(running)s,
+        outcomes_pending = %(outcomes_pending)s,
+        outcomes_stalled_since = CASE
+            WHEN %(outcomes_stalled)s::float8 IS NULL THEN NULL
+            ELSE coalesce(outcomes_stalled_since,
+                          now() - make_interval(secs => %(outcomes_stalled)s::float8))
+        END
     WHERE id = %(worker)s
     RETURNING queues, drain_requested
 ),
