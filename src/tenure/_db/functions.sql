@@ -502,6 +502,10 @@ $$;
 -- max_attempts), discarded (failed at once), cancelled, released (handed back
 -- without spending an attempt, keeping its place in the queue). Queues that got
 -- claimable work back, or a freed slot under a limit, are woken.
+-- Only the row decides a cancel: once cancel_requested is set every outcome but
+-- success ends the task cancelled, and without it a 'cancelled' outcome is recorded
+-- as an error saying so, retried like any other (a worker must never stop a task on
+-- a notification alone: anyone who can connect may send one).
 CREATE OR REPLACE FUNCTION {schema}.complete(p_worker uuid, p_ids bigint[], p_attempts integer[],
                                   p_outcomes text[], p_results jsonb[], p_errors text[],
                                   p_delays double precision[])
@@ -534,11 +538,17 @@ BEGIN
         FOR UPDATE
     ),
     owned AS MATERIALIZED (
-        SELECT h.id, h.attempt, h.started_at, h.queue, h.limited, i.outcome, i.result, i.error,
+        SELECT h.id, h.attempt, h.started_at, h.queue, h.limited,
+               CASE WHEN i.outcome = 'cancelled' AND NOT h.cancel_requested THEN 'error'
+                    ELSE i.outcome END AS outcome,
+               i.result,
+               CASE WHEN i.outcome = 'cancelled' AND NOT h.cancel_requested
+                    THEN 'cancelled by the worker without a cancel request'
+                    ELSE i.error END AS error,
                i.delay,
                CASE
                    WHEN i.outcome = 'succeeded' THEN 'succeeded'
-                   WHEN i.outcome = 'cancelled' OR h.cancel_requested THEN 'cancelled'
+                   WHEN h.cancel_requested THEN 'cancelled'
                    WHEN i.outcome = 'released' THEN 'released'
                    WHEN i.outcome = 'discarded' THEN 'failed'
                    WHEN h.errors + 1 >= h.max_attempts THEN 'failed'

@@ -44,7 +44,7 @@ from tenure._worker.heartbeat import Heartbeat, HeartbeatResult
 from tenure._worker.http import Surfaces, SurfacesConfig
 from tenure._worker.link import Link
 from tenure._worker.metrics import Metrics
-from tenure._worker.notifier import Notifier
+from tenure._worker.notifier import CancelHints, Notifier
 from tenure._worker.processes import ProcessPool
 from tenure._worker.state import Claimed, Held, Holdings
 from tenure._worker.threads import DaemonThreadPool
@@ -215,7 +215,8 @@ class Worker:
         self.completer.carrier = self._wake.set  # the claim loop carries outcomes
         self.heartbeat.outcomes = self.completer.waiting
         self.claimer = Claimer(work, self.id, cfg.queues, names, cfg.lease)
-        self.notifier = Notifier(listen, cfg.queues, self.wake, self.cancel_task)
+        hints = CancelHints(beat, self.holdings, self.id, self.cancel_task)
+        self.notifier = Notifier(listen, cfg.queues, self.wake, hints)
         self.heartbeat.start()
         self.reaper.start()
         self.promoter.start()
