@@ -3,6 +3,7 @@ running, so no attempt's side effect happens after its lease expired."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
@@ -10,8 +11,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
+import psutil
 import pytest
 
 from tenure import Registry
@@ -27,43 +29,14 @@ APP = "tests.apps.orphans:reg"
 THIS_CHECKOUT = ("env", f"PYTHONPATH={ROOT / 'src'}{os.pathsep}{ROOT}")
 
 
-class Proc(NamedTuple):
-    ppid: int
-    state: str
-    start: int  # clock ticks after boot: tells a reused pid apart
-
-
-def _stat(pid: int) -> Proc | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            text = f.read()
-    except OSError:  # gone
-        return None
-    fields = text.rsplit(")", 1)[1].split()  # after "pid (comm)", which may hold spaces
-    return Proc(ppid=int(fields[1]), state=fields[0], start=int(fields[19]))
-
-
-def descendants(root: int) -> dict[int, int]:
-    """Every process below ``root`` now: pid -> start time."""
-    table = {int(e): s for e in os.listdir("/proc") if e.isdigit() and (s := _stat(int(e)))}
-    found: dict[int, int] = {}
-    frontier = [root]
-    while frontier:
-        parent = frontier.pop()
-        for pid, proc in table.items():
-            if proc.ppid == parent and pid not in found:
-                found[pid] = proc.start
-                frontier.append(pid)
-    return found
-
-
-def alive(pid: int, start: int) -> bool:
-    proc = _stat(pid)
-    return proc is not None and proc.start == start and proc.state not in ("Z", "X")
-
-
-def still_alive(tree: dict[int, int]) -> list[int]:
-    return [pid for pid, start in tree.items() if alive(pid, start)]
+def still_alive(procs: list[psutil.Process]) -> list[int]:
+    """The pids of ``procs`` still running (a zombie has ended; a reused pid is not it)."""
+    alive = []
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc.pid)
+    return alive
 
 
 @pytest.fixture
@@ -104,12 +77,10 @@ def test_a_sigkilled_worker_leaves_no_task_process_running(
     args = ("--concurrency", "2", "--processes", "2") if supervised else ("--concurrency", "4")
     w = workers("--lease", "2s", "--prefetch", "0", *args, app=APP, prefix=THIS_CHECKOUT)
     pids = started_pids(marks, 4)
-    first = _stat(pids["t0"])
-    assert first is not None
-    victim = first.ppid if supervised else w.pid
-    tree = descendants(victim)
-    victims_tasks = {tag for tag, pid in pids.items() if pid in tree}
-    assert "t0" in victims_tasks
+    victim = psutil.Process(pids["t0"]).ppid() if supervised else w.pid
+    tree = psutil.Process(victim).children(recursive=True)
+    victims_tasks = {tag for tag, pid in pids.items() if pid in {p.pid for p in tree}}
+    assert "t0" in victims_tasks and len(victims_tasks) == (2 if supervised else 4)
     assert not supervised or victim != w.pid
     # When the worker is SIGKILLed
     os.kill(victim, signal.SIGKILL)
@@ -118,7 +89,7 @@ def test_a_sigkilled_worker_leaves_no_task_process_running(
         lambda: not still_alive(tree),
         timeout=1.0,
         interval=0.02,
-        what=f"every process below worker {victim} ended: {sorted(tree)}",
+        what=f"every process below worker {victim} ended: {sorted(p.pid for p in tree)}",
     )
     # And no first attempt of its tasks writes its side effect, nor complains of a
     # broken pipe, once its sleep is over
@@ -139,7 +110,7 @@ def test_a_sigkilled_supervisor_leaves_nothing_running_and_nothing_run_twice(
         "--drain-timeout", "30s", app=APP, prefix=THIS_CHECKOUT,
     )  # fmt: skip
     started_pids(marks, 4)
-    tree = descendants(sup.pid)
+    tree = psutil.Process(sup.pid).children(recursive=True)
     # When the supervisor is SIGKILLed
     sup.kill()
     # Then its workers drain: every task finishes on its first attempt, its side effect
