@@ -11,6 +11,14 @@ Rules:
   or dead children are replaced on demand.
 - With a memory limit, a child whose resident memory grew past it after a task is
   retired and replaced (parsers leak).
+- A child ends with its worker, however the worker ends (SIGKILL included), long
+  before the worker's leases expire, so no attempt runs on after its lease: the
+  child gets SIGKILL when the worker dies (Linux parent-death signal; children are
+  started from the event loop's thread, which outlives them), exits at once if the
+  worker was gone before that was set up, and watches a pipe only the worker holds
+  open where there is no such signal. ``spawn`` makes the worker itself the
+  child's parent (a forkserver would be the parent instead). A child that finds
+  the worker gone when it answers exits quietly.
 """
 
 from __future__ import annotations
@@ -20,11 +28,14 @@ import importlib
 import logging
 import multiprocessing
 import os
+import signal
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
+
+from tenure._worker.lineage import die_with_parent, exit_at_eof
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +76,10 @@ def _resident_bytes() -> int:
         return int(f.read().split()[1]) * _PAGE
 
 
-def _child_main(conn: Connection) -> None:
-    """Loop of a task process: one job in, one reply out."""
+def _child_main(conn: Connection, lifeline: Connection, worker: int) -> None:
+    """Loop of a task process: one job in, one reply out; it ends with ``worker``."""
+    die_with_parent(worker, signal.SIGKILL)
+    exit_at_eof(lifeline)
     import pydantic_core
 
     from tenure.context import TaskContext, _current
@@ -75,7 +88,7 @@ def _child_main(conn: Connection) -> None:
     while True:
         try:
             job: Job | None = conn.recv()
-        except EOFError:
+        except (EOFError, OSError):  # the worker is gone
             return
         if job is None:
             return
@@ -98,24 +111,33 @@ def _child_main(conn: Connection) -> None:
             reply = Reply("discard", exc.reason)
         except BaseException as exc:
             reply = Reply("error", "".join(traceback.format_exception(exc)).strip())
-        conn.send(Reply(reply.kind, reply.text, reply.delay, _resident_bytes()))
+        try:
+            conn.send(Reply(reply.kind, reply.text, reply.delay, _resident_bytes()))
+        except OSError:  # the worker is gone: nobody to tell, nothing to report
+            return
 
 
 class _Child:
     def __init__(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
+        ctx = multiprocessing.get_context("spawn")  # the worker is the parent
         self.conn, child_conn = ctx.Pipe()
+        lifeline, self._lifeline = ctx.Pipe(duplex=False)  # only this end stays here
         self.proc: BaseProcess = ctx.Process(
-            target=_child_main, args=(child_conn,), name="tenure-task-process", daemon=True
+            target=_child_main,
+            args=(child_conn, lifeline, os.getpid()),
+            name="tenure-task-process",
+            daemon=True,
         )
         self.proc.start()
         child_conn.close()
+        lifeline.close()
 
     def kill(self) -> None:
         if self.proc.is_alive():
             self.proc.kill()
         self.proc.join(timeout=5)
         self.conn.close()
+        self._lifeline.close()
 
 
 class ProcessPool:

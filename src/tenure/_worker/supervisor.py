@@ -11,12 +11,13 @@ Rules:
 - SIGTERM or SIGINT: every child gets SIGTERM and drains; the supervisor exits 0
   once all have exited. A second signal kills the children and exits at once.
 - Children get SIGTERM if the supervisor itself dies (Linux parent-death signal),
-  so no worker is left behind.
+  so no worker is left behind: each drains, and its task processes end with it. A
+  child whose supervisor died before that signal was set up exits before it starts.
 """
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import logging
 import os
 import signal
@@ -26,21 +27,14 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from tenure._worker.lineage import die_with_parent
+
 log = logging.getLogger(__name__)
 
 RESTART_WINDOW = 60.0
 RESTART_BACKOFF_BASE = 0.5
 RESTART_BACKOFF_CAP = 30.0
 TICK = 0.05
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 def restart_delay(recent_restarts: int) -> float:
@@ -69,7 +63,9 @@ class Supervisor:
 
     def _spawn(self, slot: Slot) -> None:
         env = {**os.environ, "TENURE_SUPERVISED_SLOT": str(slot.index)}
-        slot.proc = subprocess.Popen(self.argv, env=env, preexec_fn=_die_with_parent)
+        # The child drains when this process dies; it runs between fork and exec.
+        drain_on_death = functools.partial(die_with_parent, os.getpid(), signal.SIGTERM)
+        slot.proc = subprocess.Popen(self.argv, env=env, preexec_fn=drain_on_death)
         slot.restart_at = None
         log.info("child_started slot=%d pid=%d", slot.index, slot.proc.pid)
 
