@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +105,14 @@ class Limits:
             f"result too large: {human_size(size)}, limit {human_size(self.result_bytes)} "
             "(Limits.result_bytes); store large results elsewhere and return a reference"
         )
+
+    def exception_text(self, exc: BaseException) -> str:
+        """The traceback of ``exc`` as it can be stored, whatever its ``str()`` does."""
+        try:
+            text = "".join(traceback.format_exception(exc)).strip()
+        except Exception as again:  # a __str__ that raises, a broken traceback
+            text = f"{type(exc).__qualname__} (its message could not be shown: {again!r})"
+        return self.error_text(text)
 
     def error_text(self, text: str) -> str:
         """An error text as it can be stored: no NUL, valid UTF-8, within the limit

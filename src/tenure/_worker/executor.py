@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import traceback
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -30,19 +29,10 @@ from tenure._worker.state import Claimed
 from tenure._worker.threads import DaemonThreadPool
 from tenure.context import TaskContext, _current, bind
 from tenure.errors import Discard, PayloadInvalid, RetryAfter
-from tenure.limits import Limits, not_json
+from tenure.limits import not_json
 from tenure.registry import Task
 
 log = logging.getLogger(__name__)
-
-
-def _error_text(exc: BaseException, limits: Limits) -> str:
-    """The traceback of ``exc`` as it can be stored, whatever its ``str()`` does."""
-    try:
-        text = "".join(traceback.format_exception(exc)).strip()
-    except Exception as again:  # a __str__ that raises, a broken traceback
-        text = f"{type(exc).__qualname__} (its message could not be shown: {again!r})"
-    return limits.error_text(text)
 
 
 def _result_outcome(task: Task[Any, Any], claimed: Claimed, encoded: bytes) -> Outcome:
@@ -129,7 +119,7 @@ async def execute(
                 tid,
                 attempt,
                 "error",
-                error=_error_text(exc, limits),
+                error=limits.exception_text(exc),
                 delay=_retry_delay(task, claimed),
             )
         ctx.mark_stop()
@@ -146,7 +136,7 @@ async def execute(
             tid,
             attempt,
             "error",
-            error=_error_text(exc, limits),
+            error=limits.exception_text(exc),
             delay=_retry_delay(task, claimed),
         )
     if result is None:  # most tasks return nothing
@@ -223,6 +213,8 @@ async def _in_process(
     if reply.kind == "ok":
         return _result_outcome(task, claimed, reply.text.encode("utf-8", "backslashreplace"))
     text = task.registry.limits.error_text(reply.text)
+    if reply.kind == "refused":  # the process found its result too large to send
+        return _refused(claimed, text)
     if reply.kind in ("invalid", "discard"):
         return Outcome(tid, attempt, "discarded", error=text)
     if reply.kind == "retry_after":

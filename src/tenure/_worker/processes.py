@@ -29,7 +29,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -84,6 +83,7 @@ def _child_main(conn: Connection, lifeline: Connection, worker: int) -> None:
 
     from tenure.context import TaskContext, _current
     from tenure.errors import Discard, PayloadInvalid, RetryAfter
+    from tenure.limits import DEFAULT as limits
 
     while True:
         try:
@@ -97,12 +97,17 @@ def _child_main(conn: Connection, lifeline: Connection, worker: int) -> None:
             for part in job.qualname.split("."):
                 obj = getattr(obj, part)
             task = obj
+            limits = task.registry.limits
             _current.set(TaskContext(job.task_id, job.attempt, job.task_name, job.queue))
             payload = task.decode(job.payload)
             result = task.fn(payload)
             if asyncio.iscoroutine(result):
                 result = asyncio.run(result)
-            reply = Reply("ok", pydantic_core.to_json(result).decode())
+            # A result too large to store is not sent to the worker at all.
+            why = limits.precheck_result(result)
+            encoded = b"" if why else pydantic_core.to_json(result)
+            why = why or limits.check_result(encoded)
+            reply = Reply("refused", why) if why else Reply("ok", encoded.decode())
         except PayloadInvalid as exc:
             reply = Reply("invalid", str(exc))
         except RetryAfter as exc:
@@ -110,7 +115,7 @@ def _child_main(conn: Connection, lifeline: Connection, worker: int) -> None:
         except Discard as exc:
             reply = Reply("discard", exc.reason)
         except BaseException as exc:
-            reply = Reply("error", "".join(traceback.format_exception(exc)).strip())
+            reply = Reply("error", limits.exception_text(exc))
         try:
             conn.send(Reply(reply.kind, reply.text, reply.delay, _resident_bytes()))
         except OSError:  # the worker is gone: nobody to tell, nothing to report
