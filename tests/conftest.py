@@ -21,6 +21,8 @@ import pytest
 from tenure import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
+#: PYTHONPATH for the processes tests start: this checkout's tenure and its tests.
+SUBPROCESS_PATH = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
 T = TypeVar("T")
 
 
@@ -122,7 +124,7 @@ class WorkerProcess:
             **os.environ,
             "TENURE_DATABASE_URL": database_url,
             "TENURE_TEST_SCHEMA": schema,
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": SUBPROCESS_PATH,
         }
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
@@ -223,5 +225,5 @@ def tenure_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", **(env or {})},
+        env={**os.environ, "PYTHONPATH": SUBPROCESS_PATH, "COLUMNS": "200", **(env or {})},
     )
