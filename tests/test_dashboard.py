@@ -12,6 +12,7 @@ import http.cookiejar
 import os
 import random
 import re
+import select
 import socket
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import CHILD_PYTHONPATH, ROOT, eventually
+from tests.conftest import CHILD_PYTHONPATH, ROOT, eventually, worker_id_of
 
 pytestmark = pytest.mark.acceptance
 
@@ -223,6 +224,104 @@ def test_actions_need_post_and_a_matching_csrf_token(
     assert db.execute(paused).fetchone() == (False,)
 
 
+def peak_memory_kb(pid: int) -> int:
+    """The process's peak resident memory (VmHWM), in kB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1))  # type: ignore[union-attr]
+
+
+def post_streamed(
+    port: int, path: str, total: int, *, chunked: bool, wait: float = 0
+) -> tuple[int, int]:
+    """POST ``total`` bytes to ``path`` in 64 KiB pieces, stopping as soon as the
+    server answers (waiting up to ``wait`` seconds for an answer to the headers alone
+    first); the answer's status and the bytes of body sent by then."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {total}"
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/x-www-form-urlencoded\r\n{framing}\r\n\r\n".encode()
+    )
+    piece = b"a" * 65536
+    frame = b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece
+    sent = 0
+    with sock:
+        try:
+            answered = bool(select.select([sock], [], [], wait)[0])
+            while not answered and sent < total:
+                readable, writable, _ = select.select([sock], [sock], [], 30)
+                assert readable or writable, "the server neither reads nor answers"
+                answered = bool(readable)
+                if not answered:
+                    sock.sendall(frame)
+                    sent += len(piece)
+            if not answered and chunked:
+                sock.sendall(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed while this was still sending
+        answer = b""
+        try:
+            while b"\r\n" not in answer:
+                more = sock.recv(65536)
+                if not more:
+                    break
+                answer += more
+        except ConnectionResetError:
+            pass
+    assert answer.startswith(b"HTTP/1.1 "), answer[:200]
+    return int(answer.split()[1]), sent
+
+
+def test_a_huge_form_is_refused_while_it_streams_without_being_held(dashboard: Any) -> None:
+    # Given a dashboard that has served a page and refused a small bad form
+    d = dashboard()
+    assert d.request("/")[0] == 200
+    assert d.request("/queues/work/pause", data={"csrf": "x"})[0] == 403
+    before = peak_memory_kb(d.proc.pid)
+    # When a 600 MB form is declared, it is refused before a byte of it is sent
+    status, sent = post_streamed(d.port, "/queues/work/pause", 600 << 20, chunked=False, wait=10)
+    assert (status, sent) == (413, 0)
+    # And when one is sent chunked, with no length, it is refused once past the cap
+    # (what was sent by then sits in the sockets' buffers, not in the dashboard)
+    status, sent = post_streamed(d.port, "/queues/work/pause", 600 << 20, chunked=True)
+    assert status == 413 and sent < 64 << 20
+    # Then the dashboard's peak memory barely moved, and it still serves
+    assert peak_memory_kb(d.proc.pid) - before < 20_000
+    assert d.request("/")[0] == 200
+    # And a form just over the cap gets the same 413
+    assert d.request("/queues/work/pause", data={"csrf": "x" * 5000})[0] == 413
+
+
+def test_every_response_forbids_framing_sniffing_and_foreign_scripts(dashboard: Any) -> None:
+    d = dashboard()
+    for path, headers, expected in [
+        ("/", {}, 200),
+        ("/tasks?state=bogus", {}, 400),
+        ("/static/htmx.min.js", {}, 200),
+        ("/nope", {}, 404),
+        ("/", {"Host": "evil.example"}, 403),
+    ]:
+        status, _, got = d.request(path, headers=headers)
+        assert status == expected, path
+        assert got["x-frame-options"] == "DENY", path
+        assert got["x-content-type-options"] == "nosniff", path
+        policy = got["content-security-policy"]
+        assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy, path
+        assert "unsafe-inline" not in policy
+    # And no page needs an inline script or handler that such a policy would block
+    page = d.request("/")[1]
+    assert not re.search(r"<script(?![^>]*\bsrc=)", page)
+    assert not re.search(r"\son[a-z]+=", page)
+
+
+def test_host_names_that_only_start_like_loopback_are_refused(dashboard: Any) -> None:
+    d = dashboard()
+    for host in [f"[::1]:{d.port}", "[::1]", f"127.0.0.1:{d.port}", "LOCALHOST"]:
+        assert d.request("/", headers={"Host": host})[0] == 200, host
+    for host in ["[::1].evil.com", "localhost.evil.com", "127.0.0.1.evil.com", "::1", ""]:
+        assert d.request("/", headers={"Host": host})[0] == 403, host
+
+
 BAD_QUERIES = [
     "/tasks?state=bogus",
     "/tasks?state=%00",
@@ -416,3 +515,44 @@ def test_browser_pauses_a_queue_and_claims_stop(
     expect(row.locator(".badge")).to_have_text("active")
     eventually(lambda: all(h.state() == "succeeded" for h in held), timeout=20)
     assert re.search(r"\d", row.locator("td").nth(7).inner_text())
+
+
+def test_browser_asks_before_draining_and_the_policy_blocks_nothing_the_pages_use(
+    dashboard: Any, workers: Any, db: psycopg.Connection[Any], page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    # Given a dashboard whose pages are watched for anything their policy blocks
+    blocked: list[str] = []
+    page.on("console", lambda m: blocked.append(m.text) if "Content Security" in m.text else None)
+    d = dashboard()
+    w = workers("--lease", "3s")
+    wid = str(worker_id_of(db, w.pid))
+    drain_asked = "SELECT drain_requested FROM workers WHERE id = %s"
+    page.goto(f"{d.base}/")
+    button = page.locator("#workers").get_by_role("button", name="Drain")
+    # When the operator clicks Drain and says no, the worker is left alone
+    questions: list[str] = []
+
+    def answer(accept: bool) -> Callable[[Any], None]:
+        def on_dialog(dialog: Any) -> None:
+            questions.append(dialog.message)
+            dialog.accept() if accept else dialog.dismiss()
+
+        return on_dialog
+
+    page.once("dialog", answer(False))
+    button.click()
+    eventually(lambda: questions, what="the confirm dialog")
+    assert questions[0].startswith(f"Drain worker {wid[:8]}? It stops claiming")
+    assert db.execute(drain_asked, (wid,)).fetchone() == (False,)
+    # And when they say yes, it is asked to drain
+    page.once("dialog", answer(True))
+    button.click()
+    expect(page.locator(".flash")).to_have_text(f"Worker {wid[:8]} asked to drain")
+    assert len(questions) == 2
+    assert w.wait(30) == 0
+    # Then the live refresh went on and every page loaded without a policy violation
+    page.goto(f"{d.base}/tasks")
+    page.wait_for_timeout(1500)  # a refresh or two of #live
+    assert blocked == []

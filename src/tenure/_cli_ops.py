@@ -4,11 +4,14 @@ Each is a thin shell over :class:`tenure.client.Client` (no SQL here) that print
 rich table or one line. Mistakes an operator can make (an unknown task id, a worker
 id prefix that names two workers, a bad filter) end in one line on stderr through
 ``tenure.cli.run``.
+
+Every string read from the database is printed through :func:`tenure._untrusted.inert`
+and as rich ``Text``: its control characters show as ``\x1b``-style escapes and its
+brackets as brackets, never as terminal codes or rich markup.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -16,6 +19,7 @@ from typing import Any
 
 import click
 
+from tenure._untrusted import inert, is_loopback
 from tenure.client import PRUNE_BATCH, TASK_STATES
 
 DEFAULT_DASHBOARD_PORT = 8484
@@ -40,6 +44,20 @@ def _console() -> Any:
     return Console()
 
 
+def shown(text: str, *, lines: bool = False) -> Any:
+    """A database string as rich prints it: inert, and never read as markup."""
+    from rich.text import Text
+
+    return Text(inert(text, lines=lines))
+
+
+def _json(value: Any) -> Any:
+    """A payload or result, indented and coloured as JSON, inert."""
+    from rich.syntax import Syntax
+
+    return Syntax(inert(json.dumps(value, indent=2, default=str), lines=True), "json")
+
+
 def _table(title: str, columns: list[str], rows: list[list[str]], numeric: set[str]) -> Any:
     from rich.table import Table
 
@@ -47,7 +65,7 @@ def _table(title: str, columns: list[str], rows: list[list[str]], numeric: set[s
     for col in columns:
         table.add_column(col, justify="right" if col in numeric else "left")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(shown(cell) for cell in row))
     return table
 
 
@@ -127,8 +145,6 @@ def tasks_list(
 @click.argument("task_id", type=click.IntRange(1, 2**63 - 1))
 def tasks_show(dsn: str | None, schema: str, task_id: int) -> None:
     """One task: its fields, payload, result and every attempt."""
-    from rich.syntax import Syntax
-
     client = _client(dsn, schema)
     info = client.get(task_id)
     console = _console()
@@ -145,10 +161,10 @@ def tasks_show(dsn: str | None, schema: str, task_id: int) -> None:
     ]
     console.print(_table(f"task {info.id}", ["field", "value"], fields, set()))
     console.print("payload")
-    console.print(Syntax(json.dumps(info.payload, indent=2, default=str), "json"))
+    console.print(_json(info.payload))
     if info.result is not None:
         console.print("result")
-        console.print(Syntax(json.dumps(info.result, indent=2, default=str), "json"))
+        console.print(_json(info.result))
     attempts = client.attempts(task_id)
     console.print(
         _table(
@@ -171,7 +187,7 @@ def tasks_show(dsn: str | None, schema: str, task_id: int) -> None:
     )
     if info.last_error:
         console.print("last error")
-        console.print(info.last_error, markup=False, highlight=False)
+        console.print(shown(info.last_error, lines=True))
 
 
 @tasks.command("retry")
@@ -315,16 +331,6 @@ def make_prune(duration: click.ParamType[Any]) -> click.Command:
 
 
 # -- dashboard -----------------------------------------------------------------------
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost and loopback addresses; binding elsewhere needs a token."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @click.command()

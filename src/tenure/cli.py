@@ -316,6 +316,7 @@ def status(dsn: str | None, schema: str, top_keys: int, count_cap: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from tenure._cli_ops import shown
     from tenure.client import Client
 
     client = Client(dsn, schema=schema)
@@ -338,7 +339,7 @@ def status(dsn: str | None, schema: str, top_keys: int, count_cap: int) -> None:
         for i, col in enumerate(columns):
             t.add_column(col, justify="left" if i == 0 else "right")
         for row in rows:
-            t.add_row(*row)
+            t.add_row(*(shown(cell) for cell in row))
         console.print(t)
 
     def limit(value: Any, used: Any = None) -> str:

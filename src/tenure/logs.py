@@ -12,6 +12,14 @@ outcomes on the dashboard.
     {"ts": "…", "level": "debug", "logger": "tenure._worker.worker",
      "event": "task_claimed", "task_id": 3, "attempt": 1, "queue": "work",
      "worker_id": "5f0c…", "message": "task_claimed task=3 attempt=1 queue=work worker=5f0c…"}
+
+One record is one line in either format, whatever its arguments hold: task data
+(payload keys, error texts, queue names) reaches log messages, so the readable
+format shows a newline, carriage return or any other control character in the
+message as a visible escape (``\n``, ``\x1b``), and JSON escapes them as JSON
+does. A traceback (``exc_info``) keeps its own lines in the readable format, each
+indented under its record so that none can pass for a record of its own; its control
+characters other than newline and tab are escaped too.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+from tenure._untrusted import inert
 
 #: The events tenure reports, with what each means. Log lines, metric names and the
 #: dashboard's outcome labels all use these words.
@@ -103,12 +113,38 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """``TEXT_FORMAT``, one line a record: the message inert, a traceback indented."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        # logging.Formatter.format, but the message made inert on a copy of the record
+        # (other handlers see it as it was) and the traceback never cached on it.
+        safe = logging.makeLogRecord(record.__dict__)
+        safe.message = inert(record.getMessage())
+        safe.asctime = self.formatTime(record, self.datefmt)
+        line = self.formatMessage(safe)
+        if record.exc_info:
+            line += "\n" + _indented(self.formatException(record.exc_info))
+        elif record.exc_text:
+            line += "\n" + _indented(record.exc_text)
+        if record.stack_info:
+            line += "\n" + _indented(self.formatStack(record.stack_info))
+        return line
+
+
+def _indented(text: str) -> str:
+    return "\n".join("    " + line for line in inert(text, lines=True).splitlines())
+
+
 def setup_logging(level: str = "info", log_format: str = "text") -> None:
     """Send tenure's logs to stderr, readable (``text``) or as JSON lines (``json``)."""
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}")
     handler = logging.StreamHandler(sys.stderr)
-    formatter = JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    formatter = JsonFormatter() if log_format == "json" else TextFormatter()
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in list(root.handlers):

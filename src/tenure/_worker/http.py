@@ -9,6 +9,10 @@ Rules:
 - ``/livez`` is 200 whenever the event loop answers. ``/readyz`` is 200 once the
   worker is registered and claiming, 503 while it starts, drains or is self-fenced.
 - Only GET and HEAD; nothing here reads a request body or writes to the database.
+- Bound to a loopback address, a request whose ``Host`` is not a loopback name is
+  refused (403), so a page elsewhere cannot read queue and task names by DNS
+  rebinding. Bound beyond loopback (a pod's 0.0.0.0, probed at the pod's IP), any
+  ``Host`` is served.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from tenure._untrusted import is_loopback, is_loopback_host_header
 from tenure.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -103,7 +108,11 @@ class Surfaces:
             request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
             method, target, _ = request_line.split(" ", 2)
             path = target.split("?", 1)[0]
-            status, body, ctype = await self._respond(method, path, routes)
+            if self._foreign_host(head):
+                refused = "refused: bound to loopback, this server answers Host: localhost only\n"
+                status, body, ctype = 403, refused, "text/plain; charset=utf-8"
+            else:
+                status, body, ctype = await self._respond(method, path, routes)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
             writer.close()
             return
@@ -113,7 +122,13 @@ class Surfaces:
             log.exception("worker_http_failed")
             status, body, ctype = 500, "internal error\n", "text/plain; charset=utf-8"
         payload = body.encode()
-        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+        reason = {
+            200: "OK",
+            400: "Bad Request",
+            403: "Forbidden",
+            404: "Not Found",
+            405: "Method Not Allowed",
+        }
         lines = [
             f"HTTP/1.1 {status} {reason.get(status, 'Service Unavailable')}",
             f"Content-Type: {ctype}",
@@ -130,6 +145,16 @@ class Surfaces:
             pass
         finally:
             writer.close()
+
+    def _foreign_host(self, head: bytes) -> bool:
+        """True when bound to loopback and the request's Host names another host."""
+        if not is_loopback(self.config.host):
+            return False
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"host":
+                return not is_loopback_host_header(value.strip().decode("latin-1"))
+        return True
 
     async def _respond(self, method: str, path: str, routes: set[str]) -> tuple[int, str, str]:
         text = "text/plain; charset=utf-8"

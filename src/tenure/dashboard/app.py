@@ -8,7 +8,12 @@ Rules:
   With a token, which is required beyond localhost, every request must carry it:
   ``Authorization: Bearer …`` or the cookie set by visiting ``/?token=…`` once.
 - Actions are POST only and carry a CSRF token that must match the per-browser
-  cookie (double submit); a cross-site ``Origin`` is refused as well.
+  cookie (double submit); a cross-site ``Origin`` is refused as well. A form body
+  is read as it streams in and refused (413) the moment it passes ``MAX_BODY``;
+  no more than that is ever held.
+- Every response forbids framing and MIME sniffing and carries a
+  Content-Security-Policy that allows only the dashboard's own scripts, styles and
+  requests: no inline script or handler, so database text can never run as code.
 - Query parameters are validated: a bad one is a 400 page, an unknown task a 404,
   an unreachable database a 503; never a 500 for anything a request can contain.
 - Pages refresh the part marked ``#live`` every few seconds with htmx.
@@ -20,7 +25,7 @@ import hmac
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -36,6 +41,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tenure._untrusted import is_loopback, is_loopback_host_header
 from tenure.client import TASK_STATES, Client
 from tenure.dashboard import views
 from tenure.errors import DatabaseError, TaskNotFound, TenureError
@@ -48,7 +54,17 @@ TOKEN_COOKIE = "tenure_token"
 MAX_TEXT = 200
 MAX_BODY = 4096
 MAX_ID = 2**63 - 1
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+SECURITY_HEADERS = [
+    (
+        b"content-security-policy",
+        b"default-src 'none'; script-src 'self'; style-src 'self'; "
+        b"img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+        b"base-uri 'none'",
+    ),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+]
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -109,7 +125,8 @@ def safe_next(raw: str | None, default: str) -> str:
 
 
 class Guard:
-    """Host and token checks in front of every request (pages, actions, assets)."""
+    """Host and token checks in front of every request (pages, actions, assets), and
+    the security headers on every response."""
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
@@ -119,19 +136,22 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+            await send(message)
+
         request = Request(scope)
         refusal = self.check(request)
         if refusal is not None:
-            await refusal(scope, receive, send)
+            await refusal(scope, receive, send_with_headers)
             return
-        await self.app(scope, receive, send)
+        await self.app(scope, receive, send_with_headers)
 
     def check(self, request: Request) -> Response | None:
         if self.token is None:
-            host = (request.headers.get("host") or "").rsplit(":", 1)[0].lower()
-            if request.headers.get("host", "").startswith("["):
-                host = request.headers["host"].split("]")[0] + "]"
-            if host not in LOOPBACK_NAMES:
+            if not is_loopback_host_header(request.headers.get("host")):
                 return PlainTextResponse(
                     "refused: this dashboard serves localhost only (start it with --auth-token "
                     "to serve other names)\n",
@@ -162,6 +182,24 @@ def _unauthorized() -> Response:
         status_code=401,
         headers={"WWW-Authenticate": 'Bearer realm="tenure"'},
     )
+
+
+async def read_capped(request: Request, cap: int) -> bytes:
+    """The request's body, or 413 as soon as it is known to be longer than ``cap``:
+    at once for a longer ``Content-Length``, else when the bytes streamed in pass it.
+    The refusal closes the connection, so the rest of the body is never read."""
+    declared = request.headers.get("content-length", "")
+    too_large = HTTPException(
+        413, f"the form is larger than {cap} bytes", headers={"Connection": "close"}
+    )
+    if declared.strip().isdigit() and int(declared) > cap:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > cap:
+            raise too_large
+    return bytes(body)
 
 
 class Dashboard:
@@ -246,9 +284,7 @@ class Dashboard:
             origin_host = origin.split("://", 1)[-1]
             if origin_host != request.headers.get("host"):
                 raise HTTPException(403, "refused: the action came from another site")
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            raise HTTPException(413, "form too large")
+        body = await read_capped(request, MAX_BODY)
         try:
             parsed = parse_qs(body.decode("utf-8"), max_num_fields=10)
         except (UnicodeDecodeError, ValueError):
@@ -309,11 +345,21 @@ class Dashboard:
 
     # -- errors ----------------------------------------------------------------------
 
-    def error_page(self, request: Request, status: int, message: str) -> Response:
+    def error_page(
+        self,
+        request: Request,
+        status: int,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> Response:
         try:
-            return self.render(request, "error.html", status=status, code=status, message=message)
+            response = self.render(
+                request, "error.html", status=status, code=status, message=message
+            )
         except Exception:
-            return PlainTextResponse(f"{status}: {message}\n", status_code=status)
+            response = PlainTextResponse(f"{status}: {message}\n", status_code=status)
+        response.headers.update(headers or {})
+        return response
 
 
 def create_app(
@@ -326,8 +372,6 @@ def create_app(
     client: Client | None = None,
 ) -> ASGIApp:
     """The dashboard as an ASGI app. Beyond localhost a ``token`` is required."""
-    from tenure._cli_ops import is_loopback
-
     if token is None and not is_loopback(host):
         raise TenureError(f"binding the dashboard to {host} requires an auth token")
     dash = Dashboard(client or Client(dsn, schema=schema), refresh=refresh, token=bool(token))
@@ -337,7 +381,7 @@ def create_app(
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        return dash.error_page(request, exc.status_code, str(exc.detail))
+        return dash.error_page(request, exc.status_code, str(exc.detail), exc.headers)
 
     async def database_error(request: Request, exc: Exception) -> Response:
         log.warning("dashboard_database_error error=%s", exc)
