@@ -23,6 +23,13 @@ test: $(STAMP)
 chaos: $(STAMP)
 	$(PY) -m chaos $(CHAOS_ARGS)
 
+# The fuzz tests with many more examples and a fresh seed each run; prints what they
+# tried and how it ended (FUZZ_EXAMPLES=5000 for a longer run).
+FUZZ_EXAMPLES ?= 2000
+.PHONY: fuzz
+fuzz: $(STAMP)
+	TENURE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) TENURE_FUZZ_RANDOM=1 $(PY) -m pytest -q -s tests/test_fuzz.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests examples bench chaos
 	$(VENV)/bin/ruff format --check src tests examples bench chaos

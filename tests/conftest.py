@@ -207,6 +207,14 @@ def fleet_app(schema: str, monkeypatch: pytest.MonkeyPatch, database_url: str) -
     fleet.reg.client.close()
 
 
+@pytest.fixture
+def hostile(schema: str, monkeypatch: pytest.MonkeyPatch, database_url: str) -> Iterator[Any]:
+    """``tests.apps.hostile``: tasks whose outcomes are hard to write."""
+    app = load_app("tests.apps.hostile", schema, database_url, monkeypatch)
+    yield app
+    app.reg.client.close()
+
+
 def worker_id_of(db: psycopg.Connection[Any], pid: int) -> uuid.UUID:
     """The id of the live worker row that process ``pid`` registered."""
 

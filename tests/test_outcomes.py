@@ -8,7 +8,6 @@ outcome, a trigger on the test's own schema makes it refuse exactly that one.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -18,17 +17,10 @@ from psycopg import errors as pgerrors
 from tenure import Limits, PayloadInvalid, Registry
 from tenure._db.connect import connection_lost, is_transient
 from tenure.errors import DatabaseError
-from tests.conftest import eventually, load_app
+from tests.conftest import eventually
 from tests.test_metrics import free_port, get
 
 APP = "tests.apps.hostile:reg"
-
-
-@pytest.fixture
-def hostile(schema: str, monkeypatch: pytest.MonkeyPatch, database_url: str) -> Iterator[Any]:
-    app = load_app("tests.apps.hostile", schema, database_url, monkeypatch)
-    yield app
-    app.reg.client.close()
 
 
 def all_finished(
@@ -212,6 +204,7 @@ def test_transience_is_decided_by_sqlstate_not_by_exception_class() -> None:
         ({"x": [1, float("inf")]}, "t: payload.x[1] is NaN or infinite"),
         ({"x": "a\x00b"}, "t: payload.x contains a NUL character"),
         ({"k\x00": 1}, "t: payload key 'k\\x00' contains a NUL character"),
+        ({"x": ["ok", "scan-\udcff.pdf"]}, "t: payload.x[1] is not valid UTF-8"),
         ({"x": "y" * 1_100_000}, "t: payload too large: 1.0 MB, limit 1.0 MB"),
     ],
 )

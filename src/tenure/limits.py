@@ -137,6 +137,13 @@ def clean_text(text: str) -> str:
     return text.replace("\x00", "\\0")
 
 
+def not_utf8_at(value: Any) -> str | None:
+    """Where in ``value`` a string or key is not valid UTF-8 (a lone surrogate, as a
+    file name decoded with ``surrogateescape`` holds), as ``.a[2]``; None if nowhere."""
+    path = _find(value, lambda v: isinstance(v, str) and not _utf8_ok(v))
+    return path if path or (isinstance(value, str) and not _utf8_ok(value)) else None
+
+
 def human_size(n: int) -> str:
     if n >= MB:
         return f"{n / MB:.1f} MB"

@@ -27,7 +27,7 @@ import pydantic_core
 from tenure._durations import as_timedelta
 from tenure.client import Client, TaskInfo
 from tenure.errors import AlreadyRegistered, ConfigError, PayloadInvalid, TaskNotFound
-from tenure.limits import Limits
+from tenure.limits import Limits, not_utf8_at
 from tenure.options import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_CRASHES,
@@ -127,6 +127,13 @@ class Task(Generic[P, R]):
         try:
             data = self._adapter.dump_json(value)
         except pydantic_core.PydanticSerializationError as exc:
+            where = not_utf8_at(value)
+            if where is not None:
+                raise PayloadInvalid(
+                    f"{self.name}: {label}{where} is not valid UTF-8 (a lone surrogate, as "
+                    "from a file name decoded with surrogateescape); send it as bytes "
+                    "encoded in base64, or decode it with errors='replace'"
+                ) from None
             raise PayloadInvalid(f"{self.name}: {label} is not JSON: {exc}") from None
         text = data.decode()
         self.registry.limits.check_payload(
