@@ -25,6 +25,7 @@ from tenure._worker.link import Link
 from tenure._worker.state import Claimed, Held, Holdings
 from tenure.context import TaskContext
 from tests.conftest import ROOT, direct_url, eventually
+from tests.privilege import create_schema
 from tests.test_queue import LEASE, FakeWorker, expire_now, reap
 
 
@@ -250,7 +251,7 @@ def test_a_schema_that_belongs_to_something_else_is_one_line(
     database_url: str, schema: str
 ) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
+        create_schema(conn, schema)
         conn.execute(f"CREATE TABLE {schema}.tasks (something_else int)")
     result = subprocess.run(
         [sys.executable, "-m", "tenure", "status", "--schema", schema],
@@ -349,6 +350,19 @@ def test_a_renewal_answered_after_most_of_a_lease_does_not_end_self_fencing(
     assert asyncio.run(scenario()) == (True, True, False)
 
 
+def fill_deep_backlog(conn: psycopg.Connection[Any]) -> None:
+    """Queue tasks in "work" past 16 MB of hot table, one in 40 named 'ghost', the rest
+    'known', and ANALYZE them."""
+    conn.execute("""
+        INSERT INTO tasks (task_name, queue, payload, max_attempts, max_crashes)
+        SELECT CASE WHEN g % 40 = 0 THEN 'ghost' ELSE 'known' END, 'work',
+               '{"padding": "................................................"}', 5, 3
+        FROM generate_series(1, 120000) g""")
+    conn.execute("ANALYZE tasks")
+    size = conn.execute("SELECT pg_relation_size('tasks')").fetchone()
+    assert size is not None and size[0] > 16 * 2**20
+
+
 def test_the_unknown_task_check_reads_statistics_not_a_deep_backlog(
     fleet_app: Any, db: psycopg.Connection[Any], schema: str
 ) -> None:
@@ -361,14 +375,7 @@ def test_the_unknown_task_check_reads_statistics_not_a_deep_backlog(
         SELECT 'ghost', 'work', '{}', 5, 3 FROM generate_series(1, 30)""")
     assert client.execute("tasks_unknown", params) == [("ghost",)]
     # Given a deep one (past 16 MB) whose statistics are fresh
-    db.execute("""
-        INSERT INTO tasks (task_name, queue, payload, max_attempts, max_crashes)
-        SELECT CASE WHEN g % 40 = 0 THEN 'ghost' ELSE 'known' END, 'work',
-               '{"padding": "................................................"}', 5, 3
-        FROM generate_series(1, 120000) g""")
-    db.execute("ANALYZE tasks")
-    size = db.execute("SELECT pg_relation_size('tasks')").fetchone()
-    assert size is not None and size[0] > 16 * 2**20
+    fill_deep_backlog(db)
     # When the check runs, Then it names the unknown task without scanning the table
     assert client.execute("tasks_unknown", params) == [("ghost",)]
     query = sqlfiles.query("tasks_unknown", schema)
