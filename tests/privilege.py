@@ -27,8 +27,9 @@ from psycopg import sql
 MODE = os.environ.get("TENURE_TEST_ROLE", "").lower()
 MODES = ("", "owner", "dml")
 DOC = Path(__file__).resolve().parent.parent / "docs" / "deployment.md"
-# The names the doc's statements use, and what each stands for.
-DOC_OWNER, DOC_APP, DOC_SCHEMA = "myapp_owner", "myapp", "tenure"
+# The names the doc's statements use for the owner, the application role, the schema
+# and the database.
+DOC_NAMES = ("myapp_owner", "myapp", "tenure", "appdb")
 
 
 def doc_statements(block: str) -> list[str]:
@@ -41,9 +42,9 @@ def doc_statements(block: str) -> list[str]:
     return [s.strip() for s in " ".join(lines).split(";") if s.strip()]
 
 
-def fill(statement: str, *, owner: str, app: str, schema: str) -> str:
+def fill(statement: str, *, owner: str, app: str, schema: str, database: str) -> str:
     """``statement`` with the doc's example names replaced by real ones."""
-    names = {DOC_OWNER: owner, DOC_APP: app, DOC_SCHEMA: schema}
+    names = dict(zip(DOC_NAMES, (owner, app, schema, database), strict=True))
     return re.sub(
         rf"\b({'|'.join(names)})\b",
         lambda m: sql.Identifier(names[m.group(1)]).as_string(),
@@ -82,7 +83,9 @@ class Roles:
         self.owner_url = as_user(admin_url, self.owner)
         self.app_url = as_user(admin_url, self.app)
         with self._admin() as conn:
-            self.run_doc(conn, "roles", DOC_SCHEMA)
+            current = conn.execute("SELECT current_database()::text").fetchone()
+            self.database = current[0] if current else ""
+            self.run_doc(conn, "roles", "")
             row = conn.execute(
                 "SELECT rolsuper, has_database_privilege(%s, current_database(), 'CREATE') "
                 "FROM pg_roles WHERE rolname = %s",
@@ -106,7 +109,10 @@ class Roles:
     def run_doc(self, conn: psycopg.Connection[Any], block: str, schema: str) -> None:
         """Run docs/deployment.md's ``block`` on ``conn``, with these roles and ``schema``."""
         for statement in doc_statements(block):
-            conn.execute(fill(statement, owner=self.owner, app=self.app, schema=schema).encode())
+            filled = fill(
+                statement, owner=self.owner, app=self.app, schema=schema, database=self.database
+            )
+            conn.execute(filled.encode())
 
     def make_schema(self, name: str) -> None:
         """Make schema ``name`` for the owner; in the DML tier, migrate it as the owner
@@ -121,6 +127,11 @@ class Roles:
         with dbconnect.connect(self.owner_url, "tenure-test-owner") as conn:
             migrate(conn, name)
         self.grant_app(name)
+
+    def grant_database(self) -> None:
+        """Give the owner CREATE on the database (the doc's other way to migrate)."""
+        with self._admin() as conn:
+            self.run_doc(conn, "database", "")
 
     def grant_app(self, name: str) -> None:
         """Give the application role its grants on schema ``name``, as its owner."""

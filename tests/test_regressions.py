@@ -247,6 +247,7 @@ def test_complete_counts_a_task_named_twice_in_one_batch_once(
     assert db.execute("SELECT count(*) FROM attempts").fetchone() == (1,)
 
 
+@pytest.mark.needs_owner  # makes a table in the schema
 def test_a_schema_that_belongs_to_something_else_is_one_line(
     database_url: str, schema: str
 ) -> None:
@@ -404,6 +405,7 @@ def test_queue_depth_for_metrics_is_estimated_over_a_deep_backlog(
     assert rows["work"][4] is not None and float(rows["work"][4]) >= 3000
 
 
+@pytest.mark.needs_owner  # only the owner may vacuum
 def test_the_vacuumer_clears_a_burn_down_of_dead_rows_and_leaves_a_clean_table_alone(
     database_url: str, db: psycopg.Connection[Any], schema: str
 ) -> None:

@@ -64,6 +64,7 @@ def catalog(conn: psycopg.Connection[Any], schema: str) -> dict[str, list[tuple[
     }
 
 
+@pytest.mark.needs_owner  # migrates a fresh schema
 def test_migrations_produce_exactly_schema_sql(
     database_url: str, admin_url: str, new_schema: Callable[[str], str]
 ) -> None:
@@ -110,12 +111,14 @@ def race_migrations(database_url: str, schema: str, callers: int = 8) -> list[li
     return applied
 
 
+@pytest.mark.needs_owner  # migrates a fresh schema
 def test_concurrent_migrations_apply_once(database_url: str, schema: str) -> None:
     applied = race_migrations(database_url, schema)
     # every numbered migration plus the functions file, applied by exactly one caller
     assert sorted(len(a) for a in applied) == [0] * 7 + [len(sqlfiles.migration_names()) + 1]
 
 
+@pytest.mark.needs_owner  # migrates a fresh schema
 def test_concurrent_migrations_through_a_warm_pool_apply_once(
     database_url: str, new_schema: Callable[[str], str]
 ) -> None:
@@ -267,6 +270,18 @@ def test_the_owner_of_a_schema_made_for_it_migrates_without_create_on_the_databa
             (schema,),
         ).fetchall()
     assert owners == [(plain_roles.owner,)]
+
+
+@pytest.mark.needs_superuser
+def test_an_owner_with_create_on_the_database_makes_the_schema_itself(
+    admin_url: str, schema: str, plain_roles: privilege.Roles
+) -> None:
+    # Given no schema, and a role granted CREATE on the database
+    plain_roles.grant_database()
+    # When it migrates, Then it makes the schema and applies every migration
+    with dbconnect.connect(plain_roles.owner_url) as conn:
+        assert len(migrate(conn, schema)) == len(sqlfiles.migration_names()) + 1
+    assert schema_exists(admin_url, schema)
 
 
 @pytest.mark.needs_superuser
