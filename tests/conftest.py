@@ -1,6 +1,8 @@
 """Shared fixtures: a real PostgreSQL, a fresh schema per test, real worker processes.
 
 The database is ``TENURE_TEST_DATABASE_URL`` when set, else the embedded server.
+``TENURE_TEST_ROLE=owner|dml`` runs tenure's side of every test as a role that is not
+a superuser (tests/privilege.py); ``admin_url`` stays the superuser's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import psycopg
 import pytest
 
 from tenure import Registry
+from tests import privilege
 
 ROOT = Path(__file__).resolve().parent.parent
 # What processes the tests start import: this checkout's code (not whichever one the
@@ -30,25 +33,68 @@ T = TypeVar("T")
 POOLED = os.environ.get("TENURE_TEST_POOLER", "").lower() == "transaction"
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not POOLED:
-        return
-    skip = pytest.mark.skip(
-        reason="needs LISTEN/NOTIFY or session state, which a pooler in transaction mode "
-        "does not carry"
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "needs_superuser: does what only a superuser may (skipped in a role tier)"
     )
+    config.addinivalue_line(
+        "markers",
+        "needs_owner: does what only the tables' owner may, such as VACUUM (skipped when "
+        "TENURE_TEST_ROLE=dml)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skips: dict[str, pytest.MarkDecorator] = {}
+    if POOLED:
+        skips["needs_session"] = pytest.mark.skip(
+            reason="needs LISTEN/NOTIFY or session state, which a pooler in transaction mode "
+            "does not carry"
+        )
+    if privilege.MODE:
+        skips["needs_superuser"] = pytest.mark.skip(
+            reason=f"needs a superuser; TENURE_TEST_ROLE={privilege.MODE} runs as a plain role"
+        )
+    if privilege.MODE == "dml":
+        skips["needs_owner"] = pytest.mark.skip(
+            reason="needs the tables' owner; TENURE_TEST_ROLE=dml runs with DML grants only"
+        )
     for item in items:
-        if "needs_session" in item.keywords:
-            item.add_marker(skip)
+        for marker, skip in skips.items():
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
+def admin_url() -> str:
+    """The test database as its superuser, straight to it (never through a pooler)."""
     url = os.environ.get("TENURE_TEST_DATABASE_URL")
     if not url:
         from tenure._db.embedded import ensure_embedded
 
         url = ensure_embedded()
+    return url
+
+
+@pytest.fixture(scope="session")
+def roles(admin_url: str) -> Iterator[privilege.Roles | None]:
+    """The least-privilege roles of ``TENURE_TEST_ROLE``, or None (tests run as admin)."""
+    if not privilege.MODE:
+        yield None
+        return
+    if POOLED:
+        raise pytest.UsageError("TENURE_TEST_ROLE and TENURE_TEST_POOLER: use one at a time")
+    made = privilege.Roles(admin_url, privilege.MODE)
+    try:
+        yield made
+    finally:
+        made.drop()
+
+
+@pytest.fixture(scope="session")
+def database_url(admin_url: str, roles: privilege.Roles | None) -> Iterator[str]:
+    """The DSN tenure's code under test runs with: the admin's, or a role tier's."""
+    url = roles.url if roles else admin_url
     if not POOLED:
         yield url
         return
@@ -71,18 +117,39 @@ def direct_url(database_url: str) -> str:
 
 
 @pytest.fixture
-def schema(database_url: str) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    yield name
-    with psycopg.connect(direct_url(database_url), autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+def new_schema(admin_url: str, roles: privilege.Roles | None) -> Iterator[Callable[[str], str]]:
+    """``new_schema(name)`` names a schema the test makes, dropped at its end; in a role
+    tier it is made for the owner first (and, when TENURE_TEST_ROLE=dml, migrated)."""
+    made: list[str] = []
+
+    def make(name: str) -> str:
+        made.append(name)
+        if roles:
+            roles.make_schema(name)
+        return name
+
+    yield make
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        for name in made:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
 @pytest.fixture
-def db(database_url: str, schema: str) -> Iterator[psycopg.Connection[Any]]:
+def schema(new_schema: Callable[[str], str]) -> str:
+    """A fresh schema name for the test: tenure creates it at the first migration (in a
+    role tier it exists already, as docs/deployment.md says to make it)."""
+    return new_schema(f"t_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def db(
+    database_url: str, schema: str, roles: privilege.Roles | None
+) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection straight to the database (never through a test pooler),
-    with the test schema first on the search path: the tests' own eyes."""
-    with psycopg.connect(direct_url(database_url), autocommit=True) as conn:
+    with the test schema first on the search path: the tests' own eyes. In a role
+    tier they are the schema owner's."""
+    eyes = roles.owner_url if roles else direct_url(database_url)
+    with psycopg.connect(eyes, autocommit=True) as conn:
         conn.execute(f"SET search_path = {schema}, public")
         yield conn
 

@@ -25,6 +25,7 @@ from tenure._worker.link import Link
 from tenure._worker.state import Claimed, Held, Holdings
 from tenure.context import TaskContext
 from tests.conftest import CHILD_PYTHONPATH, ROOT, direct_url, eventually
+from tests.privilege import create_schema
 from tests.test_queue import LEASE, FakeWorker, expire_now, reap
 
 
@@ -246,11 +247,12 @@ def test_complete_counts_a_task_named_twice_in_one_batch_once(
     assert db.execute("SELECT count(*) FROM attempts").fetchone() == (1,)
 
 
+@pytest.mark.needs_owner  # makes a table in the schema
 def test_a_schema_that_belongs_to_something_else_is_one_line(
     database_url: str, schema: str
 ) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
+        create_schema(conn, schema)
         conn.execute(f"CREATE TABLE {schema}.tasks (something_else int)")
     result = subprocess.run(
         [sys.executable, "-m", "tenure", "status", "--schema", schema],
@@ -349,6 +351,19 @@ def test_a_renewal_answered_after_most_of_a_lease_does_not_end_self_fencing(
     assert asyncio.run(scenario()) == (True, True, False)
 
 
+def fill_deep_backlog(conn: psycopg.Connection[Any]) -> None:
+    """Queue tasks in "work" past 16 MB of hot table, one in 40 named 'ghost', the rest
+    'known', and ANALYZE them."""
+    conn.execute("""
+        INSERT INTO tasks (task_name, queue, payload, max_attempts, max_crashes)
+        SELECT CASE WHEN g % 40 = 0 THEN 'ghost' ELSE 'known' END, 'work',
+               '{"padding": "................................................"}', 5, 3
+        FROM generate_series(1, 120000) g""")
+    conn.execute("ANALYZE tasks")
+    size = conn.execute("SELECT pg_relation_size('tasks')").fetchone()
+    assert size is not None and size[0] > 16 * 2**20
+
+
 def test_the_unknown_task_check_reads_statistics_not_a_deep_backlog(
     fleet_app: Any, db: psycopg.Connection[Any], schema: str
 ) -> None:
@@ -361,14 +376,7 @@ def test_the_unknown_task_check_reads_statistics_not_a_deep_backlog(
         SELECT 'ghost', 'work', '{}', 5, 3 FROM generate_series(1, 30)""")
     assert client.execute("tasks_unknown", params) == [("ghost",)]
     # Given a deep one (past 16 MB) whose statistics are fresh
-    db.execute("""
-        INSERT INTO tasks (task_name, queue, payload, max_attempts, max_crashes)
-        SELECT CASE WHEN g % 40 = 0 THEN 'ghost' ELSE 'known' END, 'work',
-               '{"padding": "................................................"}', 5, 3
-        FROM generate_series(1, 120000) g""")
-    db.execute("ANALYZE tasks")
-    size = db.execute("SELECT pg_relation_size('tasks')").fetchone()
-    assert size is not None and size[0] > 16 * 2**20
+    fill_deep_backlog(db)
     # When the check runs, Then it names the unknown task without scanning the table
     assert client.execute("tasks_unknown", params) == [("ghost",)]
     query = sqlfiles.query("tasks_unknown", schema)
@@ -397,6 +405,7 @@ def test_queue_depth_for_metrics_is_estimated_over_a_deep_backlog(
     assert rows["work"][4] is not None and float(rows["work"][4]) >= 3000
 
 
+@pytest.mark.needs_owner  # only the owner may vacuum
 def test_the_vacuumer_clears_a_burn_down_of_dead_rows_and_leaves_a_clean_table_alone(
     database_url: str, db: psycopg.Connection[Any], schema: str
 ) -> None:

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import threading
 import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
+import pytest
 
+from tenure import Registry
 from tenure._db import connect as dbconnect
 from tenure._db import sqlfiles
 from tenure._db.migrate import migrate
-from tests.conftest import direct_url
+from tenure._maintenance.vacuumer import Vacuumer, VacuumResult
+from tenure._worker.link import Link
+from tenure.errors import DatabaseError
+from tests import privilege
+from tests.conftest import direct_url, eventually
+from tests.test_regressions import fill_deep_backlog
 
 CATALOG = {
     "columns": """
@@ -54,24 +64,28 @@ def catalog(conn: psycopg.Connection[Any], schema: str) -> dict[str, list[tuple[
     }
 
 
-def test_migrations_produce_exactly_schema_sql(database_url: str) -> None:
-    a, b = f"m_{uuid.uuid4().hex[:10]}", f"s_{uuid.uuid4().hex[:10]}"
-    with dbconnect.connect(database_url) as conn:
+@pytest.mark.needs_owner  # migrates a fresh schema
+def test_migrations_produce_exactly_schema_sql(
+    database_url: str, admin_url: str, new_schema: Callable[[str], str]
+) -> None:
+    # tenure migrates a as the role under test; the admin applies the truth file (which
+    # makes its own schema) to b
+    a, b = new_schema(f"m_{uuid.uuid4().hex[:10]}"), f"s_{uuid.uuid4().hex[:10]}"
+    with dbconnect.connect(database_url) as conn, dbconnect.connect(admin_url) as admin:
         try:
             applied = migrate(conn, a)
             assert applied[:-1] == sqlfiles.migration_names()
             assert applied[-1].startswith("functions.sql@")
-            conn.execute(sqlfiles.schema_sql(b))
-            conn.execute(sqlfiles.functions_sql(b))
-            migrated, truth = catalog(conn, a), catalog(conn, b)
+            admin.execute(sqlfiles.schema_sql(b))
+            admin.execute(sqlfiles.functions_sql(b))
+            migrated, truth = catalog(admin, a), catalog(admin, b)
             for key in CATALOG:
                 assert migrated[key] == truth[key], (
                     f"{key} differ between migrations and schema.sql"
                 )
             assert len(truth["functions"]) >= 3 and len(truth["indexes"]) >= 8
         finally:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{a}" CASCADE')
-            conn.execute(f'DROP SCHEMA IF EXISTS "{b}" CASCADE')
+            admin.execute(f'DROP SCHEMA IF EXISTS "{b}" CASCADE')
 
 
 def race_migrations(database_url: str, schema: str, callers: int = 8) -> list[list[str]]:
@@ -97,13 +111,17 @@ def race_migrations(database_url: str, schema: str, callers: int = 8) -> list[li
     return applied
 
 
+@pytest.mark.needs_owner  # migrates a fresh schema
 def test_concurrent_migrations_apply_once(database_url: str, schema: str) -> None:
     applied = race_migrations(database_url, schema)
     # every numbered migration plus the functions file, applied by exactly one caller
     assert sorted(len(a) for a in applied) == [0] * 7 + [len(sqlfiles.migration_names()) + 1]
 
 
-def test_concurrent_migrations_through_a_warm_pool_apply_once(database_url: str) -> None:
+@pytest.mark.needs_owner  # migrates a fresh schema
+def test_concurrent_migrations_through_a_warm_pool_apply_once(
+    database_url: str, new_schema: Callable[[str], str]
+) -> None:
     # Given a pooler (when the suite runs through one) holding ~30 idle server
     # connections that have already served migrations of other schemas: a server
     # connection that looked a schema up before another one created it must not
@@ -118,19 +136,11 @@ def test_concurrent_migrations_through_a_warm_pool_apply_once(database_url: str)
         t.start()
     for t in warmers:
         t.join()
-    names = [f"w_{uuid.uuid4().hex[:12]}" for _ in range(4)]
-    try:
-        for name in names:
-            # When 8 callers race to create and migrate a fresh schema, round after round
-            applied = race_migrations(database_url, name)
-            # Then each round's work was done once, by one caller, and nobody failed
-            assert sorted(len(a) for a in applied) == [0] * 7 + [
-                len(sqlfiles.migration_names()) + 1
-            ]
-    finally:
-        with psycopg.connect(direct_url(database_url), autocommit=True) as conn:
-            for name in names:
-                conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    for name in [new_schema(f"w_{uuid.uuid4().hex[:12]}") for _ in range(4)]:
+        # When 8 callers race to create and migrate a fresh schema, round after round
+        applied = race_migrations(database_url, name)
+        # Then each round's work was done once, by one caller, and nobody failed
+        assert sorted(len(a) for a in applied) == [0] * 7 + [len(sqlfiles.migration_names()) + 1]
 
 
 def test_claim_stays_on_its_partial_index_with_a_million_finished_rows(
@@ -222,3 +232,215 @@ def test_claim_stays_on_its_partial_index_with_a_million_finished_rows(
         plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + candidate).fetchall())
         assert "tasks_claim_idx" in plan, plan
         assert "Seq Scan" not in plan, plan
+
+
+# -- least privilege: the roles docs/deployment.md describes ---------------------------
+# These make their own roles (which needs a superuser, so a role tier skips them: it
+# runs the whole suite as such roles instead).
+
+
+@pytest.fixture
+def plain_roles(admin_url: str) -> Iterator[privilege.Roles]:
+    """An owner role and an application role, neither a superuser; no schema yet."""
+    made = privilege.Roles(admin_url, "owner")
+    yield made
+    made.drop()
+
+
+def schema_exists(admin_url: str, schema: str) -> bool:
+    with psycopg.connect(admin_url) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s", (schema,))
+        return row.fetchone() == (1,)
+
+
+@pytest.mark.needs_superuser
+def test_the_owner_of_a_schema_made_for_it_migrates_without_create_on_the_database(
+    admin_url: str, schema: str, plain_roles: privilege.Roles
+) -> None:
+    # Given a schema made for a role that may not create schemas in the database
+    plain_roles.make_schema(schema)
+    # When 8 processes of that role migrate it at once
+    applied = race_migrations(plain_roles.owner_url, schema)
+    # Then one applied every migration, nobody failed, and the role owns what they made
+    assert sorted(len(a) for a in applied) == [0] * 7 + [len(sqlfiles.migration_names()) + 1]
+    with psycopg.connect(admin_url) as conn:
+        owners = conn.execute(
+            "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class "
+            "WHERE relnamespace = %s::regnamespace",
+            (schema,),
+        ).fetchall()
+    assert owners == [(plain_roles.owner,)]
+
+
+@pytest.mark.needs_superuser
+def test_an_owner_with_create_on_the_database_makes_the_schema_itself(
+    admin_url: str, schema: str, plain_roles: privilege.Roles
+) -> None:
+    # Given no schema, and a role granted CREATE on the database
+    plain_roles.grant_database()
+    # When it migrates, Then it makes the schema and applies every migration
+    with dbconnect.connect(plain_roles.owner_url) as conn:
+        assert len(migrate(conn, schema)) == len(sqlfiles.migration_names()) + 1
+    assert schema_exists(admin_url, schema)
+
+
+@pytest.mark.needs_superuser
+def test_a_role_that_may_not_create_the_schema_is_told_the_two_grants(
+    admin_url: str, schema: str, plain_roles: privilege.Roles
+) -> None:
+    # Given no schema, and a role without CREATE on the database
+    # When it migrates
+    with dbconnect.connect(plain_roles.owner_url) as conn, pytest.raises(DatabaseError) as caught:
+        migrate(conn, schema)
+    # Then one line names what is missing and the two ways to give it, and nothing exists
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"cannot migrate schema '{schema}': permission denied for database")
+    assert f'CREATE SCHEMA "{schema}" AUTHORIZATION "{plain_roles.owner}"' in message
+    assert f'TO "{plain_roles.owner}"' in message and "GRANT CREATE ON DATABASE" in message
+    assert "another application" not in message
+    assert not schema_exists(admin_url, schema)
+
+
+@pytest.mark.needs_superuser
+def test_an_application_role_finding_a_migration_pending_is_told_who_must_migrate(
+    admin_url: str, schema: str, plain_roles: privilege.Roles
+) -> None:
+    # Given a schema made for the owner and the application grants, not yet migrated
+    plain_roles.make_schema(schema)
+    plain_roles.grant_app(schema)
+    # When a process running as the application role starts (and migrates)
+    with dbconnect.connect(plain_roles.app_url) as conn, pytest.raises(DatabaseError) as caught:
+        migrate(conn, schema)
+    # Then it is told to migrate as the owner, and nothing was made in the schema
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"the schema belongs to role {plain_roles.owner}" in message, message
+    assert f"run `tenure db migrate --schema {schema}` as {plain_roles.owner} first" in message
+    with psycopg.connect(admin_url) as conn:
+        made = conn.execute(
+            "SELECT count(*) FROM pg_class WHERE relnamespace = %s::regnamespace", (schema,)
+        ).fetchone()
+    assert made == (0,)
+
+
+@pytest.mark.needs_superuser
+@pytest.mark.acceptance
+def test_the_documented_grants_cover_what_later_migrations_create(
+    schema: str, plain_roles: privilege.Roles, workers: Any
+) -> None:
+    # Given the application grants of docs/deployment.md given before anything exists,
+    # so that only their default privileges can cover what the migrations then make
+    plain_roles.make_schema(schema)
+    plain_roles.grant_app(schema)
+    with dbconnect.connect(plain_roles.owner_url) as conn:
+        assert migrate(conn, schema)
+    # When the application role sends tasks and runs them in a real worker
+    reg = Registry(plain_roles.app_url, schema=schema)
+
+    @reg.task(name="tests.apps.fleet.sleepy", queue="work")
+    def sleepy(payload: dict[str, Any]) -> float: ...
+
+    try:
+        handles = [sleepy.send({"s": 0}) for _ in range(3)]
+        w = workers("--queues", "work", "--lease", "2s", dsn=plain_roles.app_url)
+        # Then they succeed
+        assert [h.result(timeout=30) for h in handles] == [0.0] * 3
+    finally:
+        reg.client.close()
+    assert "permission denied" not in w.log()
+    # And a table and a function a later release's migration adds are the role's to use
+    with dbconnect.connect(plain_roles.owner_url) as conn:
+        conn.execute(f'CREATE TABLE "{schema}".later (id bigserial PRIMARY KEY, note text)')
+        conn.execute(
+            f'CREATE FUNCTION "{schema}".later_count() RETURNS bigint LANGUAGE sql '
+            f'AS $$ SELECT count(*) FROM "{schema}".later $$'
+        )
+    with dbconnect.connect(plain_roles.app_url) as conn:
+        conn.execute(f'INSERT INTO "{schema}".later (note) VALUES (%s)', ("x",))
+        conn.execute(f'UPDATE "{schema}".later SET note = %s', ("y",))
+        assert conn.execute(f'SELECT "{schema}".later_count()').fetchone() == (1,)
+        conn.execute(f'DELETE FROM "{schema}".later')
+
+
+@pytest.fixture
+def app_schema(schema: str, plain_roles: privilege.Roles) -> str:
+    """``schema`` made for the owner, migrated by it, with the application grants."""
+    plain_roles.make_schema(schema)
+    with dbconnect.connect(plain_roles.owner_url) as conn:
+        migrate(conn, schema)
+    plain_roles.grant_app(schema)
+    return schema
+
+
+@pytest.mark.needs_superuser
+def test_an_application_role_hears_of_unknown_tasks_in_a_deep_backlog(
+    app_schema: str, plain_roles: privilege.Roles
+) -> None:
+    # Given a hot table past 16 MB with fresh statistics, which PostgreSQL shows its
+    # owner only, holding queued tasks of a name no worker registers
+    with dbconnect.connect(plain_roles.owner_url) as owner:
+        owner.execute(f"SET search_path = {app_schema}")
+        fill_deep_backlog(owner)
+        params = {"queues": ["work"], "names": ["known"]}
+        assert owner.execute(sqlfiles.query("tasks_unknown", app_schema), params).fetchall() == [
+            ("ghost",)
+        ]
+    # When a worker running as the application role checks for unknown names
+    with dbconnect.connect(plain_roles.app_url) as app:
+        stats = app.execute(
+            "SELECT count(*) FROM pg_stats_ext WHERE schemaname = %s", (app_schema,)
+        ).fetchone()
+        found = app.execute(sqlfiles.query("tasks_unknown", app_schema), params).fetchall()
+    # Then it names them too, though the statistics are hidden from it
+    assert stats == (0,)
+    assert found == [("ghost",)]
+
+
+@pytest.mark.needs_superuser
+def test_the_vacuumer_of_an_application_role_says_once_that_it_cannot_vacuum(
+    app_schema: str, plain_roles: privilege.Roles, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a hot table that a burn-down left with 12,000 dead rows
+    with dbconnect.connect(plain_roles.owner_url) as owner:
+        owner.execute(f"SET search_path = {app_schema}")
+        owner.execute(
+            "INSERT INTO tasks (task_name, queue, payload, max_attempts, max_crashes) "
+            "SELECT 'burn', 'default', '{}', 1, 1 FROM generate_series(1, 12000)"
+        )
+        owner.execute("DELETE FROM tasks")
+        owner.execute("SELECT pg_stat_force_next_flush()")
+
+        def dead() -> int:
+            owner.execute("SELECT pg_stat_clear_snapshot()")
+            row = owner.execute(
+                "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'tasks'::regclass"
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+        eventually(lambda: dead() >= 12_000, timeout=10, what="statistics see the dead rows")
+
+    async def passes() -> list[VacuumResult]:
+        link = Link(plain_roles.app_url, app_schema, "vacuum-test")
+        notices: list[str] = []
+        try:
+            (await link.connection()).add_notice_handler(
+                lambda d: notices.append(d.message_primary or "")
+            )
+            vacuumer = Vacuumer(link)
+            results = [await vacuumer.run_once() for _ in range(3)]
+            assert notices == []
+            return results
+        finally:
+            await link.close()
+
+    # When a worker running as the application role makes three passes
+    with caplog.at_level(logging.INFO, logger="tenure._maintenance.vacuumer"):
+        results = asyncio.run(passes())
+    # Then none vacuums, and it says why once
+    assert [(r.vacuumed, r.permitted) for r in results] == [(False, False)] * 3
+    assert all(r.dead >= 12_000 for r in results)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1, said
+    assert said[0].startswith(f'tasks_vacuum_skipped table="{app_schema}"."tasks"')
+    assert "only its owner may vacuum it" in said[0]

@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pgerrors
+from psycopg import sql
 
 from tenure._db import sqlfiles
 from tenure._db.connect import describe
@@ -27,10 +28,12 @@ log = logging.getLogger(__name__)
 _LOCK = b"SELECT pg_advisory_xact_lock(hashtext('tenure.migrate'), hashtext(%(schema)s))"
 # Read after the lock, as its own statement: locking pg_namespace makes this backend
 # take in the catalog changes committed while it waited (an advisory lock does not),
-# so the CREATE SCHEMA IF NOT EXISTS that follows sees a schema the previous holder
-# created. Without it, a pooled server connection that looked the schema up before
-# (another client's pending(), through a warm PgBouncer) still answers "no such
-# schema" from its cache and the CREATE SCHEMA fails on pg_namespace's unique index.
+# so it counts a schema the previous holder created. Without it, a pooled server
+# connection that looked the schema up before (another client's pending(), through a
+# warm PgBouncer) still answers "no such schema" from its cache and the CREATE SCHEMA
+# fails on pg_namespace's unique index. The schema is created only when this count
+# finds none: CREATE SCHEMA, even with IF NOT EXISTS, needs CREATE on the database,
+# which the owner of a schema made for it beforehand need not have.
 _CATALOG_SYNC = b"SELECT count(*) FROM pg_catalog.pg_namespace WHERE nspname = %(schema)s"
 _EXISTS = b"SELECT to_regclass(%(table)s) IS NOT NULL"
 
@@ -66,11 +69,45 @@ def migrate(conn: psycopg.Connection[Any], schema: str) -> list[str]:
         return _migrate(conn, schema)
     except (psycopg.OperationalError, pgerrors.SerializationFailure, pgerrors.DeadlockDetected):
         raise
+    except pgerrors.InsufficientPrivilege as exc:
+        raise DatabaseError(
+            f"cannot migrate schema {schema!r}: {describe(exc)}; {_grant_hint(conn, schema)}"
+        ) from exc
     except psycopg.Error as exc:
         raise DatabaseError(
             f"cannot migrate schema {schema!r}: {describe(exc)}; is it another application's "
             "schema? pick another with schema=..."
         ) from exc
+
+
+def _grant_hint(conn: psycopg.Connection[Any], schema: str) -> str:
+    """What to grant, or who must migrate, when a migration was refused a privilege."""
+    try:
+        row = conn.execute(
+            sqlfiles.query("migrate_privileges", schema), {"schema": schema}
+        ).fetchone()
+    except psycopg.Error:
+        row = None
+    if row is None:
+        return "see the grants each role needs in docs/deployment.md (Roles and grants)"
+    user, database, exists, owner, owns, _may_create = row
+    role, db, name = (sql.Identifier(v).as_string() for v in (user, database, schema))
+    if not exists:
+        return (
+            f"role {user} may not create schemas in database {database}: create it for the "
+            f"role first (CREATE SCHEMA {name} AUTHORIZATION {role}) or GRANT CREATE ON "
+            f"DATABASE {db} TO {role}"
+        )
+    if not owns:
+        return (
+            f"the schema belongs to role {owner}: run `tenure db migrate --schema {schema}` as "
+            f"{owner} first, and give role {user} the grants in docs/deployment.md (Roles and "
+            "grants)"
+        )
+    return (
+        f"role {user} owns the schema but not the object named above: run migrations as that "
+        f"object's owner, or ALTER its OWNER TO {role}"
+    )
 
 
 def _migrate(conn: psycopg.Connection[Any], schema: str) -> list[str]:
@@ -79,7 +116,9 @@ def _migrate(conn: psycopg.Connection[Any], schema: str) -> list[str]:
     applied: list[str] = []
     with conn.transaction():
         conn.execute(_LOCK, {"schema": schema})
-        conn.execute(_CATALOG_SYNC, {"schema": schema})
+        found = conn.execute(_CATALOG_SYNC, {"schema": schema}).fetchone()
+        if not found or not found[0]:
+            conn.execute(sqlfiles.query("schema_create", schema))
         conn.execute(sqlfiles.bind("tenure._db.queries", "migrations_table.sql", schema))
         for name in pending(conn, schema):
             if name.startswith("functions.sql@"):

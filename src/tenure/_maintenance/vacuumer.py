@@ -12,8 +12,10 @@ Rules:
   pass skips at once instead of queueing behind it.
 - The vacuum runs on a connection opened for it and closed after, never on the
   heartbeat's: a long vacuum must not delay lease renewals.
-- A role that does not own the table gets PostgreSQL's warning and nothing else;
-  autovacuum still does its work.
+- Only the table's owner (or the database's) may vacuum it; for any other role
+  PostgreSQL skips the table with a warning. So a worker running as a role granted
+  only DML does not try: it says once why it cannot and leaves the table to
+  autovacuum, which keeps working.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class VacuumResult:
     live: int
     vacuumed: bool
     seconds: float = 0.0
+    permitted: bool = True
 
 
 class Vacuumer(Service):
@@ -50,12 +53,26 @@ class Vacuumer(Service):
         super().__init__(interval.total_seconds(), jitter=0.5)
         self.link = link
         self.table = sql.Identifier(link.schema, "tasks").as_string()
+        self._refusal_logged = False
 
     async def run_once(self) -> VacuumResult:
         rows = await self.link.fetch("tasks_dead_rows", {"table": self.table})
         dead, live = (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
+        permitted = bool(rows[0][2]) if rows else True
         if dead < max(DEAD_MIN, DEAD_FRACTION * live):
-            return VacuumResult(dead, live, vacuumed=False)
+            return VacuumResult(dead, live, vacuumed=False, permitted=permitted)
+        if not permitted:
+            if not self._refusal_logged:
+                log.warning(
+                    "tasks_vacuum_skipped table=%s dead=%d: this role does not own the table "
+                    "and only its owner may vacuum it; autovacuum still does, later. Run "
+                    "workers as the schema's owner to have them vacuum a burn-down at once",
+                    self.table,
+                    dead,
+                )
+                self._refusal_logged = True
+            return VacuumResult(dead, live, vacuumed=False, permitted=False)
+        self._refusal_logged = False
         own = Link(self.link.dsn, self.link.schema, "vacuum")
         started = time.monotonic()
         try:
