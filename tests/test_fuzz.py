@@ -83,6 +83,13 @@ def refusal(message: str) -> str:
     raise AssertionError(f"a refusal that names no limit: {message}")
 
 
+def warnings(log: str) -> list[str]:
+    """The worker's warnings and errors, but the refusals it is meant to log."""
+    skip = ("task_result_refused", "task_payload_invalid")
+    lines = [x for x in log.splitlines() if (" WARNING " in x or " ERROR " in x)]
+    return [x[:300] for x in lines if not any(s in x for s in skip)][:20]
+
+
 def deep(n: int) -> Any:
     value: Any = 0
     for _ in range(n):
@@ -123,9 +130,12 @@ def test_generated_results_and_errors_always_land(
             fuzzed.append(hostile.fuzzed.send({"recipe": recipe, "action": action}).id)
     fuzzed.append(hostile.fuzzed.send({"recipe": {"odd": "unprintable"}, "action": "raise"}).id)
     fuzzed.append(hostile.fuzzed.send({"recipe": {"deep": 300}, "action": "return"}).id)
-    w = workers("--lease", "3s", app=APP)
+    # A lease a loaded machine keeps: encoding megabytes holds the GIL, and a worker
+    # starved past its lease fences itself (by design), which this test is not about.
+    w = workers("--lease", "15s", app=APP)
     done = all_finished(db, [*ordinary, *fuzzed], timeout=60 + len(fuzzed) / 5)
-    assert all(done[t][:4] == ("succeeded", 1, 0, 0) for t in ordinary)
+    late = [(t, done[t]) for t in ordinary if done[t][:4] != ("succeeded", 1, 0, 0)]
+    assert not late, (late[:3], warnings(w.log()))
     ends = Counter(done[t][0] for t in fuzzed)
     assert set(ends) <= {"succeeded", "failed"}, ends
     assert all(done[t][3] == 0 for t in fuzzed), "no fuzzed task crashed its worker"
@@ -160,7 +170,7 @@ def test_generated_payloads_are_refused_at_send_or_run(
         verdicts["accepted"] += 1
 
     send()
-    workers("--lease", "3s", app=APP)
+    workers("--lease", "15s", app=APP)
     done = all_finished(db, accepted, timeout=60 + len(accepted) / 5)
     # What send accepted, the worker reads back and runs, first time.
     assert all(done[t][:4] == ("succeeded", 1, 0, 0) for t in accepted), [

@@ -97,7 +97,7 @@ class Limits:
         """Why a result is too large to store, told without encoding it when its
         strings alone pass the limit (encoding 300 MB takes seconds); None when it
         may fit, and :meth:`check_result` decides on the encoded bytes."""
-        size = _size_at_least(value, self.result_bytes)
+        size = size_at_least(value, self.result_bytes)
         return self._result_too_large(size) if size > self.result_bytes else None
 
     def _result_too_large(self, size: int) -> str:
@@ -180,7 +180,7 @@ def _has_constants(text: str) -> bool:
     return False
 
 
-def _size_at_least(value: Any, limit: int, budget: int = 10_000) -> int:
+def size_at_least(value: Any, limit: int, budget: int = 10_000) -> int:
     """A lower bound of ``value``'s JSON size, from its strings and items; the walk
     stops once past ``limit`` or after ``budget`` values (0 for an unknown type)."""
     total = 0

@@ -10,6 +10,9 @@ Rules:
   abandoned (threads cannot be killed).
 - Errors retry after the task's backoff until ``max_attempts``; ``RetryAfter`` picks
   the delay; ``Discard`` fails the task at once.
+- Outcomes are made storable (see :mod:`tenure.limits`) off the event loop: a sync
+  task's in its pool thread, a large async result or an error text in a thread of
+  its own, so encoding megabytes never delays the heartbeat.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import logging
 import re
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 import pydantic_core
@@ -29,28 +33,10 @@ from tenure._worker.state import Claimed
 from tenure._worker.threads import DaemonThreadPool
 from tenure.context import TaskContext, _current, bind
 from tenure.errors import Discard, PayloadInvalid, RetryAfter
-from tenure.limits import not_json
+from tenure.limits import Limits, not_json, size_at_least
 from tenure.registry import Task
 
 log = logging.getLogger(__name__)
-
-
-def _result_outcome(task: Task[Any, Any], claimed: Claimed, encoded: bytes) -> Outcome:
-    """The outcome of an attempt that returned ``encoded`` (JSON): succeeded, or
-    failed at once when the result cannot be stored."""
-    why = task.registry.limits.check_result(encoded)
-    if why is not None:
-        return _refused(claimed, why)
-    text = encoded.decode("utf-8", "backslashreplace")
-    if not_json(text):
-        return Outcome(
-            claimed.id,
-            claimed.attempt,
-            "error",
-            error="result is not JSON: it holds NaN or an infinity; return null or a string",
-            delay=_retry_delay(task, claimed),
-        )
-    return Outcome(claimed.id, claimed.attempt, "succeeded", result=_json_text(text))
 
 
 def _json_text(encoded: str) -> str:
@@ -93,68 +79,117 @@ async def execute(
         )
         log.error("task_payload_invalid task=%s attempt=%s error=%s", tid, attempt, message)
         return Outcome(tid, attempt, "discarded", error=message)
-    try:
-        if task.is_async:
-            # The caller runs each attempt in an asyncio task of its own, so the
-            # attempt's context is set here and the function is awaited in place.
-            _current.set(ctx)
+    if task.is_async:
+        # The caller runs each attempt in an asyncio task of its own, so the attempt's
+        # context is set here and the function is awaited in place.
+        _current.set(ctx)
+        try:
             if timeout is None:
-                result = await task.fn(payload)
+                value = await task.fn(payload)
             else:
                 async with asyncio.timeout(timeout):
-                    result = await task.fn(payload)
+                    value = await task.fn(payload)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            if isinstance(exc, TimeoutError) and timeout is not None:
+                ran = Ran(exc=exc)
+            else:  # a long message is formatted off the loop
+                ran = Ran(exc=exc, text=await asyncio.to_thread(limits.exception_text, exc))
         else:
-            job = pool.submit(bind(ctx).run, task.fn, payload)
-            if on_thread is not None:
-                on_thread(job)
-            future = asyncio.wrap_future(job)
-            try:
-                result = await asyncio.wait_for(asyncio.shield(future), timeout)
-            except TimeoutError:
-                pool.abandon(job)
-                raise
-    except TimeoutError as exc:
-        if timeout is None:  # the function's own TimeoutError: an error like any other
-            return Outcome(
-                tid,
-                attempt,
-                "error",
-                error=limits.exception_text(exc),
-                delay=_retry_delay(task, claimed),
+            # A large result is encoded off the loop, so heartbeats keep their time.
+            small = size_at_least(value, OFF_LOOP_BYTES) <= OFF_LOOP_BYTES
+            ran = (
+                prepare(value, limits) if small else await asyncio.to_thread(prepare, value, limits)
             )
+    else:
+        job = pool.submit(bind(ctx).run, run_and_prepare, task.fn, payload, limits)
+        if on_thread is not None:
+            on_thread(job)
+        future = asyncio.wrap_future(job)
+        try:
+            ran = await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError as exc:
+            pool.abandon(job)
+            ran = Ran(exc=exc)
+    return _outcome(task, claimed, ctx, ran, timeout)
+
+
+@dataclass(frozen=True)
+class Ran:
+    """How a function call ended, made ready to store where it ran: the exception
+    with its text, or the result encoded (or the reason it cannot be stored)."""
+
+    exc: BaseException | None = None
+    text: str = ""
+    encoded: bytes | None = None
+    refused: str | None = None  # the result cannot be stored: why
+    invalid: str | None = None  # the result is not JSON: why
+
+
+OFF_LOOP_BYTES = 64 * 1024
+NOT_JSON = "result is not JSON: it holds NaN or an infinity; return null or a string"
+
+
+def run_and_prepare(fn: Callable[[Any], Any], payload: Any, limits: Limits) -> Ran:
+    """Call ``fn`` in a pool thread and prepare its outcome there, off the loop."""
+    try:
+        value = fn(payload)
+    except BaseException as exc:
+        return Ran(exc=exc, text=limits.exception_text(exc))
+    return prepare(value, limits)
+
+
+def prepare(value: Any, limits: Limits) -> Ran:
+    """A result encoded as it will be stored, or why it cannot be."""
+    if value is None:  # most tasks return nothing
+        return Ran(encoded=b"null")
+    why = limits.precheck_result(value)  # told from its strings, before encoding
+    if why is not None:
+        return Ran(refused=why)
+    try:
+        encoded = pydantic_core.to_json(value)
+    except Exception as exc:  # not JSON, or a serializer of the user's that raised
+        return Ran(invalid=limits.error_text(f"result is not JSON: {_describe(exc)}"))
+    why = limits.check_result(encoded)
+    if why is not None:
+        return Ran(refused=why)
+    if not_json(encoded.decode("utf-8", "backslashreplace")):
+        return Ran(invalid=NOT_JSON)
+    return Ran(encoded=encoded)
+
+
+def _outcome(
+    task: Task[Any, Any], claimed: Claimed, ctx: TaskContext, ran: Ran, timeout: float | None
+) -> Outcome:
+    tid, attempt = claimed.id, claimed.attempt
+    limits = task.registry.limits
+    exc = ran.exc
+    if exc is None:
+        if ran.refused is not None:
+            return _refused(claimed, ran.refused)
+        if ran.invalid is not None:
+            return Outcome(
+                tid, attempt, "error", error=ran.invalid, delay=_retry_delay(task, claimed)
+            )
+        assert ran.encoded is not None
+        text = ran.encoded.decode("utf-8", "backslashreplace")
+        return Outcome(tid, attempt, "succeeded", result=_json_text(text))
+    if isinstance(exc, TimeoutError) and timeout is not None and not ran.text:
         ctx.mark_stop()
         return _timed_out(claimed, timeout, _retry_delay(task, claimed))
-    except RetryAfter as exc:
+    if isinstance(exc, RetryAfter):
         reason = limits.error_text(str(exc.reason))
         return Outcome(tid, attempt, "error", error=reason, delay=exc.delay.total_seconds())
-    except Discard as exc:
+    if isinstance(exc, Discard):
         return Outcome(tid, attempt, "discarded", error=limits.error_text(str(exc.reason)))
-    except asyncio.CancelledError:
-        raise
-    except BaseException as exc:
-        return Outcome(
-            tid,
-            attempt,
-            "error",
-            error=limits.exception_text(exc),
-            delay=_retry_delay(task, claimed),
-        )
-    if result is None:  # most tasks return nothing
-        return Outcome(tid, attempt, "succeeded", result="null")
-    too_large = limits.precheck_result(result)
-    if too_large is not None:
-        return _refused(claimed, too_large)
-    try:
-        encoded = pydantic_core.to_json(result)
-    except Exception as exc:  # not JSON, or a serializer of the user's that raised
-        return Outcome(
-            tid,
-            attempt,
-            "error",
-            error=limits.error_text(f"result is not JSON: {_describe(exc)}"),
-            delay=_retry_delay(task, claimed),
-        )
-    return _result_outcome(task, claimed, encoded)
+    return Outcome(
+        tid,
+        attempt,
+        "error",
+        error=ran.text or limits.exception_text(exc),
+        delay=_retry_delay(task, claimed),
+    )
 
 
 def _refused(claimed: Claimed, why: str) -> Outcome:
@@ -211,7 +246,9 @@ async def _in_process(
     except ChildDied as exc:
         return Outcome(tid, attempt, "error", error=str(exc), delay=_retry_delay(task, claimed))
     if reply.kind == "ok":
-        return _result_outcome(task, claimed, reply.text.encode("utf-8", "backslashreplace"))
+        if not_json(reply.text):
+            return Outcome(tid, attempt, "error", error=NOT_JSON, delay=_retry_delay(task, claimed))
+        return Outcome(tid, attempt, "succeeded", result=_json_text(reply.text))
     text = task.registry.limits.error_text(reply.text)
     if reply.kind == "refused":  # the process found its result too large to send
         return _refused(claimed, text)
