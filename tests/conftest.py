@@ -21,6 +21,9 @@ import pytest
 from tenure import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
+# Child processes import tenure from this checkout's src (not an install elsewhere)
+# and the test apps from the repository root.
+CHILD_PYTHONPATH = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
 T = TypeVar("T")
 
 
@@ -122,7 +125,7 @@ class WorkerProcess:
             **os.environ,
             "TENURE_DATABASE_URL": database_url,
             "TENURE_TEST_SCHEMA": schema,
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": CHILD_PYTHONPATH,
         }
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
@@ -215,13 +218,17 @@ def worker_id_of(db: psycopg.Connection[Any], pid: int) -> uuid.UUID:
     return row[0]
 
 
-def tenure_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m tenure ARGS`` from the repository, wide enough for its tables."""
+def tenure_cli(
+    *args: str, env: dict[str, str | None] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m tenure ARGS`` from the repository, wide enough for its tables.
+    ``env`` adds variables to this process's; a None value removes one."""
+    merged = {**os.environ, "PYTHONPATH": CHILD_PYTHONPATH, "COLUMNS": "200", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "tenure", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", **(env or {})},
+        env={k: v for k, v in merged.items() if v is not None},
     )
