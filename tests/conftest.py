@@ -297,13 +297,17 @@ def worker_id_of(db: psycopg.Connection[Any], pid: int) -> uuid.UUID:
     return row[0]
 
 
-def tenure_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m tenure ARGS`` from the repository, wide enough for its tables."""
+def tenure_cli(
+    *args: str, env: dict[str, str | None] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m tenure ARGS`` from the repository, wide enough for its tables.
+    ``env`` adds variables to this process's; a None value removes one."""
+    merged = {**os.environ, "PYTHONPATH": CHILD_PYTHONPATH, "COLUMNS": "200", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "tenure", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "PYTHONPATH": CHILD_PYTHONPATH, "COLUMNS": "200", **(env or {})},
+        env={k: v for k, v in merged.items() if v is not None},
     )

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.acceptance
 @pytest.fixture
 def cli(database_url: str, schema: str, fleet_app: Any) -> Any:
     runner = CliRunner(env={"COLUMNS": "200"})
+    fleet_app.reg.client.open()  # operator commands never create the schema: migrate it
 
     def invoke(*args: str, code: int = 0) -> str:
         result = runner.invoke(main, [*args, "--dsn", database_url, "--schema", schema])
@@ -61,6 +62,7 @@ def test_tasks_cancel_and_retry(cli: Any, fleet_app: Any) -> None:
 
 
 def test_queues_pause_and_resume(cli: Any, db: psycopg.Connection[Any]) -> None:
+    db.execute("INSERT INTO queues (name) VALUES ('work')")  # as a worker publishes it
     assert "queue work paused" in cli("queues", "pause", "work")
     assert db.execute("SELECT paused FROM queues WHERE name = 'work'").fetchone() == (True,)
     assert "queue work resumed" in cli("queues", "resume", "work")
@@ -165,6 +167,7 @@ def test_operator_mistakes_end_in_one_line(
     fleet_app: Any,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    fleet_app.reg.client.open()  # migrated, as operator commands need
     with pytest.raises(SystemExit) as exited:
         run([*args, "--dsn", database_url, "--schema", schema])
     assert exited.value.code in (1, 2)

@@ -84,7 +84,7 @@ def test_retry_runs_a_failed_task_again_with_fresh_budgets(
 def test_a_paused_queue_is_not_claimed_until_resumed(
     fleet_app: Any, workers: Any, db: psycopg.Connection[Any]
 ) -> None:
-    fleet_app.reg.client.pause_queue("work")
+    fleet_app.reg.client.pause_queue("work", create=True)
     handle = fleet_app.sleepy.send({"s": 0})
     workers("--lease", "2s", "--poll-interval", "200ms")
     time.sleep(1.0)

@@ -255,7 +255,7 @@ def test_a_schema_that_belongs_to_something_else_is_one_line(
         create_schema(conn, schema)
         conn.execute(f"CREATE TABLE {schema}.tasks (something_else int)")
     result = subprocess.run(
-        [sys.executable, "-m", "tenure", "status", "--schema", schema],
+        [sys.executable, "-m", "tenure", "db", "migrate", "--schema", schema],
         cwd=ROOT,
         capture_output=True,
         text=True,

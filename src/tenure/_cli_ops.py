@@ -35,7 +35,7 @@ def dsn_option(f: Callable[..., Any]) -> Callable[..., Any]:
 def _client(dsn: str | None, schema: str) -> Any:
     from tenure.client import Client
 
-    return Client(dsn, schema=schema)
+    return Client(dsn, schema=schema, migrate=False)  # operators never change the schema
 
 
 def _console() -> Any:
@@ -376,6 +376,8 @@ def dashboard(
             f"the dashboard needs its extra ({exc.name} is missing): "
             "pip install 'tenure[dashboard]'"
         ) from None
-    app = create_app(dsn=dsn, schema=schema, token=auth_token, host=host, refresh=refresh)
+    client = _client(dsn, schema)
+    client.open()  # a missing or unreadable schema is one line now, not a page later
+    app = create_app(client=client, schema=schema, token=auth_token, host=host, refresh=refresh)
     click.echo(f"tenure dashboard on http://{host}:{port}/ (schema {schema})", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -7,6 +7,7 @@ in one line on stderr that says what to do, and a non-zero exit code.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import sys
 from datetime import timedelta
@@ -14,12 +15,17 @@ from typing import Any
 
 import click
 
-from tenure._durations import parse_duration
+from tenure._durations import MAX_DURATION, format_duration, parse_duration
 from tenure._worker.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_LEASE,
     DEFAULT_POLL_INTERVAL,
+    MAX_DRAIN_TIMEOUT,
+    MAX_LEASE,
+    MAX_POLL_INTERVAL,
+    MIN_LEASE,
+    MIN_POLL_INTERVAL,
     WorkerConfig,
 )
 from tenure.client import EXACT_COUNT_CAP
@@ -28,15 +34,26 @@ from tenure.registry import Registry
 
 
 class DurationType(click.ParamType):  # type: ignore[type-arg]
-    """A click parameter for durations such as ``15s`` or ``1m30s``."""
+    """A click parameter for durations such as ``15s`` or ``1m30s``, within bounds."""
 
     name = "duration"
+
+    def __init__(
+        self, *, minimum: timedelta | None = None, maximum: timedelta = MAX_DURATION
+    ) -> None:
+        self.minimum = minimum
+        self.maximum = maximum
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, timedelta):
             return value
         try:
-            return parse_duration(str(value), field=param.name if param and param.name else "value")
+            return parse_duration(
+                str(value),
+                field=param.name if param and param.name else "value",
+                minimum=self.minimum,
+                maximum=self.maximum,
+            )
         except TenureError as exc:
             self.fail(str(exc), param, ctx)
 
@@ -64,13 +81,9 @@ def parse_size(text: str) -> int:
         value = float(digits)
     except ValueError:
         value = -1.0
-    if value <= 0 or unit not in _SIZE_UNITS:
+    if not 0 < value < math.inf or unit not in _SIZE_UNITS:  # nan fails the test too
         raise ConfigError(f"max_memory_per_child: {text!r} is not a size; write it like 500MB")
     return int(value * _SIZE_UNITS[unit])
-
-
-def _fmt(d: timedelta) -> str:
-    return f"{d.total_seconds():g}s"
 
 
 def load_registry(target: str) -> Registry:
@@ -123,22 +136,22 @@ def main() -> None:
 )
 @click.option(
     "--lease",
-    type=DURATION,
-    default=_fmt(DEFAULT_LEASE),
+    type=DurationType(minimum=MIN_LEASE, maximum=MAX_LEASE),
+    default=format_duration(DEFAULT_LEASE),
     show_default=True,
     help="Lease length; renewed every third of it.",
 )
 @click.option(
     "--drain-timeout",
-    type=DURATION,
-    default=_fmt(DEFAULT_DRAIN_TIMEOUT),
+    type=DurationType(minimum=timedelta(0), maximum=MAX_DRAIN_TIMEOUT),
+    default=format_duration(DEFAULT_DRAIN_TIMEOUT),
     show_default=True,
     help="How long SIGTERM waits for running tasks.",
 )
 @click.option(
     "--poll-interval",
-    type=DURATION,
-    default=_fmt(DEFAULT_POLL_INTERVAL),
+    type=DurationType(minimum=MIN_POLL_INTERVAL, maximum=MAX_POLL_INTERVAL),
+    default=format_duration(DEFAULT_POLL_INTERVAL),
     show_default=True,
     help="Claim at least this often without a notification.",
 )
@@ -215,10 +228,18 @@ def worker(
     from tenure._worker.worker import run_worker
 
     registry = load_registry(target)
-    chosen = tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else None
+    if queues is None:
+        chosen = tuple(registry.queues())
+    else:
+        chosen = tuple(q.strip() for q in queues.split(",") if q.strip())
+        if not chosen:
+            raise click.UsageError(
+                f"queues: no queue named in --queues {queues!r}; give names like "
+                "documents,emails, or leave the flag out to serve every queue of the registry"
+            )
     try:
         config = WorkerConfig(
-            queues=chosen or tuple(registry.queues()),
+            queues=chosen,
             concurrency=concurrency,
             lease=lease,
             drain_timeout=drain_timeout,
@@ -271,11 +292,13 @@ def db_migrate(dsn: str | None, schema: str) -> None:
 @db.command("url")
 def db_url() -> None:
     """Print the DSN in use (TENURE_DATABASE_URL, else the embedded server's)."""
-    env = os.environ.get("TENURE_DATABASE_URL")
-    if env:
+    from tenure._db.connect import env_dsn
+    from tenure._db.embedded import embedded_dsn
+
+    env = env_dsn()
+    if env is not None:
         click.echo(env)
         return
-    from tenure._db.embedded import embedded_dsn
 
     click.echo(embedded_dsn())
 
@@ -285,8 +308,10 @@ def db_stop() -> None:
     """Stop the embedded server (its data stays)."""
     from tenure._db.embedded import stop_embedded
 
-    stop_embedded()
-    click.echo("embedded server stopped")
+    if stop_embedded():
+        click.echo("embedded server stopped")
+    else:
+        click.echo("no embedded server was running")
 
 
 @main.command()
@@ -319,7 +344,7 @@ def status(dsn: str | None, schema: str, top_keys: int, count_cap: int) -> None:
     from tenure._cli_ops import shown
     from tenure.client import Client
 
-    client = Client(dsn, schema=schema)
+    client = Client(dsn, schema=schema, migrate=False)  # a read never creates the schema
     queues = client.queue_counts(cap=count_cap)
     limits = client.execute("status_limits", {})
     keys = client.key_counts(top_keys) if top_keys else []

@@ -2,7 +2,9 @@
 
 A :class:`Client` holds one autocommit connection (opened on first use, reopened
 if it broke before a statement was sent) and migrates its schema the first time it
-connects. ``send`` commits before it returns, unless the caller passes its own
+connects; one made with ``migrate=False`` (the operator commands, the dashboard)
+never changes the schema and refuses in one line one that is missing, older than
+this code or unreadable. ``send`` commits before it returns, unless the caller passes its own
 psycopg connection, in which case the task joins the caller's transaction.
 """
 
@@ -20,9 +22,11 @@ from psycopg import sql
 
 from tenure._db import connect as dbconnect
 from tenure._db import sqlfiles
-from tenure._db.migrate import migrate
+from tenure._db.migrate import check_ready, migrate
 from tenure.errors import (
+    ConfigError,
     DatabaseError,
+    QueueNotFound,
     ResultTimeout,
     TaskCancelled,
     TaskFailed,
@@ -75,10 +79,18 @@ KEY_SAMPLE_PERCENT = 1.0
 
 
 class Client:
-    """Sends tasks and reads them back, for one DSN and schema."""
+    """Sends tasks and reads them back, for one DSN and schema.
 
-    def __init__(self, dsn: str | None = None, *, schema: str = "tenure") -> None:
+    ``migrate=False``: never create or upgrade the schema; the first connection checks
+    that it exists, is readable and has every migration of this code, and raises
+    :class:`~tenure.errors.SchemaNotReady` in one line otherwise.
+    """
+
+    def __init__(
+        self, dsn: str | None = None, *, schema: str = "tenure", migrate: bool = True
+    ) -> None:
         self.schema = sqlfiles.check_schema(schema)
+        self.migrates = migrate
         self._dsn = dsn
         self._conn: psycopg.Connection[Any] | None = None
         self._lock = threading.Lock()
@@ -86,20 +98,28 @@ class Client:
     @property
     def dsn(self) -> str:
         """The resolved DSN (starting the embedded server if none is configured)."""
-        if self._dsn is None:
-            self._dsn = dbconnect.resolve_dsn(None)
+        if not self._dsn:  # None, or an empty one that resolve_dsn refuses
+            self._dsn = dbconnect.resolve_dsn(self._dsn)
         return self._dsn
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
             conn = dbconnect.connect(self.dsn, "tenure-client")
             try:
-                dbconnect.retry_sync(lambda: migrate(conn, self.schema), what="migrate")
+                if self.migrates:
+                    dbconnect.retry_sync(lambda: migrate(conn, self.schema), what="migrate")
+                else:
+                    dbconnect.retry_sync(lambda: check_ready(conn, self.schema), what="schema")
             except BaseException:
                 conn.close()
                 raise
             self._conn = conn
         return self._conn
+
+    def open(self) -> None:
+        """Connect now (migrating, or checking the schema) instead of at first use."""
+        with self._lock:
+            self._connection()
 
     def execute(
         self,
@@ -201,12 +221,33 @@ class Client:
             raise TaskNotFound(f"no task with id {task_id} in schema {self.schema}")
         return state
 
-    def pause_queue(self, queue: str) -> None:
-        """Stop all claims from ``queue`` (running work finishes; tasks stay queued)."""
-        self.execute("queue_set_paused", {"queue": queue, "paused": True})
+    def pause_queue(self, queue: str, *, create: bool = False) -> None:
+        """Stop all claims from ``queue`` (running work finishes; tasks stay queued).
 
-    def resume_queue(self, queue: str) -> None:
-        self.execute("queue_set_paused", {"queue": queue, "paused": False})
+        The queue must be one the database knows, as ``tenure status`` lists it: one
+        that workers published at start (every queue of their registry), or that has
+        tasks, or settings. Otherwise :class:`~tenure.errors.QueueNotFound` names the
+        known ones; ``create=True`` pauses a queue no worker has published yet.
+        """
+        self._set_paused(queue, True, create)
+
+    def resume_queue(self, queue: str, *, create: bool = False) -> None:
+        """Let workers claim from ``queue`` again (a known queue, as for pause)."""
+        self._set_paused(queue, False, create)
+
+    def _set_paused(self, queue: str, paused: bool, create: bool) -> None:
+        if not queue:
+            raise ConfigError("queue: name must not be empty")
+        params = {"queue": queue, "paused": paused, "create": create, "cap": EXACT_COUNT_CAP}
+        if self.execute("queue_set_paused", params):
+            return
+        known = [str(r[0]) for r in self.execute("queues_known", {"cap": EXACT_COUNT_CAP})]
+        shown = ", ".join(known[:20]) + (f" and {len(known) - 20} more" if len(known) > 20 else "")
+        name = queue if len(queue) <= 60 else queue[:59] + "…"
+        raise QueueNotFound(
+            f"no queue {name!r} in schema {self.schema}; known: {shown or 'none'} "
+            "(a worker publishes its registry's queues when it starts)"
+        )
 
     def drain_worker(self, worker_id: str) -> bool:
         """Ask a live worker to drain as SIGTERM would; False if no such live worker."""

@@ -26,8 +26,18 @@ class DatabaseError(TenureError):
     """
 
 
+class SchemaNotReady(DatabaseError):
+    """A command that must not change the schema found it missing, older than this
+    code, or unreadable by this role; the message says what to do."""
+
+
 class TaskNotFound(TenureError, LookupError):
     """No task of that name is registered (or no task row has that id)."""
+
+
+class QueueNotFound(TenureError, LookupError):
+    """An operation named a queue the database does not know; the message lists the
+    known ones."""
 
 
 class AlreadyRegistered(TenureError):

@@ -6,7 +6,8 @@ import random
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from tenure._durations import as_timedelta, positive
+from tenure._durations import as_timedelta, check_range, positive
+from tenure._worker.config import MAX_LEASE, MIN_LEASE
 from tenure.errors import ConfigError
 
 DEFAULT_QUEUE = "default"
@@ -96,8 +97,8 @@ class TaskOptions:
             raise ConfigError(f"max_attempts: must be at least 1, got {self.max_attempts}")
         if self.max_crashes < 1:
             raise ConfigError(f"max_crashes: must be at least 1, got {self.max_crashes}")
-        if self.lease is not None and self.lease < timedelta(seconds=1):
-            raise ConfigError(f"lease: must be at least 1s, got {self.lease}")
+        if self.lease is not None:
+            check_range(self.lease, field="lease", minimum=MIN_LEASE, maximum=MAX_LEASE)
         if self.timeout is not None and self.timeout <= timedelta(0):
             raise ConfigError(f"timeout: must be greater than zero, got {self.timeout}")
 

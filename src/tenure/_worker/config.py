@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+from tenure._durations import check_range
 from tenure.errors import ConfigError
 
 DEFAULT_CONCURRENCY = 8
@@ -12,6 +13,10 @@ DEFAULT_LEASE = timedelta(seconds=15)
 DEFAULT_POLL_INTERVAL = timedelta(seconds=1)
 DEFAULT_DRAIN_TIMEOUT = timedelta(seconds=30)
 MIN_LEASE = timedelta(seconds=1)
+MAX_LEASE = timedelta(days=1)  # a dead worker's task waits up to a lease to be taken over
+MIN_POLL_INTERVAL = timedelta(milliseconds=10)  # below it an idle worker only spins
+MAX_POLL_INTERVAL = timedelta(hours=1)
+MAX_DRAIN_TIMEOUT = timedelta(days=1)
 MAX_CONCURRENCY = 10_000
 
 
@@ -42,14 +47,21 @@ class WorkerConfig:
             raise ConfigError(
                 f"concurrency: must be between 1 and {MAX_CONCURRENCY}, got {self.concurrency}"
             )
-        if self.lease < MIN_LEASE:
-            raise ConfigError(f"lease: must be at least {MIN_LEASE.total_seconds():g}s")
+        check_range(self.lease, field="lease", minimum=MIN_LEASE, maximum=MAX_LEASE)
         if self.heartbeat is not None and not timedelta(0) < self.heartbeat < self.lease:
             raise ConfigError("heartbeat: must be greater than zero and shorter than the lease")
-        if self.poll_interval <= timedelta(0):
-            raise ConfigError("poll_interval: must be greater than zero")
-        if self.drain_timeout < timedelta(0):
-            raise ConfigError("drain_timeout: must not be negative")
+        check_range(
+            self.poll_interval,
+            field="poll_interval",
+            minimum=MIN_POLL_INTERVAL,
+            maximum=MAX_POLL_INTERVAL,
+        )
+        check_range(
+            self.drain_timeout,
+            field="drain_timeout",
+            minimum=timedelta(0),
+            maximum=MAX_DRAIN_TIMEOUT,
+        )
         if self.max_memory_per_child is not None and self.max_memory_per_child < 16 * 2**20:
             raise ConfigError("max_memory_per_child: must be at least 16MB")
         if self.prefetch is not None and not 0 <= self.prefetch <= MAX_CONCURRENCY:

@@ -3,7 +3,9 @@
 Start-up: resolve the DSN (retrying with backoff while the database is
 unreachable), apply migrations, register the worker row, publish the registry's
 fleet-wide limits, then start the heartbeat, reaper, notifier and completer and
-run the claim loop.
+run the claim loop. A start-up failure that waiting cannot mend (a DSN that does
+not parse, no such database or role, a refused login or schema, a bad setting, an
+embedded server that cannot start) ends the worker with one line and exit code 1.
 
 Drain (SIGTERM or SIGINT): stop claiming, let running attempts finish within the
 drain timeout, hand back what is left (released: another worker takes it at once,
@@ -28,10 +30,12 @@ import time
 from collections import deque
 from uuid import UUID, uuid4
 
+import psycopg
 from psycopg.types.json import Jsonb
 
 from tenure import __version__
 from tenure._db import connect as dbconnect
+from tenure._db.embedded import EmbeddedServerError
 from tenure._db.migrate import migrate
 from tenure._maintenance.promoter import Promoter
 from tenure._maintenance.reaper import Reaper
@@ -49,6 +53,7 @@ from tenure._worker.processes import ProcessPool
 from tenure._worker.state import Claimed, Held, Holdings
 from tenure._worker.threads import DaemonThreadPool
 from tenure.context import TaskContext
+from tenure.errors import ConfigError, SchemaNotReady
 from tenure.options import QueueOptions
 from tenure.registry import Registry
 
@@ -58,6 +63,41 @@ UNKNOWN_CHECK_INTERVAL = 60.0
 STARTUP_BACKOFF_CAP = 30.0
 # Seconds within which a supervised child takes a repeated signal as the same request.
 DUPLICATE_SIGNAL = 2.0
+START_FAILED = 1  # the exit code of a worker whose start-up cannot succeed by retrying
+
+# Statements the server refused for good: no such database (3D000), a refused login
+# (28000, 28P01), no privilege (42501) and the rest of class 42 (the schema holds
+# objects tenure cannot use).
+_PERMANENT_SQLSTATES = frozenset({"3D000", "28000", "28P01", "42501"})
+# libpq reports a refused login with the server's message only, never its SQLSTATE, so
+# those are recognised by their text; a message in another language is retried as
+# before. "connection is bad: invalid ..." is a DSN option libpq cannot use.
+_REFUSED_LOGIN = (
+    "does not exist",  # 3D000: database; 28000: role
+    "authentication failed",  # 28P01: password; 28000: peer, ident, cert
+    "no pg_hba.conf entry",  # 28000
+    "is not permitted to log in",  # 28000
+    "permission denied for database",  # 42501: no CONNECT
+    "connection is bad: invalid",
+)
+
+
+def permanent(exc: BaseException) -> bool:
+    """True for a start-up failure that no amount of waiting mends (a server that is
+    down, starting or full is transient: it is retried)."""
+    if isinstance(exc, ConfigError | EmbeddedServerError | SchemaNotReady):
+        return True
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, psycopg.Error):
+        cause = cause.__cause__
+    if cause is None:
+        return False
+    if cause.sqlstate:  # a statement (a migration) the server refused
+        return cause.sqlstate in _PERMANENT_SQLSTATES or cause.sqlstate.startswith("42")
+    if isinstance(cause, psycopg.ProgrammingError):  # the DSN does not parse
+        return True
+    text = str(cause)
+    return any(sign in text for sign in _REFUSED_LOGIN)
 
 
 class Worker:
@@ -125,7 +165,8 @@ class Worker:
 
     # -- start-up ---------------------------------------------------------------------
 
-    async def _prepare(self) -> str:
+    async def _prepare(self) -> str | None:
+        """The DSN once the schema is ready; None after a failure retrying cannot mend."""
         failures = 0
         while not self._draining:
             try:
@@ -133,6 +174,13 @@ class Worker:
                 await asyncio.to_thread(self._migrate, dsn)
                 return dsn
             except Exception as exc:
+                if permanent(exc):
+                    log.error(
+                        "worker_start_failed error=%s; not retrying: fix it, then start "
+                        "the worker again",
+                        dbconnect.describe(exc),
+                    )
+                    return None
                 failures += 1
                 delay = min(STARTUP_BACKOFF_CAP, 0.5 * 2 ** (failures - 1)) * random.uniform(0.8, 1)
                 log.error(
@@ -177,6 +225,8 @@ class Worker:
             dsn = await self._prepare()
         except asyncio.CancelledError:
             return 0
+        if dsn is None:
+            return START_FAILED
         cfg = self.config
         work = Link(dsn, self.schema, "work")
         beat = Link(dsn, self.schema, "heartbeat")

@@ -44,7 +44,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tenure._untrusted import is_loopback, is_loopback_host_header
 from tenure.client import TASK_STATES, Client
 from tenure.dashboard import views
-from tenure.errors import DatabaseError, TaskNotFound, TenureError
+from tenure.errors import DatabaseError, QueueNotFound, TaskNotFound, TenureError
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +329,10 @@ class Dashboard:
         if action not in ("pause", "resume"):
             raise HTTPException(404, f"no action {action[:40]!r} on queues")
         call = self.client.pause_queue if action == "pause" else self.client.resume_queue
-        await run_in_threadpool(call, queue)
+        try:
+            await run_in_threadpool(call, queue)
+        except QueueNotFound as exc:
+            raise HTTPException(404, str(exc)) from None
         return self._done(form, "/", f"Queue {queue} {action}d")
 
     async def worker_drain(self, request: Request) -> Response:
@@ -374,7 +377,8 @@ def create_app(
     """The dashboard as an ASGI app. Beyond localhost a ``token`` is required."""
     if token is None and not is_loopback(host):
         raise TenureError(f"binding the dashboard to {host} requires an auth token")
-    dash = Dashboard(client or Client(dsn, schema=schema), refresh=refresh, token=bool(token))
+    client = client or Client(dsn, schema=schema, migrate=False)
+    dash = Dashboard(client, refresh=refresh, token=bool(token))
 
     async def bad_request(request: Request, exc: Exception) -> Response:
         return dash.error_page(request, 400, str(exc))
