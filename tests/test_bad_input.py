@@ -190,11 +190,27 @@ def test_a_worker_exits_with_one_line_when_waiting_cannot_help(
     # When a worker starts against it (a retrying worker would hit the timeout)
     env = {"TENURE_DATABASE_URL": dsn, "TENURE_TEST_SCHEMA": schema}
     result = tenure_cli("worker", APP, "--lease", "2s", env=env)
-    # Then it exits 1 at once with one line saying it will not retry, and creates nothing
+    # Then it exits at once (EX_CONFIG) with one line saying it will not retry, and
+    # creates nothing
     lines = result.stderr.strip().splitlines()
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 78, result.stderr
     assert len(lines) == 1 and "worker_start_failed" in lines[0], result.stderr
     assert "not retrying" in lines[0] and "Traceback" not in result.stderr
+    assert not schema_exists(db, schema)
+
+
+def test_a_supervisor_stops_when_its_workers_cannot_start(
+    database_url: str, schema: str, db: psycopg.Connection[Any]
+) -> None:
+    # Given workers under a supervisor, against a database that does not exist
+    dsn = make_conninfo(direct_url(database_url), dbname="tenure_no_such_database")
+    env = {"TENURE_DATABASE_URL": dsn, "TENURE_TEST_SCHEMA": schema}
+    result = tenure_cli("worker", APP, "--processes", "2", env=env)
+    # Then it does not restart them: it exits with their code and says why, once
+    assert result.returncode == 78, result.stderr
+    assert "child_restarted" not in result.stderr
+    assert result.stderr.count("supervisor_stopped") == 1
+    assert "cannot start" in result.stderr
     assert not schema_exists(db, schema)
 
 
@@ -234,7 +250,7 @@ def test_an_embedded_dir_that_is_not_a_data_dir_is_one_line_everywhere(
     for command in (["status"], ["tasks", "list"], ["db", "migrate"]):
         one_line(cli_without_dsn(*command, TENURE_EMBEDDED_DIR=str(target)), 1, expected)
     worker = cli_without_dsn("worker", APP, TENURE_EMBEDDED_DIR=str(target))
-    assert worker.returncode == 1 and expected in worker.stderr
+    assert worker.returncode == 78 and expected in worker.stderr
     assert worker.stderr.count("worker_start_failed") == 1 and "Traceback" not in worker.stderr
     # And what was there is untouched
     if shape == "a file":

@@ -22,6 +22,10 @@ from multiprocessing.connection import Connection
 
 _PR_SET_PDEATHSIG = 1
 
+# The exit code of a worker whose start-up cannot succeed by retrying (sysexits'
+# EX_CONFIG): its supervisor does not restart it.
+START_FAILED = 78
+
 
 def die_with_parent(parent: int, sig: int) -> None:
     """Get ``sig`` when the parent ends; exit now if ``parent`` is already gone.

@@ -8,6 +8,9 @@ Rules:
   restart after a quiet minute is immediate; further restarts of that slot within
   the minute back off exponentially (0.5 s, 1 s, 2 s … capped at 30 s), so a
   crash-looping child never spins. Every restart is logged as ``child_restarted``.
+- A child that exits with ``START_FAILED`` (its configuration or database refuses
+  it, and waiting cannot mend that) is not restarted: the others are drained and
+  the supervisor exits with that code.
 - SIGTERM or SIGINT: every child gets SIGTERM and drains; the supervisor exits 0
   once all have exited. A second signal kills the children and exits at once.
 - Children get SIGTERM if the supervisor itself dies (Linux parent-death signal),
@@ -27,7 +30,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from tenure._worker.lineage import die_with_parent
+from tenure._worker.lineage import START_FAILED, die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,14 @@ class Supervisor:
                     continue
                 if self._signals:
                     continue
+                if slot.proc is not None and slot.proc.returncode == START_FAILED:
+                    log.error(
+                        "supervisor_stopped slot=%d: a worker cannot start (its error is "
+                        "above); not restarting: fix it, then start again",
+                        slot.index,
+                    )
+                    self._stop_all()
+                    return START_FAILED
                 if slot.proc is not None:
                     self._schedule_restart(slot, now)
                 if slot.restart_at is not None and now >= slot.restart_at:
@@ -109,6 +120,16 @@ class Supervisor:
                 )
                 return 0
             time.sleep(TICK)
+
+    def _stop_all(self) -> None:
+        """Drain every live child and wait for it (a second signal still kills)."""
+        self._signals = max(self._signals, 1)
+        for slot in self.slots:
+            if slot.proc is not None and slot.proc.poll() is None:
+                slot.proc.send_signal(signal.SIGTERM)
+        for slot in self.slots:
+            if slot.proc is not None:
+                slot.proc.wait()
 
     def _schedule_restart(self, slot: Slot, now: float) -> None:
         assert slot.proc is not None

@@ -46,6 +46,7 @@ from tenure._worker.config import WorkerConfig
 from tenure._worker.executor import execute
 from tenure._worker.heartbeat import Heartbeat, HeartbeatResult
 from tenure._worker.http import Surfaces, SurfacesConfig
+from tenure._worker.lineage import START_FAILED
 from tenure._worker.link import Link
 from tenure._worker.metrics import Metrics
 from tenure._worker.notifier import CancelHints, Notifier
@@ -63,7 +64,6 @@ UNKNOWN_CHECK_INTERVAL = 60.0
 STARTUP_BACKOFF_CAP = 30.0
 # Seconds within which a supervised child takes a repeated signal as the same request.
 DUPLICATE_SIGNAL = 2.0
-START_FAILED = 1  # the exit code of a worker whose start-up cannot succeed by retrying
 
 # Statements the server refused for good: no such database (3D000), a refused login
 # (28000, 28P01), no privilege (42501) and the rest of class 42 (the schema holds
