@@ -31,8 +31,18 @@ def test_restart_backoff_is_immediate_first_then_exponential() -> None:
 
 
 def test_children_run_the_same_command_without_processes() -> None:
-    argv = child_argv(["worker", "a:b", "--processes", "3", "--lease", "2s", "--processes=4"])
+    argv, env = child_argv(["worker", "a:b", "--processes", "3", "--lease", "2s", "--processes=4"])
     assert argv[-4:] == ["worker", "a:b", "--lease", "2s"]
+    assert env == {}
+
+
+def test_a_dsn_reaches_the_children_by_environment_not_command_line() -> None:
+    # A password in argv is visible to every user in ps
+    secret = "postgresql://app:SECRETPW@127.0.0.1/db"
+    for given in (["--dsn", secret], [f"--dsn={secret}"]):
+        argv, env = child_argv(["worker", "a:b", *given, "--processes", "2"])
+        assert not any("SECRETPW" in a for a in argv)
+        assert env == {"TENURE_DATABASE_URL": secret}
 
 
 def test_a_killed_child_is_restarted_and_its_task_taken_over(

@@ -256,7 +256,8 @@ def worker(
     if processes is not None:
         from tenure._worker.supervisor import Supervisor, child_argv
 
-        sys.exit(Supervisor(child_argv(sys.argv[1:]), processes).run())
+        argv, env = child_argv(sys.argv[1:])
+        sys.exit(Supervisor(argv, processes, env).run())
     slot = int(os.environ.get("TENURE_SUPERVISED_SLOT", "0"))
     surfaces = SurfacesConfig(
         metrics_port=metrics_port + slot if metrics_port else metrics_port,

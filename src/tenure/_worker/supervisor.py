@@ -30,6 +30,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from tenure._db.connect import ENV_DSN
 from tenure._worker.lineage import START_FAILED, die_with_parent
 
 log = logging.getLogger(__name__)
@@ -59,13 +60,14 @@ class Slot:
 class Supervisor:
     """Runs ``processes`` copies of ``argv`` and restarts the ones that die."""
 
-    def __init__(self, argv: list[str], processes: int) -> None:
+    def __init__(self, argv: list[str], processes: int, env: dict[str, str] | None = None) -> None:
         self.argv = argv
+        self.env = env or {}
         self.slots = [Slot(i) for i in range(processes)]
         self._signals = 0
 
     def _spawn(self, slot: Slot) -> None:
-        env = {**os.environ, "TENURE_SUPERVISED_SLOT": str(slot.index)}
+        env = {**os.environ, **self.env, "TENURE_SUPERVISED_SLOT": str(slot.index)}
         # The child drains when this process dies; it runs between fork and exec.
         drain_on_death = functools.partial(die_with_parent, os.getpid(), signal.SIGTERM)
         slot.proc = subprocess.Popen(self.argv, env=env, preexec_fn=drain_on_death)
@@ -151,18 +153,23 @@ class Supervisor:
         )
 
 
-def child_argv(argv: list[str]) -> list[str]:
-    """This command line for a child: the same worker without ``--processes``."""
+def child_argv(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """This command line for a child: the same worker without ``--processes``, and
+    the environment it adds. A ``--dsn`` moves to the child's ``TENURE_DATABASE_URL``:
+    a password in a command line is visible to every user in ``ps``."""
     out: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        if arg == "--processes":
-            skip = True
+    env: dict[str, str] = {}
+    args = iter(argv)
+    for arg in args:
+        if arg in ("--processes", "--dsn"):
+            value = next(args, "")
+            if arg == "--dsn":
+                env[ENV_DSN] = value
             continue
         if arg.startswith("--processes="):
             continue
+        if arg.startswith("--dsn="):
+            env[ENV_DSN] = arg.removeprefix("--dsn=")
+            continue
         out.append(arg)
-    return [sys.executable, "-m", "tenure", *out]
+    return [sys.executable, "-m", "tenure", *out], env
