@@ -203,6 +203,7 @@ def test_actions_need_post_and_a_matching_csrf_token(
     assert d.request("/")[0] == 200
     csrf = d.cookie("tenure_csrf")
     assert csrf
+    db.execute("INSERT INTO queues (name) VALUES ('work')")  # as a worker publishes it
     paused = "SELECT coalesce((SELECT paused FROM queues WHERE name = 'work'), false)"
     # GET never acts
     assert d.request("/queues/work/pause")[0] == 405
