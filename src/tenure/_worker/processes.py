@@ -58,15 +58,23 @@ class Job:
 class Reply:
     """A child's answer: ``ok`` with JSON text, or an error kind with its text."""
 
-    kind: str  # ok | error | retry_after | discard | invalid
+    kind: str  # started | ok | refused | error | retry_after | discard | invalid
     text: str
     delay: float = 0.0
     rss: int = 0
 
 
+# Sent when a job's function is found (its module imported): a process started for
+# the job, or one importing a heavy module, does not spend the job's timeout on that.
+STARTED = Reply("started", "")
+# How long a task process may take to start a job (spawn, imports) before it is
+# counted as dead.
+START_TIMEOUT = 120.0
+
+
 class ChildDied(Exception):  # noqa: N818 - an event, raised to the executor
-    def __init__(self, exitcode: int | None) -> None:
-        super().__init__(f"the task's process died (exit code {exitcode})")
+    def __init__(self, exitcode: int | None, why: str | None = None) -> None:
+        super().__init__(why or f"the task's process died (exit code {exitcode})")
         self.exitcode = exitcode
 
 
@@ -98,6 +106,7 @@ def _child_main(conn: Connection, lifeline: Connection, worker: int) -> None:
                 obj = getattr(obj, part)
             task = obj
             limits = task.registry.limits
+            conn.send(STARTED)  # the task's own time starts now (its timeout with it)
             _current.set(TaskContext(job.task_id, job.attempt, job.task_name, job.queue))
             payload = task.decode(job.payload)
             result = task.fn(payload)
@@ -175,7 +184,16 @@ class ProcessPool:
             healthy = False
             try:
                 child.conn.send(job)
-                reply: Reply = await asyncio.wait_for(asyncio.to_thread(self._recv, child), timeout)
+                try:
+                    reply: Reply = await asyncio.wait_for(
+                        asyncio.to_thread(self._recv, child), START_TIMEOUT
+                    )
+                except TimeoutError:
+                    raise ChildDied(
+                        None, f"the task's process did not start it within {START_TIMEOUT:g}s"
+                    ) from None
+                if reply.kind == "started":  # else it failed before it could start
+                    reply = await asyncio.wait_for(asyncio.to_thread(self._recv, child), timeout)
                 healthy = True
             except TimeoutError:
                 raise
