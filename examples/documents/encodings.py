@@ -141,7 +141,7 @@ def decode(data: bytes, *, declared: bool = False) -> Decoded:
         pass
     guesses = list(from_bytes(data))
     if not guesses:
-        raise NotText("not text in any encoding charset-normalizer knows (binary data?)")
+        raise NotText("not UTF-8, nor text in any other encoding")
     best = guesses[0]
     for guess in guesses:
         if guess.encoding == _PREFERRED and guess.chaos <= best.chaos + _NEAR:
