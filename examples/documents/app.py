@@ -3,8 +3,9 @@
 ``tenure worker examples.documents.app:reg`` runs them. Small documents run in the
 worker's threads; large ones run in a child process with a hard timeout, so a
 parser stuck on a huge or hostile file is killed on time without stalling the
-worker. A corrupt file is discarded at once (no retries: parsing it again cannot
-help) with the parser's complaint as the task's recorded error.
+worker. A corrupt file, or one with no text to index (a scanned PDF without a text
+layer), is discarded at once (no retries: parsing it again cannot help) with the
+parser's reason as the task's recorded error.
 """
 
 from __future__ import annotations

@@ -1,12 +1,21 @@
 """Text and metadata out of a file, by type, with parsers from PyPI.
 
 Every parser either returns an :class:`Extracted` or raises :class:`CorruptDocument`
-naming what is wrong; nothing here parses a format by hand.
+naming what is wrong (:class:`NoText` for a readable file with no text in it, such as a
+scanned PDF); nothing here parses a format by hand.
+
+The text is what a reader sees: every line break and block boundary (a Markdown soft
+or hard break, a paragraph, list item, heading, table cell or code block; an HTML block
+element or ``<br>``; a PDF page; a DOCX paragraph or cell) becomes whitespace, so words
+on either side stay two words. Text, Markdown and HTML are decoded by
+:mod:`examples.documents.encodings` (byte-order mark, declared charset, UTF-8, then
+detection).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +24,10 @@ from typing import Any
 import docx
 import pypdf
 from markdown_it import MarkdownIt
+from markdown_it.token import Token
 from selectolax.lexbor import LexborHTMLParser
+
+from examples.documents import encodings
 
 # pypdf logs a warning for every broken file it then rejects; the rejection is enough.
 logging.getLogger("pypdf").setLevel(logging.ERROR)
@@ -36,7 +48,11 @@ MAX_INDEXED_CHARS = 1_000_000
 
 
 class CorruptDocument(Exception):  # noqa: N818 - names the document, not an error of ours
-    """The file cannot be parsed as its type says."""
+    """The file cannot be parsed as its type says (the base of every reason not to index)."""
+
+
+class NoText(CorruptDocument):
+    """The file parses but holds no text to index (a scan without a text layer)."""
 
 
 class UnsupportedType(CorruptDocument):
@@ -89,26 +105,61 @@ def _pdf(path: Path, data: bytes) -> Extracted:
     info = reader.metadata
     title = (info.title if info is not None else None) or ""
     author = (info.author if info is not None else None) or ""
+    if not any(page.strip() for page in pages):
+        raise NoText(
+            f"no text: a PDF of {len(pages)} page(s) without a text layer "
+            "(a scan or images only; run OCR on it to index it)"
+        )
     return Extracted("pdf", str(title), "\n".join(pages), {"pages": len(pages), "author": author})
 
 
 def _html(path: Path, data: bytes) -> Extracted:
-    tree = LexborHTMLParser(data)
+    decoded = _decode(data, "html", declared=True)
+    tree = LexborHTMLParser(decoded.text)
     title_node = tree.css_first("title")
-    title = title_node.text(strip=True) if title_node is not None else ""
+    title = title_node.text() if title_node is not None else ""
+    links = len(tree.css("a[href]"))
+    text = _html_text(tree)
+    if not title.strip():
+        h1 = tree.css_first("h1")
+        title = h1.text() if h1 is not None else ""
+    return Extracted("html", title, text, {"links": links, **_encoding_meta(decoded)})
+
+
+#: Elements a browser lays out as blocks (or cells): their edges separate words.
+HTML_BLOCKS = (
+    "address, article, aside, blockquote, body, caption, dd, details, dialog, div, dl, dt, "
+    "fieldset, figcaption, figure, footer, form, h1, h2, h3, h4, h5, h6, header, hgroup, "
+    "hr, li, main, nav, ol, option, p, pre, section, summary, table, tbody, td, tfoot, th, "
+    "thead, tr, ul, br"
+)
+
+
+def _html_text(tree: LexborHTMLParser) -> str:
+    """The text of ``tree``'s body as a browser shows it: inline markup joins, blocks part."""
     tree.strip_tags(["script", "style", "noscript", "template"])
     root = tree.body or tree.root
-    text = root.text(separator=" ", strip=True) if root is not None else ""
-    links = len(tree.css("a[href]"))
-    if not title:
-        h1 = tree.css_first("h1")
-        title = h1.text(strip=True) if h1 is not None else ""
-    return Extracted("html", title, text, {"links": links})
+    if root is None:
+        return ""
+    for node in root.css(HTML_BLOCKS):
+        node.insert_before("\n")
+        node.insert_after("\n")
+    return _tidy(root.text(separator=""))
+
+
+def _tidy(text: str) -> str:
+    """Runs of spaces as one, lines stripped, at most one blank line in a row."""
+    lines = (" ".join(line.split()) for line in text.splitlines())
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+#: CommonMark plus the GitHub tables and strikethrough real READMEs are written in.
+_MARKDOWN = MarkdownIt("commonmark").enable(["table", "strikethrough"])
 
 
 def _markdown(path: Path, data: bytes) -> Extracted:
-    source = _utf8(data, "markdown")
-    tokens = MarkdownIt("commonmark").parse(source)
+    decoded = _decode(data, "markdown")
+    tokens = _MARKDOWN.parse(decoded.text)
     parts: list[str] = []
     title = ""
     headings = 0
@@ -116,20 +167,38 @@ def _markdown(path: Path, data: bytes) -> Extracted:
         if tok.type == "heading_open":
             headings += 1
             if not title and i + 1 < len(tokens):
-                title = tokens[i + 1].content
-        if tok.type == "inline" and tok.children:
-            parts.append(
-                "".join(c.content for c in tok.children if c.type in ("text", "code_inline"))
-            )
+                title = _inline_text(tokens[i + 1].children or [])
+        if tok.type == "inline":
+            parts.append(_inline_text(tok.children or []))
         elif tok.type in ("fence", "code_block"):
             parts.append(tok.content)
-    return Extracted("markdown", title, "\n".join(parts), {"headings": headings})
+        elif tok.type == "html_block":
+            parts.append(_html_text(LexborHTMLParser(tok.content)))
+    meta = {"headings": headings, **_encoding_meta(decoded)}
+    return Extracted("markdown", title, "\n".join(parts), meta)
+
+
+def _inline_text(children: list[Token]) -> str:
+    """One paragraph's (or heading's, or cell's) words, a line break being a space."""
+    out: list[str] = []
+    for child in children:
+        if child.type in ("text", "code_inline", "image"):  # an image's content: its alt text
+            out.append(child.content)
+        elif child.type in ("softbreak", "hardbreak") or _is_br(child):
+            out.append("\n")
+    return "".join(out)
+
+
+def _is_br(token: Token) -> bool:
+    return token.type == "html_inline" and token.content.lower().startswith("<br")
 
 
 def _text(path: Path, data: bytes) -> Extracted:
-    text = _utf8(data, "text")
+    decoded = _decode(data, "text")
+    text = decoded.text
     first = next((line for line in text.splitlines() if line.strip()), "")
-    return Extracted("text", first[:120], text, {"lines": text.count("\n") + 1})
+    meta = {"lines": text.count("\n") + 1, **_encoding_meta(decoded)}
+    return Extracted("text", first[:120], text, meta)
 
 
 def _docx(path: Path, data: bytes) -> Extracted:
@@ -149,12 +218,15 @@ def _docx(path: Path, data: bytes) -> Extracted:
     )
 
 
-def _utf8(data: bytes, kind: str) -> str:
+def _decode(data: bytes, kind: str, *, declared: bool = False) -> encodings.Decoded:
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        reason = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
-        raise CorruptDocument(f"corrupt {kind}: {reason}") from None
+        return encodings.decode(data, declared=declared)
+    except encodings.NotText as exc:
+        raise CorruptDocument(f"corrupt {kind}: {exc}") from None
+
+
+def _encoding_meta(decoded: encodings.Decoded) -> dict[str, str]:
+    return {"encoding": decoded.encoding, "encoding_from": decoded.found_by}
 
 
 _PARSERS = {
