@@ -126,8 +126,9 @@ class Procs:
                     stream.close()
 
 
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
+@pytest.fixture(name="data_dir")
+def private_data_dir() -> Iterator[Path]:
+    """A data dir of this test's own, its server stopped at the end (test_embedded_*)."""
     # Not pytest's tmp_path: as root, the server runs as another user who must be able to
     # traverse every parent, and /tmp/pytest-of-root is 0700.
     base = Path(tempfile.mkdtemp(prefix="tenure-embedded-"))

