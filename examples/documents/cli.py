@@ -24,6 +24,7 @@ from rich.table import Table
 
 from examples.documents import app, corpus, index
 from examples.documents import ingest as ingesting
+from tenure._untrusted import inert
 
 console = Console()
 
@@ -83,6 +84,7 @@ def ingest_cmd(path: Path, source: str | None, wait: bool) -> None:
         f"enqueued {report.sent} documents ({sources or 'none'}); {report.large} large "
         f"(process isolation); {report.skipped} files of other types skipped"
     )
+    console.print(schema_hint())
     if not wait or not report.sent:
         return
     with _connect() as conn, _progress() as bar:
@@ -108,7 +110,8 @@ def search_cmd(query: str, limit: int, as_json: bool) -> None:
         hits = index.search(conn, query, limit=limit)
     if as_json:
         for hit in hits:
-            click.echo(json.dumps(dataclasses.asdict(hit)))
+            relative = hit.rank / hits[0].rank if hits[0].rank > 0 else 0.0
+            click.echo(json.dumps({**dataclasses.asdict(hit), "relative": round(relative, 4)}))
         sys.exit(0 if hits else 1)
     if not hits:
         console.print(f"no document matches {query!r}")
@@ -120,26 +123,61 @@ def search_cmd(query: str, limit: int, as_json: bool) -> None:
     for hit in hits:
         snippet = escape(hit.snippet).replace("«", "[bold yellow]").replace("»", "[/]")
         table.add_row(
-            f"{hit.rank:.3f}",
+            shown_rank(hit.rank, hits[0].rank),
             f"{escape(hit.path)}\n[dim]{escape(hit.source)} · {hit.doc_type}[/]",
             snippet,
         )
     console.print(table)
 
 
+def shown_rank(rank: float, best: float) -> str:
+    """A match's rank as a reader can compare it: relative to the best match (1.00),
+    and PostgreSQL's ts_rank beside it with three significant digits (it is often
+    far below 0.001 for a long document)."""
+    relative = rank / best if best > 0 else 0.0
+    return f"{relative:.2f}\n[dim]{rank:.3g}[/]"
+
+
+def schema_hint() -> str:
+    """Which tenure schema this app uses, and how to point the operator commands at it."""
+    schema = index.queue_schema()
+    return (
+        f"tenure schema {schema}; see it with: tenure status --schema {schema} "
+        "(or --app examples.documents.app:reg)"
+    )
+
+
 @main.command("failed")
-def failed_cmd() -> None:
+@click.option("--json", "as_json", is_flag=True, help="One JSON document: counts and failures.")
+def failed_cmd(as_json: bool) -> None:
     """Documents that could not be parsed, with the reason."""
-    _print_failed(None)
+    _print_failed(None, as_json=as_json)
 
 
-def _print_failed(task_ids: list[int] | None) -> None:
+def _print_failed(task_ids: list[int] | None, *, as_json: bool = False) -> None:
     with _connect() as conn:
         out = ingesting.outcomes(conn, task_ids)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "schema": index.queue_schema(),
+                    "states": out["states"],
+                    "failed": [
+                        {"path": path, "state": state, "reason": reason}
+                        for path, state, reason in out["failed"]
+                    ],
+                }
+            )
+        )
+        return
     states = ", ".join(f"{k} {v}" for k, v in sorted(out["states"].items()))
-    console.print(f"documents finished: {states or 'none'}")
+    console.print(f"documents finished (schema {index.queue_schema()}): {states or 'none'}")
+    # One line per path, never broken by the terminal's width (a path stays whole for
+    # copying), and the reason indented under it.
     for path, state, reason in out["failed"]:
-        console.print(f"  [red]{state}[/] {escape(path)}: {escape(reason)}")
+        console.print(f"  [red]{escape(inert(state))}[/] {escape(inert(path))}", soft_wrap=True)
+        console.print(f"      {escape(inert(reason))}", soft_wrap=True)
 
 
 def run() -> None:

@@ -15,6 +15,8 @@ from typing import Any
 
 import click
 
+from tenure._cli_ops import dsn_option
+from tenure._cli_output import emit_json, json_option
 from tenure._durations import MAX_DURATION, format_duration, parse_duration
 from tenure._worker.config import (
     DEFAULT_CONCURRENCY,
@@ -86,26 +88,20 @@ def parse_size(text: str) -> int:
     return int(value * _SIZE_UNITS[unit])
 
 
-def load_registry(target: str) -> Registry:
+def load_registry(target: str, *, hint: str = "MODULE:REGISTRY") -> Registry:
     """Import ``module:attribute`` and return the :class:`Registry` it names."""
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
-        raise click.BadParameter(
-            f"{target!r} should look like myapp.tasks:reg", param_hint="MODULE:REGISTRY"
-        )
+        raise click.BadParameter(f"{target!r} should look like myapp.tasks:reg", param_hint=hint)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise click.BadParameter(
-            f"cannot import {module_name!r}: {exc}", param_hint="MODULE:REGISTRY"
-        ) from None
+        raise click.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint=hint) from None
     registry = getattr(module, attr, None)
     if not isinstance(registry, Registry):
-        raise click.BadParameter(
-            f"{module_name}.{attr} is not a tenure Registry", param_hint="MODULE:REGISTRY"
-        )
+        raise click.BadParameter(f"{module_name}.{attr} is not a tenure Registry", param_hint=hint)
     return registry
 
 
@@ -278,7 +274,7 @@ def db() -> None:
 
 @db.command("migrate")
 @click.option("--dsn", envvar="TENURE_DATABASE_URL")
-@click.option("--schema", default="tenure", show_default=True)
+@click.option("--schema", envvar="TENURE_SCHEMA", default="tenure", show_default=True)
 def db_migrate(dsn: str | None, schema: str) -> None:
     """Apply pending migrations."""
     from tenure._db import connect as dbconnect
@@ -403,8 +399,7 @@ def db_status(as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--dsn", envvar="TENURE_DATABASE_URL")
-@click.option("--schema", default="tenure", show_default=True)
+@dsn_option
 @click.option(
     "--keys",
     "top_keys",
@@ -421,15 +416,13 @@ def db_status(as_json: bool) -> None:
     help="Count tasks exactly up to this many per queue and state; above it show the "
     "planner's estimate, marked ~.",
 )
-def status(dsn: str | None, schema: str, top_keys: int, count_cap: int) -> None:
+@json_option
+def status(dsn: str | None, schema: str, top_keys: int, count_cap: int, as_json: bool) -> None:
     """Queues, limits, the largest partition keys, live workers and their leases.
 
     Stays fast over millions of queued or finished tasks: counts above --count-cap
     are estimates and are marked ~ (running and expired are always exact)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from tenure._cli_ops import shown
+    from tenure._cli_ops import status_document, status_tables
     from tenure.client import Client
 
     client = Client(dsn, schema=schema, migrate=False)  # a read never creates the schema
@@ -437,119 +430,10 @@ def status(dsn: str | None, schema: str, top_keys: int, count_cap: int) -> None:
     limits = client.execute("status_limits", {})
     keys = client.key_counts(top_keys) if top_keys else []
     workers = client.execute("status_workers", {})
-    console = Console()
-    estimated = False
-
-    def count(value: Any, approx: Any) -> str:
-        nonlocal estimated
-        if approx:
-            estimated = True
-            return f"~{int(value)}"
-        return str(value)
-
-    def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-        t = Table(title=title, title_justify="left")
-        for i, col in enumerate(columns):
-            t.add_column(col, justify="left" if i == 0 else "right")
-        for row in rows:
-            t.add_row(*(shown(cell) for cell in row))
-        console.print(t)
-
-    def limit(value: Any, used: Any = None) -> str:
-        if value is None:
-            return "-"
-        return f"{used}/{value}" if used is not None else str(value)
-
-    table(
-        "queues",
-        [
-            "queue",
-            "queued",
-            "scheduled",
-            "running",
-            "expired",
-            "failed",
-            "quarantined",
-            "cancelled",
-            "oldest",
-            "limit",
-            "per key",
-            "weight",
-            "paused",
-        ],
-        [
-            [
-                q[0],
-                count(q[1], q[13]),
-                count(q[2], q[14]),
-                str(q[3]),
-                str(q[4]),
-                *(count(v, q[15]) for v in q[5:8]),
-                "-" if q[8] is None else f"{'≥' if q[13] else ''}{float(q[8]):.1f}s",
-                limit(q[9], q[3]),
-                limit(q[10]),
-                str(q[11]),
-                "yes" if q[12] else "no",
-            ]
-            for q in queues
-        ],
-    )
-    if limits:
-        table(
-            "task limits",
-            ["task", "running/limit", "per key"],
-            [[str(r[0]), limit(r[1], r[3]), limit(r[2])] for r in limits],
-        )
-    if keys:
-        table(
-            "largest partition keys",
-            ["queue", "key", "queued", "running"],
-            [
-                [
-                    str(k[0]),
-                    "(none)" if k[1] is None else str(k[1]),
-                    count(k[2], k[4]),
-                    str(k[3]),
-                ]
-                for k in keys
-            ],
-        )
-    table(
-        "workers",
-        [
-            "worker",
-            "host",
-            "pid",
-            "state",
-            "queues",
-            "concurrency",
-            "leases",
-            "held",
-            "running",
-            "heartbeat",
-        ],
-        [
-            [
-                str(w[0])[:8],
-                w[1],
-                str(w[2]),
-                w[3],
-                ",".join(w[4]),
-                str(w[5]),
-                str(w[8]),
-                str(w[9]),
-                str(w[10]),
-                f"{float(w[7]):.1f}s ago",
-            ]
-            for w in workers
-        ],
-    )
-    if estimated:
-        console.print(
-            f"~ estimate: more than {count_cap} tasks, so the count comes from the planner's "
-            "statistics (queues) or a sample of the table's pages (keys), not a scan; "
-            "≥ oldest: at least this old"
-        )
+    if as_json:
+        emit_json(status_document(schema, queues, limits, keys, workers))
+    else:
+        status_tables(queues, limits, keys, workers, count_cap)
 
 
 # Operator commands live in their own module; see tenure/_cli_ops.py.

@@ -10,6 +10,7 @@ psycopg connection, in which case the task joins the caller's transaction.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -23,11 +24,13 @@ from psycopg import sql
 from tenure._db import connect as dbconnect
 from tenure._db import sqlfiles
 from tenure._db.migrate import check_ready, migrate
+from tenure._untrusted import inert
 from tenure.errors import (
     ConfigError,
     DatabaseError,
     QueueNotFound,
     ResultTimeout,
+    SchemaNotReady,
     TaskCancelled,
     TaskFailed,
     TaskNotFound,
@@ -54,6 +57,18 @@ class TaskInfo:
     created_at: datetime
     finished_at: datetime | None
 
+    @property
+    def error(self) -> str | None:
+        """The task's error as it stands: see :func:`standing_error`."""
+        return standing_error(self.state, self.last_error)
+
+
+def standing_error(state: str, last_error: str | None) -> str | None:
+    """A task's error as it stands now: ``last_error``, except for a task that
+    succeeded, whose earlier attempts' errors belong to those attempts (see
+    :meth:`Client.attempts`), not to the task."""
+    return None if state == "succeeded" else last_error
+
 
 TASK_STATES = (
     "scheduled",
@@ -78,22 +93,149 @@ KEY_SAMPLE_PERCENT = 1.0
 """The share of a deep hot table's pages sampled to rank partition keys."""
 
 
+def task_fields(r: tuple[Any, ...]) -> dict[str, Any]:
+    """One row of :meth:`Client.list_tasks` by name, its error as it stands
+    (:func:`standing_error`)."""
+    return {
+        "id": r[0],
+        "task": r[1],
+        "queue": r[2],
+        "state": r[3],
+        "attempt": r[4],
+        "errors": r[5],
+        "crashes": r[6],
+        "priority": r[7],
+        "partition_key": r[8],
+        "created_at": r[9],
+        "finished_at": r[10],
+        "last_error": standing_error(r[3], r[11]),
+    }
+
+
+def queue_fields(q: tuple[Any, ...]) -> dict[str, Any]:
+    """One row of :meth:`Client.queue_counts` by name, as ``tenure status --json`` and
+    the dashboard show it."""
+    return {
+        "queue": str(q[0]),
+        "queued": int(q[1]),
+        "queued_estimated": bool(q[13]),
+        "scheduled": int(q[2]),
+        "scheduled_estimated": bool(q[14]),
+        "running": int(q[3]),
+        "expired": int(q[4]),
+        "failed": int(q[5]),
+        "quarantined": int(q[6]),
+        "cancelled": int(q[7]),
+        "finished_estimated": bool(q[15]),
+        "oldest_seconds": None if q[8] is None else float(q[8]),
+        "max_concurrency": q[9],
+        "max_concurrency_per_key": q[10],
+        "weight": int(q[11]),
+        "paused": bool(q[12]),
+    }
+
+
+LATE_HEARTBEAT_SECONDS = 30.0
+"""A worker not gone whose heartbeat is older than this is late: what it last reported
+(held, running) is no longer shown as what it does now."""
+
+
+def reports_live(state: str, heartbeat_age_seconds: float) -> bool:
+    """Whether a worker's own counts (held, running) describe it now: it is not gone
+    and its heartbeat is not late."""
+    return state != "gone" and heartbeat_age_seconds <= LATE_HEARTBEAT_SECONDS
+
+
+SCHEMA_ENV = "TENURE_SCHEMA"
+DEFAULT_SCHEMA = "tenure"
+"""tenure's schema when neither ``schema=`` nor ``TENURE_SCHEMA`` names one."""
+
+
+def default_schema() -> str:
+    """The schema a Registry, a Client and every command use when none is given:
+    ``TENURE_SCHEMA``, else ``tenure``."""
+    return os.environ.get(SCHEMA_ENV) or DEFAULT_SCHEMA
+
+
+@dataclass(frozen=True)
+class SchemaSummary:
+    """One tenure schema of a database, as the listing of schemas shows it."""
+
+    name: str
+    live_workers: int | None  # None: this role may not read it
+    tasks: int | None
+    capped: bool = False  # more tasks than counted
+
+    def __str__(self) -> str:
+        name = inert(self.name)
+        if self.live_workers is None or self.tasks is None:
+            return name
+        workers = f"{self.live_workers} live worker{'s' if self.live_workers != 1 else ''}"
+        tasks = f"{self.tasks:,}{'+' if self.capped else ''} task{'' if self.tasks == 1 else 's'}"
+        return f"{name} ({workers}, {tasks})"
+
+
+def tenure_schemas(conn: psycopg.Connection[Any], *, cap: int = 10_000) -> list[SchemaSummary]:
+    """The tenure schemas of the database ``conn`` is on, busiest first (live workers,
+    then tasks, counted up to ``cap`` per table). One this role cannot read, or whose
+    name is not one tenure would make, comes last, without counts."""
+    found = []
+    for name, usable in conn.execute(sqlfiles.query("tenure_schemas", DEFAULT_SCHEMA)):
+        row = None
+        try:
+            if usable:
+                summary = sqlfiles.query("schema_summary", name)  # ConfigError: odd name
+                row = conn.execute(summary, {"cap": cap}).fetchone()
+        except (ConfigError, psycopg.Error):  # a table this role may not read, say
+            row = None
+        if row is None:
+            found.append(SchemaSummary(str(name), None, None))
+        else:
+            found.append(SchemaSummary(str(name), int(row[0]), int(row[1]), bool(row[2])))
+    return sorted(found, key=lambda s: (-(s.live_workers or -1), -(s.tasks or -1), s.name))
+
+
+def _not_found(conn: psycopg.Connection[Any], schema: str, error: SchemaNotReady) -> Exception:
+    """``error``; when ``schema`` is no tenure schema at all, with the tenure schemas
+    this database does hold."""
+    try:
+        found = tenure_schemas(conn)
+    except psycopg.Error:
+        return error
+    if not found or any(s.name == schema for s in found):  # unreadable, or behind
+        return error
+    head = str(error).split(";")[0]  # "no tenure schema 'x' in this database", or so
+    more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+    return SchemaNotReady(
+        f"{head}; check --schema (or pass --app MODULE:REGISTRY, or set {SCHEMA_ENV}): "
+        f"tenure schemas in this database: {', '.join(map(str, found[:10]))}{more}"
+    )
+
+
 class Client:
     """Sends tasks and reads them back, for one DSN and schema.
 
-    ``migrate=False``: never create or upgrade the schema; the first connection checks
-    that it exists, is readable and has every migration of this code, and raises
-    :class:`~tenure.errors.SchemaNotReady` in one line otherwise.
+    ``schema`` defaults to ``TENURE_SCHEMA``, else ``tenure``. ``migrate=False``: never
+    create or upgrade the schema; the first connection checks that it exists, is
+    readable and has every migration of this code, and raises
+    :class:`~tenure.errors.SchemaNotReady` in one line otherwise (naming the tenure
+    schemas the database holds when this one is none of them).
     """
 
     def __init__(
-        self, dsn: str | None = None, *, schema: str = "tenure", migrate: bool = True
+        self, dsn: str | None = None, *, schema: str | None = None, migrate: bool = True
     ) -> None:
-        self.schema = sqlfiles.check_schema(schema)
+        self.schema = sqlfiles.check_schema(default_schema() if schema is None else schema)
         self.migrates = migrate
         self._dsn = dsn
         self._conn: psycopg.Connection[Any] | None = None
         self._lock = threading.Lock()
+
+    @property
+    def configured_dsn(self) -> str | None:
+        """The DSN given to this client (or resolved once it connected); None means
+        TENURE_DATABASE_URL, else the embedded server, at first use."""
+        return self._dsn
 
     @property
     def dsn(self) -> str:
@@ -109,7 +251,10 @@ class Client:
                 if self.migrates:
                     dbconnect.retry_sync(lambda: migrate(conn, self.schema), what="migrate")
                 else:
-                    dbconnect.retry_sync(lambda: check_ready(conn, self.schema), what="schema")
+                    try:
+                        dbconnect.retry_sync(lambda: check_ready(conn, self.schema), what="schema")
+                    except SchemaNotReady as exc:
+                        raise _not_found(conn, self.schema, exc) from None
             except BaseException:
                 conn.close()
                 raise

@@ -242,13 +242,18 @@ def _result_type(fn: Callable[..., Any]) -> Any:
 class Registry:
     """The tasks one application can send and run, bound to one database and schema.
 
-    ``dsn`` defaults to ``TENURE_DATABASE_URL``, else the embedded PostgreSQL server.
+    ``dsn`` defaults to ``TENURE_DATABASE_URL``, else the embedded PostgreSQL server;
+    ``schema`` to ``TENURE_SCHEMA``, else ``tenure``.
     ``limits`` bounds payloads at ``send`` and results and error texts in the worker
     (payload 1 MB, result 10 MB, error text 8 KB, depth 64 by default).
     """
 
     def __init__(
-        self, dsn: str | None = None, *, schema: str = "tenure", limits: Limits | None = None
+        self,
+        dsn: str | None = None,
+        *,
+        schema: str | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.client = Client(dsn, schema=schema)
         self.schema = self.client.schema

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from tenure.client import Client
+from tenure.client import (
+    LATE_HEARTBEAT_SECONDS,
+    Client,
+    queue_fields,
+    reports_live,
+    standing_error,
+    task_fields,
+)
 from tenure.logs import OUTCOME_EVENTS
 
 HISTORY_MINUTES = 60
@@ -114,33 +121,27 @@ def overview(client: Client) -> dict[str, Any]:
     throughput = {r[0]: (int(r[1]), int(r[2])) for r in client.execute("dashboard_throughput", {})}
     depth_now = {str(q[0]): int(q[1]) + int(q[2]) + int(q[3]) for q in queues}
     history = _history(client.execute("dashboard_history", {}), depth_now)
-    queue_rows = []
+    queue_rows: list[dict[str, Any]] = []
     for q in queues:
         name = str(q[0])
         done, ok = throughput.get(name, (0, 0))
+        fields = queue_fields(q)
         queue_rows.append(
             {
+                **fields,
                 "name": name,
-                "queued": int(q[1]),
-                "queued_estimated": bool(q[13]),
-                "scheduled": int(q[2]),
-                "running": int(q[3]),
-                "expired": int(q[4]),
-                "failed": int(q[5]),
-                "quarantined": int(q[6]),
-                "cancelled": int(q[7]),
-                "oldest": age(None if q[8] is None else float(q[8])),
-                "oldest_seconds": None if q[8] is None else float(q[8]),
-                "limit": q[9],
-                "weight": int(q[11]),
-                "paused": bool(q[12]),
+                "oldest": age(fields["oldest_seconds"]),
+                "limit": fields["max_concurrency"],
                 "per_minute": done,
                 "succeeded_per_minute": ok,
                 "spark": history.get(name, Sparkline([0] * 60, [0] * 60)),
             }
         )
-    worker_rows = []
+    worker_rows: list[dict[str, Any]] = []
     for w in client.execute("dashboard_workers", {"limit": 200}):
+        heartbeat_age = float(w[7])
+        # held and running are the worker's own report: not what a gone or late one does
+        fresh = reports_live(w[3], heartbeat_age)
         worker_rows.append(
             {
                 "id": str(w[0]),
@@ -151,18 +152,21 @@ def overview(client: Client) -> dict[str, Any]:
                 "queues": ", ".join(w[4]),
                 "concurrency": int(w[5]),
                 "version": w[6],
-                "heartbeat": age(float(w[7])),
-                "heartbeat_late": float(w[7]) > 30 and w[3] != "gone",
+                "heartbeat": age(heartbeat_age),
+                "heartbeat_late": heartbeat_age > LATE_HEARTBEAT_SECONDS and w[3] != "gone",
                 "uptime": age(float(w[8])),
-                "held": int(w[9]),
-                "running": int(w[10]),
+                "reports_live": fresh,
+                "held": int(w[9]) if fresh else None,
+                "running": int(w[10]) if fresh else None,
+                "last_held": int(w[9]),
+                "last_running": int(w[10]),
                 "drain_requested": bool(w[11]),
                 "leases": int(w[12]),
                 "outcomes_pending": int(w[13]),
                 "outcomes_stalled": None if w[14] is None else age(float(w[14])),
             }
         )
-    live = [w for w in worker_rows if w["state"] != "gone"]
+    live = [w for w in worker_rows if w["reports_live"]]
     totals = {
         "queued": sum(q["queued"] for q in queue_rows),
         "running": sum(q["running"] for q in queue_rows),
@@ -210,18 +214,11 @@ def task_list(client: Client, filters: TaskFilters, now: datetime) -> dict[str, 
     )
     tasks = [
         {
-            "id": r[0],
-            "task": r[1],
-            "queue": r[2],
-            "state": r[3],
-            "attempt": r[4],
-            "errors": r[5],
-            "crashes": r[6],
+            **task_fields(r),
             "key": r[8] or "",
             "created": age((now - r[9]).total_seconds()) + " ago",
-            "created_at": r[9],
             "finished": "" if r[10] is None else age((now - r[10]).total_seconds()) + " ago",
-            "error": _last_line(r[11]),
+            "error": _last_line(standing_error(r[3], r[11])),
             "retryable": r[3] in RETRYABLE,
             "cancellable": r[3] in CANCELLABLE,
         }
@@ -254,6 +251,7 @@ def task_detail(client: Client, task_id: int, now: datetime) -> dict[str, Any]:
         )
     return {
         "task": info,
+        "last_error": info.error,
         "payload": json.dumps(info.payload, indent=2, sort_keys=True, default=str),
         "result": None
         if info.result is None
