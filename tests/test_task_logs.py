@@ -201,16 +201,30 @@ def test_supervised_workers_share_the_cores(
     assert all(f"process_slots={share} " in x for x in lines_of(w.log(), "worker_started"))
 
 
-@pytest.mark.parametrize("flags", [["--process-slots", "3"], ["--concurrency", "3"]])
-def test_an_explicit_setting_overrides_the_cores(
-    app: Any, db: psycopg.Connection[Any], workers: Callable[..., WorkerProcess], flags: list[str]
+def test_process_slots_given_override_the_cores(
+    app: Any, db: psycopg.Connection[Any], workers: Callable[..., WorkerProcess]
 ) -> None:
-    # Given a worker told its process slots (or its concurrency) outright
-    w = workers("--queues", "cpu", *flags, app=APP)
-    # Then it runs that many task processes, whatever the cores, and no more
-    most = run_crunches(app, db, w, 6, 1.5)
+    # Given a worker told its process slots outright, more than the cores
+    slots = available_cores() + 1
+    w = workers(
+        "--queues", "cpu", "--process-slots", str(slots), "--concurrency", str(slots), app=APP
+    )
+    # Then it runs that many task processes at once, and no more
+    most = run_crunches(app, db, w, 2 * slots, 1.5)
     stop(w)
-    assert most == {w.pid: 3}, most
+    assert most == {w.pid: slots}, most
+
+
+def test_a_larger_concurrency_alone_keeps_processes_to_the_cores(
+    app: Any, db: psycopg.Connection[Any], workers: Callable[..., WorkerProcess]
+) -> None:
+    # Given a worker with many slots, as for I/O-bound tasks
+    cores = available_cores()
+    w = workers("--queues", "cpu", "--concurrency", str(cores + 2), app=APP)
+    # Then its process tasks still run in no more processes than cores
+    most = run_crunches(app, db, w, 2 * cores + 4, 0.5)
+    stop(w)
+    assert 1 <= most[w.pid] <= cores, (most, cores)
 
 
 def test_more_process_slots_than_concurrency_is_one_clear_line() -> None:

@@ -14,7 +14,6 @@ from datetime import timedelta
 from typing import Any
 
 import click
-from click.core import ParameterSource
 
 from tenure._durations import MAX_DURATION, format_duration, parse_duration
 from tenure._worker.config import (
@@ -137,7 +136,7 @@ def main() -> None:
     type=int,
     default=DEFAULT_CONCURRENCY,
     show_default=True,
-    help="Tasks run at once by this process (given, it also sets --process-slots).",
+    help="Tasks run at once by this process.",
 )
 @click.option(
     "--process-slots",
@@ -245,7 +244,7 @@ def worker(
 
     Under ``--processes``, child N serves metrics and health on the given ports + N.
     Task processes at once default to the CPU cores shared among the ``--processes``
-    workers; ``--process-slots``, or an explicit ``--concurrency``, sets them.
+    workers, at most ``--concurrency``; ``--process-slots`` sets them.
     """
     from tenure._worker.http import SurfacesConfig
     from tenure._worker.worker import run_worker
@@ -260,12 +259,8 @@ def worker(
                 f"queues: no queue named in --queues {queues!r}; give names like "
                 "documents,emails, or leave the flag out to serve every queue of the registry"
             )
-    if process_slots is None:
-        given = click.get_current_context().get_parameter_source("concurrency")
-        if given is not ParameterSource.DEFAULT:
-            process_slots = concurrency  # asked for: one task process per slot, as asked
-        elif processes is not None:
-            process_slots = default_process_slots(concurrency, processes)
+    if process_slots is None and processes is not None:
+        process_slots = default_process_slots(concurrency, processes)
     try:
         config = WorkerConfig(
             queues=chosen,
