@@ -8,9 +8,11 @@ processes than the cores allow unless asked for more.
 
 from __future__ import annotations
 
+import logging
 import re
 import signal
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,8 +20,11 @@ import psutil
 import psycopg
 import pytest
 
+from tenure._worker.completer import Outcome
 from tenure._worker.config import available_cores
-from tenure._worker.tasklog import FAILURE_BURST, FAILURE_RATE
+from tenure._worker.state import Holdings
+from tenure._worker.tasklog import FAILURE_BURST, FAILURE_RATE, REASON_CHARS, TaskLog, reason
+from tenure.limits import DEFAULT
 from tests.conftest import WorkerProcess, eventually, load_app, tenure_cli
 
 pytestmark = pytest.mark.acceptance
@@ -235,3 +240,73 @@ def test_more_process_slots_than_concurrency_is_one_clear_line() -> None:
         "error: process_slots: must be between 1 and the concurrency (8), got 9; a process "
         "task also takes a concurrency slot, so raise --concurrency with it"
     ], result.stderr
+
+
+# -- units ---------------------------------------------------------------------------
+
+
+def traceback_of(fn: Callable[[], None]) -> str:
+    try:
+        fn()
+    except BaseException as exc:
+        return DEFAULT.exception_text(exc)
+    raise AssertionError("did not raise")
+
+
+def test_the_reason_is_the_line_that_says_what_was_raised() -> None:
+    def chained() -> None:
+        try:
+            raise KeyError("first")
+        except KeyError:
+            raise ValueError("second\n  and an indented line") from None
+
+    def caused() -> None:
+        try:
+            raise ExceptionGroup("many", [ValueError("x")])
+        except ExceptionGroup as group:
+            raise RuntimeError("outer") from group
+
+    def group() -> None:
+        raise ExceptionGroup("many", [ValueError("x"), TypeError("y")])
+
+    assert reason(traceback_of(chained)) == "ValueError: second"
+    assert reason(traceback_of(caused)) == "RuntimeError: outer"
+    assert reason(traceback_of(group)) == "ExceptionGroup: many (2 sub-exceptions)"
+    assert reason("timed out after 5s") == "timed out after 5s"
+    assert reason(None) == "no reason given"
+    assert len(reason("x" * 10_000)) == REASON_CHARS
+
+
+def test_failure_lines_are_rate_limited_and_the_rest_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a task log with a burst of 5 lines, then 10 a second, on a clock we move
+    now = [0.0]
+    holdings = Holdings()
+    tasklog = TaskLog(holdings, uuid.uuid4(), 15.0, clock=lambda: now[0], rate=10, burst=5)
+    caplog.set_level(logging.INFO, logger="tenure._worker.tasklog")
+
+    def fail(n: int) -> None:
+        for i in range(n):
+            holdings.counts["task_failed"] += 1
+            tasklog.settled("task_failed", Outcome(i, 1, "error", error="boom"), None)
+
+    def said(event: str) -> int:
+        return sum(r.getMessage().startswith(event + " ") for r in caplog.records)
+
+    # When 20 tasks fail at once, then 20 more 0.5 s later, then 20 more a minute later
+    fail(20)
+    assert said("task_failed") == 5 and said("task_lines_suppressed") == 1
+    now[0] += 0.5
+    fail(20)
+    assert said("task_failed") == 10  # 0.5 s at 10 a second
+    now[0] += 60
+    fail(20)
+    # Then the burst went out, then the rate, then the burst again (never more)
+    assert said("task_failed") == 15 and said("task_lines_suppressed") == 1
+    # and the summary counts the lines left out
+    summary = tasklog.summarise()
+    assert summary is not None and summary.suppressed == 45 and summary.counts["failed"] == 60
+    # and a quiet interval writes no summary at all
+    now[0] += 15.0
+    assert tasklog.summarise() is None and said("tasks_summary") == 1

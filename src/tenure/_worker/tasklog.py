@@ -21,6 +21,7 @@ Rules:
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -51,6 +52,14 @@ SUMMED = (
     ("lease_lost", "lease_lost"),
 )
 _FINISHED = ("succeeded", "retried", "failed", "cancelled", "released")
+_MARGIN = re.compile(r"^\s*\| ?")
+_HEAD = "Traceback (most recent call last):"
+
+
+def _group_head(line: str) -> bool:
+    """The header of an exception group's traceback, at the top level (the text may
+    have been stripped of its first two spaces)."""
+    return line.lstrip(" ").startswith("+ Exception Group Traceback") and line[:3] != "   "
 
 
 def reason(error: str | None) -> str:
@@ -64,9 +73,23 @@ def reason(error: str | None) -> str:
     lines = [line for line in (error or "").splitlines() if line.strip()]
     if not lines:
         return "no reason given"
-    frames = [i for i, line in enumerate(lines) if line[:1].isspace()]
-    pick = lines[frames[-1] + 1] if frames and frames[-1] + 1 < len(lines) else lines[0]
-    pick = pick.strip()
+    # A chained traceback ends with the exception raised last: read from its header.
+    heads = [i for i, line in enumerate(lines) if line == _HEAD or _group_head(line)]
+    if heads:
+        lines = lines[heads[-1] :]
+    if _group_head(lines[0]):
+        # A group's own traceback, its "| " margin taken off, up to its first member.
+        top = []
+        for line in lines[1:]:
+            if line.lstrip().startswith("+-"):
+                break
+            top.append(_MARGIN.sub("", line, count=1))
+        lines = top or lines
+    # The exception line: the first line at the margin after the last frame (a frame is
+    # its "  File" line, its source line and its carets, all indented).
+    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    after = lines[frames[-1] + 1 :] if frames else []
+    pick = next((line for line in after if not line[:1].isspace()), lines[0]).strip()
     return pick if len(pick) <= REASON_CHARS else pick[: REASON_CHARS - 1] + "…"
 
 
