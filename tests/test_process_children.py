@@ -74,7 +74,12 @@ def test_a_sigkilled_worker_leaves_no_task_process_running(
     marks = tmp_path / "marks"
     marks.mkdir()
     send_sleepers(sleeper, marks, 4)
-    args = ("--concurrency", "2", "--processes", "2") if supervised else ("--concurrency", "4")
+    # Every task in a task process at once, whatever the cores (--process-slots)
+    args = (
+        ("--concurrency", "2", "--process-slots", "2", "--processes", "2")
+        if supervised
+        else ("--concurrency", "4", "--process-slots", "4")
+    )
     w = workers("--lease", "2s", "--prefetch", "0", *args, app=APP, prefix=THIS_CHECKOUT)
     pids = started_pids(marks, 4)
     victim = psutil.Process(pids["t0"]).ppid() if supervised else w.pid
@@ -106,8 +111,8 @@ def test_a_sigkilled_supervisor_leaves_nothing_running_and_nothing_run_twice(
     marks.mkdir()
     handles = send_sleepers(sleeper, marks, 4)
     sup = workers(
-        "--lease", "2s", "--prefetch", "0", "--concurrency", "2", "--processes", "2",
-        "--drain-timeout", "30s", app=APP, prefix=THIS_CHECKOUT,
+        "--lease", "2s", "--prefetch", "0", "--concurrency", "2", "--process-slots", "2",
+        "--processes", "2", "--drain-timeout", "30s", app=APP, prefix=THIS_CHECKOUT,
     )  # fmt: skip
     started_pids(marks, 4)
     tree = psutil.Process(sup.pid).children(recursive=True)

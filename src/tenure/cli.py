@@ -22,13 +22,17 @@ from tenure._worker.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_LEASE,
+    DEFAULT_LOG_SUMMARY,
     DEFAULT_POLL_INTERVAL,
     MAX_DRAIN_TIMEOUT,
     MAX_LEASE,
+    MAX_LOG_SUMMARY,
     MAX_POLL_INTERVAL,
     MIN_LEASE,
+    MIN_LOG_SUMMARY,
     MIN_POLL_INTERVAL,
     WorkerConfig,
+    default_process_slots,
 )
 from tenure.client import EXACT_COUNT_CAP
 from tenure.errors import ConfigError, TenureError
@@ -131,6 +135,13 @@ def main() -> None:
     help="Tasks run at once by this process.",
 )
 @click.option(
+    "--process-slots",
+    type=int,
+    default=None,
+    help='Task processes at once for isolation="process" tasks (default: the CPU cores, '
+    "shared among --processes, at most --concurrency).",
+)
+@click.option(
     "--lease",
     type=DurationType(minimum=MIN_LEASE, maximum=MAX_LEASE),
     default=format_duration(DEFAULT_LEASE),
@@ -174,6 +185,13 @@ def main() -> None:
     default=None,
     help="Run N supervised worker processes, restarted when they die.",
 )
+@click.option(
+    "--log-summary",
+    type=DurationType(minimum=MIN_LOG_SUMMARY, maximum=MAX_LOG_SUMMARY),
+    default=format_duration(DEFAULT_LOG_SUMMARY),
+    show_default=True,
+    help="How often a busy worker logs a tasks_summary line.",
+)
 @click.option("--dsn", envvar="TENURE_DATABASE_URL", help="PostgreSQL DSN (default: embedded).")
 @click.option(
     "--log-level",
@@ -202,6 +220,7 @@ def worker(
     target: str,
     queues: str | None,
     concurrency: int,
+    process_slots: int | None,
     lease: timedelta,
     drain_timeout: timedelta,
     poll_interval: timedelta,
@@ -209,6 +228,7 @@ def worker(
     poll_only: bool,
     max_memory: str | None,
     processes: int | None,
+    log_summary: timedelta,
     dsn: str | None,
     log_level: str,
     log_format: str,
@@ -219,6 +239,8 @@ def worker(
     """Run a worker process (or a supervised pool of them) for MODULE:REGISTRY.
 
     Under ``--processes``, child N serves metrics and health on the given ports + N.
+    Task processes at once default to the CPU cores shared among the ``--processes``
+    workers, at most ``--concurrency``; ``--process-slots`` sets them.
     """
     from tenure._worker.http import SurfacesConfig
     from tenure._worker.worker import run_worker
@@ -233,10 +255,14 @@ def worker(
                 f"queues: no queue named in --queues {queues!r}; give names like "
                 "documents,emails, or leave the flag out to serve every queue of the registry"
             )
+    if process_slots is None and processes is not None:
+        process_slots = default_process_slots(concurrency, processes)
     try:
         config = WorkerConfig(
             queues=chosen,
             concurrency=concurrency,
+            process_slots=process_slots,
+            log_summary=log_summary,
             lease=lease,
             drain_timeout=drain_timeout,
             poll_interval=poll_interval,
@@ -253,6 +279,8 @@ def worker(
         from tenure._worker.supervisor import Supervisor, child_argv
 
         argv, env = child_argv(sys.argv[1:])
+        # Each child gets its share of the cores (the last --process-slots counts).
+        argv += ["--process-slots", str(config.process_slot_count)]
         sys.exit(Supervisor(argv, processes, env).run())
     slot = int(os.environ.get("TENURE_SUPERVISED_SLOT", "0"))
     surfaces = SurfacesConfig(

@@ -45,6 +45,8 @@ EVENTS: dict[str, str] = {
     "task_cancelling": "a running task was told to stop after a cancel",
     "task_timed_out": "an attempt ran past the task's timeout",
     "task_quarantined": "a task's lease expired too many times; it is set aside",
+    "tasks_summary": "what a worker's tasks did since its last summary (claims, outcomes)",
+    "task_lines_suppressed": "failures came faster than their lines are written; counted instead",
     "lease_expired": "a lease ran out unrenewed; the task was taken over",
     "lease_lost": "a worker learned another owner holds its task; its writes are fenced",
     "worker_started": "a worker registered and began claiming",

@@ -89,9 +89,10 @@ class Completer:
         self._task: asyncio.Task[None] | None = None
         self._submitted: set[tuple[int, int]] = set()
         self._uncertain = False  # the last write failed: it may have committed anyway
-        # Told each settled outcome's event and the attempt it ended (None if no longer
-        # held); the worker's metrics count outcomes per queue and task with it.
-        self.on_settled: Callable[[str, Held | None], None] | None = None
+        # Told each settled outcome's event, the outcome and the attempt it ended (None
+        # if no longer held): the worker counts outcomes in its metrics and writes the
+        # task lines of its log (a failure's reason among them) with it.
+        self.on_settled: Callable[[str, Outcome, Held | None], None] | None = None
         # While set, a new outcome calls this instead of waking the completer's loop.
         self.carrier: Callable[[], None] | None = None
         self.lock = asyncio.Lock()
@@ -194,7 +195,6 @@ class Completer:
         fenced: list[int] = []
         counts = self.holdings.counts
         submitted, drop, on_settled = self._submitted, self.holdings.drop, self.on_settled
-        debug = log.isEnabledFor(logging.DEBUG)
         for o in batch:
             submitted.discard((o.task_id, o.attempt))
             held = drop(o.task_id, o.attempt)
@@ -218,16 +218,7 @@ class Completer:
             event = _EVENTS.get(verdict) or f"task_{verdict}"
             counts[event] += 1
             if on_settled is not None:
-                on_settled(event, held)
-            if debug:
-                log.debug(
-                    "%s task=%s attempt=%s queue=%s worker=%s",
-                    event,
-                    o.task_id,
-                    o.attempt,
-                    held.claimed.queue if held is not None else "-",
-                    self.worker_id,
-                )
+                on_settled(event, o, held)
         if not self.pending:
             self._idle.set()
         return CompleteResult(verdicts, fenced)

@@ -77,7 +77,8 @@ async def execute(
             if isinstance(exc, PayloadInvalid)
             else (f"{task.name}: payload invalid: {type(exc).__name__}: {exc}")
         )
-        log.error("task_payload_invalid task=%s attempt=%s error=%s", tid, attempt, message)
+        # DEBUG: the task_failed line says it, rate-limited (a flood of bad payloads)
+        log.debug("task_payload_invalid task=%s attempt=%s error=%s", tid, attempt, message)
         return Outcome(tid, attempt, "discarded", error=message)
     if task.is_async:
         # The caller runs each attempt in an asyncio task of its own, so the attempt's
@@ -195,7 +196,8 @@ def _outcome(
 def _refused(claimed: Claimed, why: str) -> Outcome:
     """A result that cannot be stored fails the task at once: the same code would
     return the same value."""
-    log.error("task_result_refused task=%s attempt=%s: %s", claimed.id, claimed.attempt, why)
+    # DEBUG: the task_failed line says it, rate-limited
+    log.debug("task_result_refused task=%s attempt=%s: %s", claimed.id, claimed.attempt, why)
     return Outcome(claimed.id, claimed.attempt, "discarded", error=why)
 
 
@@ -212,7 +214,8 @@ def _retry_delay(task: Task[Any, Any], claimed: Claimed) -> float:
 
 
 def _timed_out(claimed: Claimed, timeout: float | None, retry_delay: float) -> Outcome:
-    log.warning("task_timed_out task=%s attempt=%s after=%ss", claimed.id, claimed.attempt, timeout)
+    # DEBUG: the task_retried or task_failed line says it, rate-limited
+    log.debug("task_timed_out task=%s attempt=%s after=%ss", claimed.id, claimed.attempt, timeout)
     return Outcome(
         claimed.id,
         claimed.attempt,

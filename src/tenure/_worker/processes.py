@@ -1,7 +1,7 @@
 """Process isolation: tasks declared ``isolation="process"`` run in child processes.
 
 Rules:
-- A small pool of child processes (at most the worker's concurrency), started on
+- A small pool of child processes (at most the worker's process slots), started on
   demand with the ``spawn`` method and reused task after task.
 - A child runs one task at a time: it imports the task's module, validates the
   payload, runs the function (``async def`` too) with ``tenure.current()`` set, and

@@ -52,6 +52,7 @@ from tenure._worker.metrics import Metrics
 from tenure._worker.notifier import CancelHints, Notifier
 from tenure._worker.processes import ProcessPool
 from tenure._worker.state import Claimed, Held, Holdings
+from tenure._worker.tasklog import TaskLog
 from tenure._worker.threads import DaemonThreadPool
 from tenure.context import TaskContext
 from tenure.errors import ConfigError, SchemaNotReady
@@ -118,7 +119,7 @@ class Worker:
         self._dsn = dsn
         self.holdings = Holdings()
         self.pool = DaemonThreadPool(config.concurrency)
-        self.processes = ProcessPool(config.concurrency, config.max_memory_per_child)
+        self.processes = ProcessPool(config.process_slot_count, config.max_memory_per_child)
         self._wake = asyncio.Event()
         self._maybe_more = True
         self._others_idle = False
@@ -131,6 +132,12 @@ class Worker:
         self._unknown_reported: set[str] = set()
         self.ready = asyncio.Event()
         self.metrics = Metrics()  # served on /metrics when a port is given
+        self.tasklog = TaskLog(
+            self.holdings,
+            self.id,
+            config.log_summary.total_seconds(),
+            prefetched=lambda: len(self.buffer),
+        )
         self.surfaces_config = surfaces
         self.surfaces: Surfaces | None = None
 
@@ -261,7 +268,7 @@ class Worker:
         )
         self.vacuumer = Vacuumer(beat)
         self.completer = Completer(work, self.holdings, self.id)
-        self.completer.on_settled = self.metrics.settled
+        self.completer.on_settled = self._settled
         self.completer.carrier = self._wake.set  # the claim loop carries outcomes
         self.heartbeat.outcomes = self.completer.waiting
         self.claimer = Claimer(work, self.id, cfg.queues, names, cfg.lease)
@@ -272,15 +279,17 @@ class Worker:
         self.promoter.start()
         self.vacuumer.start()
         self.completer.start()
+        self.tasklog.start()
         if cfg.listen:
             self.notifier.start()
         watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
         unknown = asyncio.create_task(self._unknown_loop(beat, names), name="unknown-tasks")
         log.info(
-            "worker_started worker=%s queues=%s concurrency=%d lease=%ss pid=%d",
+            "worker_started worker=%s queues=%s concurrency=%d process_slots=%d lease=%ss pid=%d",
             self.id,
             ",".join(cfg.queues),
             cfg.concurrency,
+            self.processes.size,
             cfg.lease.total_seconds(),
             os.getpid(),
         )
@@ -305,6 +314,8 @@ class Worker:
                 await link.close()
             self.pool.shutdown(wait=False)
             self.processes.close()
+            await self.tasklog.stop()
+            self.tasklog.summarise()  # what happened since the last summary
         log.info("worker_stopped worker=%s counts=%s", self.id, dict(self.holdings.counts))
         return 0
 
@@ -395,6 +406,11 @@ class Worker:
         holdings.counts["task_claimed"] += len(rows)
         self.metrics.claimed(rows)
         self.buffer.extend(rows)
+
+    def _settled(self, event: str, outcome: Outcome, held: Held | None) -> None:
+        """The completer wrote an outcome: count it, and log it if it is a failure."""
+        self.metrics.settled(event, held)
+        self.tasklog.settled(event, outcome, held)
 
     def _fill(self) -> None:
         """Start prefetched tasks while slots are free."""
