@@ -14,7 +14,9 @@ worker before the function runs.
 from __future__ import annotations
 
 import inspect
+import sys
 import typing
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -195,6 +197,25 @@ class Task(Generic[P, R]):
         return [TaskHandle(i, self.registry.client, self.result_type) for i in ids]
 
 
+def default_name(fn: Callable[..., Any]) -> str:
+    """``module.qualname``, with the module a worker imports: a module run with
+    ``python -m myapp.tasks`` is ``__main__`` to itself but ``myapp.tasks`` to the
+    worker that imports it, and the task must have one name in both."""
+    module = fn.__module__
+    if module == "__main__":
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if spec is not None and spec.name and spec.name != "__main__":
+            module = spec.name
+        else:
+            warnings.warn(
+                f"task {fn.__qualname__} is registered from a script, so it is named "
+                f"'__main__.{fn.__qualname__}', a name no worker importing a module "
+                "knows: give it name=..., or run the script with python -m",
+                stacklevel=4,
+            )
+    return f"{module}.{fn.__qualname__}"
+
+
 def _adapter(payload_type: Any) -> tuple[pydantic.TypeAdapter[Any], bool]:
     """The payload's adapter, and whether it writes NaN and infinities as null.
 
@@ -336,7 +357,7 @@ class Registry:
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
             options = TaskOptions.build(
-                name=name or f"{f.__module__}.{f.__qualname__}",
+                name=name or default_name(f),
                 queue=queue,
                 max_concurrency=max_concurrency,
                 max_concurrency_per_key=max_concurrency_per_key,
