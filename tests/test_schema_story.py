@@ -275,10 +275,12 @@ def test_a_dead_workers_counts_are_not_shown_as_live(
 ) -> None:
     # Given a worker that runs tasks, then dies without a word
     fleet_app.sleepy.send_many([{"s": 30}] * 2)
-    w = workers("--lease", "60s", "--concurrency", "2")
+    # (a lease of 6 s: its heartbeat, which reports what runs, beats every 2 s)
+    w = workers("--lease", "6s", "--concurrency", "2")
     wid = worker_id_of(db, w.pid)
     eventually(
         lambda: db.execute("SELECT running FROM workers WHERE id = %s", (wid,)).fetchone() == (2,),
+        timeout=30,
         what="it reports two running",
     )
     w.kill()
