@@ -41,6 +41,15 @@ def schema_exists(db: psycopg.Connection[Any], schema: str) -> bool:
     return bool(row and row[0])
 
 
+def tables_in(db: psycopg.Connection[Any], schema: str) -> list[str]:
+    """The tables of ``schema`` (none when it does not exist): in a role tier the test
+    schema is made for the role before the test, empty."""
+    rows = db.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,)
+    ).fetchall()
+    return sorted(r[0] for r in rows)
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -180,6 +189,7 @@ def test_sending_an_unknown_task_name_is_one_line(fleet_app: Any) -> None:
 def test_a_worker_exits_with_one_line_when_waiting_cannot_help(
     case: str, database_url: str, schema: str, db: psycopg.Connection[Any]
 ) -> None:
+    before = tables_in(db, schema)
     direct = direct_url(database_url)
     dsn = {
         "no such database": make_conninfo(direct, dbname="tenure_no_such_database"),
@@ -196,13 +206,14 @@ def test_a_worker_exits_with_one_line_when_waiting_cannot_help(
     assert result.returncode == 78, result.stderr
     assert len(lines) == 1 and "worker_start_failed" in lines[0], result.stderr
     assert "not retrying" in lines[0] and "Traceback" not in result.stderr
-    assert not schema_exists(db, schema)
+    assert tables_in(db, schema) == before
 
 
 def test_a_supervisor_stops_when_its_workers_cannot_start(
     database_url: str, schema: str, db: psycopg.Connection[Any]
 ) -> None:
     # Given workers under a supervisor, against a database that does not exist
+    before = tables_in(db, schema)
     dsn = make_conninfo(direct_url(database_url), dbname="tenure_no_such_database")
     env = {"TENURE_DATABASE_URL": dsn, "TENURE_TEST_SCHEMA": schema}
     result = tenure_cli("worker", APP, "--processes", "2", env=env)
@@ -211,7 +222,7 @@ def test_a_supervisor_stops_when_its_workers_cannot_start(
     assert "child_restarted" not in result.stderr
     assert result.stderr.count("supervisor_stopped") == 1
     assert "cannot start" in result.stderr
-    assert not schema_exists(db, schema)
+    assert tables_in(db, schema) == before
 
 
 # -- the embedded server ---------------------------------------------------------------
@@ -336,12 +347,14 @@ def test_operator_commands_never_create_a_schema(
     command: list[str], database_url: str, schema: str, db: psycopg.Connection[Any]
 ) -> None:
     # Given a schema name that does not exist (a typo)
-    result = tenure_cli(*command, "--dsn", database_url, "--schema", schema)
+    typo = f"{schema}_typo"
+    result = tenure_cli(*command, "--dsn", database_url, "--schema", typo)
     # Then the command says so in one line, and creates nothing
-    one_line(result, 1, f"no tenure schema '{schema}' in this database; check --schema")
-    assert not schema_exists(db, schema)
+    one_line(result, 1, f"no tenure schema '{typo}' in this database; check --schema")
+    assert not schema_exists(db, typo)
 
 
+@pytest.mark.needs_superuser  # it makes another application's schema of its own
 def test_reading_another_applications_schema_says_so_and_leaves_it_alone(
     database_url: str, schema: str, db: psycopg.Connection[Any]
 ) -> None:
@@ -373,6 +386,7 @@ def test_a_schema_older_than_this_code_is_named_not_upgraded(
     assert gone == (0,)
 
 
+@pytest.mark.needs_superuser
 def test_a_role_without_rights_on_the_schema_is_told_what_to_grant(
     fleet_app: Any, database_url: str, schema: str, db: psycopg.Connection[Any]
 ) -> None:
