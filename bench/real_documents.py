@@ -100,7 +100,13 @@ def pick_phrases(root: Path) -> list[tuple[str, str, str]]:
 
         body = LexborHTMLParser(html.read_bytes().decode("latin-1")).body
         words = (body.text(separator=" ") if body else "").split()
-        run = [w for w in words if w.isalpha() and len(w) > 3][40:44]
+        # four consecutive words, well into the page
+        runs = [
+            words[i : i + 4]
+            for i in range(40, len(words) - 4)
+            if all(w.isalpha() and len(w) > 2 for w in words[i : i + 4])
+        ]
+        run = runs[0] if runs else []
         if len(run) == 4:
             out.append(("HTML declaring ISO-8859-1", " ".join(run), html.name))
             break
@@ -117,7 +123,8 @@ def pick_phrases(root: Path) -> list[tuple[str, str, str]]:
 
 def sql(dsn: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        return conn.execute(query, params).fetchall()
+        cur = conn.execute(query, params)
+        return cur.fetchall() if cur.description else []
 
 
 def main() -> int:
