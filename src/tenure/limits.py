@@ -117,11 +117,9 @@ class Limits:
     def error_text(self, text: str) -> str:
         """An error text as it can be stored: no NUL, valid UTF-8, within the limit
         (the end is kept: a traceback's last lines say what raised)."""
-        note = ""
-        if not _utf8_ok(text):
-            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-            note = "(error text not UTF-8; shown with escapes) "
-        text = text.replace("\x00", "\\0")
+        utf8 = _utf8_ok(text)
+        note = "" if utf8 else "(error text not UTF-8; shown with escapes) "
+        text = _storable(text, utf8)
         if len(text) > self.error_chars:
             text = "…" + text[-(self.error_chars - 1) :]
         return note + text if note else text
@@ -132,7 +130,11 @@ DEFAULT = Limits()
 
 def clean_text(text: str) -> str:
     """``text`` as PostgreSQL can store it: NUL and lone surrogates escaped."""
-    if not _utf8_ok(text):
+    return _storable(text, _utf8_ok(text))
+
+
+def _storable(text: str, utf8: bool) -> str:
+    if not utf8:
         text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text.replace("\x00", "\\0")
 

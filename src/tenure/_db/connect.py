@@ -34,18 +34,21 @@ CONNECT_TIMEOUT_S = 5
 # ProgramLimitExceeded (54000), DiskFull and QueryCanceled under OperationalError too,
 # and retrying those writes the same refusal forever.
 TRANSIENT_CLASSES = ("08",)  # connection exceptions
-TRANSIENT_STATES = frozenset(
+# One statement's conflict with another transaction: the next statement may pass.
+ROW_CONFLICTS = frozenset(
     {
         "40001",  # serialization_failure
         "40P01",  # deadlock_detected
-        "57P01",  # admin_shutdown (a restart, a failover)
-        "57P02",  # crash_shutdown
-        "57P03",  # cannot_connect_now (starting up, in recovery)
-        "53300",  # too_many_connections
         "55P03",  # lock_not_available
-        "25006",  # read_only_sql_transaction (a standby answered: failover under way)
     }
 )
+TRANSIENT_STATES = ROW_CONFLICTS | {
+    "57P01",  # admin_shutdown (a restart, a failover)
+    "57P02",  # crash_shutdown
+    "57P03",  # cannot_connect_now (starting up, in recovery)
+    "53300",  # too_many_connections
+    "25006",  # read_only_sql_transaction (a standby answered: failover under way)
+}
 
 
 def env_dsn() -> str | None:
@@ -123,29 +126,32 @@ def describe(exc: BaseException) -> str:
     return first
 
 
+def _psycopg_error(exc: BaseException) -> psycopg.Error | None:
+    """The database's error ``exc`` is, or a :class:`DatabaseError` wraps."""
+    if isinstance(exc, DatabaseError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc if isinstance(exc, psycopg.Error) else None
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether trying the same statement again later may succeed: a lost or refused
     connection (no SQLSTATE, or class 08), a serialization failure or deadlock, a
     server shutting down or starting up. A :class:`DatabaseError` is judged by its
     cause."""
-    if isinstance(exc, DatabaseError) and exc.__cause__ is not None:
-        exc = exc.__cause__
-    if not isinstance(exc, psycopg.Error):
+    err = _psycopg_error(exc)
+    if err is None:
         return False
-    state = exc.sqlstate
+    state = err.sqlstate
     if state is None:  # raised by the client: the connection broke or never opened
-        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+        return isinstance(err, psycopg.OperationalError | psycopg.InterfaceError)
     return state.startswith(TRANSIENT_CLASSES) or state in TRANSIENT_STATES
 
 
 def connection_lost(exc: BaseException) -> bool:
     """Whether a transient failure is the connection's or the server's (every
     statement fails alike until it is back), not one statement's conflict."""
-    if isinstance(exc, DatabaseError) and exc.__cause__ is not None:
-        exc = exc.__cause__
-    if not isinstance(exc, psycopg.Error) or not is_transient(exc):
-        return False
-    return exc.sqlstate not in ("40001", "40P01", "55P03")
+    err = _psycopg_error(exc)
+    return err is not None and is_transient(err) and err.sqlstate not in ROW_CONFLICTS
 
 
 def connect(dsn: str, application_name: str = "tenure") -> psycopg.Connection[Any]:

@@ -71,17 +71,22 @@ def migrate(conn: psycopg.Connection[Any], schema: str) -> list[str]:
     sqlfiles.check_schema(schema)
     try:
         return _migrate(conn, schema)
-    except (psycopg.OperationalError, pgerrors.SerializationFailure, pgerrors.DeadlockDetected):
-        raise
-    except pgerrors.InsufficientPrivilege as exc:
-        raise DatabaseError(
-            f"cannot migrate schema {schema!r}: {describe(exc)}; {_grant_hint(conn, schema)}"
-        ) from exc
     except psycopg.Error as exc:
-        raise DatabaseError(
-            f"cannot migrate schema {schema!r}: {describe(exc)}; is it another application's "
-            "schema? pick another with schema=..."
-        ) from exc
+        if is_transient(exc):  # the caller's retry decides, by the same rule as elsewhere
+            raise
+        raise _refused(conn, schema, exc) from exc
+
+
+def _refused(conn: psycopg.Connection[Any], schema: str, exc: psycopg.Error) -> DatabaseError:
+    """The one-line error for a migration the database refused."""
+    if isinstance(exc, pgerrors.InsufficientPrivilege):
+        return DatabaseError(
+            f"cannot migrate schema {schema!r}: {describe(exc)}; {_grant_hint(conn, schema)}"
+        )
+    return DatabaseError(
+        f"cannot migrate schema {schema!r}: {describe(exc)}; is it another application's "
+        "schema? pick another with schema=..."
+    )
 
 
 def _grant_hint(conn: psycopg.Connection[Any], schema: str) -> str:

@@ -119,11 +119,11 @@ async def execute(
 @dataclass(frozen=True)
 class Ran:
     """How a function call ended, made ready to store where it ran: the exception
-    with its text, or the result encoded (or the reason it cannot be stored)."""
+    with its text, or the result as the JSON text stored (or why it cannot be)."""
 
     exc: BaseException | None = None
     text: str = ""
-    encoded: bytes | None = None
+    result: str | None = None
     refused: str | None = None  # the result cannot be stored: why
     invalid: str | None = None  # the result is not JSON: why
 
@@ -144,7 +144,7 @@ def run_and_prepare(fn: Callable[[Any], Any], payload: Any, limits: Limits) -> R
 def prepare(value: Any, limits: Limits) -> Ran:
     """A result encoded as it will be stored, or why it cannot be."""
     if value is None:  # most tasks return nothing
-        return Ran(encoded=b"null")
+        return Ran(result="null")
     why = limits.precheck_result(value)  # told from its strings, before encoding
     if why is not None:
         return Ran(refused=why)
@@ -155,13 +155,22 @@ def prepare(value: Any, limits: Limits) -> Ran:
     why = limits.check_result(encoded)
     if why is not None:
         return Ran(refused=why)
-    if not_json(encoded.decode("utf-8", "backslashreplace")):
+    return _json_result(encoded.decode("utf-8", "backslashreplace"))
+
+
+def _json_result(text: str) -> Ran:
+    """A result's JSON text as it is stored, or why it cannot be (NaN, infinity)."""
+    if not_json(text):
         return Ran(invalid=NOT_JSON)
-    return Ran(encoded=encoded)
+    return Ran(result=_json_text(text))
 
 
 def _outcome(
-    task: Task[Any, Any], claimed: Claimed, ctx: TaskContext, ran: Ran, timeout: float | None
+    task: Task[Any, Any],
+    claimed: Claimed,
+    ctx: TaskContext | None,
+    ran: Ran,
+    timeout: float | None,
 ) -> Outcome:
     tid, attempt = claimed.id, claimed.attempt
     limits = task.registry.limits
@@ -173,11 +182,11 @@ def _outcome(
             return Outcome(
                 tid, attempt, "error", error=ran.invalid, delay=_retry_delay(task, claimed)
             )
-        assert ran.encoded is not None
-        text = ran.encoded.decode("utf-8", "backslashreplace")
-        return Outcome(tid, attempt, "succeeded", result=_json_text(text))
+        assert ran.result is not None
+        return Outcome(tid, attempt, "succeeded", result=ran.result)
     if isinstance(exc, TimeoutError) and timeout is not None and not ran.text:
-        ctx.mark_stop()
+        if ctx is not None:
+            ctx.mark_stop()
         return _timed_out(claimed, timeout, _retry_delay(task, claimed))
     if isinstance(exc, RetryAfter):
         reason = limits.error_text(str(exc.reason))
@@ -249,9 +258,7 @@ async def _in_process(
     except ChildDied as exc:
         return Outcome(tid, attempt, "error", error=str(exc), delay=_retry_delay(task, claimed))
     if reply.kind == "ok":
-        if not_json(reply.text):
-            return Outcome(tid, attempt, "error", error=NOT_JSON, delay=_retry_delay(task, claimed))
-        return Outcome(tid, attempt, "succeeded", result=_json_text(reply.text))
+        return _outcome(task, claimed, None, _json_result(reply.text), timeout)
     text = task.registry.limits.error_text(reply.text)
     if reply.kind == "refused":  # the process found its result too large to send
         return _refused(claimed, text)
