@@ -43,31 +43,18 @@ def free_port() -> int:
 
 
 class Dashboard:
-    """A ``tenure dashboard`` process and a tiny HTTP client for it."""
+    """A ``tenure dashboard ARGS`` process and a tiny HTTP client for it; ``env`` adds
+    variables to this process's."""
 
-    def __init__(self, database_url: str, schema: str, log_dir: Path, *args: str) -> None:
+    def __init__(self, log_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"dashboard-{self.port}.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tenure",
-                "dashboard",
-                "--port",
-                str(self.port),
-                "--dsn",
-                database_url,
-                "--schema",
-                schema,
-                "--refresh",
-                "1",
-                *args,
-            ],
+            [sys.executable, "-m", "tenure", "dashboard", "--port", str(self.port), *args],
             cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": CHILD_PYTHONPATH},
+            env={**os.environ, "PYTHONPATH": CHILD_PYTHONPATH, **(env or {})},
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
@@ -124,7 +111,7 @@ def dashboard(
     fleet_app.reg.client.execute("dashboard_now", {})  # migrate the test schema first
 
     def start(*args: str) -> Dashboard:
-        d = Dashboard(database_url, schema, tmp_path, *args)
+        d = Dashboard(tmp_path, "--dsn", database_url, "--schema", schema, "--refresh", "1", *args)
         started.append(d)
         return d
 

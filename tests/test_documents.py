@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -26,7 +27,8 @@ import psycopg
 import pytest
 
 from examples.documents import corpus, parsers
-from tests.conftest import ROOT, eventually
+from tests.conftest import ROOT, eventually, tenure_cli
+from tests.test_dashboard import Dashboard
 
 pytestmark = pytest.mark.acceptance
 
@@ -110,6 +112,64 @@ def test_demo_indexes_every_document_once_through_kill_deploy_and_scale_out(
     assert {r[0] for r in rows} == good and len(rows) == len(good)
     assert states == {"succeeded": len(good), "failed": len(manifest.corrupt)}
     assert waiting == (0,)
+
+
+def quick_start_commands() -> list[list[str]]:
+    """The operator commands of the README's quick start, in its order, each as argv
+    after ``tenure`` (the block that follows "The demo's tasks stay in the schema")."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("The demo's tasks stay in the schema") :]
+    match = re.search(r"```\n(.*?)```", section, re.S)
+    assert match, "the quick start shows the operator commands"
+    commands = []
+    for line in match.group(1).splitlines():
+        words = line.split("#")[0].split()
+        assert words[0] == ".venv/bin/tenure", line
+        commands.append(words[1:])
+    return commands
+
+
+def test_the_quick_start_commands_in_order_show_the_demos_work(
+    demo_run: dict[str, Any], tmp_path: Path
+) -> None:
+    assert demo_run["code"] == 0, demo_run["output"][-4000:]
+    schema, manifest = demo_run["schema"], demo_run["manifest"]
+    # The demo's last line names its schema and the command that shows it
+    last = demo_run["output"].strip().splitlines()[-1]
+    assert last.startswith(f"schema {schema}; see it with: ")
+    assert last.endswith(f"status --schema {schema}")
+    commands = [[schema if w == "tenure_demo" else w for w in c] for c in quick_start_commands()]
+    assert [c[:2] for c in commands] == [["status", "--schema"], ["tasks", "list"],
+                                         ["dashboard", "--schema"]]  # fmt: skip
+    env = {"TENURE_DATABASE_URL": demo_run["env"]["TENURE_DATABASE_URL"], "COLUMNS": "80"}
+    corrupt = len(manifest.corrupt)
+    # `tenure status`: the documents queue with the demo's failed documents, nothing left
+    status = tenure_cli(*commands[0], env=env)
+    assert status.returncode == 0, status.stdout + status.stderr
+    row = next(line for line in status.stdout.splitlines() if "│ documents " in line)
+    cells = [c.strip() for c in row.strip("│").split("│")]
+    assert cells[1] == "0" and cells[5] == str(corrupt), row  # queued, failed
+    # `tenure tasks list --state failed`: one row per corrupt document, with its reason
+    listed = tenure_cli(*commands[1], env=env)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    as_json = json.loads(tenure_cli(*commands[1], "--json", env=env).stdout)
+    paths = [
+        json.loads(tenure_cli("tasks", "show", str(t["id"]), "--schema", schema, "--json",
+                              env=env).stdout)["task"]["payload"]["path"]
+        for t in as_json["tasks"]
+    ]  # fmt: skip
+    assert sorted(paths) == sorted(manifest.corrupt)
+    assert all(re.search(rf"^│ *{t['id']} │", listed.stdout, re.M) for t in as_json["tasks"])
+    assert listed.stdout.count("corrupt ") == corrupt
+    # `tenure dashboard`: a page with the demo's queue, on a port of the test's own
+    board = Dashboard(tmp_path, *commands[2][1:], env=env)
+    try:
+        status_code, html, _ = board.request("/")
+        assert status_code == 200, html
+        assert f"schema <code>{schema}</code>" in html
+        assert 'data-queue="documents"' in html
+    finally:
+        board.stop()
 
 
 @pytest.mark.parametrize("kind", ["pdf", "docx"])

@@ -2,10 +2,11 @@
 
 The corpus (tests/corpus/, made by tests/corpus/make.py) holds the shapes real files
 have: Markdown that wraps its sentences, HTML declaring ISO-8859-1 or windows-1252,
-Shift-JIS, EUC-JP, Big5 and Latin-1 text, byte-order marks, bytes that are not text,
-and a scanned PDF. Each phrase below is one a person reading the file sees; it must be
-in the parsed text and found by the app's own search on a real PostgreSQL, and one test
-runs the whole app (ingest, a real worker, search, the failed list) over the corpus.
+Shift-JIS, EUC-JP, Big5, ISO-2022-JP, Korean code page 949 and Latin-1 text, byte-order
+marks, bytes that are not text, and a scanned PDF. Each phrase below is one a person
+reading the file sees; it must be in the parsed text and found by the app's own search
+on a real PostgreSQL, and one test runs the whole app (ingest, a real worker, search,
+the failed list) over the corpus.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ PHRASES: dict[str, list[str]] = {
     "shift-jis.txt": ["在庫管理", "大阪本社、第三会議室", "名古屋"],
     "euc-jp.txt": ["電子書籍", "図書館からのお知らせ"],
     "big5.txt": ["倉儲系統", "臺北總公司，第二會議室"],
+    "iso-2022-jp.txt": ["来週の打ち合わせについて", "福岡支店の応接室", "「出荷計画表」"],
+    "uhc-chat.txt": ["똠방!!", "뷁뷁", "펲 ㈜"],
     "latin1.txt": ["Les élèves de l'école de musique répètent déjà", "salle Molière"],
     "utf8-bom.txt": ["Quarterly minutes", "revised forecast of the ferry timetable"],
     "utf16-bom.txt": ["Inventory of the north warehouse", "walnut flooring"],
@@ -92,6 +95,7 @@ SEARCHED: dict[str, list[str]] = {
     "shift-jis.txt": ["在庫管理"],
     "euc-jp.txt": ["電子書籍"],
     "big5.txt": ["倉儲系統"],
+    "iso-2022-jp.txt": ["出荷計画表"],
     "latin1.txt": ["élèves de l'école", "Molière"],
     "utf8-bom.txt": ["ferry timetable"],
     "utf16-bom.txt": ["walnut flooring"],
@@ -108,6 +112,8 @@ ENCODINGS = {
     "latin1.txt": ("cp1252", "detected"),
     "shift-jis.txt": ("cp932", "detected"),
     "big5.txt": ("big5", "detected"),
+    "iso-2022-jp.txt": ("iso2022_jp_2", "escapes"),
+    "uhc-chat.txt": ("cp949", "detected"),
 }
 
 TITLES = {
@@ -199,6 +205,31 @@ def test_an_html_charset_declaration_is_read_as_a_browser_reads_it(
     decoded = encodings.decode(head + f"<p>{text}</p>".encode(written_in), declared=True)
     assert (decoded.encoding, decoded.found_by) == expected
     assert text in decoded.text
+
+
+KOREAN = "서울 본사 창고 관리 시스템 교체 일정: 다음 회의는 부산 지사에서 열립니다."
+SIMPLIFIED = "台北总公司的仓储系统将在六月上线。"
+
+
+@pytest.mark.parametrize(
+    ("text", "codec", "expected"),
+    [
+        (KOREAN, "iso2022_kr", "iso2022_kr"),
+        (KOREAN, "johab", "johab"),
+        (SIMPLIFIED, "hz", "hz"),
+        ("お世話になっております。福岡支店", "iso2022_jp", "iso2022_jp_2"),
+    ],
+)  # fmt: skip
+def test_seven_bit_and_rarer_cjk_encodings_are_read(text: str, codec: str, expected: str) -> None:
+    decoded = encodings.decode(f"Re: {text}\n".encode(codec))
+    assert decoded.text == f"Re: {text}\n" and decoded.encoding == expected
+
+
+def test_ascii_that_only_looks_like_an_escape_stays_ascii() -> None:
+    # '~{' in code or a lone ESC from a terminal log is not HZ or ISO-2022.
+    for data in (b"if (x) ~{ y }\n", b"\x1b[31mred\x1b[0m and \x1b$B alone\n"):
+        decoded = encodings.decode(data)
+        assert decoded.found_by == "utf-8" and decoded.text == data.decode()
 
 
 def test_a_wrong_declaration_gives_way_to_the_bytes(tmp_path: Path) -> None:

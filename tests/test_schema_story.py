@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +27,7 @@ from tenure import Registry
 from tenure._cli_output import Column, console, fit_table
 from tenure.dashboard import views
 from tests.conftest import CHILD_PYTHONPATH, ROOT, eventually, tenure_cli, worker_id_of
-from tests.test_dashboard import free_port
+from tests.test_dashboard import Dashboard
 
 APP = "examples.documents.app:reg"
 TENURE_DOCS = [sys.executable, "-m", "examples.documents.cli"]
@@ -143,33 +141,15 @@ def test_the_readme_commands_in_order_show_the_documents_fleets_work(
     assert len(wl["workers"]) == 2 and all(w["state"] == "active" for w in wl["workers"])
     assert all(str(w["pid"]) in listed for w in wl["workers"])
     # `tenure dashboard --app ...`: the queue and the workers, not "No workers"
-    port = free_port()
-    log = (tmp_path / "dashboard.log").open("wb")
-    board = subprocess.Popen(
-        [sys.executable, "-m", "tenure", "dashboard", "--app", APP, "--port", str(port)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": CHILD_PYTHONPATH},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    board = Dashboard(tmp_path, "--app", APP)
     try:
-
-        def page() -> str | None:
-            assert board.poll() is None, (tmp_path / "dashboard.log").read_text()
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
-                    return str(r.read().decode())
-            except OSError:
-                return None
-
-        html = eventually(page, timeout=30, what="the dashboard answers")
+        status_code, html, _ = board.request("/")
+        assert status_code == 200, html
         assert f"schema <code>{docs_schema}</code>" in html
         assert 'data-queue="documents"' in html and "No workers" not in html
         assert all(f">{w['pid']}<" in html for w in wl["workers"])
     finally:
-        board.send_signal(signal.SIGTERM)
-        board.wait(20)
-        log.close()
+        board.stop()
 
 
 def test_a_schema_with_no_tenure_tables_is_refused_with_the_ones_there_are(

@@ -6,9 +6,14 @@ The order of evidence, strongest first:
 2. the charset the document declares (an HTML ``<meta charset>`` or ``http-equiv``
    content type, an XML declaration), read the way browsers read labels, so
    ``ISO-8859-1`` means windows-1252;
-3. UTF-8, when the bytes are valid UTF-8;
-4. charset-normalizer's guess among the legacy encodings (Shift-JIS, EUC-JP, Big5,
-   windows-125x, ...).
+3. the escape sequences of the 7-bit CJK encodings (ISO-2022-JP, ISO-2022-KR, HZ),
+   whose bytes are ASCII and so would pass for UTF-8;
+4. UTF-8, when the bytes are valid UTF-8;
+5. charset-normalizer's guess among the legacy encodings (Shift-JIS, EUC-JP, Big5,
+   windows-125x, ...);
+6. when it has none: the double-byte CJK encodings it does not weigh (UHC/cp949 Hangul
+   beyond EUC-KR, Johab, Big5-HKSCS), kept only when the decoded text is written in
+   their script.
 
 Bytes that decode in no plausible encoding, or that decode only to text full of NULs and
 control characters, are not text: :class:`NotText` says which.
@@ -79,6 +84,25 @@ _MAX_CONTROL_SHARE = 0.05
 _CONTROLS = re.compile("[\x01-\x08\x0e-\x1a\x1c-\x1f\x7f]")
 
 
+#: The 7-bit CJK encodings, by the escape or shift sequence that only they write.
+_SEVEN_BIT: tuple[tuple[re.Pattern[bytes], str], ...] = (
+    (re.compile(rb"\x1b\$\)C"), "iso2022_kr"),
+    (re.compile(rb"\x1b(\$[@B]|\$\(D|\(J|\$A|\$\(C)"), "iso2022_jp_2"),
+    (re.compile(rb"~\{[\x21-\x7e]{2}"), "hz"),
+)
+
+#: Double-byte encodings charset-normalizer does not offer, tried in this order when
+#: it offers nothing; a decoding counts only when most of its non-ASCII letters are
+#: in the encoding's script.
+_CJK_FALLBACK = ("cp949", "big5hkscs", "johab")
+_SCRIPT_SHARE = 0.8
+_CJK = re.compile(
+    "[\u1100-\u11ff\u2460-\u24ff\u3000-\u303f\u3040-\u30ff\u3130-\u318f\u3200-\u32ff"
+    "\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7a3\uf900-\ufaff\uff00-\uffef"
+    "\U00020000-\U0002ffff]"
+)
+
+
 class NotText(ValueError):  # noqa: N818 - names the bytes, not an error of ours
     """The bytes are not text in any encoding we can recognise; the message says why."""
 
@@ -87,7 +111,7 @@ class NotText(ValueError):  # noqa: N818 - names the bytes, not an error of ours
 class Decoded:
     text: str
     encoding: str
-    #: How the encoding was found: "bom", "declared", "utf-8" or "detected".
+    #: How the encoding was found: "bom", "declared", "escapes", "utf-8" or "detected".
     found_by: str
 
 
@@ -135,19 +159,63 @@ def decode(data: bytes, *, declared: bool = False) -> Decoded:
                 except UnicodeDecodeError:
                     continue
             # Declared wrongly: the bytes themselves are the better evidence.
+    seven_bit = _seven_bit(data)
+    if seven_bit is not None:
+        return seven_bit
     try:
         return _checked(data.decode("utf-8"), "utf-8", "utf-8")
     except UnicodeDecodeError:
         pass
     guesses = list(from_bytes(data))
     if not guesses:
-        raise NotText("not UTF-8, nor text in any other encoding")
+        fallback = _cjk_fallback(data)
+        if fallback is None:
+            raise NotText("not UTF-8, nor text in any other encoding")
+        return fallback
     best = guesses[0]
     for guess in guesses:
         if guess.encoding == _PREFERRED and guess.chaos <= best.chaos + _NEAR:
             best = guess
             break
     return _checked(str(best), best.encoding, "detected")
+
+
+def _script_share(text: str) -> float:
+    """The share of ``text``'s non-ASCII characters that are CJK (Han, Kana, Hangul and
+    their punctuation); 0 when it has none."""
+    wide = [c for c in text if ord(c) > 0x7F]
+    return sum(1 for c in wide if _CJK.match(c)) / len(wide) if wide else 0.0
+
+
+def _seven_bit(data: bytes) -> Decoded | None:
+    """ASCII bytes that hold a 7-bit CJK encoding's escapes, decoded in it; else None."""
+    if not data.isascii():
+        return None
+    for escape, codec in _SEVEN_BIT:
+        if not escape.search(data):
+            continue
+        try:
+            text = data.decode(codec)
+        except UnicodeDecodeError:
+            continue
+        if _script_share(text) >= _SCRIPT_SHARE:
+            return _checked(text, codec, "escapes")
+    return None
+
+
+def _cjk_fallback(data: bytes) -> Decoded | None:
+    """The first of the detector's blind spots that decodes ``data`` into CJK text."""
+    for codec in _CJK_FALLBACK:
+        try:
+            text = data.decode(codec)
+        except UnicodeDecodeError:
+            continue
+        if _script_share(text) >= _SCRIPT_SHARE:
+            try:
+                return _checked(text, codec, "detected")
+            except NotText:
+                continue
+    return None
 
 
 def _checked(text: str, encoding: str, found_by: str) -> Decoded:

@@ -1,7 +1,8 @@
 """Write the parser-fidelity corpus (tests/test_parsers.py): ``python tests/corpus/make.py``.
 
 Each file is a real-world shape a parser must read as a person would: Markdown that
-wraps its sentences, HTML and text in legacy encodings, a BOM, bytes that are not text
+wraps its sentences, HTML and text in legacy encodings (7-bit ISO-2022-JP mail among
+them), a BOM, bytes that are not text
 at all, and a scanned PDF with no text layer. The files are committed; this script is
 how they were made, so a changed one can be made again the same way.
 """
@@ -138,6 +139,23 @@ BIG5_TXT = """\
 散會。下次會議訂於四月十二日舉行。
 """
 
+ISO_2022_JP_TXT = """\
+件名：来週の打ち合わせについて
+
+山田様
+
+いつもお世話になっております。
+来週の打ち合わせは、火曜日の午後三時から福岡支店の応接室で行います。
+資料は「出荷計画表」と見積書の二点です。
+よろしくお願いいたします。
+"""
+
+UHC_CHAT_TXT = """\
+㉮㉮ 똠방!! ⓐⓑ ¿¿¿ 쀍 ⓔ ㉯. .
+家乙 뷁뷁 ! ! ! ㅠ.ㅠ 뛟 九月 ㉠ ⓡ
+펲 ㈜ ¿¿ 똠 ㉯ . . .
+"""
+
 LATIN1_TXT = """\
 Compte rendu de la réunion
 
@@ -190,6 +208,10 @@ def files() -> dict[str, bytes]:
         "euc-jp.txt": EUC_JP_TXT.encode("euc_jp"),
         "big5.txt": BIG5_TXT.encode("big5"),
         "latin1.txt": LATIN1_TXT.encode("latin-1"),
+        "iso-2022-jp.txt": ISO_2022_JP_TXT.encode("iso2022_jp"),
+        # Hangul of Windows' code page 949 beyond EUC-KR, as terse as chat logs are:
+        # too little for the detector, read by the fallback to the CJK code pages.
+        "uhc-chat.txt": UHC_CHAT_TXT.encode("cp949"),
         "utf8-bom.txt": UTF8_BOM_TXT.encode("utf-8-sig"),
         "utf16-bom.txt": b"\xff\xfe" + UTF16_BOM_TXT.encode("utf-16-le"),
         "binary.txt": gzip.compress(SOFT_BREAKS_MD.encode() * 4, mtime=0),
