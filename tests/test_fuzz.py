@@ -85,7 +85,7 @@ def refusal(message: str) -> str:
 
 def warnings(log: str) -> list[str]:
     """The worker's warnings and errors, but the refusals it is meant to log."""
-    skip = ("task_result_refused", "task_payload_invalid")
+    skip = ("task_ended",)
     lines = [x for x in log.splitlines() if (" WARNING " in x or " ERROR " in x)]
     return [x[:300] for x in lines if not any(s in x for s in skip)][:20]
 

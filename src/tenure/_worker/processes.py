@@ -34,6 +34,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from tenure._worker.ending import Ending
 from tenure._worker.lineage import die_with_parent, exit_at_eof
 
 log = logging.getLogger(__name__)
@@ -56,17 +57,16 @@ class Job:
 
 @dataclass(frozen=True)
 class Reply:
-    """A child's answer: ``ok`` with JSON text, or an error kind with its text."""
+    """A child's answer: :data:`STARTED`, then how the call ended, with the child's
+    resident memory."""
 
-    kind: str  # started | ok | refused | error | retry_after | discard | invalid
-    text: str
-    delay: float = 0.0
+    ended: Ending | None
     rss: int = 0
 
 
 # Sent when a job's function is found (its module imported): a process started for
 # the job, or one importing a heavy module, does not spend the job's timeout on that.
-STARTED = Reply("started", "")
+STARTED = Reply(None)
 # How long a task process may take to start a job (spawn, imports) before it is
 # counted as dead.
 START_TIMEOUT = 120.0
@@ -87,10 +87,8 @@ def _child_main(conn: Connection, lifeline: Connection, worker: int) -> None:
     """Loop of a task process: one job in, one reply out; it ends with ``worker``."""
     die_with_parent(worker, signal.SIGKILL)
     exit_at_eof(lifeline)
-    import pydantic_core
-
+    from tenure._worker import ending
     from tenure.context import TaskContext, _current
-    from tenure.errors import Discard, PayloadInvalid, RetryAfter
     from tenure.limits import DEFAULT as limits
 
     while True:
@@ -104,29 +102,14 @@ def _child_main(conn: Connection, lifeline: Connection, worker: int) -> None:
             obj: Any = importlib.import_module(job.module)
             for part in job.qualname.split("."):
                 obj = getattr(obj, part)
-            task = obj
-            limits = task.registry.limits
+        except BaseException as exc:
+            ended = ending.raised(exc, limits)
+        else:
             conn.send(STARTED)  # the task's own time starts now (its timeout with it)
             _current.set(TaskContext(job.task_id, job.attempt, job.task_name, job.queue))
-            payload = task.decode(job.payload)
-            result = task.fn(payload)
-            if asyncio.iscoroutine(result):
-                result = asyncio.run(result)
-            # A result too large to store is not sent to the worker at all.
-            why = limits.precheck_result(result)
-            encoded = b"" if why else pydantic_core.to_json(result)
-            why = why or limits.check_result(encoded)
-            reply = Reply("refused", why) if why else Reply("ok", encoded.decode())
-        except PayloadInvalid as exc:
-            reply = Reply("invalid", str(exc))
-        except RetryAfter as exc:
-            reply = Reply("retry_after", exc.reason, exc.delay.total_seconds())
-        except Discard as exc:
-            reply = Reply("discard", exc.reason)
-        except BaseException as exc:
-            reply = Reply("error", limits.exception_text(exc))
+            ended = ending.call(obj, job.payload, obj.registry.limits)
         try:
-            conn.send(Reply(reply.kind, reply.text, reply.delay, _resident_bytes()))
+            conn.send(Reply(ended, _resident_bytes()))
         except OSError:  # the worker is gone: nobody to tell, nothing to report
             return
 
@@ -175,7 +158,7 @@ class ProcessPool:
         self.started += 1
         return _Child()
 
-    async def run(self, job: Job, timeout: float | None) -> Reply:
+    async def run(self, job: Job, timeout: float | None) -> Ending:
         """Run ``job`` in a child; raises TimeoutError or ChildDied. A timeout, or the
         awaiting coroutine being cancelled, kills the child."""
         async with self._free:
@@ -192,7 +175,7 @@ class ProcessPool:
                     raise ChildDied(
                         None, f"the task's process did not start it within {START_TIMEOUT:g}s"
                     ) from None
-                if reply.kind == "started":  # else it failed before it could start
+                if reply.ended is None:  # started; else it failed before it could start
                     reply = await asyncio.wait_for(asyncio.to_thread(self._recv, child), timeout)
                 healthy = True
             except TimeoutError:
@@ -214,7 +197,9 @@ class ProcessPool:
                 child.kill()
             else:
                 self._idle.append(child)
-            return reply
+            if reply.ended is None:
+                raise ChildDied(None, "the task's process said it started twice")
+            return reply.ended
 
     @staticmethod
     def _recv(child: _Child) -> Reply:
