@@ -6,22 +6,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import pydantic
-
 from tenure import Discard, Limits, PayloadInvalid, Registry, RetryAfter
+from tests.apps.fleet import Picky  # a validator that raises KeyError on "boom"
 
 reg = Registry(schema="endings", limits=Limits(result_bytes=4096, error_chars=400))
-
-
-class Picky(pydantic.BaseModel):
-    value: str
-
-    @pydantic.field_validator("value")
-    @classmethod
-    def no_boom(cls, v: str) -> str:
-        if v == "boom":
-            raise KeyError("a validator that raises something other than ValueError")
-        return v
 
 
 def body(case: str) -> Any:
