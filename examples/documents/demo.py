@@ -407,16 +407,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summary-json", type=Path, help="also write the final numbers here")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
-    from tenure._db.sqlfiles import check_schema
+    from tenure import Client, ConfigError
 
-    SCHEMA = check_schema(args.schema)
+    try:
+        client = Client(schema=args.schema)  # DSN: TENURE_DATABASE_URL, else the embedded one
+    except ConfigError as exc:
+        parser.error(str(exc))
+    SCHEMA = client.schema
     os.environ["TENURE_DOCS_SCHEMA"] = SCHEMA
     sys.path.insert(0, str(ROOT))
     from examples.documents import corpus, index
     from examples.documents import ingest as ingesting
-    from tenure._db.connect import resolve_dsn
-
-    dsn = resolve_dsn(None)  # TENURE_DATABASE_URL, else join the embedded server
+    dsn = client.dsn  # joins (or starts) the embedded server when no DSN is set
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
         conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA}_index CASCADE")

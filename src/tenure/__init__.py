@@ -8,6 +8,7 @@
 
 __version__ = "0.1.0"
 
+from tenure.client import Client, TaskInfo
 from tenure.context import TaskContext, current
 from tenure.errors import (
     AlreadyRegistered,
@@ -33,6 +34,7 @@ from tenure.registry import Registry, Task, TaskHandle
 __all__ = [
     "AlreadyRegistered",
     "Backoff",
+    "Client",
     "ConfigError",
     "DatabaseError",
     "Discard",
@@ -49,6 +51,7 @@ __all__ = [
     "TaskContext",
     "TaskFailed",
     "TaskHandle",
+    "TaskInfo",
     "TaskNotFound",
     "TaskSignal",
     "TenureError",
