@@ -143,3 +143,12 @@ def positive(value: timedelta | float | int | str, *, field: str) -> timedelta:
     if result is None or result <= timedelta(0):
         raise ConfigError(f"{field}: must be greater than zero, got {value!r}")
     return result
+
+
+def exponential(n: int, *, base: float, cap: float, factor: float = 2.0) -> float:
+    """tenure's one backoff curve: seconds before the retry that follows the ``n``-th
+    consecutive failure, ``base`` growing by ``factor`` each time, at most ``cap``
+    (jitter, where one is wanted, is applied to what this returns)."""
+    if n <= 0:
+        return 0.0
+    return float(min(cap, base * factor ** (n - 1)))

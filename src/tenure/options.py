@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from tenure._durations import as_timedelta, check_range, positive
+from tenure._durations import as_timedelta, check_range, exponential, positive
 from tenure._worker.config import MAX_LEASE, MIN_LEASE
 from tenure.errors import ConfigError
 
@@ -45,8 +45,10 @@ class Backoff:
 
     def delay(self, errors: int) -> timedelta:
         """The wait before the retry that follows the ``errors``-th error."""
-        seconds = self.base.total_seconds() * self.factor ** max(0, errors - 1)
-        seconds = min(self.cap.total_seconds(), seconds)
+        seconds = exponential(
+            max(1, errors), base=self.base.total_seconds(), cap=self.cap.total_seconds(),
+            factor=self.factor,
+        )  # fmt: skip
         seconds *= random.uniform(1 - self.jitter, 1 + self.jitter)
         return timedelta(seconds=max(0.0, seconds))
 

@@ -10,16 +10,16 @@ Rules:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg
 
+from tenure._durations import exponential
 from tenure.errors import ConfigError, DatabaseError
 
 log = logging.getLogger(__name__)
@@ -179,8 +179,8 @@ async def aconnect(
 
 
 def backoff_delay(failures: int, *, base: float = 0.1, cap: float = 10.0) -> float:
-    """Exponential backoff with full jitter for the ``failures``-th consecutive failure."""
-    return random.uniform(0, min(cap, base * (2 ** max(0, failures - 1))))
+    """The backoff curve with full jitter for the ``failures``-th consecutive failure."""
+    return random.uniform(0, exponential(max(1, failures), base=base, cap=cap))
 
 
 def retry_sync(fn: Callable[[], T], *, attempts: int = 5, what: str = "statement") -> T:
@@ -195,21 +195,4 @@ def retry_sync(fn: Callable[[], T], *, attempts: int = 5, what: str = "statement
                 raise DatabaseError(f"{what} failed: {describe(exc)}") from exc
             log.debug("transient failure in %s (%s); retrying", what, describe(exc))
             time.sleep(backoff_delay(failure))
-    raise AssertionError("unreachable")
-
-
-async def retry_async(
-    fn: Callable[[], Awaitable[T]], *, attempts: int = 5, what: str = "statement"
-) -> T:
-    """Await ``fn()``, retrying transient database failures with backoff."""
-    for failure in range(1, attempts + 1):
-        try:
-            return await fn()
-        except psycopg.Error as exc:
-            if not is_transient(exc):
-                raise
-            if failure == attempts:
-                raise DatabaseError(f"{what} failed: {describe(exc)}") from exc
-            log.debug("transient failure in %s (%s); retrying", what, describe(exc))
-            await asyncio.sleep(backoff_delay(failure))
     raise AssertionError("unreachable")

@@ -31,6 +31,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from tenure._db.connect import ENV_DSN
+from tenure._durations import exponential
 from tenure._worker.lineage import START_FAILED, die_with_parent
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,7 @@ TICK = 0.05
 
 def restart_delay(recent_restarts: int) -> float:
     """Seconds to wait before a restart, given restarts of that slot in the window."""
-    if recent_restarts <= 0:
-        return 0.0
-    return float(min(RESTART_BACKOFF_CAP, RESTART_BACKOFF_BASE * 2 ** (recent_restarts - 1)))
+    return exponential(recent_restarts, base=RESTART_BACKOFF_BASE, cap=RESTART_BACKOFF_CAP)
 
 
 @dataclass
