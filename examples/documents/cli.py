@@ -24,7 +24,7 @@ from rich.table import Table
 
 from examples.documents import app, corpus, index
 from examples.documents import ingest as ingesting
-from tenure._untrusted import inert
+from tenure import inert
 
 console = Console()
 

@@ -418,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     from examples.documents import corpus, index
     from examples.documents import ingest as ingesting
+
     dsn = client.dsn  # joins (or starts) the embedded server when no DSN is set
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")

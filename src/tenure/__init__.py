@@ -8,6 +8,7 @@
 
 __version__ = "0.1.0"
 
+from tenure._untrusted import inert
 from tenure.client import Client, TaskInfo
 from tenure.context import TaskContext, current
 from tenure.errors import (
@@ -57,4 +58,5 @@ __all__ = [
     "TenureError",
     "__version__",
     "current",
+    "inert",
 ]
