@@ -39,7 +39,16 @@ def test_one_unwritable_outcome_does_not_hold_back_the_others(
     workers("--lease", "2s", "--concurrency", "8")
     # Then every task is written: nothing stays running behind the bad outcome
     eventually(lambda: all(h.state() == "succeeded" for h in fine), timeout=20)
-    eventually(lambda: bad.state() == "scheduled" or bad.state() == "failed", timeout=20)
+    first = eventually(
+        lambda: db.execute(
+            "SELECT outcome, error FROM attempts WHERE task_id = %s AND attempt = 1"
+            " AND outcome IS NOT NULL",
+            (bad.id,),
+        ).fetchone(),
+        timeout=20,
+        what="the NUL error's attempt recorded",
+    )
+    assert first[0] == "error" and "ValueError: bad\\0byte" in first[1]
     assert "bad\\0byte" in (bad.info().last_error or "")
     eventually(lambda: nul_result.state() == "succeeded", timeout=20)
     assert nul_result.info().result == "nul\ufffdinside"
