@@ -9,11 +9,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +21,7 @@ import psutil
 import psycopg
 import pytest
 
-from tenure._db.embedded import (
+from tenure.embedded import (
     ENV_DIR,
     EmbeddedServer,
     embedded_dsn,
@@ -36,7 +34,7 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="uses /proc and 
 # A process that joins (leaving through atexit), reports, then waits for a line on stdin.
 OWNER = """
 import json, sys
-from tenure._db.embedded import ensure_embedded
+from tenure.embedded import ensure_embedded
 dsn = ensure_embedded()
 print(json.dumps({"dsn": dsn}), flush=True)
 sys.stdin.readline()
@@ -45,7 +43,7 @@ sys.stdin.readline()
 # A process that waits for a common instant, joins, reports, waits for stdin, then leaves.
 RACER = """
 import json, sys, time
-from tenure._db.embedded import EmbeddedServer
+from tenure.embedded import EmbeddedServer
 server = EmbeddedServer()
 time.sleep(max(0.0, float(sys.argv[1]) - time.time()))
 dsn = server.join()
@@ -124,25 +122,6 @@ class Procs:
             for stream in (proc.stdin, proc.stdout, proc.stderr):
                 if stream is not None:
                     stream.close()
-
-
-@pytest.fixture(name="data_dir")
-def private_data_dir() -> Iterator[Path]:
-    """A data dir of this test's own, its server stopped at the end (test_embedded_*)."""
-    # Not pytest's tmp_path: as root, the server runs as another user who must be able to
-    # traverse every parent, and /tmp/pytest-of-root is 0700.
-    base = Path(tempfile.mkdtemp(prefix="tenure-embedded-"))
-    base.chmod(0o755)
-    path = base / "pg"
-    try:
-        yield path
-    finally:
-        with contextlib.suppress(Exception):
-            stop_embedded(path)
-        for pid in _postgres_pids(path):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
