@@ -21,6 +21,7 @@ import psutil
 import psycopg
 import pytest
 
+from tenure import EmbeddedServerError, TenureError
 from tenure.embedded import (
     ENV_DIR,
     EmbeddedServer,
@@ -28,6 +29,7 @@ from tenure.embedded import (
     embedded_status,
     stop_embedded,
 )
+from tests.conftest import tenure_cli
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="uses /proc and signals")
 
@@ -279,6 +281,32 @@ def test_long_data_dir_gets_a_short_socket_dir() -> None:
     assert embedded_dsn(Path("/var/tmp/short/pg")).startswith(
         "postgresql://postgres@/postgres?host=/var/tmp/short/pg&port="
     )
+
+
+@pytest.mark.parametrize("below", ["pg", "sub/pg"])
+def test_a_server_that_cannot_start_is_one_line_from_the_cli(data_dir: Path, below: str) -> None:
+    # Given a TENURE_EMBEDDED_DIR under a regular file, where no server can be prepared
+    blocker = data_dir.parent / "a-file"
+    blocker.write_text("not a directory")
+    env = {ENV_DIR: str(blocker / below), "TENURE_DATABASE_URL": None}
+    for command in (["status"], ["db", "start"]):
+        # When a command needs the embedded server
+        result = tenure_cli(*command, env=env)
+        # Then it exits non-zero with one line on stderr that says what to do
+        assert result.returncode != 0, (command, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+        assert f"set {ENV_DIR} to a" in result.stderr, result.stderr
+    # And the file is left as it was
+    assert blocker.read_text() == "not a directory"
+
+
+def test_the_embedded_servers_error_is_a_tenure_error(data_dir: Path) -> None:
+    blocker = data_dir.parent / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(TenureError) as raised:
+        EmbeddedServer(blocker / "pg").join()
+    assert isinstance(raised.value, EmbeddedServerError)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the server as another user")
