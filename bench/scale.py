@@ -118,7 +118,7 @@ def fleet_server(dsn: str, which: str, needed: int) -> Iterator[tuple[str, str]]
     if free >= needed:
         yield dsn, f"{which} ({free} connections free)"
         return
-    from tenure._db.embedded import EmbeddedServer
+    from tenure.embedded import EmbeddedServer
 
     base = Path(tempfile.mkdtemp(prefix="tenure-bench-scale-"))
     base.chmod(0o755)  # as root the server runs as its own user, which must reach it

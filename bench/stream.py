@@ -102,7 +102,7 @@ def main() -> int:
     if args.dsn:
         dsn, which = args.dsn, args.dsn
     else:
-        from tenure._db.embedded import ensure_embedded
+        from tenure.embedded import ensure_embedded
 
         dsn, which = ensure_embedded(), "embedded PostgreSQL"
     plan = streams.Plan(

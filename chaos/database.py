@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 
 from chaos.netns import database_address
-from tenure._db.embedded import EmbeddedServer
+from tenure.embedded import EmbeddedServer
 
 SYSTEM_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 SYSTEM_CLUSTER = "15/main"

@@ -24,7 +24,7 @@ import subprocess
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from chaos.proxy import Proxy
-from tenure._db.embedded import _pid_alive, _process_start
+from tenure.embedded.procfs import pid_alive, process_start
 
 PREFIX = "tnchaos"
 NET = "10.213"
@@ -62,11 +62,11 @@ def sweep() -> None:
             continue
         owner = owners.pop(f"tcv{name[len(PREFIX) :]}h", None)
         in_use = _ip("netns", "pids", name, check=False).stdout.strip()
-        if (owner is not None and _pid_alive(*owner)) or (owner is None and in_use):
+        if (owner is not None and pid_alive(*owner)) or (owner is None and in_use):
             continue
         _ip("netns", "del", name, check=False)
     for link, owner in owners.items():  # veths whose namespace is already gone
-        if owner is None or not _pid_alive(*owner):
+        if owner is None or not pid_alive(*owner):
             _ip("link", "del", link, check=False)
 
 
@@ -86,7 +86,7 @@ class Namespace:
         try:
             # The veth (with its owner) first: a sweep never sees an ownerless namespace.
             _ip("link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if)
-            owner = f"{OWNER}{os.getpid()}:{_process_start(os.getpid())}"
+            owner = f"{OWNER}{os.getpid()}:{process_start(os.getpid())}"
             _ip("link", "set", self.host_if, "alias", owner)
             _ip("netns", "add", self.name)
             _ip("link", "set", self.ns_if, "netns", self.name)

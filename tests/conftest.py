@@ -7,10 +7,13 @@ a superuser (tests/privilege.py); ``admin_url`` stays the superuser's.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -70,10 +73,34 @@ def admin_url() -> str:
     """The test database as its superuser, straight to it (never through a pooler)."""
     url = os.environ.get("TENURE_TEST_DATABASE_URL")
     if not url:
-        from tenure._db.embedded import ensure_embedded
+        from tenure.embedded import ensure_embedded
 
         url = ensure_embedded()
     return url
+
+
+@pytest.fixture(name="data_dir")
+def private_embedded_dir() -> Iterator[Path]:
+    """The data dir of an embedded server of this test's own (TENURE_EMBEDDED_DIR), never
+    the default one other tests share; its server is stopped at the end, even on failure.
+
+    Not under pytest's tmp_path: as root the server runs as another user, who must
+    traverse every parent, and /tmp/pytest-of-root is 0700."""
+    from tenure.embedded import stop_embedded
+    from tenure.embedded.procfs import postgres_processes
+
+    base = Path(tempfile.mkdtemp(prefix="tenure-embedded-"))
+    base.chmod(0o755)
+    path = base / "pg"
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(Exception):
+            stop_embedded(path)
+        for pid in postgres_processes(path):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -197,30 +197,12 @@ def test_search_finds_a_phrase_planted_in_a_generated_file(
     assert table.returncode == 0 and "best matches" in table.stdout, table.stdout + table.stderr
 
 
-@pytest.fixture
-def private_embedded_dir() -> Iterator[Path]:
-    # Not pytest's tmp_path (0700): as root, the server runs as another user who must be
-    # able to traverse every parent.
-    base = Path(tempfile.mkdtemp(prefix="tenure-docs-pg-"))
-    base.chmod(0o755)
-    path = base / "pg"
-    try:
-        yield path
-    finally:
-        from tenure._db.embedded import stop_embedded
-
-        with contextlib.suppress(Exception):
-            stop_embedded(path)
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def test_ctrl_c_leaves_no_worker_or_database_process_behind(
-    private_embedded_dir: Path, tmp_path: Path
-) -> None:
-    from tenure._db.embedded import _postgres_processes, embedded_status
+def test_ctrl_c_leaves_no_worker_or_database_process_behind(data_dir: Path, tmp_path: Path) -> None:
+    from tenure.embedded import embedded_status
+    from tenure.embedded.procfs import postgres_processes
 
     env = {k: v for k, v in os.environ.items() if k != "TENURE_DATABASE_URL"}
-    env["TENURE_EMBEDDED_DIR"] = str(private_embedded_dir)
+    env["TENURE_EMBEDDED_DIR"] = str(data_dir)
     log = (tmp_path / "demo.log").open("w+")
     demo = subprocess.Popen(
         [*DEMO, "--docs", "400", "--corpus", str(tmp_path / "corpus"), "--plain",
@@ -238,7 +220,7 @@ def test_ctrl_c_leaves_no_worker_or_database_process_behind(
             return len(workers) >= 3 and "ingested" in (tmp_path / "demo.log").read_text()
 
         eventually(fleet_running, timeout=90, interval=0.1, what="supervisor and two workers")
-        assert embedded_status(private_embedded_dir)["running"]
+        assert embedded_status(data_dir)["running"]
         for child in me.children(recursive=True):
             seen.setdefault(child.pid, child)
         demo.send_signal(signal.SIGINT)
@@ -251,8 +233,8 @@ def test_ctrl_c_leaves_no_worker_or_database_process_behind(
     assert "interrupted" in output, output[-3000:]
     _gone, alive = psutil.wait_procs(list(seen.values()), timeout=10)
     assert not alive, [(p.pid, _cmdline(p)) for p in alive]
-    assert not embedded_status(private_embedded_dir)["running"], output[-3000:]
-    assert _postgres_processes(private_embedded_dir.resolve()) == []
+    assert not embedded_status(data_dir)["running"], output[-3000:]
+    assert postgres_processes(data_dir.resolve()) == []
 
 
 def _cmdline(proc: psutil.Process) -> str:

@@ -9,11 +9,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,20 +21,22 @@ import psutil
 import psycopg
 import pytest
 
-from tenure._db.embedded import (
+from tenure import EmbeddedServerError, TenureError
+from tenure.embedded import (
     ENV_DIR,
     EmbeddedServer,
     embedded_dsn,
     embedded_status,
     stop_embedded,
 )
+from tests.conftest import tenure_cli
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="uses /proc and signals")
 
 # A process that joins (leaving through atexit), reports, then waits for a line on stdin.
 OWNER = """
 import json, sys
-from tenure._db.embedded import ensure_embedded
+from tenure.embedded import ensure_embedded
 dsn = ensure_embedded()
 print(json.dumps({"dsn": dsn}), flush=True)
 sys.stdin.readline()
@@ -45,7 +45,7 @@ sys.stdin.readline()
 # A process that waits for a common instant, joins, reports, waits for stdin, then leaves.
 RACER = """
 import json, sys, time
-from tenure._db.embedded import EmbeddedServer
+from tenure.embedded import EmbeddedServer
 server = EmbeddedServer()
 time.sleep(max(0.0, float(sys.argv[1]) - time.time()))
 dsn = server.join()
@@ -124,25 +124,6 @@ class Procs:
             for stream in (proc.stdin, proc.stdout, proc.stderr):
                 if stream is not None:
                     stream.close()
-
-
-@pytest.fixture(name="data_dir")
-def private_data_dir() -> Iterator[Path]:
-    """A data dir of this test's own, its server stopped at the end (test_embedded_*)."""
-    # Not pytest's tmp_path: as root, the server runs as another user who must be able to
-    # traverse every parent, and /tmp/pytest-of-root is 0700.
-    base = Path(tempfile.mkdtemp(prefix="tenure-embedded-"))
-    base.chmod(0o755)
-    path = base / "pg"
-    try:
-        yield path
-    finally:
-        with contextlib.suppress(Exception):
-            stop_embedded(path)
-        for pid in _postgres_pids(path):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
@@ -300,6 +281,32 @@ def test_long_data_dir_gets_a_short_socket_dir() -> None:
     assert embedded_dsn(Path("/var/tmp/short/pg")).startswith(
         "postgresql://postgres@/postgres?host=/var/tmp/short/pg&port="
     )
+
+
+@pytest.mark.parametrize("below", ["pg", "sub/pg"])
+def test_a_server_that_cannot_start_is_one_line_from_the_cli(data_dir: Path, below: str) -> None:
+    # Given a TENURE_EMBEDDED_DIR under a regular file, where no server can be prepared
+    blocker = data_dir.parent / "a-file"
+    blocker.write_text("not a directory")
+    env = {ENV_DIR: str(blocker / below), "TENURE_DATABASE_URL": None}
+    for command in (["status"], ["db", "start"]):
+        # When a command needs the embedded server
+        result = tenure_cli(*command, env=env)
+        # Then it exits non-zero with one line on stderr that says what to do
+        assert result.returncode != 0, (command, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+        assert f"set {ENV_DIR} to a" in result.stderr, result.stderr
+    # And the file is left as it was
+    assert blocker.read_text() == "not a directory"
+
+
+def test_the_embedded_servers_error_is_a_tenure_error(data_dir: Path) -> None:
+    blocker = data_dir.parent / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(TenureError) as raised:
+        EmbeddedServer(blocker / "pg").join()
+    assert isinstance(raised.value, EmbeddedServerError)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the server as another user")

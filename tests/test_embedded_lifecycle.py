@@ -25,26 +25,17 @@ import psutil
 import psycopg
 import pytest
 
-from tenure._db.embedded import (
-    ENV_DIR,
-    PG_MAJOR,
-    EmbeddedServer,
-    _binaries_cache,
-    _install_binaries,
-    _pgserver_package_dir,
-    embedded_dsn,
-    embedded_status,
-)
+from tenure.embedded import ENV_DIR, PG_MAJOR, EmbeddedServer, embedded_dsn, embedded_status
+from tenure.embedded.binaries import cache_dir, install, wheel_dir
 from tests.conftest import CHILD_PYTHONPATH, ROOT, eventually, tenure_cli
 from tests.test_embedded import _postgres_pids
-from tests.test_embedded import private_data_dir as private_data_dir  # the data_dir fixture
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="uses /proc and signals")
 
 # A process that joins the server (leaving through atexit), says so, then sleeps.
 OWNER = """
 import json, sys, time
-from tenure._db.embedded import ensure_embedded
+from tenure.embedded import ensure_embedded
 print(json.dumps({"dsn": ensure_embedded()}), flush=True)
 time.sleep(3600)
 """
@@ -317,15 +308,15 @@ def test_no_temporary_files_remain_after_many_starts_and_stops(
 INSTALLER = """
 import json, sys, time
 from pathlib import Path
-from tenure._db.embedded import _install_binaries
+from tenure.embedded.binaries import install
 time.sleep(max(0.0, float(sys.argv[3]) - time.time()))
-print(json.dumps(str(_install_binaries(Path(sys.argv[1]), Path(sys.argv[2])))), flush=True)
+print(json.dumps(str(install(Path(sys.argv[1]), Path(sys.argv[2])))), flush=True)
 """
 
 
 def _venv_like(base: Path, name: str) -> Path:
     """A site-packages holding the wheel's files (hard links), as another virtualenv would."""
-    real = _pgserver_package_dir()
+    real = wheel_dir()
     site = base / name / "site-packages"
     pkg = site / real.name
     shutil.copytree(
@@ -375,7 +366,7 @@ def test_two_virtualenvs_installing_at_once_share_one_copy(data_dir: Path) -> No
     text = sample.read_bytes()
     sample.unlink()  # break the hard link: venv-a keeps its file
     sample.write_bytes(text + b"\n")
-    other = _install_binaries(venvs[1], cache)
+    other = install(venvs[1], cache)
     assert str(other) not in bindirs and len(list(cache.iterdir())) == 2
 
 
@@ -384,5 +375,5 @@ def test_the_server_runs_from_the_shared_copy(tenure: Tenure, data_dir: Path) ->
     pid = embedded_status(data_dir)["pid"]
     assert pid is not None
     exe = Path(os.readlink(f"/proc/{pid}/exe"))
-    assert exe.is_relative_to(_binaries_cache()), exe
-    assert not exe.is_relative_to(_pgserver_package_dir())
+    assert exe.is_relative_to(cache_dir()), exe
+    assert not exe.is_relative_to(wheel_dir())

@@ -159,7 +159,7 @@ def test_status_shows_queues_limits_keys_workers_and_leases(
 def test_db_url_prints_the_dsn_in_use(database_url: str) -> None:
     result = tenure_cli("db", "url", env={"TENURE_DATABASE_URL": database_url})
     assert result.stdout.strip() == database_url
-    from tenure._db.embedded import embedded_dsn
+    from tenure.embedded import embedded_dsn
 
     env = {k: v for k, v in os.environ.items() if k != "TENURE_DATABASE_URL"}
     plain = subprocess.run(
@@ -173,7 +173,7 @@ def test_db_url_prints_the_dsn_in_use(database_url: str) -> None:
     if os.environ.get("TENURE_TEST_DATABASE_URL"):
         # The suite runs on another server, so the embedded one may not be running:
         # then db url says so rather than print a DSN that fails.
-        from tenure._db.embedded import embedded_status
+        from tenure.embedded import embedded_status
 
         if not embedded_status()["running"]:
             assert plain.returncode == 1 and plain.stdout == ""

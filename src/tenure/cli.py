@@ -316,7 +316,7 @@ def db_migrate(dsn: str | None, schema: str) -> None:
 
 def _embedded_server() -> Any:
     """The embedded server of TENURE_EMBEDDED_DIR (or the default data dir)."""
-    from tenure._db.embedded import EmbeddedServer
+    from tenure.embedded import EmbeddedServer
 
     return EmbeddedServer()
 
@@ -376,7 +376,7 @@ def db_start() -> None:
 @click.option("--force", is_flag=True, help="Stop it even while processes use it.")
 def db_stop(force: bool) -> None:
     """Stop the embedded server (its data stays)."""
-    from tenure._db.embedded import EmbeddedServerInUse
+    from tenure.embedded import EmbeddedServerInUse
 
     server = _embedded_server()
     users = server.status()["owners"]

@@ -8,6 +8,7 @@ task to the worker.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 
@@ -29,6 +30,26 @@ class DatabaseError(TenureError):
 class SchemaNotReady(DatabaseError):
     """A command that must not change the schema found it missing, older than this
     code, or unreadable by this role; the message says what to do."""
+
+
+class EmbeddedServerError(DatabaseError, RuntimeError):
+    """The embedded PostgreSQL server could not be prepared, started or stopped.
+
+    A :class:`DatabaseError` (the database cannot be reached), so every command reports
+    it in one line; waiting does not mend it, so a worker does not retry it."""
+
+
+class EmbeddedServerInUse(EmbeddedServerError):
+    """``stop(force=False)`` left the embedded server running: live processes use it."""
+
+    def __init__(self, pid: int, owners: Sequence[int]) -> None:
+        self.pid = pid
+        self.owners = list(owners)
+        users = "1 process" if len(self.owners) == 1 else f"{len(self.owners)} processes"
+        super().__init__(
+            f"the embedded PostgreSQL (pid {pid}) is in use by {users} "
+            f"({', '.join(map(str, self.owners))}); stop them first"
+        )
 
 
 class TaskNotFound(TenureError, LookupError):

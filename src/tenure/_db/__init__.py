@@ -1,1 +1,1 @@
-"""The database layer: connections, named SQL statements, migrations, embedded server."""
+"""The database layer: connections, named SQL statements, migrations."""

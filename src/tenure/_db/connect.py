@@ -73,7 +73,7 @@ def resolve_dsn(dsn: str | None = None) -> str:
     env = env_dsn()
     if env:
         return env
-    from tenure._db.embedded import ensure_embedded
+    from tenure.embedded import ensure_embedded
 
     return ensure_embedded()
 

@@ -35,7 +35,6 @@ from psycopg.types.json import Jsonb
 
 from tenure import __version__
 from tenure._db import connect as dbconnect
-from tenure._db.embedded import EmbeddedServerError
 from tenure._db.migrate import migrate
 from tenure._maintenance.promoter import Promoter
 from tenure._maintenance.reaper import Reaper
@@ -55,7 +54,7 @@ from tenure._worker.state import Claimed, Held, Holdings
 from tenure._worker.tasklog import TaskLog
 from tenure._worker.threads import DaemonThreadPool
 from tenure.context import TaskContext
-from tenure.errors import ConfigError, SchemaNotReady
+from tenure.errors import ConfigError, EmbeddedServerError, SchemaNotReady
 from tenure.options import QueueOptions
 from tenure.registry import Registry
 
