@@ -1,8 +1,9 @@
 """Load the project's ``.sql`` files and bind them to a schema.
 
-Every statement lives in a file under ``queries/`` or ``migrations/``. The text
-may name ``{schema}`` (replaced by the quoted schema identifier) and ``{channel}``
-(the quoted NOTIFY channel of that schema); values are always bound parameters.
+Every statement lives in a file under ``queries/`` or ``migrations/``, and every SQL
+function in a file under ``functions/``. The text may name ``{schema}`` (replaced by
+the quoted schema identifier) and ``{channel}`` (the quoted NOTIFY channel of that
+schema); values are always bound parameters.
 """
 
 from __future__ import annotations
@@ -68,6 +69,14 @@ def schema_sql(schema: str) -> bytes:
     return bind("tenure._db", "schema.sql", schema)
 
 
+def function_files() -> list[str]:
+    """The files under ``functions/`` that create functions, in the order they apply."""
+    files = resources.files("tenure._db.functions").iterdir()
+    return sorted(f.name for f in files if f.name.endswith(".sql") and f.name[:2].isdigit())
+
+
+@cache
 def functions_sql(schema: str) -> bytes:
-    """``functions.sql``: every SQL function, bound to ``schema``."""
-    return bind("tenure._db", "functions.sql", schema)
+    """Every SQL function, bound to ``schema``: the files of :func:`function_files` in
+    order, as one text. It is applied, hashed and recorded as one unit."""
+    return b"\n".join(bind("tenure._db.functions", name, schema) for name in function_files())
