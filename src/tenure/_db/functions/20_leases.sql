@@ -44,27 +44,20 @@ BEGIN
                'lease expired: worker ' || t.lease_owner || ' stopped renewing'
         FROM {schema}.tasks t WHERE t.id = ANY (v_expired)
     ),
-    quarantined AS (
+    ended AS (  -- quarantined, or cancelled if an operator asked
         DELETE FROM {schema}.tasks t
         WHERE t.id = ANY (v_expired) AND (t.crashes + 1 >= t.max_crashes OR t.cancel_requested)
-        RETURNING t.*
+        RETURNING t.*,
+                  CASE WHEN t.cancel_requested THEN 'cancelled' ELSE 'quarantined' END
+                      AS end_state,
+                  t.errors AS end_errors, t.crashes + 1 AS end_crashes,
+                  CASE WHEN t.cancel_requested
+                       THEN 'cancelled: its worker stopped renewing before it could stop it'
+                       ELSE 'quarantined: the lease expired ' || (t.crashes + 1)
+                            || ' times (the task kills or stalls its worker)' END AS end_error,
+                  NULL::jsonb AS end_result
     ),
-    moved AS (
-        INSERT INTO {schema}.finished_tasks (id, task_name, queue, payload, priority, partition_key,
-                                             state, attempt, errors, crashes, created_at,
-                                             last_error, idempotency_key, max_attempts,
-                                             max_crashes, lease, limited)
-        SELECT q.id, q.task_name, q.queue, q.payload, q.priority, nullif(q.partition_key, ''),
-               CASE WHEN q.cancel_requested THEN 'cancelled' ELSE 'quarantined' END,
-               q.attempt, q.errors, q.crashes + 1, q.created_at,
-               CASE WHEN q.cancel_requested
-                    THEN 'cancelled: its worker stopped renewing before it could stop it'
-                    ELSE 'quarantined: the lease expired ' || (q.crashes + 1)
-                         || ' times (the task kills or stalls its worker)' END,
-               q.idempotency_key, q.max_attempts, q.max_crashes, q.lease, q.limited
-        FROM quarantined q
-        RETURNING id, state
-    ),
+    moved AS ({finish_ended} RETURNING id, state),
     requeued AS (
         UPDATE {schema}.tasks t
         SET state = CASE WHEN t.crashes = 0 THEN 'queued' ELSE 'scheduled' END,

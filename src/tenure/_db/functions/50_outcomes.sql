@@ -76,17 +76,13 @@ BEGIN
                                 WHERE o.verdict IN ('succeeded', 'failed', 'cancelled')))
         RETURNING t.*
     ),
-    finished AS (
-        INSERT INTO {schema}.finished_tasks (id, task_name, queue, payload, priority, partition_key,
-                                             state, attempt, errors, crashes, created_at,
-                                             last_error, result, idempotency_key, max_attempts,
-                                             max_crashes, lease, limited)
-        SELECT r.id, r.task_name, r.queue, r.payload, r.priority, nullif(r.partition_key, ''),
-               o.verdict, r.attempt, r.errors + (o.verdict = 'failed')::integer, r.crashes,
-               r.created_at, coalesce(o.error, r.last_error), o.result, r.idempotency_key,
-               r.max_attempts, r.max_crashes, r.lease, r.limited
+    ended AS (
+        SELECT r.*, o.verdict AS end_state, r.errors + (o.verdict = 'failed')::integer AS end_errors,
+               r.crashes AS end_crashes, coalesce(o.error, r.last_error) AS end_error,
+               o.result AS end_result
         FROM removed r JOIN owned o ON o.id = r.id
     ),
+    finished AS ({finish_ended}),
     requeued AS (
         UPDATE {schema}.tasks t
         SET state = CASE WHEN o.verdict = 'retry' AND o.delay > 0 THEN 'scheduled'

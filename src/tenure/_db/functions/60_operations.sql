@@ -20,18 +20,12 @@ BEGIN
         PERFORM pg_notify({channel}, '!cancel:' || p_id);
         RETURN 'cancelling';
     END IF;
-    WITH removed AS (
-        DELETE FROM {schema}.tasks t WHERE t.id = p_id RETURNING t.*
+    WITH ended AS (
+        DELETE FROM {schema}.tasks t WHERE t.id = p_id
+        RETURNING t.*, 'cancelled' AS end_state, t.errors AS end_errors, t.crashes AS end_crashes,
+                  'cancelled before it started' AS end_error, NULL::jsonb AS end_result
     )
-    INSERT INTO {schema}.finished_tasks (id, task_name, queue, payload, priority, partition_key,
-                                         state, attempt, errors, crashes, created_at, last_error,
-                                         idempotency_key, max_attempts, max_crashes, lease,
-                                         limited)
-    SELECT r.id, r.task_name, r.queue, r.payload, r.priority, nullif(r.partition_key, ''),
-           'cancelled', r.attempt, r.errors, r.crashes, r.created_at,
-           'cancelled before it started', r.idempotency_key, r.max_attempts, r.max_crashes,
-           r.lease, r.limited
-    FROM removed r;
+    {finish_ended};
     PERFORM {schema}.notify_done(ARRAY[p_id]);
     RETURN 'cancelled';
 END;
