@@ -30,11 +30,12 @@ DECLARE
     v_off_keys   text[] := ARRAY[]::text[];
     v_name_cap   text;
     v_key_cap    text;
+    v_queue_cap  text := {schema}.bucket_name('q', p_queue, NULL, NULL);
 BEGIN
     SELECT * INTO v_q FROM {schema}.queues q WHERE q.name = p_queue;
     IF v_q.max_concurrency IS NOT NULL THEN
         v_caps := {schema}.bucket_visit(v_caps, 'q', p_queue, NULL, NULL, v_q.max_concurrency);
-        IF (v_caps ->> ('q:' || p_queue || '//'))::integer <= 0 THEN
+        IF (v_caps ->> v_queue_cap)::integer <= 0 THEN
             RETURN;
         END IF;
     END IF;
@@ -55,10 +56,10 @@ BEGIN
             v_name_cap := NULL;
             v_key_cap := NULL;
             IF v_q.max_concurrency IS NOT NULL THEN
-                v_names := v_names || ('q:' || p_queue || '//');
+                v_names := v_names || v_queue_cap;
             END IF;
             IF v_q.max_concurrency_per_key IS NOT NULL THEN
-                v_key_cap := 'qk:' || p_queue || '//' || v_cand.partition_key;
+                v_key_cap := {schema}.bucket_name('qk', p_queue, NULL, v_cand.partition_key);
                 v_caps := {schema}.bucket_visit(v_caps, 'qk', p_queue, NULL, v_cand.partition_key,
                                                 v_q.max_concurrency_per_key);
                 v_names := v_names || v_key_cap;
@@ -67,7 +68,7 @@ BEGIN
                 SELECT l.max_concurrency, l.max_concurrency_per_key INTO v_lim
                 FROM {schema}.limits l WHERE l.task_name = v_cand.task_name;
                 IF v_lim.max_concurrency IS NOT NULL THEN
-                    v_name_cap := 't:/' || v_cand.task_name || '/';
+                    v_name_cap := {schema}.bucket_name('t', NULL, v_cand.task_name, NULL);
                     v_caps := {schema}.bucket_visit(v_caps, 't', NULL, v_cand.task_name, NULL,
                                                     v_lim.max_concurrency);
                     v_names := v_names || v_name_cap;
@@ -76,8 +77,8 @@ BEGIN
                     v_caps := {schema}.bucket_visit(v_caps, 'tk', NULL, v_cand.task_name,
                                                     v_cand.partition_key,
                                                     v_lim.max_concurrency_per_key);
-                    v_names := v_names
-                               || ('tk:/' || v_cand.task_name || '/' || v_cand.partition_key);
+                    v_names := v_names || {schema}.bucket_name('tk', NULL, v_cand.task_name,
+                                                               v_cand.partition_key);
                 END IF;
             END IF;
             v_ok := true;
@@ -105,7 +106,7 @@ BEGIN
                 END IF;
             END IF;
             EXIT WHEN v_q.max_concurrency IS NOT NULL
-                      AND (v_caps ->> ('q:' || p_queue || '//'))::integer <= 0;
+                      AND (v_caps ->> v_queue_cap)::integer <= 0;
             IF v_name_cap IS NOT NULL AND (v_caps ->> v_name_cap)::integer <= 0 THEN
                 v_off_names := v_off_names || v_cand.task_name;
                 v_restart := true;
@@ -176,8 +177,7 @@ BEGIN
     FROM unnest(p_names) AS n(name)
     WHERE NOT EXISTS (SELECT 1 FROM {schema}.limits l
                       WHERE l.task_name = n.name
-                        AND (l.max_concurrency IS NOT NULL
-                             OR l.max_concurrency_per_key IS NOT NULL));
+                        AND {schema}.has_limit(l.max_concurrency, l.max_concurrency_per_key));
 
     FOR v_pass IN 1..2 LOOP
         FOR i IN 0 .. v_nq - 1 LOOP
@@ -190,7 +190,7 @@ BEGIN
             v_share := least(v_share, v_left);
             SELECT * INTO v_q FROM {schema}.queues q WHERE q.name = v_queue;
             CONTINUE WHEN v_q.paused IS TRUE;
-            IF v_q.max_concurrency IS NULL AND v_q.max_concurrency_per_key IS NULL THEN
+            IF NOT {schema}.has_limit(v_q.max_concurrency, v_q.max_concurrency_per_key) THEN
                 -- The picked rows are locked first and then reached through the primary
                 -- key (id = ANY), joined to nothing: whatever the statistics say, the
                 -- claim reads the head of its index and its own batch. They are

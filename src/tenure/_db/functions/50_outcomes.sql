@@ -77,7 +77,8 @@ BEGIN
         RETURNING t.*
     ),
     ended AS (
-        SELECT r.*, o.verdict AS end_state, r.errors + (o.verdict = 'failed')::integer AS end_errors,
+        SELECT r.*, o.verdict AS end_state,
+               r.errors + (o.verdict = 'failed')::integer AS end_errors,
                r.crashes AS end_crashes, coalesce(o.error, r.last_error) AS end_error,
                o.result AS end_result
         FROM removed r JOIN owned o ON o.id = r.id
@@ -112,7 +113,7 @@ BEGIN
           UNION
           SELECT q.name FROM {schema}.queues q
           WHERE q.name = ANY (v_touched)
-            AND (q.max_concurrency IS NOT NULL OR q.max_concurrency_per_key IS NOT NULL)) w;
+            AND {schema}.has_limit(q.max_concurrency, q.max_concurrency_per_key)) w;
     PERFORM {schema}.notify_done(array(
         SELECT u.id FROM unnest(v_ids, v_verdicts) AS u(id, verdict)
         WHERE u.verdict IN ('succeeded', 'failed', 'cancelled')));
