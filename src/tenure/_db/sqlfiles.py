@@ -3,7 +3,8 @@
 Every statement lives in a file under ``queries/`` or ``migrations/``, and every SQL
 function in a file under ``functions/``. The text may name ``{schema}`` (replaced by
 the quoted schema identifier) and ``{channel}`` (the quoted NOTIFY channel of that
-schema); values are always bound parameters.
+schema); a function file may also name a part, ``{finish_ended}`` for the statement in
+``functions/finish_ended.sql``. Values are always bound parameters.
 """
 
 from __future__ import annotations
