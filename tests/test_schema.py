@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import threading
@@ -51,6 +52,23 @@ CATALOG = {
 }
 
 
+# Every function and index the schema holds: one added or dropped is a decision to make here.
+FUNCTIONS = [
+    "bucket_name", "bucket_open", "bucket_path", "bucket_visit", "cancel_task", "claim",
+    "claim_limited", "complete", "complete_and_claim", "count_capped", "expire_leases",
+    "has_limit", "is_limited", "notify_done", "promote_due", "queue_names", "retry_task",
+    "vtime_base", "vtime_step",
+]  # fmt: skip
+INDEXES = [
+    "attempts_pkey", "finished_tasks_finished_at_idx", "finished_tasks_pkey",
+    "finished_tasks_unsuccessful_idx", "idempotency_keys_pkey", "limits_pkey", "migrations_pkey",
+    "queues_pkey", "result_waiters_pkey", "tasks_claim_idx", "tasks_claim_limited_idx",
+    "tasks_key_tail_idx", "tasks_pkey", "tasks_running_expiry_idx",
+    "tasks_running_limited_name_idx", "tasks_running_limited_queue_idx",
+    "tasks_running_owner_idx", "tasks_scheduled_idx", "workers_live_idx", "workers_pkey",
+]  # fmt: skip
+
+
 def catalog(conn: psycopg.Connection[Any], schema: str) -> dict[str, list[tuple[Any, ...]]]:
     def normal(value: Any) -> Any:
         if isinstance(value, str):
@@ -75,7 +93,8 @@ def test_migrations_produce_exactly_schema_sql(
         try:
             applied = migrate(conn, a)
             assert applied[:-1] == sqlfiles.migration_names()
-            assert applied[-1].startswith("functions.sql@")
+            digest = hashlib.sha256(sqlfiles.functions_sql(a)).hexdigest()[:16]
+            assert applied[-1] == f"functions.sql@{digest}"
             admin.execute(sqlfiles.schema_sql(b))
             admin.execute(sqlfiles.functions_sql(b))
             migrated, truth = catalog(admin, a), catalog(admin, b)
@@ -83,9 +102,103 @@ def test_migrations_produce_exactly_schema_sql(
                 assert migrated[key] == truth[key], (
                     f"{key} differ between migrations and schema.sql"
                 )
-            assert len(truth["functions"]) >= 3 and len(truth["indexes"]) >= 8
+            assert [name for name, _ in truth["functions"]] == FUNCTIONS
+            assert [name for name, _ in truth["indexes"]] == INDEXES
         finally:
             admin.execute(f'DROP SCHEMA IF EXISTS "{b}" CASCADE')
+
+
+@pytest.fixture
+def sql_text_reread() -> Iterator[None]:
+    """sqlfiles reads and binds each file once per process: forget that around a test
+    that changes what the files say."""
+
+    def forget() -> None:
+        for cached in (sqlfiles._read, sqlfiles.bind, sqlfiles.functions_sql):
+            cached.cache_clear()
+
+    forget()
+    yield
+    forget()
+
+
+@pytest.mark.needs_owner  # migrates a fresh schema
+@pytest.mark.parametrize(
+    ("name", "old", "new"),
+    [
+        ("10_fairness.sql", "RETURN 1.0 / coalesce(", "RETURN 1.0 / COALESCE("),
+        ("70_status.sql", "SELECT queue FROM queued", "SELECT queued.queue FROM queued"),
+        # a part, filled into complete, expire_leases and cancel_task
+        ("finish_ended.sql", "FROM ended e", "FROM ended AS e"),
+    ],
+)
+def test_a_change_to_any_function_file_reapplies_the_whole_unit(
+    database_url: str,
+    schema: str,
+    sql_text_reread: None,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    old: str,
+    new: str,
+) -> None:
+    # Given a schema migrated with the functions as they ship
+    with dbconnect.connect(database_url) as conn:
+        first = migrate(conn, schema)[-1]
+        assert first.startswith("functions.sql@")
+        # When one file of the unit says something else (here: the same, spelled otherwise)
+        read = sqlfiles._read
+
+        def edited(package: str, file: str) -> str:
+            text = read(package, file)
+            if (package, file) == ("tenure._db.functions", name):
+                assert text.count(old) == 1, f"{name} changed: update this test's edit"
+                return text.replace(old, new)
+            return text
+
+        monkeypatch.setattr(sqlfiles, "_read", edited)
+        sqlfiles.bind.cache_clear()
+        sqlfiles.functions_sql.cache_clear()
+        # Then the next migration applies the whole unit again, as one new record
+        second = migrate(conn, schema)
+        assert len(second) == 1 and second[0].startswith("functions.sql@")
+        assert second[0] != first
+        # And the edit is what the database now runs
+        body = conn.execute(
+            "SELECT string_agg(prosrc, ' ') FROM pg_proc WHERE pronamespace = %s::regnamespace",
+            (schema,),
+        ).fetchone()
+        assert body is not None and new in body[0]
+        assert migrate(conn, schema) == []
+
+
+def test_the_limit_and_bucket_helpers_are_inlined_and_name_buckets_as_before(
+    database_url: str, schema: str
+) -> None:
+    with psycopg.connect(direct_url(database_url), autocommit=True) as conn:
+        migrate(conn, schema)
+        conn.execute(f"SET search_path = {schema}")
+        # When the planner meets has_limit(), bucket_name() and bucket_path()
+        plan = conn.execute(
+            "EXPLAIN VERBOSE SELECT has_limit(q.max_concurrency, q.max_concurrency_per_key), "
+            "bucket_name('qk', q.name, NULL, q.name), bucket_path(NULL, q.name, NULL) "
+            "FROM queues q"
+        ).fetchall()
+        output = "\n".join(row[0] for row in plan)
+        # Then it inlines each of them: the plan holds their expressions, not calls
+        assert "(max_concurrency IS NOT NULL) OR (max_concurrency_per_key IS NOT NULL)" in output
+        assert "COALESCE(name" in output, output
+        for helper in ("has_limit", "bucket_name", "bucket_path"):
+            assert helper not in output, output
+        # And a bucket's name, and the path that keys its advisory lock, are the strings
+        # earlier releases built, so workers of both lock the same bucket
+        names = conn.execute(
+            "SELECT bucket_name('q', 'mail', NULL, NULL), bucket_name('qk', 'mail', NULL, 'k'), "
+            "bucket_name('t', NULL, 'send', NULL), bucket_name('tk', NULL, 'send', 'k'), "
+            "bucket_path('mail', NULL, 'k'), has_limit(NULL, NULL), has_limit(NULL, 2), "
+            "has_limit(3, NULL)"
+        ).fetchone()
+        assert names == ("q:mail//", "qk:mail//k", "t:/send/", "tk:/send/k", "mail//k", False,
+                         True, True)  # fmt: skip
 
 
 def race_migrations(database_url: str, schema: str, callers: int = 8) -> list[list[str]]:

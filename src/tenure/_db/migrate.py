@@ -3,10 +3,11 @@
 Every process that starts (a worker, a sender, the CLI) may call :func:`migrate`.
 The whole run happens in one transaction under a transaction-scoped advisory lock
 keyed on the schema, so concurrent callers queue behind the first one and then find
-nothing left to do. After the numbered migrations, ``functions.sql`` (every SQL
-function, ``CREATE OR REPLACE``) is applied again whenever its text changed; it is
-recorded as ``functions.sql@<sha256>``. ``schema.sql`` plus ``functions.sql`` is
-the schema the migrations must produce; a test proves they do.
+nothing left to do. After the numbered migrations, the functions (every file under
+``functions/``, in order, as one text of ``CREATE OR REPLACE``) are applied again
+whenever that text changed; they are recorded as ``functions.sql@<sha256>``, the name
+every release gives the unit. ``schema.sql`` plus the functions is the schema the
+migrations must produce; a test proves they do.
 
 Commands that only read or operate on existing rows never migrate: they call
 :func:`check_ready`, which reads the catalogs and the migrations table and changes
@@ -50,9 +51,14 @@ def _applied(conn: psycopg.Connection[Any], schema: str) -> set[str]:
     return {r[0] for r in conn.execute(table).fetchall()}
 
 
+# The record of the functions unit, ``functions.sql@<digest>``: the name dates from when
+# it was one file, and stays, since every release reads records by it.
+_FUNCTIONS = "functions.sql@"
+
+
 def _functions_version(schema: str) -> str:
     digest = hashlib.sha256(sqlfiles.functions_sql(schema)).hexdigest()[:16]
-    return f"functions.sql@{digest}"
+    return f"{_FUNCTIONS}{digest}"
 
 
 def pending(conn: psycopg.Connection[Any], schema: str) -> list[str]:
@@ -130,7 +136,7 @@ def _migrate(conn: psycopg.Connection[Any], schema: str) -> list[str]:
             conn.execute(sqlfiles.query("schema_create", schema))
         conn.execute(sqlfiles.bind("tenure._db.queries", "migrations_table.sql", schema))
         for name in pending(conn, schema):
-            if name.startswith("functions.sql@"):
+            if name.startswith(_FUNCTIONS):
                 conn.execute(sqlfiles.functions_sql(schema))
             else:
                 conn.execute(sqlfiles.migration(name, schema))
@@ -148,7 +154,7 @@ def check_ready(conn: psycopg.Connection[Any], schema: str) -> None:
     """Raise :class:`SchemaNotReady` unless ``schema`` exists, this role may use it and
     every numbered migration of this code is applied. Reads only; never creates anything.
 
-    A ``functions.sql`` of another release is accepted: the tables are what reading
+    Functions of another release are accepted: the tables are what reading
     needs, and the workers keep the functions of their own release.
     """
     sqlfiles.check_schema(schema)

@@ -1,4 +1,4 @@
--- tenure schema: the truth for tables, indexes and constraints (functions.sql holds
+-- tenure schema: the truth for tables, indexes and constraints (functions/ holds
 -- the functions). The numbered migrations must produce exactly this
 -- (tests/test_schema.py proves it). {schema} is filled in as in the migrations.
 

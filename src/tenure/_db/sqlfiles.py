@@ -1,8 +1,10 @@
 """Load the project's ``.sql`` files and bind them to a schema.
 
-Every statement lives in a file under ``queries/`` or ``migrations/``. The text
-may name ``{schema}`` (replaced by the quoted schema identifier) and ``{channel}``
-(the quoted NOTIFY channel of that schema); values are always bound parameters.
+Every statement lives in a file under ``queries/`` or ``migrations/``, and every SQL
+function in a file under ``functions/``. The text may name ``{schema}`` (replaced by
+the quoted schema identifier) and ``{channel}`` (the quoted NOTIFY channel of that
+schema); a function file may also name a part, ``{finish_ended}`` for the statement in
+``functions/finish_ended.sql``. Values are always bound parameters.
 """
 
 from __future__ import annotations
@@ -37,15 +39,18 @@ def _read(package: str, name: str) -> str:
     return resources.files(package).joinpath(name).read_text(encoding="utf-8")
 
 
+def _compose(text: str, schema: str, **parts: sql.Composable) -> sql.Composed:
+    return sql.SQL(text).format(
+        schema=sql.Identifier(check_schema(schema)),
+        channel=sql.Literal(channel_name(schema)),
+        **parts,
+    )
+
+
 @cache
 def bind(package: str, name: str, schema: str) -> bytes:
     """The text of ``package/name`` with ``{schema}`` and ``{channel}`` filled in."""
-    text = _read(package, name)
-    composed = sql.SQL(text).format(
-        schema=sql.Identifier(check_schema(schema)),
-        channel=sql.Literal(channel_name(schema)),
-    )
-    return composed.as_string().encode()
+    return _compose(_read(package, name), schema).as_string().encode()
 
 
 def query(name: str, schema: str) -> bytes:
@@ -68,6 +73,35 @@ def schema_sql(schema: str) -> bytes:
     return bind("tenure._db", "schema.sql", schema)
 
 
+_FUNCTIONS = "tenure._db.functions"
+
+
+def _function_dir(numbered: bool) -> list[str]:
+    files = resources.files(_FUNCTIONS).iterdir()
+    names = (f.name for f in files if f.name.endswith(".sql"))
+    return sorted(n for n in names if n[:2].isdigit() == numbered)
+
+
+def function_files() -> list[str]:
+    """The files under ``functions/`` that create functions, in the order they apply."""
+    return _function_dir(numbered=True)
+
+
+def _part(name: str, schema: str) -> sql.Composed:
+    """``functions/<name>``, a statement that function files name as ``{<stem>}``,
+    without its opening comment."""
+    lines = _read(_FUNCTIONS, name).rstrip().splitlines()
+    while lines and (not lines[0].strip() or lines[0].startswith("--")):
+        del lines[0]
+    return _compose("\n".join(lines), schema)
+
+
+@cache
 def functions_sql(schema: str) -> bytes:
-    """``functions.sql``: every SQL function, bound to ``schema``."""
-    return bind("tenure._db", "functions.sql", schema)
+    """Every SQL function, bound to ``schema``: the files of :func:`function_files` in
+    order, as one text, with each unnumbered file's statement filled in where a file
+    names it (``{finish_ended}`` is ``finish_ended.sql``). It is applied, hashed and
+    recorded as one unit."""
+    parts = {name.removesuffix(".sql"): _part(name, schema) for name in _function_dir(False)}
+    texts = (_compose(_read(_FUNCTIONS, name), schema, **parts) for name in function_files())
+    return "\n".join(text.as_string() for text in texts).encode()

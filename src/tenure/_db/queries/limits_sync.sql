@@ -8,7 +8,7 @@ WITH input AS (
 changed AS (
 INSERT INTO {schema}.limits (task_name, max_concurrency, max_concurrency_per_key)
 SELECT task_name, max_concurrency, max_concurrency_per_key FROM input
-WHERE max_concurrency IS NOT NULL OR max_concurrency_per_key IS NOT NULL
+WHERE {schema}.has_limit(max_concurrency, max_concurrency_per_key)
    OR EXISTS (SELECT 1 FROM {schema}.limits l WHERE l.task_name = input.task_name)
 ON CONFLICT (task_name) DO UPDATE
 SET max_concurrency = excluded.max_concurrency,
@@ -22,7 +22,7 @@ flagged AS (
     UPDATE {schema}.tasks t SET limited = true
     FROM changed c
     WHERE t.task_name = c.task_name AND NOT t.limited AND t.state IN ('scheduled', 'queued')
-      AND (c.max_concurrency IS NOT NULL OR c.max_concurrency_per_key IS NOT NULL)
+      AND {schema}.has_limit(c.max_concurrency, c.max_concurrency_per_key)
     RETURNING t.id
 )
 SELECT (SELECT count(*) FROM changed), (SELECT count(*) FROM flagged)

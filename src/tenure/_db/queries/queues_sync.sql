@@ -21,7 +21,7 @@ flagged AS (
     UPDATE {schema}.tasks t SET limited = true
     FROM changed c
     WHERE t.queue = c.name AND NOT t.limited AND t.state IN ('scheduled', 'queued')
-      AND (c.max_concurrency IS NOT NULL OR c.max_concurrency_per_key IS NOT NULL)
+      AND {schema}.has_limit(c.max_concurrency, c.max_concurrency_per_key)
     RETURNING t.id
 )
 SELECT (SELECT count(*) FROM changed), (SELECT count(*) FROM flagged)
