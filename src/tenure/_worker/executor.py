@@ -27,9 +27,8 @@ from typing import Any
 
 import pydantic_core
 
-from tenure._worker.completer import Outcome
+from tenure._store.worker_rows import Claimed, Outcome
 from tenure._worker.processes import ChildDied, Job, ProcessPool
-from tenure._worker.state import Claimed
 from tenure._worker.threads import DaemonThreadPool
 from tenure.context import TaskContext, _current, bind
 from tenure.errors import Discard, PayloadInvalid, RetryAfter
