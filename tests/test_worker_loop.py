@@ -26,7 +26,8 @@ from tenure._worker.heartbeat import FenceWatch
 from tenure._worker.worker import Worker
 from tenure.errors import DatabaseError
 from tests.support.clock import FakeClock, settle
-from tests.support.fake_store import FakeStore, lost_connection
+from tests.support.fake_rows import lost_connection
+from tests.support.fake_store import FakeStore
 from tests.support.parts import Runs, claim_loop, heartbeat_of
 
 T = TypeVar("T")
@@ -415,5 +416,32 @@ def test_a_drain_releases_what_still_runs_at_its_timeout() -> None:
         assert [store.tasks[i].state for i in ids] == ["queued", "queued"]
         assert [store.outcomes_of(i) for i in ids] == [["released"], ["released"]]
         assert all(store.tasks[i].errors == store.tasks[i].crashes == 0 for i in ids)
+
+    run(scenario)
+
+
+def test_an_operator_reaches_a_worker_through_its_row_and_its_channel() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        store = FakeStore(clock)
+        gates: dict[int, asyncio.Event] = {}
+        ids = [store.send(1, payload=f'{{"n": {n}}}')[0] for n in range(2)]
+        config = WorkerConfig(queues=("default",), concurrency=2, lease=LEASE)
+        worker = Worker(_drain_app(gates), config, stores=store, clock=clock)
+        running = asyncio.create_task(worker.run())
+        await settle()
+        # Given two running tasks, When an operator cancels one (a flag and a NOTIFY)
+        store.operator_cancel(ids[0])
+        await settle()
+        # Then the worker reads the flag, stops that task and records it cancelled
+        assert store.tasks[ids[0]].state == "cancelled"
+        assert store.outcomes_of(ids[0]) == ["cancelled"]
+        # When an operator asks the worker to drain, Then its next heartbeat hears it
+        store.workers[worker.id].drain_requested = True
+        await clock.advance(LEASE.total_seconds() / 3)
+        assert worker.status().draining
+        gates[1].set()
+        assert await asyncio.wait_for(running, 2) == 0
+        assert store.tasks[ids[1]].state == "succeeded"
 
     run(scenario)

@@ -156,8 +156,7 @@ class Heartbeat(Service):
             drain=renewal.drain_requested,
         )
         self.peer.heard(beat)
-        if beat.drain and not self.drain_requested.is_set():
-            log.info("worker_drain_requested worker=%s", self.worker_id)
+        if beat.drain:
             self.drain_requested.set()
         return beat
 

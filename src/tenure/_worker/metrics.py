@@ -127,7 +127,7 @@ class Metrics:
         self.labeled.update(("task_claimed", row.queue, row.task_name) for row in rows)
 
     def settled(self, event: str, held: Held | None) -> None:
-        """The completer wrote an outcome; ``held`` is None if it was no longer held."""
+        """The claim loop wrote an outcome; ``held`` is None if it was no longer held."""
         if event in LABELED and held is not None:
             self.labeled[(event, held.claimed.queue, held.claimed.task_name)] += 1
 

@@ -1,4 +1,4 @@
-"""Notifier: LISTEN on the schema's channel and wake the claimer for our queues.
+"""Notifier: LISTEN on the schema's channel and wake the claim loop for our queues.
 
 The same channel carries ``!cancel:<id>`` when an operator cancels a running task,
 so the worker that holds it stops it at once instead of at its next heartbeat.

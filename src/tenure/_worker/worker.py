@@ -122,7 +122,6 @@ class Parts:
     claims: ClaimLoop
     heartbeat: Heartbeat
     reaper: Reaper
-    notifier: Notifier
     loops: list[Service]  # started together, stopped together
     stores: list[AsyncStore]
 
@@ -277,9 +276,10 @@ class Worker:
         await beat.publish_queues(queues)
         await beat.flag_limited_running()
 
-    def _build(self, stores: Stores, names: list[str]) -> Parts:
+    def _build(
+        self, work: AsyncStore, beat: AsyncStore, listen: AsyncStore, names: list[str]
+    ) -> Parts:
         cfg, clock = self.config, self.clock
-        work, beat, listen = stores("work"), stores("heartbeat"), stores("listen")
         claims = ClaimLoop(
             work,
             self.holdings,
@@ -311,7 +311,7 @@ class Worker:
         ]
         if cfg.listen:
             loops.append(notifier)
-        return Parts(claims, heartbeat, reaper, notifier, loops, [work, beat, listen])
+        return Parts(claims, heartbeat, reaper, loops, [work, beat, listen])
 
     # -- running ----------------------------------------------------------------------
 
@@ -344,9 +344,9 @@ class Worker:
         cfg = self.config
         names = sorted(self.registry.tasks)
         self.metrics.use(stores("metrics"))
-        parts = self._build(stores, names)
-        await self._publish(parts.heartbeat.store, names)
-        self.parts = parts
+        work, beat, listen = stores("work"), stores("heartbeat"), stores("listen")
+        await self._publish(beat, names)
+        parts = self.parts = self._build(work, beat, listen, names)
         for part in parts.loops:
             part.start()
         parts.claims.start()
@@ -386,7 +386,9 @@ class Worker:
     async def _follow_drain_request(self, heartbeat: Heartbeat) -> None:
         """An operator's drain request reaches this worker through its heartbeat."""
         await heartbeat.drain_requested.wait()
-        self.request_drain()
+        if not self._draining:
+            log.info("worker_drain_requested worker=%s", self.id)
+            self.request_drain()
 
     async def _execute(self, held: Held) -> Outcome:
         """Run one attempt to its end: the claim loop's runner."""
