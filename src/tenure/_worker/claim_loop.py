@@ -235,7 +235,7 @@ class ClaimLoop:
         if due:
             self._maybe_more = False
             self._turn += 1
-            carried = outcomes.carried()
+            carried = outcomes.batch_for_claim()
             self._no_claim.clear()
             try:
                 rows = await self._claim(want, carried)

@@ -111,7 +111,7 @@ class Outcomes:
         self._pending.append(outcome)
         self.idle.clear()
 
-    def carried(self) -> list[Outcome]:
+    def batch_for_claim(self) -> list[Outcome]:
         """The batch the next claim may write in its statement (empty while uncertain
         or backing off: those are written alone)."""
         if self.uncertain or self.clock.now() < self.retry_at:
