@@ -14,6 +14,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -352,26 +353,40 @@ def test_waiting_claims_are_handed_back_while_another_worker_is_idle(
     )
 
 
-def _drain_app(gates: dict[int, asyncio.Event]) -> Registry:
+@dataclass
+class InProcess:
+    """A whole worker running in this process on a fake store, its tasks held by gates."""
+
+    clock: FakeClock
+    store: FakeStore
+    worker: Worker
+    ids: list[int]  # the queued tasks, the n-th with payload {"n": n}
+    gates: dict[int, asyncio.Event]  # task n returns once gates[n] is set
+    running: asyncio.Task[int]  # worker.run()
+
+
+async def in_process(tasks: int, **config: Any) -> InProcess:
+    clock = FakeClock()
+    store = FakeStore(clock)
+    gates: dict[int, asyncio.Event] = {}
+    ids = [store.send(1, payload=f'{{"n": {n}}}')[0] for n in range(tasks)]
     reg = Registry("postgresql://unused", schema="fake")
 
     @reg.task(name="t")
     async def t(payload: dict[str, int]) -> None:
         await gates.setdefault(payload["n"], asyncio.Event()).wait()
 
-    return reg
+    settings = WorkerConfig(queues=("default",), lease=LEASE, **config)
+    worker = Worker(reg, settings, stores=store, clock=clock)
+    running = asyncio.create_task(worker.run())
+    await settle()
+    return InProcess(clock, store, worker, ids, gates, running)
 
 
 def test_a_drain_finishes_running_tasks_hands_back_waiting_ones_and_writes_every_outcome() -> None:
     async def scenario() -> None:
-        clock = FakeClock()
-        store = FakeStore(clock)
-        gates: dict[int, asyncio.Event] = {}
-        ids = [store.send(1, payload=f'{{"n": {n}}}')[0] for n in range(4)]
-        config = WorkerConfig(queues=("default",), concurrency=2, prefetch=2, lease=LEASE)
-        worker = Worker(_drain_app(gates), config, stores=store, clock=clock)
-        running = asyncio.create_task(worker.run())
-        await settle()
+        w = await in_process(4, concurrency=2, prefetch=2)
+        store, worker, ids, gates = w.store, w.worker, w.ids, w.gates
         assert worker.ready.is_set() and worker.status().running == 2
         # Given two tasks running and two prefetched, When the worker is told to drain
         worker.request_drain()
@@ -384,7 +399,7 @@ def test_a_drain_finishes_running_tasks_hands_back_waiting_ones_and_writes_every
         for n in (0, 1):
             gates[n].set()
         # Then their outcomes are written, the worker row is gone and the worker ends
-        assert await asyncio.wait_for(running, 2) == 0
+        assert await asyncio.wait_for(w.running, 2) == 0
         assert [store.tasks[i].state for i in ids] == ["succeeded", "succeeded", "queued", "queued"]
         assert [store.outcomes_of(i) for i in ids] == [["succeeded"]] * 2 + [["released"]] * 2
         assert store.workers[worker.id].state == "gone"
@@ -395,24 +410,16 @@ def test_a_drain_finishes_running_tasks_hands_back_waiting_ones_and_writes_every
 
 def test_a_drain_releases_what_still_runs_at_its_timeout() -> None:
     async def scenario() -> None:
-        clock = FakeClock()
-        store = FakeStore(clock)
-        gates: dict[int, asyncio.Event] = {}
-        ids = [store.send(1, payload=f'{{"n": {n}}}')[0] for n in range(2)]
-        config = WorkerConfig(
-            queues=("default",), concurrency=2, lease=LEASE, drain_timeout=timedelta(seconds=30)
-        )
-        worker = Worker(_drain_app(gates), config, stores=store, clock=clock)
-        running = asyncio.create_task(worker.run())
-        await settle()
+        w = await in_process(2, concurrency=2, drain_timeout=timedelta(seconds=30))
+        store, ids = w.store, w.ids
         # Given two tasks that never finish, When the worker drains
-        worker.request_drain()
+        w.worker.request_drain()
         await settle()
-        await clock.advance(29)
-        assert not running.done()
+        await w.clock.advance(29)
+        assert not w.running.done()
         # Then at the drain timeout they are released (no attempt counted) and it ends
-        await clock.advance(1)
-        assert await asyncio.wait_for(running, 2) == 0
+        await w.clock.advance(1)
+        assert await asyncio.wait_for(w.running, 2) == 0
         assert [store.tasks[i].state for i in ids] == ["queued", "queued"]
         assert [store.outcomes_of(i) for i in ids] == [["released"], ["released"]]
         assert all(store.tasks[i].errors == store.tasks[i].crashes == 0 for i in ids)
@@ -422,14 +429,8 @@ def test_a_drain_releases_what_still_runs_at_its_timeout() -> None:
 
 def test_an_operator_reaches_a_worker_through_its_row_and_its_channel() -> None:
     async def scenario() -> None:
-        clock = FakeClock()
-        store = FakeStore(clock)
-        gates: dict[int, asyncio.Event] = {}
-        ids = [store.send(1, payload=f'{{"n": {n}}}')[0] for n in range(2)]
-        config = WorkerConfig(queues=("default",), concurrency=2, lease=LEASE)
-        worker = Worker(_drain_app(gates), config, stores=store, clock=clock)
-        running = asyncio.create_task(worker.run())
-        await settle()
+        w = await in_process(2, concurrency=2)
+        store, worker, ids = w.store, w.worker, w.ids
         # Given two running tasks, When an operator cancels one (a flag and a NOTIFY)
         store.operator_cancel(ids[0])
         await settle()
@@ -438,10 +439,10 @@ def test_an_operator_reaches_a_worker_through_its_row_and_its_channel() -> None:
         assert store.outcomes_of(ids[0]) == ["cancelled"]
         # When an operator asks the worker to drain, Then its next heartbeat hears it
         store.workers[worker.id].drain_requested = True
-        await clock.advance(LEASE.total_seconds() / 3)
+        await w.clock.advance(LEASE.total_seconds() / 3)
         assert worker.status().draining
-        gates[1].set()
-        assert await asyncio.wait_for(running, 2) == 0
+        w.gates[1].set()
+        assert await asyncio.wait_for(w.running, 2) == 0
         assert store.tasks[ids[1]].state == "succeeded"
 
     run(scenario)
