@@ -4,7 +4,7 @@
         .venv/bin/python bench/profile_worker.py worker bench.bench_tasks:reg --concurrency 64
 
 Takes the same arguments as ``tenure worker``. tenure's code is not changed: the
-claimer, the completer and the worker's database links are wrapped at start-up.
+worker's claim and outcome statements and its database links are wrapped at start-up.
 On exit (SIGTERM drains as usual) it prints, to stderr, how many claims and
 completions were made and how large they were, and for each named statement its
 count and mean time as the worker saw it (including any wait for the connection,
@@ -20,35 +20,41 @@ import time
 from collections import Counter
 from typing import Any
 
-from tenure._worker import claimer, completer, link
-from tenure._worker.completer import Outcome
+from tenure._store import worker as store
+from tenure._store.worker_rows import Claimed, ClaimResult, Outcome, Verdict
 
 claims: Counter[tuple[int, int]] = Counter()  # (asked for, got) -> times
 completions: Counter[int] = Counter()  # batch size -> times
 calls: Counter[str] = Counter()
 seconds: Counter[str] = Counter()
 
-_claim = claimer.Claimer.run_once
-_write = completer.Completer._write
-_fetch = link.Link.fetch
+_claim = store.AsyncStore.claim
+_complete_and_claim = store.AsyncStore.complete_and_claim
+_complete = store.AsyncStore.complete
+_fetch = store.Link.fetch
 
 
-async def claim_once(
-    self: claimer.Claimer, want: int, outcomes: list[Outcome] | None = None
-) -> Any:
-    rows, verdicts = await _claim(self, want, outcomes)
-    claims[(want, len(rows))] += 1
-    if outcomes:
-        completions[len(outcomes)] += 1
-    return rows, verdicts
+async def claim(self: store.AsyncStore, **params: Any) -> list[Claimed]:
+    rows = await _claim(self, **params)
+    claims[(params["limit"], len(rows))] += 1
+    return rows
 
 
-async def write(self: completer.Completer, batch: list[Outcome]) -> dict[int, str]:
-    completions[len(batch)] += 1
-    return await _write(self, batch)
+async def complete_and_claim(self: store.AsyncStore, **params: Any) -> ClaimResult:
+    result = await _complete_and_claim(self, **params)
+    claims[(params["limit"], len(result.claimed))] += 1
+    completions[len(params["outcomes"])] += 1
+    return result
 
 
-async def fetch(self: link.Link, statement: str, params: dict[str, Any]) -> Any:
+async def complete(
+    self: store.AsyncStore, *, worker: Any, outcomes: list[Outcome]
+) -> list[Verdict]:
+    completions[len(outcomes)] += 1
+    return await _complete(self, worker=worker, outcomes=outcomes)
+
+
+async def fetch(self: store.Link, statement: str, params: dict[str, Any]) -> Any:
     t0 = time.perf_counter()
     try:
         return await _fetch(self, statement, params)
@@ -72,9 +78,10 @@ def report() -> None:
 
 
 def main() -> None:
-    claimer.Claimer.run_once = claim_once  # type: ignore[method-assign]
-    completer.Completer._write = write  # type: ignore[method-assign]
-    link.Link.fetch = fetch  # type: ignore[method-assign]
+    store.AsyncStore.claim = claim  # type: ignore[method-assign]
+    store.AsyncStore.complete_and_claim = complete_and_claim  # type: ignore[method-assign]
+    store.AsyncStore.complete = complete  # type: ignore[method-assign]
+    store.Link.fetch = fetch  # type: ignore[method-assign]
     atexit.register(report)
     from tenure.cli import run
 

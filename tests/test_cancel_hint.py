@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,9 +21,10 @@ from psycopg import sql
 
 from tenure import Registry
 from tenure._db.sqlfiles import channel_name
-from tenure._worker.link import Link
+from tenure._store.worker import AsyncStore
+from tenure._store.worker_rows import Claimed
 from tenure._worker.notifier import CancelHints
-from tenure._worker.state import Claimed, Held, Holdings
+from tenure._worker.state import Held, Holdings
 from tenure.context import TaskContext
 from tests.conftest import direct_url, eventually, tenure_cli
 from tests.test_queue import FakeWorker, noop  # noqa: F401  (noop is a fixture)
@@ -223,12 +225,13 @@ def test_cancel_hints_cost_at_most_one_query_at_a_time(
     holdings = Holdings()
     for tid, att in ((mine, m_attempt), (other, o_attempt)):
         row = Claimed(tid, "noop", "default", "{}", att, 0, 0)
-        holdings.add(Held(row, TaskContext(tid, att, "noop", "default"), started=True))
+        holdings.claimed(Held(row, TaskContext(tid, att, "noop", "default"), started=True))
     cancelled: list[int] = []
+    events: Counter[str] = Counter()
 
     async def scenario() -> tuple[int, int, int]:
-        link = Link(database_url, schema, "test")
-        hints = CancelHints(link, holdings, a.id, cancelled.append)
+        store = AsyncStore(database_url, schema, "test")
+        hints = CancelHints(store, holdings, a.id, cancelled.append, events)
         try:
             # When thousands of hints name tasks this worker does not hold
             for i in range(5000):
@@ -244,10 +247,10 @@ def test_cancel_hints_cost_at_most_one_query_at_a_time(
                 hints.add(other)
             while hints._task is not None:
                 await asyncio.sleep(0.01)
-            return none, hints.lookups, holdings.counts["cancel_hint_unconfirmed"]
+            return none, hints.lookups, events["cancel_hint_unconfirmed"]
         finally:
             await hints.stop()
-            await link.close()
+            await store.close()
 
     none, lookups, unconfirmed = asyncio.run(scenario())
     # Then the ids it does not hold cost no query, the burst cost one look-up and the

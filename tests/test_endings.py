@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 
-from tenure._worker.completer import Outcome
+from tenure._store.worker_rows import Claimed, Outcome
 from tenure._worker.ending import NOT_JSON
 from tenure._worker.executor import execute
 from tenure._worker.processes import ProcessPool
-from tenure._worker.state import Claimed
 from tenure._worker.threads import DaemonThreadPool
 from tenure.context import TaskContext
 from tests.apps import endings

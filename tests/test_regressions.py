@@ -20,12 +20,13 @@ from tenure._db import sqlfiles
 from tenure._db.migrate import migrate
 from tenure._maintenance.reaper import BATCH, Reaper
 from tenure._maintenance.vacuumer import Vacuumer, VacuumResult
-from tenure._worker.heartbeat import Heartbeat
-from tenure._worker.link import Link
-from tenure._worker.state import Claimed, Held, Holdings
+from tenure._store.worker import AsyncStore
+from tenure._store.worker_rows import Claimed
+from tenure._worker.state import Held
 from tenure.context import TaskContext
 from tests.conftest import CHILD_PYTHONPATH, ROOT, direct_url, eventually
 from tests.privilege import create_schema
+from tests.support.parts import claim_loop, heartbeat_of
 from tests.test_queue import LEASE, FakeWorker, expire_now, reap
 
 
@@ -160,32 +161,35 @@ def test_attempts_given_up_while_self_fenced_expire_as_crashes_not_releases(
     db.execute("UPDATE tasks SET started_at = now() - interval '1 hour'")  # past orphan age
 
     async def scenario() -> tuple[dict[int, str], set[int], set[int]]:
-        link = Link(direct_url(database_url), schema, "fenced")
-        holdings = Holdings()
+        store = AsyncStore(direct_url(database_url), schema, "fenced")
+        claims = claim_loop(store, worker_id=w.id, lease=LEASE, names=("stall",))
+        holdings = claims.holdings
         for tid, attempt in ((ran, ran_attempt), (waited, waited_attempt)):
-            holdings.add(
+            holdings.claimed(
                 Held(
                     Claimed(tid, "stall", "default", "{}", attempt, 0, 0),
                     TaskContext(tid, attempt, "stall", "default"),
                 )
             )
-        holdings.start(holdings.held[ran])  # the other one is still prefetched
-        beat = Heartbeat(link, holdings, w.id, LEASE, LEASE / 3)
+        started = holdings.get(ran)
+        assert started is not None
+        holdings.started(started)  # the other one is still prefetched
+        beat = heartbeat_of(claims, store)
         try:
             # Given the worker heard nothing for a whole lease and fenced itself
             beat.last_ok -= LEASE.total_seconds()
-            assert beat.check_self_fence() and not holdings.held
+            assert beat.check_self_fence() and not len(holdings)
             # When the link is back and it heartbeats holding nothing
             await beat.run_once()
-            kept = set(holdings.surrendered)
+            kept = set(holdings.surrendered())
             states = dict(db.execute("SELECT id, state FROM tasks").fetchall())
             # and the started one's lease runs out and the reaper takes it
             expire_now(db, ran)
             reap(w)
             await beat.run_once()
-            return states, kept, set(holdings.surrendered)
+            return states, kept, set(holdings.surrendered())
         finally:
-            await link.close()
+            await store.close()
 
     # Then the prefetched attempt, which never ran, was handed back at once at no cost;
     # the started one waited for the reaper, which recorded a lost lease and a crash
@@ -222,11 +226,11 @@ def test_the_reaper_clears_a_mass_expiry_in_one_pass(
     db.execute("UPDATE tasks SET lease_expires_at = now() - interval '1 second'")
 
     async def reap() -> Any:
-        link = Link(database_url, schema, "test")
+        store = AsyncStore(database_url, schema, "test")
         try:
-            return await Reaper(link, timedelta(seconds=1), timedelta(minutes=1)).run_once()
+            return await Reaper(store, timedelta(seconds=1), timedelta(minutes=1)).run_once()
         finally:
-            await link.close()
+            await store.close()
 
     result = asyncio.run(reap())
     assert len(result.requeued) == BATCH * 2 + 10
@@ -328,8 +332,9 @@ def test_a_renewal_answered_after_most_of_a_lease_does_not_end_self_fencing(
     app = f"tenure-late-{os.getpid()}"
 
     async def scenario() -> tuple[bool, bool, bool]:
-        link = Link(direct_url(database_url), schema, "late")
-        beat = Heartbeat(link, Holdings(), uuid.uuid4(), timedelta(seconds=1), timedelta(0.3))
+        store = AsyncStore(direct_url(database_url), schema, "late")
+        lease = timedelta(seconds=1)
+        beat = heartbeat_of(claim_loop(store, worker_id=uuid.uuid4(), lease=lease), store)
         try:
             await beat.run_once()  # the link is open and answers
             row = db.execute(
@@ -355,7 +360,7 @@ def test_a_renewal_answered_after_most_of_a_lease_does_not_end_self_fencing(
             await beat.run_once()
             return fenced_while_stuck, fenced_after_late_answer, beat.fenced
         finally:
-            await link.close()
+            await store.close()
 
     assert asyncio.run(scenario()) == (True, True, False)
 
@@ -436,15 +441,15 @@ def test_the_vacuumer_clears_a_burn_down_of_dead_rows_and_leaves_a_clean_table_a
     eventually(lambda: dead() >= 12_000, timeout=10, what="statistics see the dead rows")
 
     async def passes() -> tuple[VacuumResult, VacuumResult]:
-        link = Link(direct_url(database_url), schema, "vacuum-test")
+        store = AsyncStore(direct_url(database_url), schema, "vacuum-test")
         try:
-            vacuumer = Vacuumer(link)
+            vacuumer = Vacuumer(store)
             first = await vacuumer.run_once()
             db.execute("SELECT pg_stat_clear_snapshot()")
             eventually(lambda: dead() < 12_000, timeout=10, what="the vacuum counted")
             return first, await vacuumer.run_once()
         finally:
-            await link.close()
+            await store.close()
 
     # When the vacuumer makes two passes
     first, second = asyncio.run(passes())

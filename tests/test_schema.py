@@ -19,7 +19,7 @@ from tenure._db import connect as dbconnect
 from tenure._db import sqlfiles
 from tenure._db.migrate import migrate
 from tenure._maintenance.vacuumer import Vacuumer, VacuumResult
-from tenure._worker.link import Link
+from tenure._store.worker import AsyncStore
 from tenure.errors import DatabaseError
 from tests import privilege
 from tests.conftest import direct_url, eventually
@@ -534,18 +534,18 @@ def test_the_vacuumer_of_an_application_role_says_once_that_it_cannot_vacuum(
         eventually(lambda: dead() >= 12_000, timeout=10, what="statistics see the dead rows")
 
     async def passes() -> list[VacuumResult]:
-        link = Link(plain_roles.app_url, app_schema, "vacuum-test")
+        store = AsyncStore(plain_roles.app_url, app_schema, "vacuum-test")
         notices: list[str] = []
         try:
-            (await link.connection()).add_notice_handler(
+            (await store.link.connection()).add_notice_handler(
                 lambda d: notices.append(d.message_primary or "")
             )
-            vacuumer = Vacuumer(link)
+            vacuumer = Vacuumer(store)
             results = [await vacuumer.run_once() for _ in range(3)]
             assert notices == []
             return results
         finally:
-            await link.close()
+            await store.close()
 
     # When a worker running as the application role makes three passes
     with caplog.at_level(logging.INFO, logger="tenure._maintenance.vacuumer"):

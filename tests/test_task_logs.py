@@ -13,6 +13,7 @@ import re
 import signal
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,12 +21,13 @@ import psutil
 import psycopg
 import pytest
 
-from tenure._worker.completer import Outcome
+from tenure._store.worker_rows import Outcome
 from tenure._worker.config import available_cores
-from tenure._worker.state import Holdings
+from tenure._worker.status import WorkerStatus
 from tenure._worker.tasklog import FAILURE_BURST, FAILURE_RATE, REASON_CHARS, TaskLog, reason
 from tenure.limits import DEFAULT
 from tests.conftest import WorkerProcess, eventually, load_app, tenure_cli
+from tests.support.clock import FakeClock
 
 pytestmark = pytest.mark.acceptance
 
@@ -281,14 +283,16 @@ def test_failure_lines_are_rate_limited_and_the_rest_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Given a task log with a burst of 5 lines, then 10 a second, on a clock we move
-    now = [0.0]
-    holdings = Holdings()
-    tasklog = TaskLog(holdings, uuid.uuid4(), 15.0, clock=lambda: now[0], rate=10, burst=5)
+    clock = FakeClock(0.0)
+    events: Counter[str] = Counter()
+    tasklog = TaskLog(
+        uuid.uuid4(), 15.0, lambda: WorkerStatus(events=events), clock=clock, rate=10, burst=5
+    )
     caplog.set_level(logging.INFO, logger="tenure._worker.tasklog")
 
     def fail(n: int) -> None:
         for i in range(n):
-            holdings.counts["task_failed"] += 1
+            events["task_failed"] += 1
             tasklog.settled("task_failed", Outcome(i, 1, "error", error="boom"), None)
 
     def said(event: str) -> int:
@@ -297,10 +301,10 @@ def test_failure_lines_are_rate_limited_and_the_rest_counted(
     # When 20 tasks fail at once, then 20 more 0.5 s later, then 20 more a minute later
     fail(20)
     assert said("task_failed") == 5 and said("task_lines_suppressed") == 1
-    now[0] += 0.5
+    clock.t += 0.5
     fail(20)
     assert said("task_failed") == 10  # 0.5 s at 10 a second
-    now[0] += 60
+    clock.t += 60
     fail(20)
     # Then the burst went out, then the rate, then the burst again (never more)
     assert said("task_failed") == 15 and said("task_lines_suppressed") == 1
@@ -308,5 +312,5 @@ def test_failure_lines_are_rate_limited_and_the_rest_counted(
     summary = tasklog.summarise()
     assert summary is not None and summary.suppressed == 45 and summary.counts["failed"] == 60
     # and a quiet interval writes no summary at all
-    now[0] += 15.0
+    clock.t += 15.0
     assert tasklog.summarise() is None and said("tasks_summary") == 1

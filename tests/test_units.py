@@ -11,10 +11,11 @@ import pytest
 
 from tenure import Backoff, ConfigError, PayloadInvalid, Registry
 from tenure._durations import as_timedelta, parse_duration
+from tenure._store.worker_rows import Claimed
 from tenure._worker.config import WorkerConfig
 from tenure._worker.executor import execute
 from tenure._worker.metrics import DURATION_BUCKETS, Histogram
-from tenure._worker.state import Claimed, Held, Holdings
+from tenure._worker.state import Held, Holdings
 from tenure._worker.threads import DaemonThreadPool
 from tenure.context import TaskContext
 
@@ -158,24 +159,29 @@ def test_holdings_counts_follow_claim_start_outcome_and_loss() -> None:
     h = Holdings()
     a, b, c = _held(1), _held(2), _held(3)
     for held in (a, b, c):
-        h.add(held)
-    h.start(a)
-    h.start(b)
-    h.start(b)  # starting twice counts once
+        h.claimed(held)
+    h.started(a)
+    h.started(b)
+    h.started(b)  # starting twice counts once
     assert (h.running(), h.waiting_or_running()) == (2, 3)
-    # When one outcome is handed over, twice, and a waiting one is lost
-    h.complete(a)
-    h.complete(a)
-    assert h.drop(3, 1) is c
+    # When one outcome is known, twice, and a waiting one is lost
+    h.outcome_known(a)
+    h.outcome_known(a)
+    assert h.lose(3, 1) is c
     # Then only the other running attempt still counts
     assert (h.running(), h.waiting_or_running()) == (1, 1)
-    # And writing the handed-over outcome changes nothing more
-    assert h.drop(1, 1) is a
+    # And writing the known outcome changes nothing more
+    assert h.settled(1, 1) is a
     assert (h.running(), h.waiting_or_running()) == (1, 1)
     # And a new attempt of a held task replaces the old one
-    h.add(_held(2, attempt=2))
+    h.claimed(_held(2, attempt=2))
     assert (h.running(), h.waiting_or_running()) == (0, 1)
-    assert h.drop(2, 1) is None and h.snapshot() == {2: 2}
+    assert h.settled(2, 1) is None and h.snapshot() == {2: 2}
+    # And an attempt lost while it may still run is kept apart until its row is expired
+    h.claimed(_held(4))
+    assert h.lose(4, 1, surrender=True) is not None and h.surrendered() == {4}
+    h.keep_surrendered([])
+    assert h.surrendered() == frozenset()
 
 
 def test_task_context_events_reflect_marks_made_before_and_after_first_use() -> None:

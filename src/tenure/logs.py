@@ -9,7 +9,7 @@ line names them. The same names count in :mod:`tenure._worker.metrics` (an event
 outcomes on the dashboard.
 
     task_claimed task=3 attempt=1 queue=work worker=5f0c…
-    {"ts": "…", "level": "debug", "logger": "tenure._worker.worker",
+    {"ts": "…", "level": "debug", "logger": "tenure._worker.claim_loop",
      "event": "task_claimed", "task_id": 3, "attempt": 1, "queue": "work",
      "worker_id": "5f0c…", "message": "task_claimed task=3 attempt=1 queue=work worker=5f0c…"}
 

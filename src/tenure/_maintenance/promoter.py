@@ -11,7 +11,8 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from tenure._worker.link import Link
+from tenure._store.worker import AsyncStore
+from tenure._worker.clock import MONOTONIC, Clock
 from tenure._worker.service import Service
 
 log = logging.getLogger(__name__)
@@ -27,13 +28,12 @@ class PromoteResult:
 class Promoter(Service):
     name = "promoter"
 
-    def __init__(self, link: Link, interval: timedelta) -> None:
-        super().__init__(interval.total_seconds(), jitter=0.2)
-        self.link = link
+    def __init__(self, store: AsyncStore, interval: timedelta, clock: Clock = MONOTONIC) -> None:
+        super().__init__(interval.total_seconds(), jitter=0.2, clock=clock)
+        self.store = store
 
     async def run_once(self) -> PromoteResult:
-        rows = await self.link.fetch("task_promote_due", {"max": BATCH})
-        promoted = {str(q): int(n) for q, n in rows}
+        promoted = {p.queue: p.count for p in await self.store.promote_due(limit=BATCH)}
         if promoted:
             log.debug("tasks_promoted %s", promoted)
         return PromoteResult(promoted)

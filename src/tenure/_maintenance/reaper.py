@@ -14,9 +14,10 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
-from tenure._worker.link import Link
+from tenure._store.worker import AsyncStore
+from tenure._store.worker_rows import ExpiredLease
+from tenure._worker.clock import MONOTONIC, Clock
 from tenure._worker.service import Service
 
 log = logging.getLogger(__name__)
@@ -34,29 +35,35 @@ class ReapResult:
 class Reaper(Service):
     name = "reaper"
 
-    def __init__(self, link: Link, interval: timedelta, gone_after: timedelta) -> None:
+    def __init__(
+        self,
+        store: AsyncStore,
+        interval: timedelta,
+        gone_after: timedelta,
+        clock: Clock = MONOTONIC,
+    ) -> None:
         # Jitter only shortens the interval, so a takeover never waits longer than it.
-        super().__init__(interval.total_seconds(), jitter=0.2)
-        self.link = link
+        super().__init__(interval.total_seconds(), jitter=0.2, clock=clock)
+        self.store = store
         self.gone_after = gone_after
         self.counts: Counter[str] = Counter()  # lease_expired, task_quarantined (metrics)
 
     async def run_once(self) -> ReapResult:
-        rows: list[tuple[Any, ...]] = []
+        expired: list[ExpiredLease] = []
         while True:  # after a mass expiry, keep going until a batch comes back short
-            batch = await self.link.fetch("lease_expire_many", {"max": BATCH})
-            rows.extend(batch)
+            batch = await self.store.expire_leases(limit=BATCH)
+            expired.extend(batch)
             if len(batch) < BATCH:
                 break
-        requeued = [int(r[0]) for r in rows if r[1] == "requeued"]
-        quarantined = [int(r[0]) for r in rows if r[1] == "quarantined"]
+        requeued = [e.task_id for e in expired if e.verdict == "requeued"]
+        quarantined = [e.task_id for e in expired if e.verdict == "quarantined"]
         self.counts["lease_expired"] += len(requeued)
         self.counts["task_quarantined"] += len(quarantined)
         for task_id in requeued:
             log.info("lease_expired task=%s requeued=true", task_id)
         for task_id in quarantined:
             log.error("task_quarantined task=%s: its lease expired too many times", task_id)
-        gone = await self.link.fetch("worker_mark_gone_many", {"after": self.gone_after})
-        for (worker_id,) in gone:
+        gone = await self.store.mark_gone(after=self.gone_after)
+        for worker_id in gone:
             log.info("worker_gone worker=%s", worker_id)
         return ReapResult(requeued, quarantined, len(gone))

@@ -21,13 +21,11 @@ Rules:
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from datetime import timedelta
 
-from psycopg import sql
-
-from tenure._worker.link import Link
+from tenure._store.worker import AsyncStore
+from tenure._worker.clock import MONOTONIC, Clock
 from tenure._worker.service import Service
 
 log = logging.getLogger(__name__)
@@ -49,16 +47,17 @@ class VacuumResult:
 class Vacuumer(Service):
     name = "vacuumer"
 
-    def __init__(self, link: Link, interval: timedelta = DEFAULT_INTERVAL) -> None:
-        super().__init__(interval.total_seconds(), jitter=0.5)
-        self.link = link
-        self.table = sql.Identifier(link.schema, "tasks").as_string()
+    def __init__(
+        self, store: AsyncStore, interval: timedelta = DEFAULT_INTERVAL, clock: Clock = MONOTONIC
+    ) -> None:
+        super().__init__(interval.total_seconds(), jitter=0.5, clock=clock)
+        self.store = store
+        self.table = store.tasks_table
         self._refusal_logged = False
 
     async def run_once(self) -> VacuumResult:
-        rows = await self.link.fetch("tasks_dead_rows", {"table": self.table})
-        dead, live = (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
-        permitted = bool(rows[0][2]) if rows else True
+        rows = await self.store.dead_rows()
+        dead, live, permitted = rows.dead, rows.live, rows.may_vacuum
         if dead < max(DEAD_MIN, DEAD_FRACTION * live):
             return VacuumResult(dead, live, vacuumed=False, permitted=permitted)
         if not permitted:
@@ -73,12 +72,8 @@ class Vacuumer(Service):
                 self._refusal_logged = True
             return VacuumResult(dead, live, vacuumed=False, permitted=False)
         self._refusal_logged = False
-        own = Link(self.link.dsn, self.link.schema, "vacuum")
-        started = time.monotonic()
-        try:
-            await own.fetch("tasks_vacuum", {})
-        finally:
-            await own.close()
-        seconds = time.monotonic() - started
+        started = self.clock.now()
+        await self.store.vacuum()
+        seconds = self.clock.now() - started
         log.info("tasks_vacuumed dead=%d live=%d seconds=%.2f", dead, live, seconds)
         return VacuumResult(dead, live, vacuumed=True, seconds=seconds)

@@ -1,1 +1,1 @@
-"""Worker internals: claimer, heartbeat, executor, completer, notifier, assembly."""
+"""Worker internals: claim loop, outcomes, heartbeat, executor, notifier, assembly."""

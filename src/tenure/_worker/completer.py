@@ -1,41 +1,42 @@
-"""Completer: writes attempt outcomes in batches, every write fenced.
+"""Outcomes: the claim loop's pending outcomes, and how they are written, every write fenced.
 
-Outcomes queue up as tasks finish; one statement writes all of them. Each is fenced
-on (task, attempt, owner) in the database: an outcome for an attempt this worker
-no longer owns changes nothing, is logged as ``lease_lost`` and counted. A batch
-that fails to reach the database stays queued and is tried again with backoff (the
-heartbeat keeps those leases alive meanwhile); if the failed try had committed
-after all, the retry finds the attempts already recorded and counts them done.
-
-Outcomes always land. A batch the database refuses (judged by SQLSTATE: anything
-but a lost connection, a serialization failure, a deadlock or a server shutting
-down), or that fails ``SPLIT_AFTER`` times in a row for any reason, is written one
-outcome at a time, so one bad outcome cannot hold the others back; an outcome that
-cannot be written as it is is replaced by an error outcome that says why. While
-outcomes wait longer than a lease without progress, :meth:`Completer.stalled_for`
-says so, and ``/readyz`` answers 503.
-
-While a worker claims, its claim loop carries the outcomes: a new outcome wakes that
-loop (``carrier``), whose next claim writes the pending batch in the same statement
-(``carried``), and which kicks this loop for outcomes it does not carry. Writes
-take ``lock``, so a batch is written by one of the two, never both.
+Rules:
+- Only the claim loop holds an :class:`Outcomes` and calls it, from its own task: it
+  hands a batch to its next claim (one statement records the outcomes, then claims),
+  or, when no claim is due (no free slot, no work, claims failing, a drain), has it
+  written alone with :meth:`Outcomes.write`. No lock: nothing else writes outcomes.
+- Each outcome is fenced on (task, attempt, owner) in the database: one for an
+  attempt this worker no longer owns changes nothing, is logged as ``lease_lost`` and
+  counted.
+- A write that fails leaves the batch pending and marks it *uncertain*: it may have
+  committed before its answer was lost. An uncertain batch is written alone, never
+  carried by a claim, and what the answer lacks is looked up (``attempts_recorded``):
+  an attempt this worker already recorded is done, not fenced.
+- Outcomes always land. A batch the database refuses (judged by SQLSTATE: anything
+  but a lost connection, a serialization failure, a deadlock or a server shutting
+  down), or that fails ``SPLIT_AFTER`` times in a row for any reason, is written one
+  outcome at a time, so one bad outcome cannot hold the others back; an outcome that
+  cannot be written as it is is replaced by an error outcome that says why. Failed
+  writes back off; while outcomes wait longer than a lease without progress,
+  ``/readyz`` answers 503.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import NamedTuple
+import math
+from collections import Counter
+from collections.abc import Sequence
 from uuid import UUID
 
-from tenure._db import arrays
 from tenure._db.connect import backoff_delay, connection_lost, describe, is_transient
-from tenure._worker.link import Link
-from tenure._worker.state import Held, Holdings
+from tenure._store.worker import AsyncStore
+from tenure._store.worker_rows import Outcome, Verdict
+from tenure._worker.clock import MONOTONIC, Clock
+from tenure._worker.metrics import Metrics
+from tenure._worker.state import Holdings
+from tenure._worker.tasklog import TaskLog
 from tenure.errors import DatabaseError
 from tenure.limits import clean_text
 
@@ -45,167 +46,155 @@ MAX_BATCH = 500
 SPLIT_AFTER = 3  # failed tries of one batch, transient or not, before it is split
 REPLACED_ERROR_CHARS = 500
 
-
-class Outcome(NamedTuple):
-    """How one attempt ended, as the completer writes it."""
-
-    task_id: int
-    attempt: int
-    outcome: str  # succeeded | error | timed_out | discarded | cancelled | released
-    result: str | None = None  # JSON text
-    error: str | None = None
-    delay: float = 0.0  # seconds before a retry
-
-
-def outcome_params(batch: list[Outcome]) -> dict[str, str]:
-    """A batch of outcomes as the array parameters complete() takes."""
-    return {
-        "ids": arrays.ints(o.task_id for o in batch),
-        "attempts": arrays.ints(o.attempt for o in batch),
-        "outcomes": arrays.texts(o.outcome for o in batch),
-        "results": arrays.texts(o.result for o in batch),
-        "errors": arrays.texts(o.error for o in batch),
-        "delays": arrays.floats(o.delay for o in batch),
-    }
+#: The event each verdict counts as (``recorded``: written by a try whose answer was lost).
+EVENTS = {
+    "succeeded": "task_succeeded",
+    "failed": "task_failed",
+    "retry": "task_retried",
+    "released": "task_released",
+    "cancelled": "task_cancelled",
+    "recorded": "task_recorded_before_reconnect",
+}
 
 
-@dataclass(frozen=True)
-class CompleteResult:
-    verdicts: dict[int, str]
-    fenced: list[int]
+class Outcomes:
+    """Outcomes finished here and not yet written, oldest first."""
 
-
-class Completer:
-    name = "completer"
-
-    def __init__(self, link: Link, holdings: Holdings, worker_id: UUID) -> None:
-        self.link = link
+    def __init__(
+        self,
+        store: AsyncStore,
+        holdings: Holdings,
+        events: Counter[str],
+        worker_id: UUID,
+        metrics: Metrics,
+        tasklog: TaskLog,
+        clock: Clock = MONOTONIC,
+    ) -> None:
+        self.store = store
         self.holdings = holdings
+        self.events = events
         self.worker_id = worker_id
-        self.pending: list[Outcome] = []
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._task: asyncio.Task[None] | None = None
-        self._submitted: set[tuple[int, int]] = set()
-        self._uncertain = False  # the last write failed: it may have committed anyway
-        # Told each settled outcome's event, the outcome and the attempt it ended (None
-        # if no longer held): the worker counts outcomes in its metrics and writes the
-        # task lines of its log (a failure's reason among them) with it.
-        self.on_settled: Callable[[str, Outcome, Held | None], None] | None = None
-        # While set, a new outcome calls this instead of waking the completer's loop.
-        self.carrier: Callable[[], None] | None = None
-        self.lock = asyncio.Lock()
-        self._progress_at = time.monotonic()  # last write that settled outcomes
+        self.metrics = metrics
+        self.tasklog = tasklog
+        self.clock = clock
+        self._pending: list[Outcome] = []
+        self._keys: set[tuple[int, int]] = set()  # (task, attempt) of each pending outcome
+        self.uncertain = False  # the last write failed: it may have committed anyway
+        self.failures = 0  # failed writes in a row
+        self.retry_at = -math.inf  # no write before this time (after a failure)
         self.last_error: str | None = None  # why the last write failed, until one succeeds
+        self._progress_at = clock.now()  # last write that settled outcomes
+        self.idle = asyncio.Event()  # set while nothing is pending
+        self.idle.set()
+
+    def __len__(self) -> int:
+        return len(self._pending)
 
     def stalled_for(self) -> float:
         """Seconds outcomes have waited with no write settling any (0 when none wait)."""
-        if not self.pending:
+        if not self._pending:
             return 0.0
-        return time.monotonic() - self._progress_at
+        return self.clock.now() - self._progress_at
 
-    def waiting(self) -> tuple[int, float]:
-        """How many outcomes wait, and :meth:`stalled_for`."""
-        return len(self.pending), self.stalled_for()
-
-    def submit(self, outcome: Outcome) -> None:
+    def add(self, outcome: Outcome) -> None:
         """Queue an outcome; a second outcome for the same attempt is ignored."""
         key = (outcome.task_id, outcome.attempt)
-        if key in self._submitted:
+        if key in self._keys:
             log.debug("duplicate outcome ignored task=%s attempt=%s", *key)
             return
-        self._submitted.add(key)
-        if not self.pending:
-            self._progress_at = time.monotonic()
-        held = self.holdings.held.get(outcome.task_id)
-        if held is not None and held.claimed.attempt == outcome.attempt:
-            self.holdings.complete(held)
-        self.pending.append(outcome)
-        self._idle.clear()
-        if self.carrier is None:
-            self._wake.set()
-        else:
-            self.carrier()
+        self._keys.add(key)
+        if not self._pending:
+            self._progress_at = self.clock.now()
+        held = self.holdings.holds(*key)
+        if held is not None:
+            self.holdings.outcome_known(held)
+        self._pending.append(outcome)
+        self.idle.clear()
 
-    def kick(self) -> None:
-        """Write what is pending now, on the completer's own loop."""
-        if self.pending:
-            self._wake.set()
+    def batch_for_claim(self) -> list[Outcome]:
+        """The batch the next claim may write in its statement (empty while uncertain
+        or backing off: those are written alone)."""
+        if self.uncertain or self.clock.now() < self.retry_at:
+            return []
+        return self._pending[:MAX_BATCH]
 
-    @asynccontextmanager
-    async def carried(self) -> AsyncIterator[list[Outcome]]:
-        """The pending batch for a claim to write in the same statement; settle it
-        with :meth:`settle` inside the block. Empty while the completer is writing or
-        after a failed write (the completer sorts out what that one recorded)."""
-        if self.lock.locked() or self._uncertain or not self.pending:
-            yield []
-            return
-        async with self.lock:
-            batch = self.pending[:MAX_BATCH]
-            try:
-                yield batch
-            except BaseException:
-                self._uncertain = True  # it may have committed before its answer was lost
-                self._wake.set()
-                raise
+    def answer_lost(self) -> None:
+        """The claim that carried the head batch failed: it may have committed."""
+        self.uncertain = True
 
-    def settle(self, batch: list[Outcome], verdicts: dict[int, str]) -> CompleteResult:
-        """Settle a batch written by :meth:`carried`'s holder."""
-        return self._settle(len(batch), verdicts)
+    def settle(self, n: int, verdicts: Sequence[Verdict]) -> int:
+        """Settle the first ``n`` pending outcomes, written with these verdicts."""
+        return self._settle(n, {v.task_id: v.verdict for v in verdicts})
 
-    async def _write(self, batch: list[Outcome]) -> dict[int, str]:
-        rows = await self.link.fetch(
-            "task_complete_many", {"worker": self.worker_id, **outcome_params(batch)}
-        )
-        return {int(r[0]): str(r[1]) for r in rows}
+    async def write(self) -> int:
+        """Write the head batch alone; returns the outcomes settled. A failure is
+        logged and backs the next write off; it never raises."""
+        try:
+            settled = await self._write_head()
+            self.failures = 0
+            return settled
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.failures += 1
+            error: Exception = exc
+            self.uncertain = True  # a lost answer may hide a commit
+            if self.failures >= SPLIT_AFTER or not is_transient(exc):
+                # Refused, or failing again and again: find the outcome at fault by
+                # writing them one by one.
+                before = len(self._pending)
+                try:
+                    await self._write_singly()
+                    self.failures = 0
+                    return before - len(self._pending)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as again:
+                    error = again
+        self.last_error = clean_text(describe(error))[:REPLACED_ERROR_CHARS]
+        log.warning("completer_failed pending=%d error=%s", len(self._pending), self.last_error)
+        self.retry_at = self.clock.now() + backoff_delay(self.failures, base=0.05, cap=2.0)
+        return 0
 
-    async def run_once(self) -> CompleteResult:
-        """Write up to MAX_BATCH pending outcomes in one statement."""
-        batch = self.pending[:MAX_BATCH]
+    async def _write_head(self) -> int:
+        batch = self._pending[:MAX_BATCH]
         if not batch:
-            return CompleteResult({}, [])
+            return 0
         verdicts = await self._write_checked(batch)
-        self._uncertain = False
+        self.uncertain = False
         return self._settle(len(batch), verdicts)
 
     async def _write_checked(self, batch: list[Outcome]) -> dict[int, str]:
-        verdicts = await self._write(batch)
-        if self._uncertain:
+        written = await self.store.complete(worker=self.worker_id, outcomes=batch)
+        verdicts = {v.task_id: v.verdict for v in written}
+        if self.uncertain:
             # An earlier try of these outcomes may have committed before its answer
             # was lost: what this worker already recorded is done, not fenced.
-            missing = [o for o in batch if o.task_id not in verdicts]
+            missing = {o.task_id: o.attempt for o in batch if o.task_id not in verdicts}
             if missing:
-                rows = await self.link.fetch(
-                    "attempts_recorded",
-                    {
-                        "worker": self.worker_id,
-                        "ids": [o.task_id for o in missing],
-                        "attempts": [o.attempt for o in missing],
-                    },
+                recorded = await self.store.attempts_recorded(
+                    worker=self.worker_id, attempts=missing
                 )
-                verdicts.update({int(r[0]): "recorded" for r in rows})
+                verdicts.update(dict.fromkeys(recorded, "recorded"))
         return verdicts
 
-    def _settle(self, n: int, verdicts: dict[int, str], dropped: bool = False) -> CompleteResult:
-        batch = self.pending[:n]
-        del self.pending[:n]
-        self._progress_at = time.monotonic()
+    def _settle(self, n: int, verdicts: dict[int, str], dropped: bool = False) -> int:
+        batch = self._pending[:n]
+        del self._pending[:n]
+        self._progress_at = self.clock.now()
         self.last_error = None
-        fenced: list[int] = []
-        counts = self.holdings.counts
-        submitted, drop, on_settled = self._submitted, self.holdings.drop, self.on_settled
+        self.retry_at = -math.inf
+        events, keys, settled = self.events, self._keys, self.holdings.settled
         for o in batch:
-            submitted.discard((o.task_id, o.attempt))
-            held = drop(o.task_id, o.attempt)
+            keys.discard((o.task_id, o.attempt))
+            held = settled(o.task_id, o.attempt)
             verdict = verdicts.get(o.task_id)
             if verdict is None and dropped:
-                counts["outcomes_dropped"] += 1
+                events["outcomes_dropped"] += 1
                 continue
             if verdict is None:
-                fenced.append(o.task_id)
-                counts["lease_lost"] += 1
-                counts["fenced_writes"] += 1
+                events["lease_lost"] += 1
+                events["fenced_writes"] += 1
                 log.warning(
                     "lease_lost task=%s attempt=%s worker=%s outcome=%s: write fenced out, "
                     "another owner took over",
@@ -215,13 +204,13 @@ class Completer:
                     o.outcome,
                 )
                 continue
-            event = _EVENTS.get(verdict) or f"task_{verdict}"
-            counts[event] += 1
-            if on_settled is not None:
-                on_settled(event, o, held)
-        if not self.pending:
-            self._idle.set()
-        return CompleteResult(verdicts, fenced)
+            event = EVENTS.get(verdict) or f"task_{verdict}"
+            events[event] += 1
+            self.metrics.settled(event, held)
+            self.tasklog.settled(event, o, held)
+        if not self._pending:
+            self.idle.set()
+        return len(batch)
 
     async def _write_singly(self) -> None:
         """Write the head batch one outcome at a time; one that cannot be written as
@@ -230,14 +219,14 @@ class Completer:
         not get) waits at the back. Raises when the database is away, and after the
         pass when some outcome had to wait, so the loop backs off."""
         waited: DatabaseError | None = None
-        for outcome in list(self.pending[:MAX_BATCH]):
+        for outcome in list(self._pending[:MAX_BATCH]):
             try:
                 verdicts = await self._write_checked([outcome])
             except DatabaseError as exc:
                 if is_transient(exc):
                     if connection_lost(exc):
                         raise
-                    self.pending.append(self.pending.pop(0))
+                    self._pending.append(self._pending.pop(0))
                     waited = exc
                     continue
                 replacement = _replacement(outcome, exc)
@@ -248,8 +237,8 @@ class Completer:
                     clean_text(describe(exc))[:REPLACED_ERROR_CHARS],
                     replacement.outcome,
                 )
-                self.pending[0] = replacement
-                self.holdings.counts["outcomes_replaced"] += 1
+                self._pending[0] = replacement
+                self.events["outcomes_replaced"] += 1
                 try:
                     verdicts = await self._write_checked([replacement])
                 except DatabaseError as again:
@@ -263,63 +252,7 @@ class Completer:
             self._settle(1, verdicts)
         if waited is not None:
             raise waited
-        self._uncertain = False
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name=self.name)
-
-    async def _loop(self) -> None:
-        failures = 0
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self.pending:
-                async with self.lock:  # a claim may have carried the batch meanwhile
-                    try:
-                        if self.pending:
-                            await self.run_once()
-                        failures = 0
-                        continue
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as exc:
-                        failures += 1
-                        error = exc
-                        self._uncertain = True  # a lost answer may hide a commit
-                        if failures >= SPLIT_AFTER or not is_transient(exc):
-                            # Refused, or failing again and again: find the outcome
-                            # at fault by writing them one by one.
-                            try:
-                                await self._write_singly()
-                                failures = 0
-                                continue
-                            except asyncio.CancelledError:
-                                raise
-                            except Exception as again:
-                                error = again
-                self.last_error = clean_text(describe(error))[:REPLACED_ERROR_CHARS]
-                log.warning(
-                    "completer_failed pending=%d error=%s", len(self.pending), self.last_error
-                )
-                await asyncio.sleep(backoff_delay(failures, base=0.05, cap=2.0))
-
-    async def flush(self, timeout: float) -> bool:
-        """Wait until every pending outcome is written; False on timeout."""
-        self._wake.set()
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        self.uncertain = False
 
 
 def _replacement(outcome: Outcome, exc: BaseException) -> Outcome:
@@ -335,13 +268,3 @@ def _replacement(outcome: Outcome, exc: BaseException) -> Outcome:
         error=f"the task's {outcome.outcome} outcome could not be recorded: {why}",
         delay=max(outcome.delay, 1.0),
     )
-
-
-_EVENTS = {
-    "succeeded": "task_succeeded",
-    "failed": "task_failed",
-    "retry": "task_retried",
-    "released": "task_released",
-    "cancelled": "task_cancelled",
-    "recorded": "task_recorded_before_reconnect",
-}

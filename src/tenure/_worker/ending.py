@@ -25,8 +25,7 @@ from typing import Any, Literal
 
 import pydantic_core
 
-from tenure._worker.completer import Outcome
-from tenure._worker.state import Claimed
+from tenure._store.worker_rows import Claimed, Outcome
 from tenure.errors import Discard, PayloadInvalid, RetryAfter
 from tenure.limits import Limits, not_json
 from tenure.registry import Task

@@ -24,11 +24,10 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from tenure._store.worker_rows import Claimed, Outcome
 from tenure._worker import ending
-from tenure._worker.completer import Outcome
 from tenure._worker.ending import Ending
 from tenure._worker.processes import ChildDied, Job, ProcessPool
-from tenure._worker.state import Claimed
 from tenure._worker.threads import DaemonThreadPool
 from tenure.context import TaskContext, _current, bind
 from tenure.limits import size_at_least

@@ -3,34 +3,39 @@
 Rules:
 - The renewal names each (task, attempt) and this worker as owner; the database
   clock sets the new expiry. A held attempt missing from the answer was taken over:
-  its ``lease_lost`` is set and it is no longer held.
-- Attempts whose outcome is being written are renewed but not judged: the
-  completer reports their fate.
+  the beat reports it lost and the claim loop lets it go.
+- Attempts whose outcome waits to be written are renewed but not judged: the write
+  reports their fate.
 - If no heartbeat has succeeded for most of a lease, the worker cuts itself off
-  (self-fencing) before the database could consider its leases expired: every held
-  task is marked lost and claiming pauses until a heartbeat sent less than that long
-  ago succeeds (a late answer to an old one proves nothing about the link now).
+  (self-fencing) before the database could consider its leases expired: the claim
+  loop drops every held task and stops claiming until a heartbeat sent less than
+  that long ago succeeds (a late answer to an old one proves nothing about the link
+  now). :class:`FenceWatch` checks this on a loop that never waits on the database.
 - Rows the database says this worker owns but does not hold (a claim whose answer
   was lost, prefetched attempts dropped while self-fenced) are handed back once they
   are half a lease old, without counting a crash. Attempts that had started when the
   worker fenced itself are not among them: they may have run, so they are left to
   expire and the reaper counts the crash (a task that stalls its worker past the
   lease is capped by ``max_crashes`` like one that kills it).
+- The heartbeat owns its link's health (``last_ok``, ``fenced``) and the operator's
+  drain request (``drain_requested``); it reads what it renews from
+  :class:`~tenure._worker.state.Holdings` and tells the claim loop, its
+  :class:`Peer`, what it learned. It changes no attempt itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Protocol
 from uuid import UUID
 
-from tenure._db import arrays
-from tenure._worker.link import Link
+from tenure._store.worker import AsyncStore
+from tenure._worker.clock import MONOTONIC, Clock
 from tenure._worker.service import Service
-from tenure._worker.state import Held, Holdings
+from tenure._worker.state import Holdings
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +43,35 @@ SELF_FENCE_FRACTION = 0.8
 
 
 @dataclass(frozen=True)
-class HeartbeatResult:
+class Beat:
+    """What one renewal learned."""
+
     renewed: int
-    lost: list[int]
+    lost: list[tuple[int, int]]  # held (task, attempt) another owner took over
+    surrendered_kept: frozenset[int] | None  # surrendered rows still ours (None: none sent)
     idle_elsewhere: int  # free slots of the other live workers serving our queues
     cancel: list[int]  # held tasks an operator asked to cancel
     drain: bool  # an operator asked this worker to drain
+
+
+class Peer(Protocol):
+    """Whom the heartbeat tells what it learned: the claim loop."""
+
+    def outcomes_waiting(self) -> tuple[int, float]:
+        """How many outcomes wait to be written, and for how long without progress."""
+        ...
+
+    def heard(self, beat: Beat) -> None:
+        """A renewal's news: attempts lost, cancels asked for, idle capacity elsewhere."""
+        ...
+
+    def self_fenced(self) -> None:
+        """Renewals failed for most of a lease: drop every held attempt, stop claiming."""
+        ...
+
+    def reconnected(self) -> None:
+        """A renewal sent just now succeeded: claiming may go on."""
+        ...
 
 
 class Heartbeat(Service):
@@ -51,49 +79,46 @@ class Heartbeat(Service):
 
     def __init__(
         self,
-        link: Link,
+        store: AsyncStore,
         holdings: Holdings,
+        peer: Peer,
         worker_id: UUID,
         lease: timedelta,
         interval: timedelta,
-        on_beat: Callable[[HeartbeatResult], None] | None = None,
-        on_lost: Callable[[Held], None] | None = None,
+        clock: Clock = MONOTONIC,
     ) -> None:
-        super().__init__(interval.total_seconds(), jitter=0.1)
-        self.on_beat = on_beat
-        self.on_lost = on_lost
-        self.link = link
+        super().__init__(interval.total_seconds(), jitter=0.1, clock=clock)
+        self.store = store
         self.holdings = holdings
+        self.peer = peer
         self.worker_id = worker_id
         self.lease = lease
         self.state = "active"
-        # How many outcomes wait to be written, and for how long without progress:
-        # set by the worker to its completer's view, published with each beat.
-        self.outcomes: Callable[[], tuple[int, float]] = lambda: (0, 0.0)
-        self.last_ok = time.monotonic()
+        self.last_ok = clock.now()
         self.fenced = False
+        self.drain_requested = asyncio.Event()  # set by the first beat that asks
 
-    async def run_once(self) -> HeartbeatResult:
-        snapshot = self.holdings.snapshot()
-        sent = time.monotonic()
-        surrendered = list(self.holdings.surrendered)
-        waiting, stalled = self.outcomes()
+    def draining(self) -> None:
+        """Publish the worker as draining from the next beat on."""
+        self.state = "draining"
+
+    async def run_once(self) -> Beat:
+        holdings = self.holdings
+        held = holdings.snapshot()
+        sent = self.clock.now()
+        surrendered = holdings.surrendered()
+        waiting, stalled = self.peer.outcomes_waiting()
         try:
-            rows = await self.link.fetch(
-                "lease_renew_many",
-                {
-                    "worker": self.worker_id,
-                    "state": self.state,
-                    "held": len(self.holdings.held),
-                    "running": self.holdings.running(),
-                    "lease": self.lease,
-                    "ids": arrays.ints(snapshot),
-                    "attempts": arrays.ints(snapshot.values()),
-                    "surrendered": arrays.ints(surrendered),
-                    "orphan_after": self.lease / 2,
-                    "outcomes_pending": waiting,
-                    "outcomes_stalled": stalled if stalled > self.lease.total_seconds() else None,
-                },
+            renewal = await self.store.renew(
+                worker=self.worker_id,
+                state=self.state,
+                held=held,
+                running=holdings.running(),
+                lease=self.lease,
+                surrendered=surrendered,
+                orphan_after=self.lease / 2,
+                outcomes_pending=waiting,
+                outcomes_stalled=stalled if stalled > self.lease.total_seconds() else None,
             )
         except Exception:
             self.check_self_fence()
@@ -102,62 +127,38 @@ class Heartbeat(Service):
         # answer that took most of a lease to come back (a link just restored delivers
         # renewals sent long ago) does not lift self-fencing: the next one, sent now, does.
         self.last_ok = sent
-        fresh = time.monotonic() - sent < SELF_FENCE_FRACTION * self.lease.total_seconds()
+        fresh = self.clock.now() - sent < SELF_FENCE_FRACTION * self.lease.total_seconds()
         if self.fenced and fresh:
             log.info("worker_reconnected worker=%s", self.worker_id)
             self.fenced = False
-        renewed: set[int] = set(rows[0][1]) if rows else set()
-        idle_elsewhere = int(rows[0][2]) if rows else 0
-        orphans = int(rows[0][3]) if rows else 0
-        if surrendered:  # those the reaper has expired no longer need keeping apart
-            self.holdings.surrendered.intersection_update(rows[0][6] if rows else ())
-        if orphans:
+            self.peer.reconnected()
+        if renewal.orphans_released:
             log.warning(
                 "leases_orphaned worker=%s released=%d: claimed rows this worker never "
                 "received were handed back",
                 self.worker_id,
-                orphans,
+                renewal.orphans_released,
             )
-        lost: list[int] = []
-        for task_id, attempt in snapshot.items():
-            if task_id in renewed:
+        lost = []
+        for task_id, attempt in held.items():
+            if task_id in renewal.renewed:
                 continue
-            held = self.holdings.held.get(task_id)
-            if held is None or held.completing or held.claimed.attempt != attempt:
-                continue
-            self.lose(task_id, attempt, "taken over")
-            lost.append(task_id)
-        result = HeartbeatResult(
-            renewed=len(renewed),
+            now = holdings.holds(task_id, attempt)
+            if now is not None and not now.outcome_pending:
+                lost.append((task_id, attempt))
+        beat = Beat(
+            renewed=len(renewal.renewed),
             lost=lost,
-            idle_elsewhere=idle_elsewhere,
-            cancel=[int(i) for i in rows[0][4]] if rows else [],
-            drain=bool(rows[0][5]) if rows else False,
+            # those the reaper has expired no longer need keeping apart
+            surrendered_kept=renewal.surrendered_kept if surrendered else None,
+            idle_elsewhere=renewal.idle_elsewhere,
+            cancel=renewal.cancel_requested,
+            drain=renewal.drain_requested,
         )
-        if self.on_beat is not None:
-            self.on_beat(result)
-        return result
-
-    def lose(self, task_id: int, attempt: int, why: str, *, surrender: bool = False) -> None:
-        # A surrendered attempt's row may go on naming this worker until the reaper
-        # expires it: it must not be handed back as never received.
-        if surrender:
-            held = self.holdings.surrender(task_id, attempt)
-        else:
-            held = self.holdings.drop(task_id, attempt)
-        if held is None:
-            return
-        held.context.mark_lost()
-        if self.on_lost is not None:
-            self.on_lost(held)
-        self.holdings.counts["lease_lost"] += 1
-        log.warning(
-            "lease_lost task=%s attempt=%s worker=%s reason=%s",
-            task_id,
-            attempt,
-            self.worker_id,
-            why,
-        )
+        self.peer.heard(beat)
+        if beat.drain:
+            self.drain_requested.set()
+        return beat
 
     def check_self_fence(self) -> bool:
         """Cut the worker off before its leases can expire unrenewed.
@@ -166,7 +167,7 @@ class Heartbeat(Service):
         expiry is at least a lease later; the worker gives up at 80 % of that, which
         leaves room for the watchdog's own delay.
         """
-        silent = time.monotonic() - self.last_ok
+        silent = self.clock.now() - self.last_ok
         if silent < SELF_FENCE_FRACTION * self.lease.total_seconds():
             return self.fenced
         if not self.fenced:
@@ -177,9 +178,18 @@ class Heartbeat(Service):
                 silent,
             )
         self.fenced = True
-        for task_id, attempt in list(self.holdings.snapshot().items()):
-            held = self.holdings.held[task_id]
-            # One that never started is handed back by the next heartbeat, costing
-            # nothing; one that ran may have done its work: the reaper counts a crash.
-            self.lose(task_id, attempt, "self-fenced", surrender=held.started)
+        self.peer.self_fenced()
         return True
+
+
+class FenceWatch(Service):
+    """Self-fences even while a renewal hangs: this loop never waits on the database."""
+
+    name = "watchdog"
+
+    def __init__(self, heartbeat: Heartbeat, clock: Clock = MONOTONIC) -> None:
+        super().__init__(min(1.0, heartbeat.lease.total_seconds() / 10), jitter=0.0, clock=clock)
+        self.heartbeat = heartbeat
+
+    async def run_once(self) -> bool:
+        return self.heartbeat.check_self_fence()

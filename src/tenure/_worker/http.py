@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from tenure._untrusted import is_loopback, is_loopback_host_header
+from tenure._worker.metrics import Metrics
+from tenure._worker.status import WorkerStatus
 from tenure.errors import ConfigError
-
-if TYPE_CHECKING:
-    from tenure._worker.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +59,17 @@ class SurfacesConfig:
 
 
 class Surfaces:
-    """The running servers of one worker; :meth:`stop` closes them."""
+    """The running servers of one worker; :meth:`stop` closes them. They read the
+    worker through ``status`` (a fresh snapshot per request) and ``metrics``."""
 
-    def __init__(self, worker: Worker, config: SurfacesConfig | None) -> None:
-        self.worker = worker
+    def __init__(
+        self,
+        config: SurfacesConfig | None,
+        status: Callable[[], WorkerStatus],
+        metrics: Metrics,
+    ) -> None:
+        self.status = status
+        self.metrics = metrics
         self.config = config or SurfacesConfig()
         self.servers: list[asyncio.Server] = []
         self.ports: dict[str, int] = {}  # path -> bound port (useful with port 0)
@@ -96,7 +102,6 @@ class Surfaces:
             server.close()
             await server.wait_closed()
         self.servers.clear()
-        await self.worker.metrics.close()
 
     async def _handle(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, routes: set[str]
@@ -138,7 +143,7 @@ class Surfaces:
             "",
             "",
         ]
-        writer.write("\r\n".join(lines).encode() + (b"" if method_is_head(head) else payload))
+        writer.write("\r\n".join(lines).encode() + (b"" if head.startswith(b"HEAD ") else payload))
         try:
             await writer.drain()
         except ConnectionError:
@@ -163,14 +168,8 @@ class Surfaces:
         if method not in ("GET", "HEAD"):
             return 405, "only GET and HEAD\n", text
         if path == "/metrics":
-            return 200, await self.worker.metrics.render(self.worker), PROMETHEUS_TYPE
+            return 200, await self.metrics.render(self.status()), PROMETHEUS_TYPE
         if path == "/livez":
             return 200, "ok\n", text
-        from tenure._worker.metrics import worker_ready
-
-        ready, why = worker_ready(self.worker)
+        ready, why = self.status().readiness()
         return (200 if ready else 503), why + "\n", text
-
-
-def method_is_head(head: bytes) -> bool:
-    return head.startswith(b"HEAD ")

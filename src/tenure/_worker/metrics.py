@@ -3,12 +3,13 @@
 Rules:
 - Counters are named after the events of :mod:`tenure.logs`: the event
   ``task_succeeded`` counts as ``tenure_tasks_succeeded_total{queue,task}``.
-- Per queue and task counters are bumped where the worker claims a task and where
-  the completer settles an outcome; process-wide counters (leases lost, fenced
-  writes, takeovers) are read from the worker's own counters at scrape time, so a
-  scrape never changes what it reads.
+- Per queue and task counters are bumped where the claim loop takes a task and where
+  it settles an outcome; process-wide counters (leases lost, fenced writes,
+  takeovers) and gauges are read from a :class:`~tenure._worker.status.WorkerStatus`
+  snapshot at scrape time, so a scrape never changes what it reads.
 - Queue depth and oldest age come from one small query over the hot table,
-  cached for a few seconds, on a connection of its own opened at the first scrape.
+  cached for a few seconds, on a connection of its own opened at the first scrape
+  (the worker hands over that store once it knows the database: :meth:`Metrics.use`).
 - A task run is wrapped in an OpenTelemetry span when ``opentelemetry-api`` is
   importable; tenure does not depend on it.
 """
@@ -18,19 +19,18 @@ from __future__ import annotations
 import importlib
 import logging
 import math
-import time
 from bisect import bisect_left
 from collections import Counter
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from tenure._worker.state import Claimed, Held
-
-if TYPE_CHECKING:
-    from tenure._worker.link import Link
-    from tenure._worker.worker import Worker
+from tenure._store.worker import AsyncStore
+from tenure._store.worker_rows import Claimed, QueueDepth
+from tenure._worker.clock import MONOTONIC, Clock
+from tenure._worker.state import Held
+from tenure._worker.status import WorkerStatus
 
 log = logging.getLogger(__name__)
 
@@ -112,21 +112,22 @@ _NO_SPAN = nullcontext()
 class Metrics:
     """The counters one worker process keeps, and their rendering for a scrape."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = MONOTONIC) -> None:
         self.labeled: Counter[tuple[str, str, str]] = Counter()  # (event, queue, task)
         self.durations: dict[tuple[str, str], Histogram] = {}
+        self.clock = clock
         self._tracer = _otel_tracer()
-        self._link: Link | None = None
-        self._queues: list[tuple[Any, ...]] = []
+        self._store: AsyncStore | None = None
+        self._queues: list[QueueDepth] = []
         self._queues_at = -math.inf
 
-    # -- recording (called from the worker and the completer) ------------------------
+    # -- recording (called from the claim loop and the task runner) ------------------
 
     def claimed(self, rows: list[Claimed]) -> None:
         self.labeled.update(("task_claimed", row.queue, row.task_name) for row in rows)
 
     def settled(self, event: str, held: Held | None) -> None:
-        """The completer wrote an outcome; ``held`` is None if it was no longer held."""
+        """The claim loop wrote an outcome; ``held`` is None if it was no longer held."""
         if event in LABELED and held is not None:
             self.labeled[(event, held.claimed.queue, held.claimed.task_name)] += 1
 
@@ -154,31 +155,28 @@ class Metrics:
 
     # -- queue depth ---------------------------------------------------------------
 
-    async def _queue_rows(self, worker: Worker) -> list[tuple[Any, ...]]:
-        if time.monotonic() - self._queues_at < QUEUE_CACHE_SECONDS:
-            return self._queues
-        heartbeat = getattr(worker, "heartbeat", None)
-        if heartbeat is None:  # not connected yet
-            return self._queues
-        if self._link is None:
-            from tenure._worker.link import Link
+    def use(self, store: AsyncStore) -> None:
+        """Read queue depths through ``store`` (it connects at the first scrape)."""
+        self._store = store
 
-            self._link = Link(heartbeat.link.dsn, worker.schema, "metrics")
+    async def _queue_rows(self) -> list[QueueDepth]:
+        if self._store is None or self.clock.now() - self._queues_at < QUEUE_CACHE_SECONDS:
+            return self._queues  # not connected yet, or read a moment ago
         try:
-            self._queues = await self._link.fetch("metrics_queues", {})
-            self._queues_at = time.monotonic()
+            self._queues = await self._store.queue_depths()
+            self._queues_at = self.clock.now()
         except Exception as exc:
             log.debug("metrics_queue_depth_failed error=%s", exc)
         return self._queues
 
     async def close(self) -> None:
-        if self._link is not None:
-            await self._link.close()
-            self._link = None
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
 
     # -- rendering -------------------------------------------------------------------
 
-    async def render(self, worker: Worker) -> str:
+    async def render(self, status: WorkerStatus) -> str:
         """The whole scrape, in the Prometheus text exposition format (0.0.4)."""
         out: list[str] = []
 
@@ -191,24 +189,21 @@ class Metrics:
             for (ev, queue, task), value in sorted(self.labeled.items()):
                 if ev == event:
                     out.append(f"{name}{_labels(queue=queue, task=task)} {value}")
-        counts = worker.holdings.counts
         for name, help_text, key in PLAIN:
             family(name, "counter", help_text)
-            out.append(f"{name} {counts.get(key, 0)}")
-        reaper = getattr(worker, "reaper", None)
-        reaped: Counter[str] = reaper.counts if reaper is not None else Counter()
+            out.append(f"{name} {status.events.get(key, 0)}")
         family(
             "tenure_takeovers_total",
             "counter",
             "Expired leases this worker's reaper turned back into work (dead or cut-off owners).",
         )
-        out.append(f"tenure_takeovers_total {reaped.get('lease_expired', 0)}")
+        out.append(f"tenure_takeovers_total {status.takeovers}")
         family(
             "tenure_tasks_quarantined_total",
             "counter",
             "Tasks this worker's reaper quarantined after too many expired leases.",
         )
-        out.append(f"tenure_tasks_quarantined_total {reaped.get('task_quarantined', 0)}")
+        out.append(f"tenure_tasks_quarantined_total {status.quarantined}")
 
         name = "tenure_task_duration_seconds"
         family(name, "histogram", "Run time of task attempts on this worker.")
@@ -221,65 +216,42 @@ class Metrics:
             out.append(f"{name}_count{_labels(queue=queue, task=task)} {hist.n}")
 
         family("tenure_leases_held", "gauge", "Leases this worker holds (running or prefetched).")
-        out.append(f"tenure_leases_held {len(worker.holdings.held)}")
+        out.append(f"tenure_leases_held {status.leases_held}")
         family("tenure_tasks_running", "gauge", "Attempts running on this worker now.")
-        out.append(f"tenure_tasks_running {worker.holdings.running()}")
-        heartbeat = getattr(worker, "heartbeat", None)
+        out.append(f"tenure_tasks_running {status.running}")
         family(
             "tenure_heartbeat_lag_seconds",
             "gauge",
             "Seconds since this worker's last successful lease renewal was sent.",
         )
-        lag = time.monotonic() - heartbeat.last_ok if heartbeat is not None else 0.0
-        out.append(f"tenure_heartbeat_lag_seconds {lag:.3f}")
-        completer = getattr(worker, "completer", None)
+        out.append(f"tenure_heartbeat_lag_seconds {status.heartbeat_lag:.3f}")
         family("tenure_outcomes_pending", "gauge", "Outcomes finished here and not yet written.")
-        out.append(f"tenure_outcomes_pending {len(completer.pending) if completer else 0}")
+        out.append(f"tenure_outcomes_pending {status.outcomes_pending}")
         family(
             "tenure_outcomes_stalled_seconds",
             "gauge",
             "Seconds outcomes have waited with no write settling any (0 when none wait).",
         )
-        stalled = completer.stalled_for() if completer is not None else 0.0
-        out.append(f"tenure_outcomes_stalled_seconds {stalled:.3f}")
+        out.append(f"tenure_outcomes_stalled_seconds {status.outcomes_stalled:.3f}")
         family("tenure_worker_ready", "gauge", "1 while the worker claims work (see /readyz).")
-        out.append(f"tenure_worker_ready {int(worker_ready(worker)[0])}")
+        out.append(f"tenure_worker_ready {int(status.readiness()[0])}")
 
-        rows = await self._queue_rows(worker)
+        rows = await self._queue_rows()
         family("tenure_queue_depth", "gauge", "Tasks due and waiting in each queue.")
-        for queue, queued, *_ in rows:
-            out.append(f"tenure_queue_depth{_labels(queue=str(queue))} {int(queued)}")
+        for q in rows:
+            out.append(f"tenure_queue_depth{_labels(queue=q.queue)} {q.queued}")
         family("tenure_queue_scheduled", "gauge", "Tasks waiting for a later time in each queue.")
-        for queue, _, scheduled, *_ in rows:
-            out.append(f"tenure_queue_scheduled{_labels(queue=str(queue))} {int(scheduled)}")
+        for q in rows:
+            out.append(f"tenure_queue_scheduled{_labels(queue=q.queue)} {q.scheduled}")
         family("tenure_queue_running", "gauge", "Tasks running in each queue, fleet-wide.")
-        for queue, _, _, running, _ in rows:
-            out.append(f"tenure_queue_running{_labels(queue=str(queue))} {int(running)}")
+        for q in rows:
+            out.append(f"tenure_queue_running{_labels(queue=q.queue)} {q.running}")
         family(
             "tenure_queue_oldest_age_seconds",
             "gauge",
             "Age of the oldest due task waiting in each queue (0 when none waits).",
         )
-        for queue, *_, oldest in rows:
-            age = float(oldest) if oldest is not None else 0.0
-            out.append(f"tenure_queue_oldest_age_seconds{_labels(queue=str(queue))} {age:.3f}")
+        for q in rows:
+            age = q.oldest_age if q.oldest_age is not None else 0.0
+            out.append(f"tenure_queue_oldest_age_seconds{_labels(queue=q.queue)} {age:.3f}")
         return "\n".join(out) + "\n"
-
-
-def worker_ready(worker: Worker) -> tuple[bool, str]:
-    """Whether the worker takes work now, and why not: starting, draining,
-    self-fenced, or finished outcomes it has not written for longer than a lease."""
-    if not worker.ready.is_set():
-        return False, "starting"
-    if worker._draining:
-        return False, "draining"
-    heartbeat = getattr(worker, "heartbeat", None)
-    if heartbeat is not None and heartbeat.fenced:
-        return False, "self-fenced"
-    completer = getattr(worker, "completer", None)
-    if completer is not None:
-        stalled = completer.stalled_for()
-        if stalled > worker.config.lease.total_seconds():
-            why = f": {completer.last_error}" if completer.last_error else ""
-            return False, f"outcomes unwritten for {stalled:.0f}s{why}"
-    return True, "ready"

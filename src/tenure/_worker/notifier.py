@@ -1,4 +1,4 @@
-"""Notifier: LISTEN on the schema's channel and wake the claimer for our queues.
+"""Notifier: LISTEN on the schema's channel and wake the claim loop for our queues.
 
 The same channel carries ``!cancel:<id>`` when an operator cancels a running task,
 so the worker that holds it stops it at once instead of at its next heartbeat.
@@ -16,25 +16,25 @@ Rules:
   only delays a cancel.
 - A payload no tenure process sends (``!cancel:abc``) is logged once per kind and
   ignored; the listening connection stays up.
-- When the listening connection breaks it is reopened with backoff; the claimer's
-  poll interval covers the gap. With ``listen=False`` (connection poolers in
-  transaction mode) the notifier is not started and polling alone drives claims.
+- When the listening connection breaks it is reopened with backoff (one pass of the
+  loop is one listening session); the claim loop's poll interval covers the gap.
+  With ``listen=False`` (connection poolers in transaction mode) the notifier is not
+  started and polling alone drives claims.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 from uuid import UUID
 
-from psycopg import sql
-
-from tenure._db import arrays
 from tenure._db.connect import backoff_delay, describe
-from tenure._db.sqlfiles import channel_name
-from tenure._worker.link import Link
+from tenure._store.worker import AsyncStore
+from tenure._worker.clock import MONOTONIC, Clock
+from tenure._worker.service import Service
 from tenure._worker.state import Holdings
 
 log = logging.getLogger(__name__)
@@ -67,25 +67,29 @@ class CancelHints:
 
     def __init__(
         self,
-        link: Link,
+        store: AsyncStore,
         holdings: Holdings,
         worker_id: UUID,
         cancel: Callable[[int], None],
+        events: Counter[str],
         gap: timedelta = CANCEL_LOOKUP_GAP,
+        clock: Clock = MONOTONIC,
     ) -> None:
-        self.link = link
+        self.store = store
         self.holdings = holdings
         self.worker_id = worker_id
         self.cancel = cancel
+        self.events = events
         self.gap = gap.total_seconds()
+        self.clock = clock
         self.pending: set[int] = set()
         self.lookups = 0
         self._task: asyncio.Task[None] | None = None
 
     def add(self, task_id: int) -> None:
         """A notification named ``task_id``: look at its row soon if this worker holds it."""
-        held = self.holdings.held.get(task_id)
-        if held is None or held.completing:
+        held = self.holdings.get(task_id)
+        if held is None or held.outcome_pending:
             return  # not ours, or its outcome is already on its way: nothing to stop
         self.pending.add(task_id)
         if self._task is None:
@@ -99,7 +103,7 @@ class CancelHints:
                 except Exception:  # a bug of ours: the heartbeat still reads the flag
                     log.exception("cancel_lookup_failed worker=%s", self.worker_id)
                 # Stay a while so hints arriving now wait for one look-up, not start one.
-                await asyncio.sleep(self.gap)
+                await self.clock.sleep(self.gap)
         finally:
             self._task = None
 
@@ -108,32 +112,24 @@ class CancelHints:
         asked = {
             task_id: held.claimed.attempt
             for task_id in ids
-            if (held := self.holdings.held.get(task_id)) is not None and not held.completing
+            if (held := self.holdings.get(task_id)) is not None and not held.outcome_pending
         }
         if not asked:
             return []
         self.lookups += 1
         try:
-            rows = await self.link.fetch(
-                "tasks_cancel_requested",
-                {
-                    "worker": self.worker_id,
-                    "ids": arrays.ints(asked),
-                    "attempts": arrays.ints(asked.values()),
-                },
-            )
+            flagged = await self.store.cancel_requested(worker=self.worker_id, held=asked)
         except Exception as exc:  # the next heartbeat reads the same flag
             log.warning("cancel_lookup_failed error=%s", describe(exc))
             return []
         confirmed: list[int] = []
-        for (task_id,) in rows:
-            held = self.holdings.held.get(task_id)
-            if held is not None and held.claimed.attempt == asked[task_id]:
+        for task_id in flagged:
+            if self.holdings.holds(task_id, asked[task_id]) is not None:
                 self.cancel(task_id)
                 confirmed.append(task_id)
         unconfirmed = len(asked) - len(confirmed)
         if unconfirmed:
-            self.holdings.counts["cancel_hint_unconfirmed"] += unconfirmed
+            self.events["cancel_hint_unconfirmed"] += unconfirmed
             log.debug("cancel_hint_unconfirmed tasks=%d worker=%s", unconfirmed, self.worker_id)
         return confirmed
 
@@ -148,31 +144,30 @@ class CancelHints:
                 pass
 
 
-class Notifier:
+class Notifier(Service):
+    """Listens, one session a pass; a broken session is followed by a backoff."""
+
     name = "notifier"
 
     def __init__(
         self,
-        link: Link,
+        store: AsyncStore,
         queues: tuple[str, ...],
         wake: Callable[[], None],
         hints: CancelHints,
+        clock: Clock = MONOTONIC,
     ) -> None:
-        self.link = link
+        super().__init__(0.0, jitter=0.0, clock=clock)
+        self.store = store
         self.queues = set(queues)
-        self.wake = wake
+        self.wake_claims = wake
         self.hints = hints
-        self._task: asyncio.Task[None] | None = None
-        self.received = 0
         self._ignored: set[str] = set()  # kinds of bad notification already logged
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name=self.name)
 
     def handle(self, payload: str) -> None:
         """Act on one notification's payload; a bad one is ignored (and logged once)."""
         if payload in self.queues:
-            self.wake()
+            self.wake_claims()
         elif payload.startswith(CANCEL_PREFIX):
             task_id = parse_cancel(payload)
             if task_id is None:
@@ -193,41 +188,26 @@ class Notifier:
             self._ignored.add(kind)
             log.warning(message, *args)
 
-    async def _loop(self) -> None:
-        failures = 0
-        channel = sql.Identifier(channel_name(self.link.schema))
-        while True:
-            try:
-                conn = await self.link.connection()
-                await conn.execute(sql.SQL("LISTEN {}").format(channel))
-                failures = 0
-                self.wake()  # anything sent while we were not listening
-                async for note in conn.notifies():
-                    self.received += 1
-                    try:
-                        self.handle(note.payload)
-                    except Exception as exc:  # a bug of ours must not drop the listener
-                        self._once(
-                            f"handler_error:{type(exc).__name__}",
-                            "notification_ignored kind=handler_error payload=%r error=%r",
-                            _shown(note.payload),
-                            exc,
-                        )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures += 1
-                log.warning("notifier_failed error=%s", describe(exc))
-                await self.link.close()
-                await asyncio.sleep(backoff_delay(failures, base=0.2, cap=5.0))
+    async def run_once(self) -> None:
+        """One listening session, until its connection breaks (then it raises)."""
+        async with self.store.listening() as payloads:
+            self.failures = 0
+            self.wake_claims()  # anything sent while we were not listening
+            async for payload in payloads:
+                try:
+                    self.handle(payload)
+                except Exception as exc:  # a bug of ours must not drop the listener
+                    self._once(
+                        f"handler_error:{type(exc).__name__}",
+                        "notification_ignored kind=handler_error payload=%r error=%r",
+                        _shown(payload),
+                        exc,
+                    )
+
+    def next_delay(self) -> float:
+        return backoff_delay(self.failures, base=0.2, cap=5.0) if self.failures else 0.0
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await super().stop()
         await self.hints.stop()
-        await self.link.close()
+        await self.store.close()

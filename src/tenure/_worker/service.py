@@ -1,9 +1,13 @@
 """The shape every background loop shares: start, stop, wake, and one public pass.
 
-``run_once()`` does one pass and returns a small result the tests assert on. The
-loop calls it every ``interval`` (shortened by up to ``jitter`` so a fleet does not
-fire in step) or sooner when woken; an exception in one pass is logged and the
-loop goes on.
+Rules:
+- ``run_once()`` does one pass and returns a small result the tests assert on; tests
+  call it directly.
+- The loop calls it every ``interval`` (shortened by up to ``jitter`` so a fleet does
+  not fire in step) or sooner when woken; :meth:`Service.next_delay` may say otherwise
+  (a backoff after failures). An exception in one pass is logged (:meth:`Service.failed`)
+  and the loop goes on.
+- Every wait goes through the injected :class:`~tenure._worker.clock.Clock`.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ import logging
 import random
 from typing import Any
 
+from tenure._db.connect import describe
+from tenure._worker.clock import MONOTONIC, Clock
+
 log = logging.getLogger(__name__)
 
 
@@ -21,14 +28,14 @@ class Service:
 
     name = "service"
 
-    def __init__(self, interval: float, *, jitter: float = 0.1) -> None:
+    def __init__(self, interval: float, *, jitter: float = 0.1, clock: Clock = MONOTONIC) -> None:
         self.interval = interval
         self.jitter = jitter
+        self.clock = clock
+        self.failures = 0  # passes failed in a row
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self.passes = 0
-        self.failures = 0
 
     async def run_once(self) -> Any:
         raise NotImplementedError
@@ -52,24 +59,22 @@ class Service:
             self._task = None
 
     def next_delay(self) -> float:
+        """Seconds from the end of one pass to the next."""
         return self.interval * (1 - random.uniform(0, self.jitter))
+
+    def failed(self, exc: Exception) -> None:
+        """A pass raised ``exc``."""
+        log.warning("%s_failed error=%s", self.name, describe(exc))
 
     async def _loop(self) -> None:
         while not self._stopping:
             try:
                 await self.run_once()
-                self.passes += 1
+                self.failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # one bad pass must not end the loop
                 self.failures += 1
-                log.warning(
-                    "%s_failed error=%s",
-                    self.name,
-                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-                )
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.next_delay())
-            except TimeoutError:
-                pass
+                self.failed(exc)
+            await self.clock.wait(self._wake, self.next_delay())
             self._wake.clear()

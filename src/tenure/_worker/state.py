@@ -1,83 +1,66 @@
-"""What one worker process holds: the attempts it owns and its counters."""
+"""What one worker process holds: the attempts it owns, from claim until the outcome is written.
+
+Rules:
+- :class:`Holdings` changes only through its methods, and only the claim loop calls
+  the ones that change it (:class:`~tenure._worker.claim_loop.ClaimLoop` and its
+  outcome writer, :class:`~tenure._worker.completer.Outcomes`); the heartbeat, the
+  cancel hints and the observers read it.
+- The running and waiting counts are kept up to date as attempts change, since the
+  claim loop asks for them after every task.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
+from collections.abc import Collection
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
+from tenure._store.worker_rows import Claimed
 from tenure.context import TaskContext
-
-
-class Claimed(NamedTuple):
-    """A row the claimer handed over: this worker now holds its lease."""
-
-    id: int
-    task_name: str
-    queue: str
-    payload: str  # JSON text: the task's type parses and validates it in one pass
-    attempt: int
-    errors: int
-    crashes: int
 
 
 @dataclass
 class Held:
     """An attempt this worker holds a lease on, from claim until its outcome is written.
 
-    ``started`` and ``completing`` change only through :class:`Holdings`, which keeps
-    the counts of running and waiting attempts as they change.
+    ``started`` and ``outcome_pending`` change only through :class:`Holdings`, which
+    keeps the counts of running and waiting attempts as they change.
     """
 
     claimed: Claimed
     context: TaskContext
     started: bool = False  # False while prefetched: claimed but not yet running
-    completing: bool = False  # outcome handed to the completer, not yet written
+    outcome_pending: bool = False  # its outcome waits to be written
     thread: Future[Any] | None = None  # the pool job of a sync task while it runs
 
     def set_thread(self, job: Future[Any]) -> None:
         self.thread = job
 
 
-@dataclass
 class Holdings:
-    """The held attempts by task id, plus event counters (names match the log events).
+    """The held attempts by task id."""
 
-    The claim loop asks for the running and waiting counts after every task, so they
-    are kept up to date rather than counted over ``held``.
-    """
+    def __init__(self) -> None:
+        self._held: dict[int, Held] = {}
+        # Tasks whose attempts were given up while self-fenced and whose rows may still
+        # name this worker, until the reaper expires them.
+        self._surrendered: set[int] = set()
+        self._running = 0
+        self._open = 0  # held, outcome not yet known
 
-    held: dict[int, Held] = field(default_factory=dict)
-    counts: Counter[str] = field(default_factory=Counter)
-    # Tasks whose attempts were given up while self-fenced and whose rows may still
-    # name this worker, until the reaper expires them.
-    surrendered: set[int] = field(default_factory=set)
-    _running: int = 0
-    _open: int = 0  # held and outcome not yet handed over
+    # -- reading -------------------------------------------------------------------
 
-    def add(self, held: Held) -> None:
-        """A newly claimed attempt; it replaces an older attempt of the same task."""
-        older = self.held.get(held.claimed.id)
-        if older is not None:
-            self.drop(held.claimed.id, older.claimed.attempt)
-        self.surrendered.discard(held.claimed.id)
-        self.held[held.claimed.id] = held
-        self._open += 1
+    def get(self, task_id: int) -> Held | None:
+        return self._held.get(task_id)
 
-    def start(self, held: Held) -> None:
-        """The attempt's function begins to run."""
-        if not held.started and not held.completing:
-            self._running += 1
-        held.started = True
+    def holds(self, task_id: int, attempt: int) -> Held | None:
+        """The held attempt ``attempt`` of ``task_id``, or None."""
+        held = self._held.get(task_id)
+        return held if held is not None and held.claimed.attempt == attempt else None
 
-    def complete(self, held: Held) -> None:
-        """The attempt's outcome has been handed to the completer."""
-        if not held.completing:
-            self._open -= 1
-            if held.started:
-                self._running -= 1
-        held.completing = True
+    def __len__(self) -> int:
+        return len(self._held)
 
     def running(self) -> int:
         """Attempts whose function is running now."""
@@ -89,19 +72,53 @@ class Holdings:
 
     def snapshot(self) -> dict[int, int]:
         """Task id to attempt for every lease this worker holds."""
-        return {tid: h.claimed.attempt for tid, h in self.held.items()}
+        return {tid: h.claimed.attempt for tid, h in self._held.items()}
 
-    def surrender(self, task_id: int, attempt: int) -> Held | None:
-        """Give up an attempt whose row may go on naming this worker until it expires."""
-        held = self.drop(task_id, attempt)
+    def surrendered(self) -> frozenset[int]:
+        return frozenset(self._surrendered)
+
+    # -- changing (the claim loop only) -----------------------------------------------
+
+    def claimed(self, held: Held) -> None:
+        """A newly claimed attempt; it replaces an older attempt of the same task."""
+        older = self._held.get(held.claimed.id)
+        if older is not None:
+            self.settled(held.claimed.id, older.claimed.attempt)
+        self._surrendered.discard(held.claimed.id)
+        self._held[held.claimed.id] = held
+        self._open += 1
+
+    def started(self, held: Held) -> None:
+        """The attempt's function begins to run."""
+        if not held.started and not held.outcome_pending:
+            self._running += 1
+        held.started = True
+
+    def outcome_known(self, held: Held) -> None:
+        """The attempt's outcome is known and waits to be written: its slot is free."""
+        if not held.outcome_pending:
+            self._open -= 1
+            if held.started:
+                self._running -= 1
+        held.outcome_pending = True
+
+    def settled(self, task_id: int, attempt: int) -> Held | None:
+        """The attempt's outcome was written (or fenced out): it is no longer held."""
+        held = self.holds(task_id, attempt)
         if held is not None:
-            self.surrendered.add(task_id)
+            del self._held[task_id]
+            self.outcome_known(held)
         return held
 
-    def drop(self, task_id: int, attempt: int) -> Held | None:
-        held = self.held.get(task_id)
-        if held is not None and held.claimed.attempt == attempt:
-            del self.held[task_id]
-            self.complete(held)
-            return held
-        return None
+    def lose(self, task_id: int, attempt: int, *, surrender: bool = False) -> Held | None:
+        """Another owner may hold the attempt now; with ``surrender``, its row may go on
+        naming this worker until the reaper expires it (so it is not handed back as
+        never received)."""
+        held = self.settled(task_id, attempt)
+        if held is not None and surrender:
+            self._surrendered.add(task_id)
+        return held
+
+    def keep_surrendered(self, kept: Collection[int]) -> None:
+        """Of the surrendered tasks, only ``kept`` still name this worker."""
+        self._surrendered.intersection_update(kept)

@@ -14,23 +14,25 @@ Rules:
   only. At INFO, a ``tasks_summary`` line every ``summary_interval`` while tasks
   were claimed or finished counts what happened since the previous one, and a
   last one when the worker stops.
-- The summary reads the worker's own event counters (``Holdings.counts``), so the
-  hot path pays nothing for it; only a failure pays for its line.
+- The summary reads the worker's event counters from a
+  :class:`~tenure._worker.status.WorkerStatus` snapshot, so the hot path pays
+  nothing for it; only a failure pays for its line.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from uuid import UUID
 
-from tenure._worker.completer import Outcome
+from tenure._store.worker_rows import Outcome
+from tenure._worker.clock import MONOTONIC, Clock
 from tenure._worker.service import Service
-from tenure._worker.state import Held, Holdings
+from tenure._worker.state import Held
+from tenure._worker.status import WorkerStatus
 
 log = logging.getLogger(__name__)
 
@@ -112,29 +114,26 @@ class TaskLog(Service):
 
     def __init__(
         self,
-        holdings: Holdings,
         worker_id: UUID,
         interval: float,
+        status: Callable[[], WorkerStatus],
         *,
-        prefetched: Callable[[], int] = lambda: 0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = MONOTONIC,
         rate: float = FAILURE_RATE,
         burst: int = FAILURE_BURST,
     ) -> None:
-        super().__init__(interval, jitter=0.0)
-        self.holdings = holdings
+        super().__init__(interval, jitter=0.0, clock=clock)
         self.worker_id = worker_id
-        self.prefetched = prefetched
-        self.clock = clock
+        self.status = status
         self.rate = rate
         self.burst = burst
         self._tokens = float(burst)
-        self._refilled = clock()
-        self._since = clock()
+        self._refilled = clock.now()
+        self._since = clock.now()
         self._seen: Counter[str] = Counter()
         self.suppressed = 0  # failure lines left out since the last summary
 
-    # -- per attempt (called by the completer as it settles outcomes) -------------
+    # -- per attempt (called by the claim loop as it settles outcomes) ------------
 
     def settled(self, event: str, outcome: Outcome, held: Held | None) -> None:
         """One settled outcome: a failure's line (rate-limited), else a DEBUG line."""
@@ -170,7 +169,7 @@ class TaskLog(Service):
 
     def _allow(self) -> bool:
         """Take a token for a failure line; count the line as suppressed if none is left."""
-        now = self.clock()
+        now = self.clock.now()
         self._tokens = min(float(self.burst), self._tokens + (now - self._refilled) * self.rate)
         self._refilled = now
         if self._tokens >= 1.0:
@@ -193,18 +192,19 @@ class TaskLog(Service):
 
     def summarise(self) -> Summary | None:
         """Log what happened since the last summary; None (and no line) if nothing did."""
-        now = self.clock()
-        counts = self.holdings.counts
-        delta = {field: counts[event] - self._seen[event] for field, event in SUMMED}
+        now = self.clock.now()
+        status = self.status()
+        counts = status.events
+        delta = {field: counts.get(event, 0) - self._seen[event] for field, event in SUMMED}
         seconds, self._since = now - self._since, now
-        self._seen = Counter({event: counts[event] for _, event in SUMMED})
+        self._seen = Counter({event: counts.get(event, 0) for _, event in SUMMED})
         if not any(delta.values()) and not self.suppressed:
             return None
         finished = sum(delta[field] for field in _FINISHED)
         summary = Summary(
             counts=delta,
-            running=self.holdings.running(),
-            prefetched=self.prefetched(),
+            running=status.running,
+            prefetched=status.prefetched,
             per_s=finished / seconds if seconds > 0 else 0.0,
             suppressed=self.suppressed,
             seconds=seconds,
