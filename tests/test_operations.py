@@ -72,7 +72,7 @@ def test_retry_runs_a_failed_task_again_with_fresh_budgets(
     failing = fleet_app.always_fails.send({})
     eventually(lambda: failing.state() == "failed", timeout=30)
     client = fleet_app.reg.client
-    assert client.retry(handle.id) == "succeeded"  # nothing to retry
+    assert client.retry(handle.id) == "unchanged:succeeded"  # nothing to retry
     assert client.retry(failing.id) == "queued"
     eventually(lambda: failing.state() == "failed", timeout=30, what="failed again")
     attempts = [r[0] for r in client.attempts(failing.id)]
