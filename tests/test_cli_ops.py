@@ -141,14 +141,20 @@ def test_status_ranks_keys_from_a_sample_when_the_table_is_deep(
     client = fleet_app.reg.client
     # When the table counts as small, Then every key count is exact
     exact = client.key_counts(10)
-    assert [(k[1], k[2], k[4]) for k in exact] == [("big", 2000, False), ("small", 5, False)]
+    assert [(k.key, k.queued, k.estimated) for k in exact] == [
+        ("big", 2000, False),
+        ("small", 5, False),
+    ]
     # When it counts as deep (any size over 0 bytes), Then the counts come from a page
     # sample, scaled up, and are flagged as estimates (a half sample: about half the
     # pages, each count doubled)
     whole = client.key_counts(10, exact_bytes=0, sample_percent=100)
-    assert [(k[1], k[2], k[4]) for k in whole] == [("big", 2000, True), ("small", 5, True)]
+    assert [(k.key, k.queued, k.estimated) for k in whole] == [
+        ("big", 2000, True),
+        ("small", 5, True),
+    ]
     half = client.key_counts(10, exact_bytes=0, sample_percent=50)
-    assert all(k[4] and k[2] % 2 == 0 for k in half)
+    assert all(k.estimated and k.queued % 2 == 0 for k in half)
 
 
 @pytest.mark.parametrize(

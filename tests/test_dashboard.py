@@ -108,7 +108,7 @@ def dashboard(
     database_url: str, schema: str, tmp_path: Path, fleet_app: Any
 ) -> Iterator[Callable[..., Dashboard]]:
     started: list[Dashboard] = []
-    fleet_app.reg.client.execute("dashboard_now", {})  # migrate the test schema first
+    fleet_app.reg.client.open()  # migrate the test schema first
 
     def start(*args: str) -> Dashboard:
         d = Dashboard(tmp_path, "--dsn", database_url, "--schema", schema, "--refresh", "1", *args)
@@ -475,7 +475,7 @@ def test_browser_retries_a_failed_task_by_clicking(
     expect(page.locator("#attempts tbody tr")).to_have_count(6, timeout=30_000)
     expect(page.locator("#task-state")).to_have_text("failed")
     page.screenshot(path=str(ARTIFACTS / "dashboard-task.png"), full_page=True)
-    assert [a[0] for a in fleet_app.reg.client.attempts(failing.id)] == [1, 2, 3, 4, 5, 6]
+    assert [a.attempt for a in fleet_app.reg.client.attempts(failing.id)] == [1, 2, 3, 4, 5, 6]
 
 
 def test_browser_pauses_a_queue_and_claims_stop(

@@ -11,6 +11,8 @@ import psycopg
 import pytest
 
 from tenure import ResultTimeout, TaskCancelled, TaskFailed, TaskNotFound
+from tenure.client import RetryResult
+from tenure.states import TaskState
 from tests.conftest import direct_url, eventually, worker_id_of
 
 pytestmark = pytest.mark.acceptance
@@ -72,10 +74,10 @@ def test_retry_runs_a_failed_task_again_with_fresh_budgets(
     failing = fleet_app.always_fails.send({})
     eventually(lambda: failing.state() == "failed", timeout=30)
     client = fleet_app.reg.client
-    assert client.retry(handle.id) == "unchanged:succeeded"  # nothing to retry
-    assert client.retry(failing.id) == "queued"
+    assert client.retry(handle.id) == RetryResult(handle.id, False, TaskState.SUCCEEDED)
+    assert client.retry(failing.id) == RetryResult(failing.id, True, TaskState.QUEUED)
     eventually(lambda: failing.state() == "failed", timeout=30, what="failed again")
-    attempts = [r[0] for r in client.attempts(failing.id)]
+    attempts = [a.attempt for a in client.attempts(failing.id)]
     assert attempts == [1, 2, 3, 4, 5, 6]  # the attempt number went on: still a fencing token
     with pytest.raises(TaskNotFound):
         client.retry(10**9)

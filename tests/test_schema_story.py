@@ -24,7 +24,7 @@ from psycopg.conninfo import make_conninfo
 
 from examples.documents import corpus
 from tenure import Registry
-from tenure._cli_output import Column, console, fit_table
+from tenure._cli.output import Column, console, fit_table
 from tenure.dashboard import views
 from tests.conftest import CHILD_PYTHONPATH, ROOT, eventually, tenure_cli, worker_id_of
 from tests.test_dashboard import Dashboard
@@ -242,7 +242,7 @@ def test_a_succeeded_task_shows_its_earlier_error_under_its_attempts_only(
     assert listed["tasks"][0]["last_error"] is None
     assert "fails late" not in ok(tenure_cli("tasks", "list", *where))
     client = fleet_app.reg.client
-    now = client.execute("dashboard_now", {})[0][0]
+    now = client.store.dashboard_now()
     detail = views.task_detail(client, handle.id, now)
     assert detail["last_error"] is None and "fails late" in detail["attempts"][0]["error"]
     rows = views.task_list(client, views.TaskFilters(), now)["tasks"]
