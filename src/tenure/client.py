@@ -306,7 +306,7 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         if dbconnect.behind_transaction_pooler():  # no LISTEN through the pooler: poll
             return self._poll(task_id, deadline, timeout)
-        with self.store.task_done_waiter(task_id=task_id) as notified:
+        with self.store.result_waiter(task_id=task_id) as notified:
             while True:
                 found = self._finished_or_wait(task_id, deadline, timeout, 30.0)
                 if isinstance(found, TaskInfo):

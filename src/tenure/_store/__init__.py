@@ -135,12 +135,7 @@ class Store:
     def task_retry(self, *, task_id: int) -> RetryResult | None:
         """What retrying the task did; None: no such task."""
         (answer,) = self.session.fetch("task_retry", {"id": task_id}, scalar_row)
-        if answer == "missing":
-            return None
-        if answer == "queued":
-            return RetryResult(task_id, True, TaskState.QUEUED)
-        # 'unchanged:<state>' (the functions of an earlier release answer the bare state)
-        return RetryResult(task_id, False, TaskState(str(answer).removeprefix("unchanged:")))
+        return retry_answer(task_id, str(answer))
 
     def tasks_prune(self, *, older_than: timedelta, batch: int) -> int:
         """Delete one batch of finished tasks older than ``older_than``; how many."""
@@ -149,7 +144,7 @@ class Store:
         return int(deleted)
 
     @contextmanager
-    def task_done_waiter(self, *, task_id: int) -> Iterator[Callable[[float], None]]:
+    def result_waiter(self, *, task_id: int) -> Iterator[Callable[[float], None]]:
         """Listen, on a connection of its own, for ``task_id`` to finish; yields
         ``wait(seconds)``, which returns once a notice that may concern the task came
         or ``seconds`` passed. Registered as a waiter meanwhile (see ``complete()``)."""
@@ -224,3 +219,14 @@ class Store:
 
     def dashboard_task_names(self) -> list[str]:
         return [str(n) for n in self.session.fetch("dashboard_task_names", {}, scalar_row)]
+
+
+def retry_answer(task_id: int, answer: str) -> RetryResult | None:
+    """``retry_task``'s answer: ``queued`` (it queued the task again),
+    ``unchanged:<state>`` (it did nothing), ``missing`` (None). The functions of an
+    earlier release answer the bare state, and ``queued`` for a queued task too."""
+    if answer == "missing":
+        return None
+    if answer == "queued":
+        return RetryResult(task_id, True, TaskState.QUEUED)
+    return RetryResult(task_id, False, TaskState(answer.removeprefix("unchanged:")))
