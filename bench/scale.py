@@ -393,19 +393,23 @@ def status_figures(url: str, label: str, report: Report) -> None:
     client = Client(url, schema=SCHEMA)
     try:
         queues, took = timed(client.queue_counts)
-        q = next(r for r in queues if r[0] == "default")
-        marks = ["~" if q[13] else "", "~" if q[15] else ""]
+        q = next(r for r in queues if r.queue == "default")
+        marks = ["~" if q.queued_estimated else "", "~" if q.finished_estimated else ""]
         report.add(
             f"{label}: status queue counts",
-            f"{ms(took)} (queued {marks[0]}{q[1]:,}, failed {marks[1]}{q[5]:,}; ~ = estimate)",
+            f"{ms(took)} (queued {marks[0]}{q.queued:,}, failed {marks[1]}{q.failed:,}; "
+            "~ = estimate)",
         )
         keys, took = timed(client.key_counts, 10)
         report.add(
             f"{label}: status top keys",
-            f"{ms(took)} ({'sampled estimates' if keys and keys[0][4] else 'exact'})",
+            f"{ms(took)} ({'sampled estimates' if keys and keys[0].estimated else 'exact'})",
         )
         params = {"queues": ["default"], "names": [task_defaults()["name"]]}
-        unknown, took = timed(client.execute, "tasks_unknown", params)
+        with psycopg.connect(url, autocommit=True) as conn:  # as the worker's check runs it
+            unknown, took = timed(
+                lambda: conn.execute(sqlfiles.query("tasks_unknown", SCHEMA), params).fetchall()
+            )
         report.add(f"{label}: unknown-task check", f"{ms(took)} (found {[r[0] for r in unknown]})")
     finally:
         client.close()

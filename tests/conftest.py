@@ -202,6 +202,46 @@ def eventually(
     raise AssertionError(f"not true within {timeout}s: {what or check} (last: {last!r})")
 
 
+def task_in(db: psycopg.Connection[Any], state: str, *, queue: str = "work") -> int:
+    """The id of a new task row in ``state``, written as the worker's statements leave
+    one (no worker needed): waiting or running in ``tasks``, ended in
+    ``finished_tasks`` after one attempt. ``db`` has the test schema on its path."""
+    if state in ("scheduled", "queued", "running"):
+        running = state == "running"
+        row = db.execute(
+            """
+            INSERT INTO tasks (task_name, queue, payload, max_attempts, max_crashes, state,
+                               attempt, lease_owner, lease_expires_at, started_at, run_after)
+            VALUES ('made.in_a_state', %(queue)s, '{}', 5, 3, %(state)s, %(attempt)s,
+                    CASE WHEN %(running)s THEN gen_random_uuid() END,
+                    CASE WHEN %(running)s THEN now() + interval '1 hour' END,
+                    CASE WHEN %(running)s THEN now() END,
+                    now() + %(delay)s::interval)
+            RETURNING id""",
+            {
+                "queue": queue,
+                "state": state,
+                "attempt": int(running),
+                "running": running,
+                "delay": "1 hour" if state == "scheduled" else "0",
+            },
+        ).fetchone()
+    else:
+        row = db.execute(
+            """
+            INSERT INTO finished_tasks (id, task_name, queue, payload, priority, state,
+                                        attempt, errors, crashes, created_at, last_error,
+                                        max_attempts, max_crashes)
+            VALUES (nextval('task_ids'), 'made.in_a_state', %(queue)s, '{}', 0, %(state)s, 1,
+                    CASE WHEN %(state)s = 'failed' THEN 1 ELSE 0 END, 0, now(),
+                    CASE WHEN %(state)s = 'succeeded' THEN NULL ELSE 'made so' END, 5, 3)
+            RETURNING id""",
+            {"state": state, "queue": queue},
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 class WorkerProcess:
     """A real ``tenure worker`` process for the test app, killed with real signals."""
 

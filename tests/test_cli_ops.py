@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from tenure.cli import main, run
-from tests.conftest import eventually, worker_id_of
+from tests.conftest import eventually, task_in, worker_id_of
 
 pytestmark = pytest.mark.acceptance
 
@@ -36,18 +37,26 @@ def test_tasks_list_filters_and_show_prints_payload_and_attempts(
     waiting = fleet_app.sleepy.send({"s": 0}, delay=3600)
     workers("--lease", "3s")
     eventually(lambda: done.state() == "succeeded" and failing.state() == "failed", timeout=30)
-    listed = cli("tasks", "list")
-    for handle in (done, failing, waiting):
-        assert f" {handle.id} " in listed
-    only_failed = cli("tasks", "list", "--state", "failed")
-    assert f" {failing.id} " in only_failed and f" {done.id} " not in only_failed
-    assert "always fails: cli test" in only_failed
-    by_key = cli("tasks", "list", "--key", "tenant-x")
-    assert f" {done.id} " in by_key and f" {failing.id} " not in by_key
+
+    def listed(*args: str) -> list[int]:
+        return [t["id"] for t in json.loads(cli("tasks", "list", *args, "--json"))["tasks"]]
+
+    assert listed() == [waiting.id, failing.id, done.id]  # newest first
+    assert listed("--state", "failed") == [failing.id]
+    assert listed("--key", "tenant-x") == [done.id]
+    assert "always fails: cli test" in cli("tasks", "list", "--state", "failed")
     shown = cli("tasks", "show", str(failing.id))
     assert '"why": "cli test"' in shown
-    assert shown.count(" error ") >= 3  # three attempts, each ended in error
     assert "Traceback" in shown  # the last error in full
+    doc = json.loads(cli("tasks", "show", str(failing.id), "--json"))
+    assert (doc["task"]["state"], doc["task"]["payload"]) == ("failed", {"why": "cli test"})
+    # three attempts, each ended in error
+    assert [(a["attempt"], a["outcome"]) for a in doc["attempts"]] == [
+        (1, "error"),
+        (2, "error"),
+        (3, "error"),
+    ]
+    assert all("always fails: cli test" in a["error"] for a in doc["attempts"])
     cli("tasks", "list", "--state", "bogus", code=2)
 
 
@@ -59,6 +68,28 @@ def test_tasks_cancel_and_retry(cli: Any, fleet_app: Any) -> None:
     assert f"task {handle.id} queued again" in cli("tasks", "retry", str(handle.id))
     assert handle.state() == "queued"
     assert "only failed, quarantined or cancelled" in cli("tasks", "retry", str(handle.id), code=1)
+
+
+@pytest.mark.parametrize("state", ["queued", "succeeded", "failed"])
+def test_tasks_retry_says_whether_it_queued_the_task(
+    cli: Any, db: psycopg.Connection[Any], state: str
+) -> None:
+    # Given a task in this state
+    task_id = task_in(db, state)
+    # When an operator retries it
+    if state == "failed":
+        # Then a failed one is queued again, and only then does the command say so
+        assert cli("tasks", "retry", str(task_id)) == f"task {task_id} queued again\n"
+    else:
+        # Then any other is left alone, and the one line says why (exit code 1)
+        said = cli("tasks", "retry", str(task_id), code=1)
+        assert "queued again" not in said
+        assert (
+            f"task {task_id} is {state}, so nothing was done; only failed, quarantined or "
+            "cancelled tasks can be retried"
+        ) in said
+    shown = json.loads(cli("tasks", "show", str(task_id), "--json"))["task"]
+    assert shown["state"] == ("queued" if state == "failed" else state)
 
 
 def test_queues_pause_and_resume(cli: Any, db: psycopg.Connection[Any]) -> None:
@@ -113,23 +144,28 @@ def test_status_estimates_counts_above_the_cap_and_says_so(
     db.execute("ANALYZE tasks")
     db.execute("ANALYZE finished_tasks")
 
-    # When status counts exactly up to its default cap, Then nothing is marked
-    exact = cli("status")
-    row = next(line for line in exact.splitlines() if " work " in line)
-    assert " 300 " in row and " 40 " in row and "~" not in exact
+    # When status counts exactly up to its default cap, Then every count is exact
+    queues = {q["queue"]: q for q in json.loads(cli("status", "--json"))["queues"]}
+    assert (queues["work"]["queued"], queues["work"]["failed"]) == (300, 40)
     # And a queue that holds nothing but failures is found too (by its index, not a scan)
-    row = next(line for line in exact.splitlines() if " only-failures " in line)
-    assert " 2 " in row
-    assert "~ estimate" not in exact
+    assert queues["only-failures"]["failed"] == 2
+    assert not any(q["queued_estimated"] or q["finished_estimated"] for q in queues.values())
+    # And the table marks nothing as an estimate
+    exact = cli("status")
+    assert "~" not in exact
 
-    # When the cap is below both counts, Then both are the planner's estimates, marked ~
-    capped = cli("status", "--count-cap", "25")
-    row = next(line for line in capped.splitlines() if " work " in line)
-    queued, failed = (int(x) for x in re.findall(r"~(\d+)", row)[:2])
-    assert 250 <= queued <= 360, row  # ANALYZE saw every row: close to the truth
-    assert 30 <= failed <= 50, row
-    assert "≥" in row  # the oldest age is now a lower bound
-    assert "~ estimate: more than 25 tasks" in capped
+    # When the cap is below both counts, Then both are the planner's estimates, flagged
+    capped = json.loads(cli("status", "--count-cap", "25", "--json"))["queues"]
+    (work,) = [q for q in capped if q["queue"] == "work"]
+    assert work["queued_estimated"] and work["finished_estimated"]
+    assert 250 <= work["queued"] <= 360, work  # ANALYZE saw every row: close to the truth
+    assert 30 <= work["failed"] <= 50, work
+    # And the table marks them ~, the oldest age as a lower bound, and says what ~ means
+    table = cli("status", "--count-cap", "25")
+    row = next(line for line in table.splitlines() if " work " in line)
+    assert re.findall(r"~(\d+)", row)[:2] == [str(work["queued"]), str(work["failed"])]
+    assert "≥" in row
+    assert "~ estimate: more than 25 tasks" in table
 
 
 def test_status_ranks_keys_from_a_sample_when_the_table_is_deep(
@@ -141,14 +177,20 @@ def test_status_ranks_keys_from_a_sample_when_the_table_is_deep(
     client = fleet_app.reg.client
     # When the table counts as small, Then every key count is exact
     exact = client.key_counts(10)
-    assert [(k[1], k[2], k[4]) for k in exact] == [("big", 2000, False), ("small", 5, False)]
+    assert [(k.key, k.queued, k.estimated) for k in exact] == [
+        ("big", 2000, False),
+        ("small", 5, False),
+    ]
     # When it counts as deep (any size over 0 bytes), Then the counts come from a page
     # sample, scaled up, and are flagged as estimates (a half sample: about half the
     # pages, each count doubled)
     whole = client.key_counts(10, exact_bytes=0, sample_percent=100)
-    assert [(k[1], k[2], k[4]) for k in whole] == [("big", 2000, True), ("small", 5, True)]
+    assert [(k.key, k.queued, k.estimated) for k in whole] == [
+        ("big", 2000, True),
+        ("small", 5, True),
+    ]
     half = client.key_counts(10, exact_bytes=0, sample_percent=50)
-    assert all(k[4] and k[2] % 2 == 0 for k in half)
+    assert all(k.estimated and k.queued % 2 == 0 for k in half)
 
 
 @pytest.mark.parametrize(

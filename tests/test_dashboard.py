@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import CHILD_PYTHONPATH, ROOT, eventually, worker_id_of
+from tests.conftest import CHILD_PYTHONPATH, ROOT, eventually, task_in, worker_id_of
 
 pytestmark = pytest.mark.acceptance
 
@@ -108,7 +108,7 @@ def dashboard(
     database_url: str, schema: str, tmp_path: Path, fleet_app: Any
 ) -> Iterator[Callable[..., Dashboard]]:
     started: list[Dashboard] = []
-    fleet_app.reg.client.execute("dashboard_now", {})  # migrate the test schema first
+    fleet_app.reg.client.open()  # migrate the test schema first
 
     def start(*args: str) -> Dashboard:
         d = Dashboard(tmp_path, "--dsn", database_url, "--schema", schema, "--refresh", "1", *args)
@@ -210,6 +210,33 @@ def test_actions_need_post_and_a_matching_csrf_token(
     )
     assert status == 303 and headers["location"] == "/"
     assert db.execute(paused).fetchone() == (False,)
+
+
+def test_retry_by_post_says_whether_it_queued_the_task(
+    dashboard: Any, db: psycopg.Connection[Any]
+) -> None:
+    # Given a queued, a succeeded and a failed task, and a dashboard with its CSRF cookie
+    d = dashboard()
+    assert d.request("/")[0] == 200
+    csrf = d.cookie("tenure_csrf") or ""
+    for state in ("queued", "succeeded", "failed"):
+        task_id = task_in(db, state)
+        # When the operator presses Retry on it
+        status, _, headers = d.request(f"/tasks/{task_id}/retry", data={"csrf": csrf})
+        assert status == 303 and headers["location"] == f"/tasks/{task_id}"
+        # Then the page it lands on says what happened: queued again only when it was
+        page = d.request(f"/tasks/{task_id}")[1]
+        flash = re.search(r'<div class="flash" role="status">(.*?)</div>', page)
+        assert flash is not None, page[:500]
+        if state == "failed":
+            assert flash.group(1) == f"Task {task_id} queued again"
+        else:
+            assert flash.group(1) == (
+                f"Task {task_id} is {state}: nothing to retry (only failed, quarantined or "
+                "cancelled tasks can be retried)"
+            )
+        shown = re.search(r'id="task-state"><span [^>]*>([a-z]+)</span>', page)
+        assert shown is not None and shown.group(1) == ("queued" if state == "failed" else state)
 
 
 def peak_memory_kb(pid: int) -> int:
@@ -475,7 +502,7 @@ def test_browser_retries_a_failed_task_by_clicking(
     expect(page.locator("#attempts tbody tr")).to_have_count(6, timeout=30_000)
     expect(page.locator("#task-state")).to_have_text("failed")
     page.screenshot(path=str(ARTIFACTS / "dashboard-task.png"), full_page=True)
-    assert [a[0] for a in fleet_app.reg.client.attempts(failing.id)] == [1, 2, 3, 4, 5, 6]
+    assert [a.attempt for a in fleet_app.reg.client.attempts(failing.id)] == [1, 2, 3, 4, 5, 6]
 
 
 def test_browser_pauses_a_queue_and_claims_stop(

@@ -10,8 +10,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from tenure import ResultTimeout, TaskCancelled, TaskFailed, TaskNotFound
-from tests.conftest import direct_url, eventually, worker_id_of
+from tenure import Registry, ResultTimeout, TaskCancelled, TaskFailed, TaskNotFound
+from tenure.client import RetryResult
+from tenure.states import RETRYABLE_STATES, TaskState
+from tests.conftest import direct_url, eventually, task_in, worker_id_of
 
 pytestmark = pytest.mark.acceptance
 
@@ -72,13 +74,33 @@ def test_retry_runs_a_failed_task_again_with_fresh_budgets(
     failing = fleet_app.always_fails.send({})
     eventually(lambda: failing.state() == "failed", timeout=30)
     client = fleet_app.reg.client
-    assert client.retry(handle.id) == "succeeded"  # nothing to retry
-    assert client.retry(failing.id) == "queued"
+    assert client.retry(handle.id) == RetryResult(handle.id, False, TaskState.SUCCEEDED)
+    assert client.retry(failing.id) == RetryResult(failing.id, True, TaskState.QUEUED)
     eventually(lambda: failing.state() == "failed", timeout=30, what="failed again")
-    attempts = [r[0] for r in client.attempts(failing.id)]
+    attempts = [a.attempt for a in client.attempts(failing.id)]
     assert attempts == [1, 2, 3, 4, 5, 6]  # the attempt number went on: still a fencing token
     with pytest.raises(TaskNotFound):
         client.retry(10**9)
+
+
+@pytest.mark.parametrize("state", list(TaskState))
+def test_retry_queues_exactly_the_retryable_states_and_says_what_it_did(
+    registry: Registry, db: psycopg.Connection[Any], state: TaskState
+) -> None:
+    # Given a task in this state (no worker runs)
+    registry.client.open()  # migrate
+    task_id = task_in(db, state)
+    # When an operator retries it
+    retried = registry.client.retry(task_id)
+    # Then a failed, quarantined or cancelled one is queued again, and the answer says so;
+    # any other is left as it was, and the answer names the state it is in
+    if state in RETRYABLE_STATES:
+        assert retried == RetryResult(task_id, True, TaskState.QUEUED)
+        info = registry.client.get(task_id)
+        assert (info.state, info.errors, info.crashes, info.attempt) == ("queued", 0, 0, 1)
+    else:
+        assert retried == RetryResult(task_id, False, state)
+        assert registry.client.get(task_id).state == state
 
 
 def test_a_paused_queue_is_not_claimed_until_resumed(

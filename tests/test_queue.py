@@ -184,7 +184,7 @@ def test_send_many_sends_nothing_if_one_payload_is_invalid(
 
     with pytest.raises(PayloadInvalid, match=r"payload \[1\] invalid: x:"):
         typed.send_many([{"x": 1}, {"x": "nope"}])
-    registry.client.execute("task_get", {"id": 0})  # connect + migrate
+    registry.client.open()  # connect + migrate
     assert db.execute("SELECT count(*) FROM tasks").fetchone() == (0,)
 
 
@@ -211,7 +211,7 @@ def test_concurrent_senders_with_one_key_create_one_task(
     noop: Any, registry: Registry, database_url: str, schema: str, db: psycopg.Connection[Any]
 ) -> None:
     ids: list[int] = []
-    registry.client.execute("task_get", {"id": 0})  # migrate once before the race
+    registry.client.open()  # migrate once before the race
 
     def send() -> None:
         reg = Registry(database_url, schema=schema)
@@ -231,7 +231,7 @@ def test_concurrent_senders_with_one_key_create_one_task(
 def test_transactional_enqueue_rolls_back_with_the_caller(
     noop: Any, database_url: str, db: psycopg.Connection[Any]
 ) -> None:
-    noop.registry.client.execute("task_get", {"id": 0})
+    noop.registry.client.open()
     with psycopg.connect(database_url) as conn:
         handle = noop.send({"a": 1}, connection=conn)
         conn.rollback()

@@ -378,21 +378,26 @@ def fill_deep_backlog(conn: psycopg.Connection[Any]) -> None:
     assert size is not None and size[0] > 16 * 2**20
 
 
+def run_as_tenure(database_url: str, schema: str, name: str, params: dict[str, Any]) -> Any:
+    """The rows of the worker's statement ``name``, run as tenure's role runs it."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        return conn.execute(sqlfiles.query(name, schema), params).fetchall()
+
+
 def test_the_unknown_task_check_reads_statistics_not_a_deep_backlog(
-    fleet_app: Any, db: psycopg.Connection[Any], schema: str
+    fleet_app: Any, db: psycopg.Connection[Any], schema: str, database_url: str
 ) -> None:
     fleet_app.sleepy.send({})  # migrate
-    client = fleet_app.reg.client
     params = {"queues": ["work"], "names": ["known", fleet_app.sleepy.name]}
     # Given a small backlog with 30 tasks no worker registered: read from the rows
     db.execute("""
         INSERT INTO tasks (task_name, queue, payload, max_attempts, max_crashes)
         SELECT 'ghost', 'work', '{}', 5, 3 FROM generate_series(1, 30)""")
-    assert client.execute("tasks_unknown", params) == [("ghost",)]
+    assert run_as_tenure(database_url, schema, "tasks_unknown", params) == [("ghost",)]
     # Given a deep one (past 16 MB) whose statistics are fresh
     fill_deep_backlog(db)
     # When the check runs, Then it names the unknown task without scanning the table
-    assert client.execute("tasks_unknown", params) == [("ghost",)]
+    assert run_as_tenure(database_url, schema, "tasks_unknown", params) == [("ghost",)]
     query = sqlfiles.query("tasks_unknown", schema)
     plan = "\n".join(
         r[0] for r in db.execute(b"EXPLAIN (ANALYZE, COSTS OFF) " + query, params).fetchall()
@@ -402,7 +407,7 @@ def test_the_unknown_task_check_reads_statistics_not_a_deep_backlog(
 
 
 def test_queue_depth_for_metrics_is_estimated_over_a_deep_backlog(
-    fleet_app: Any, db: psycopg.Connection[Any]
+    fleet_app: Any, db: psycopg.Connection[Any], schema: str, database_url: str
 ) -> None:
     # Given more queued tasks than the metrics count exactly (10,000), and fresh statistics
     fleet_app.sleepy.send_many([{"s": 0}] * 3)
@@ -412,7 +417,7 @@ def test_queue_depth_for_metrics_is_estimated_over_a_deep_backlog(
         FROM generate_series(1, 12000)""")
     db.execute("ANALYZE tasks")
     # When a worker's /metrics reads the queue depth
-    rows = {r[0]: r for r in fleet_app.reg.client.execute("metrics_queues", {})}
+    rows = {r[0]: r for r in run_as_tenure(database_url, schema, "metrics_queues", {})}
     # Then the depth is the planner's estimate, close to the truth, and the oldest age
     # is found among the tasks counted
     assert 11_000 <= rows["work"][1] <= 13_500, rows["work"]

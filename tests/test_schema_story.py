@@ -15,6 +15,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,8 @@ from psycopg.conninfo import make_conninfo
 
 from examples.documents import corpus
 from tenure import Registry
-from tenure._cli_output import Column, console, fit_table
+from tenure._cli.output import Column, console, fit_table
+from tenure._cli.workers import worker_cells
 from tenure.dashboard import views
 from tests.conftest import CHILD_PYTHONPATH, ROOT, eventually, tenure_cli, worker_id_of
 from tests.test_dashboard import Dashboard
@@ -242,7 +244,7 @@ def test_a_succeeded_task_shows_its_earlier_error_under_its_attempts_only(
     assert listed["tasks"][0]["last_error"] is None
     assert "fails late" not in ok(tenure_cli("tasks", "list", *where))
     client = fleet_app.reg.client
-    now = client.execute("dashboard_now", {})[0][0]
+    now = client.store.dashboard_now()
     detail = views.task_detail(client, handle.id, now)
     assert detail["last_error"] is None and "fails late" in detail["attempts"][0]["error"]
     rows = views.task_list(client, views.TaskFilters(), now)["tasks"]
@@ -276,10 +278,11 @@ def test_a_dead_workers_counts_are_not_shown_as_live(
     where = ["--dsn", database_url, "--schema", schema]
     (listed,) = json.loads(ok(tenure_cli("workers", "list", *where, "--json")))["workers"]
     assert listed["running"] is None and listed["last_reported_running"] == 2
-    table = ok(tenure_cli("workers", "list", *where))
-    line = next(line for line in table.splitlines() if str(w.pid) in line)
-    cells = [c.strip() for c in line.split("│") if c.strip()]
-    assert cells[6:8] == ["-", "-"]  # held, running
+    # And its table row shows - for held and running, as worker_cells makes them
+    (late,) = [r for r in fleet_app.reg.client.workers() if r.id == str(wid)]
+    report = late.report_at((datetime.now(UTC) - late.heartbeat_at).total_seconds())
+    assert report.live is False and report.running == 2
+    assert worker_cells(report) == ["-", "-"]
 
 
 @pytest.mark.parametrize("width", [60, 80, 120])

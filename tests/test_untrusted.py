@@ -54,7 +54,7 @@ def test_loopback_host_headers() -> None:
 @pytest.fixture
 def hostile_task(db: psycopg.Connection[Any], fleet_app: Any) -> int:
     """A failed task whose every text field carries escape codes or rich markup."""
-    fleet_app.reg.client.execute("dashboard_now", {})  # migrate the test schema first
+    fleet_app.reg.client.open()  # migrate the test schema first
     task_id = 900_001
     error = f"Traceback (most recent call last):\n  File 'x.py'\nRuntimeError: {HOSTILE}"
     db.execute(
@@ -188,7 +188,7 @@ def test_a_worker_logs_a_hostile_task_name_on_one_line(
     db: psycopg.Connection[Any], fleet_app: Any, workers: Any
 ) -> None:
     # Given a queued task whose name, unknown to the worker, forges a log line
-    fleet_app.reg.client.execute("dashboard_now", {})
+    fleet_app.reg.client.open()
     db.execute(
         "INSERT INTO tasks (task_name, queue, payload, max_attempts, max_crashes)"
         " VALUES (%s, 'work', '{}', 1, 1)",

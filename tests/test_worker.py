@@ -3,6 +3,7 @@ a second signal, and the operator's commands."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -121,11 +122,6 @@ def test_a_second_signal_stops_at_once_and_the_lease_then_expires(
     assert [r[1] for r in attempts_of(db, handle.id)] == ["lease_expired", "succeeded"]
 
 
-def cells_of(output: str, marker: str) -> list[str]:
-    line = next(line for line in output.splitlines() if marker in line)
-    return [c.strip() for c in line.split("│") if c.strip()]
-
-
 def test_status_shows_queues_limits_keys_workers_and_leases(
     fleet_app: Any, workers: Any, db: psycopg.Connection[Any], database_url: str, schema: str
 ) -> None:
@@ -145,15 +141,31 @@ def test_status_shows_queues_limits_keys_workers_and_leases(
         what="the worker published what it holds",
     )
     # When an operator asks for the status
-    result = tenure_cli("status", "--schema", schema, env={"TENURE_DATABASE_URL": database_url})
+    result = tenure_cli(
+        "status", "--schema", schema, "--json", env={"TENURE_DATABASE_URL": database_url}
+    )
     assert result.returncode == 0, result.stderr
-    out = result.stdout
-    # Then each table shows it: queue counts, the limited task, the largest key, the worker
-    assert cells_of(out, "│ work ")[:4] == ["work", "1", "1", "3"]  # queued, scheduled, running
-    assert cells_of(out, "three_at_a_time")[1:] == ["0/3", "-"]
-    assert cells_of(out, "tenant-x") == ["work", "tenant-x", "1", "3"]
-    worker = cells_of(out, str(w.pid))
-    assert worker[3] == "active" and worker[6:9] == ["3", "3", "2"]  # leases, held, running
+    doc = json.loads(result.stdout)
+    # Then it shows each: queue counts, the limited task, the largest key, the worker
+    (work,) = [q for q in doc["queues"] if q["queue"] == "work"]
+    assert (work["queued"], work["scheduled"], work["running"]) == (1, 1, 3)
+    limits = {x["task"]: x for x in doc["task_limits"]}
+    assert limits[fleet_app.three_at_a_time.name] == {
+        "task": fleet_app.three_at_a_time.name,
+        "running": 0,
+        "max_concurrency": 3,
+        "max_concurrency_per_key": None,
+    }
+    assert doc["partition_keys"][0] == {
+        "queue": "work",
+        "key": "tenant-x",
+        "queued": 1,
+        "queued_estimated": False,
+        "running": 3,
+    }
+    (worker,) = [x for x in doc["workers"] if x["pid"] == w.pid]
+    assert worker["state"] == "active"
+    assert (worker["leases"], worker["held"], worker["running"]) == (3, 3, 2)
 
 
 def test_db_url_prints_the_dsn_in_use(database_url: str) -> None:

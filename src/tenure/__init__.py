@@ -9,7 +9,7 @@
 __version__ = "0.1.0"
 
 from tenure._untrusted import inert
-from tenure.client import Client, TaskInfo
+from tenure.client import Client, RetryResult, TaskInfo
 from tenure.context import TaskContext, current
 from tenure.errors import (
     AlreadyRegistered,
@@ -32,6 +32,7 @@ from tenure.errors import (
 from tenure.limits import Limits
 from tenure.options import Backoff
 from tenure.registry import Registry, Task, TaskHandle
+from tenure.states import TaskState
 
 __all__ = [
     "AlreadyRegistered",
@@ -47,6 +48,7 @@ __all__ = [
     "QueueNotFound",
     "Registry",
     "ResultTimeout",
+    "RetryResult",
     "RetryAfter",
     "SchemaNotReady",
     "Task",
@@ -57,6 +59,7 @@ __all__ = [
     "TaskInfo",
     "TaskNotFound",
     "TaskSignal",
+    "TaskState",
     "TenureError",
     "__version__",
     "current",

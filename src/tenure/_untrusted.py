@@ -41,6 +41,15 @@ def inert(text: str, *, lines: bool = False) -> str:
     return (_CONTROLS_BUT_LINES if lines else _CONTROLS).sub(_escape, text)
 
 
+def last_line(text: str | None, width: int) -> str:
+    """The last line of ``text`` (an error's message, after its traceback), cut to
+    ``width`` characters; ``""`` for none. Still to be shown through :func:`inert`."""
+    if not text or not text.strip():
+        return ""
+    line = text.strip().splitlines()[-1]
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
 def is_loopback(host: str) -> bool:
     """True for ``localhost`` and loopback addresses (a bind address, not a header)."""
     if host == "localhost":

@@ -1,0 +1,232 @@
+"""The store: the only code of the client, CLI and dashboard that knows SQL.
+
+Rules:
+- One method per statement (``queries/<name>.sql``), named after it: keyword
+  parameters in; frozen dataclasses of :mod:`tenure._store.rows`, or plain values,
+  out. No other module of the client, CLI or dashboard knows a statement name, a
+  column or a SQL literal.
+- Answers that the SQL encodes in words (``retry_task``'s ``unchanged:<state>``, a
+  ``missing`` task, the ids in a ``_done`` notification) are decoded here.
+- The connection, migration and error rules are :mod:`tenure._store.session`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.rows import class_row, scalar_row
+
+from tenure._db import sqlfiles
+from tenure._store.rows import (
+    AttemptRow,
+    DashboardWorker,
+    KeyBacklog,
+    LimitStatus,
+    LiveWorker,
+    MinuteCounts,
+    QueueStatus,
+    RetryResult,
+    TaskFilter,
+    TaskInfo,
+    TaskRow,
+    Throughput,
+    WorkerRow,
+)
+from tenure._store.session import Session
+from tenure.options import TaskOptions
+from tenure.states import TaskState
+
+Connection = psycopg.Connection[Any]
+
+__all__ = ["Sending", "Store"]
+
+
+@dataclass(frozen=True)
+class Sending:
+    """Tasks of one kind about to be sent, all but their payloads: the task's options
+    and the call's overrides (None: the task's priority, due now, no partition key)."""
+
+    options: TaskOptions
+    priority: int | None = None
+    delay: timedelta | None = None
+    run_at: datetime | None = None
+    partition_key: str | None = None
+
+    def params(self) -> dict[str, Any]:
+        options = self.options
+        return {
+            "name": options.name,
+            "queue": options.queue,
+            "priority": options.priority if self.priority is None else self.priority,
+            "partition_key": self.partition_key or "",
+            "max_attempts": options.max_attempts,
+            "max_crashes": options.max_crashes,
+            "limited": options.limited,
+            "lease": options.lease,
+            "run_at": self.run_at,
+            "delay": self.delay or timedelta(0),
+        }
+
+
+class Store:
+    """The typed statements of one DSN and schema (see :class:`Session` for
+    ``migrate``)."""
+
+    def __init__(self, dsn: str | None, *, schema: str, migrate: bool = True) -> None:
+        self.session = Session(dsn, schema=schema, migrate=migrate)
+        self.schema = self.session.schema
+
+    # -- sending -----------------------------------------------------------------------
+
+    def task_send(self, sending: Sending, *, payload: str, connection: Connection | None) -> int:
+        """Insert one task; its id."""
+        params = {**sending.params(), "payload": payload}
+        (task_id,) = self.session.fetch("task_send", params, scalar_row, connection)
+        return int(task_id)
+
+    def task_send_idempotent(
+        self, sending: Sending, *, payload: str, key: str, connection: Connection | None
+    ) -> int | None:
+        """Insert one task under an idempotency key; its id, or None when the key was
+        taken (see :meth:`idempotency_key_get`)."""
+        params = {**sending.params(), "payload": payload, "idempotency_key": key}
+        ids = self.session.fetch("task_send_idempotent", params, scalar_row, connection)
+        return int(ids[0]) if ids else None
+
+    def idempotency_key_get(
+        self, *, task_name: str, key: str, connection: Connection | None
+    ) -> int | None:
+        """The id of the task sent under this key, or None."""
+        params = {"name": task_name, "idempotency_key": key}
+        ids = self.session.fetch("idempotency_key_get", params, scalar_row, connection)
+        return int(ids[0]) if ids else None
+
+    def task_send_many(
+        self, sending: Sending, *, payloads: list[str], connection: Connection | None
+    ) -> list[int]:
+        """Insert a batch of tasks in one round trip; their ids in order."""
+        params = {**sending.params(), "payloads": payloads}
+        (ids,) = self.session.fetch("task_send_many", params, scalar_row, connection)
+        return [int(i) for i in ids]
+
+    # -- tasks -------------------------------------------------------------------------
+
+    def task_get(self, *, task_id: int) -> TaskInfo | None:
+        found = self.session.fetch("task_get", {"id": task_id}, class_row(TaskInfo))
+        return found[0] if found else None
+
+    def task_attempts(self, *, task_id: int) -> list[AttemptRow]:
+        return self.session.fetch("task_attempts", {"id": task_id}, class_row(AttemptRow))
+
+    def tasks_list(self, which: TaskFilter) -> list[TaskRow]:
+        """Tasks matching the filter, newest first."""
+        return self.session.fetch("tasks_list", asdict(which), class_row(TaskRow))
+
+    def task_cancel(self, *, task_id: int) -> str | None:
+        """``cancelled``, ``cancelling`` or the state it had ended in; None: no such task."""
+        (state,) = self.session.fetch("task_cancel", {"id": task_id}, scalar_row)
+        return None if state == "missing" else str(state)
+
+    def task_retry(self, *, task_id: int) -> RetryResult | None:
+        """What retrying the task did; None: no such task."""
+        (answer,) = self.session.fetch("task_retry", {"id": task_id}, scalar_row)
+        return retry_answer(task_id, str(answer))
+
+    def tasks_prune(self, *, older_than: timedelta, batch: int) -> int:
+        """Delete one batch of finished tasks older than ``older_than``; how many."""
+        params = {"older_than": older_than, "batch": batch}
+        (deleted,) = self.session.fetch("tasks_prune", params, scalar_row)
+        return int(deleted)
+
+    @contextmanager
+    def result_waiter(self, *, task_id: int) -> Iterator[Callable[[float], None]]:
+        """Listen, on a connection of its own, for ``task_id`` to finish; yields
+        ``wait(seconds)``, which returns once a notice that may concern the task came
+        or ``seconds`` passed. Registered as a waiter meanwhile (see ``complete()``)."""
+        channel = sqlfiles.channel_name(self.schema) + "_done"
+        with self.session.listening(channel) as conn:
+            self.session.execute("result_waiter_add", {"id": task_id}, conn)
+
+            def wait(seconds: float) -> None:
+                for note in conn.notifies(timeout=seconds):
+                    if not note.payload or str(task_id) in note.payload.split(","):
+                        break
+
+            try:
+                yield wait
+            finally:
+                if not conn.broken:
+                    self.session.execute("result_waiter_remove", {"id": task_id}, conn)
+
+    # -- queues and workers ------------------------------------------------------------
+
+    def queue_set_paused(self, *, queue: str, paused: bool, create: bool, cap: int) -> bool:
+        """Pause or resume a queue the database knows (any, with ``create``); False:
+        no such queue, nothing changed."""
+        params = {"queue": queue, "paused": paused, "create": create, "cap": cap}
+        return bool(self.session.fetch("queue_set_paused", params, scalar_row))
+
+    def queues_known(self, *, cap: int) -> list[str]:
+        return [str(n) for n in self.session.fetch("queues_known", {"cap": cap}, scalar_row)]
+
+    def worker_request_drain(self, *, worker_id: str) -> bool:
+        """Ask a live worker to drain; False: no such live worker."""
+        params = {"worker": worker_id}
+        return bool(self.session.fetch("worker_request_drain", params, scalar_row))
+
+    def workers_list(self, *, limit: int) -> list[WorkerRow]:
+        return self.session.fetch("workers_list", {"limit": limit}, class_row(WorkerRow))
+
+    # -- status ------------------------------------------------------------------------
+
+    def status_queues(self, *, cap: int) -> list[QueueStatus]:
+        return self.session.fetch("status_queues", {"cap": cap}, class_row(QueueStatus))
+
+    def status_keys(
+        self, *, limit: int, exact_bytes: int, sample_percent: float
+    ) -> list[KeyBacklog]:
+        params = {"limit": limit, "exact_bytes": exact_bytes, "sample_pct": sample_percent}
+        return self.session.fetch("status_keys", params, class_row(KeyBacklog))
+
+    def status_limits(self) -> list[LimitStatus]:
+        return self.session.fetch("status_limits", {}, class_row(LimitStatus))
+
+    def status_workers(self) -> list[LiveWorker]:
+        return self.session.fetch("status_workers", {}, class_row(LiveWorker))
+
+    # -- the dashboard -----------------------------------------------------------------
+
+    def dashboard_now(self) -> datetime:
+        """The database clock, which every age on the dashboard is measured against."""
+        (now,) = self.session.fetch("dashboard_now", {}, scalar_row)
+        assert isinstance(now, datetime)
+        return now
+
+    def dashboard_throughput(self) -> list[Throughput]:
+        return self.session.fetch("dashboard_throughput", {}, class_row(Throughput))
+
+    def dashboard_history(self) -> list[MinuteCounts]:
+        return self.session.fetch("dashboard_history", {}, class_row(MinuteCounts))
+
+    def dashboard_workers(self, *, limit: int) -> list[DashboardWorker]:
+        params = {"limit": limit}
+        return self.session.fetch("dashboard_workers", params, class_row(DashboardWorker))
+
+    def dashboard_task_names(self) -> list[str]:
+        return [str(n) for n in self.session.fetch("dashboard_task_names", {}, scalar_row)]
+
+
+def retry_answer(task_id: int, answer: str) -> RetryResult | None:
+    """``retry_task``'s answer: ``queued`` (it queued the task again),
+    ``unchanged:<state>`` (it did nothing), ``missing`` (None). The functions of an
+    earlier release answer the bare state, and ``queued`` for a queued task too."""
+    if answer == "missing":
+        return None
+    if answer == "queued":
+        return RetryResult(task_id, True, TaskState.QUEUED)
+    return RetryResult(task_id, False, TaskState(answer.removeprefix("unchanged:")))

@@ -1,8 +1,8 @@
 """The dashboard's web application (Starlette + Jinja2 + vendored htmx).
 
 Rules:
-- Reads and actions go through :class:`~tenure.client.Client` only: named
-  statements and its methods. No endpoint takes SQL or a statement name.
+- Reads and actions go through :class:`~tenure.client.Client` only: its methods
+  and its store's typed statements. No endpoint takes SQL or a statement name.
 - Bound to a loopback address with no token, only requests whose ``Host`` is a
   loopback name are served (a page elsewhere cannot reach it by DNS rebinding).
   With a token, which is required beyond localhost, every request must carry it:
@@ -26,6 +26,7 @@ import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -41,10 +42,12 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tenure._store.rows import RetryResult
 from tenure._untrusted import is_loopback, is_loopback_host_header
-from tenure.client import TASK_STATES, Client
+from tenure.client import DEFAULT_SCHEMA, Client
 from tenure.dashboard import views
 from tenure.errors import DatabaseError, QueueNotFound, TaskNotFound, TenureError
+from tenure.states import RETRYABLE_NAMES, TASK_STATES
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +244,8 @@ class Dashboard:
             response.delete_cookie("tenure_flash")
         return response
 
-    async def _now(self) -> Any:
-        return (await run_in_threadpool(self.client.execute, "dashboard_now", {}))[0][0]
+    async def _now(self) -> datetime:
+        return await run_in_threadpool(self.client.store.dashboard_now)
 
     # -- pages -----------------------------------------------------------------------
 
@@ -305,20 +308,35 @@ class Dashboard:
         form = await self._form(request)
         task_id = parse_task_id(request.path_params["task_id"])
         action = request.path_params["action"]
-        call = {"retry": self.client.retry, "cancel": self.client.cancel}.get(action)
-        if call is None:
+        if action not in ("retry", "cancel"):
             raise HTTPException(404, f"no action {action[:40]!r} on tasks")
         try:
-            state = await run_in_threadpool(call, task_id)
+            if action == "retry":
+                message = self._retried(await run_in_threadpool(self.client.retry, task_id))
+            else:
+                message = self._cancelled(
+                    task_id, await run_in_threadpool(self.client.cancel, task_id)
+                )
         except TaskNotFound:
             raise HTTPException(404, f"no task {task_id}") from None
-        messages = {
-            ("retry", "queued"): f"Task {task_id} queued again",
-            ("cancel", "cancelled"): f"Task {task_id} cancelled",
-            ("cancel", "cancelling"): f"Task {task_id} is being stopped by its worker",
-        }
-        message = messages.get((action, state), f"Task {task_id} is {state}: nothing to {action}")
         return self._done(form, f"/tasks/{task_id}", message)
+
+    @staticmethod
+    def _retried(retried: RetryResult) -> str:
+        if retried.requeued:
+            return f"Task {retried.id} queued again"
+        return (
+            f"Task {retried.id} is {retried.state}: nothing to retry "
+            f"(only {RETRYABLE_NAMES} tasks can be retried)"
+        )
+
+    @staticmethod
+    def _cancelled(task_id: int, state: str) -> str:
+        if state == "cancelled":
+            return f"Task {task_id} cancelled"
+        if state == "cancelling":
+            return f"Task {task_id} is being stopped by its worker"
+        return f"Task {task_id} is {state}: nothing to cancel"
 
     async def queue_action(self, request: Request) -> Response:
         form = await self._form(request)
@@ -368,7 +386,7 @@ class Dashboard:
 def create_app(
     *,
     dsn: str | None = None,
-    schema: str = "tenure",
+    schema: str = DEFAULT_SCHEMA,
     token: str | None = None,
     host: str = "127.0.0.1",
     refresh: int = 3,

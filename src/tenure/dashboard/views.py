@@ -1,9 +1,10 @@
 """What the dashboard shows, read through the :class:`~tenure.client.Client`.
 
-Every read is a named statement (``status_queues``, ``dashboard_*``) or a Client
-method; nothing here builds SQL. Each function returns plain dictionaries the
-templates lay out. Ages come from the database clock, like every other time in
-tenure.
+Every read is a Client method or one of its store's typed statements
+(``client.store.dashboard_*``); nothing here knows SQL or a column's position. Each
+function returns plain dictionaries the templates lay out, starting from the same
+``as_json()`` of each row that ``--json`` prints. Ages come from the database
+clock, like every other time in tenure.
 """
 
 from __future__ import annotations
@@ -13,19 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from tenure.client import (
-    LATE_HEARTBEAT_SECONDS,
-    Client,
-    queue_fields,
-    reports_live,
-    standing_error,
-    task_fields,
-)
+from tenure._store.rows import MinuteCounts, TaskFilter
+from tenure._untrusted import last_line
+from tenure.client import Client
 from tenure.logs import OUTCOME_EVENTS
+from tenure.states import CANCELLABLE_STATES, RETRYABLE_STATES
 
 HISTORY_MINUTES = 60
-RETRYABLE = frozenset({"failed", "quarantined", "cancelled"})
-CANCELLABLE = frozenset({"scheduled", "queued", "running"})
 
 
 def age(seconds: float | None) -> str:
@@ -87,7 +82,7 @@ class Sparkline:
         return max(self.depth)
 
 
-def _history(rows: list[tuple[Any, ...]], depth_now: dict[str, int]) -> dict[str, Sparkline]:
+def _history(rows: list[MinuteCounts], depth_now: dict[str, int]) -> dict[str, Sparkline]:
     """Per queue: finished per minute and depth at the end of each minute, oldest first.
 
     Depth is walked back from now: before a minute, depth was the depth after it,
@@ -95,13 +90,12 @@ def _history(rows: list[tuple[Any, ...]], depth_now: dict[str, int]) -> dict[str
     """
     arrived: dict[str, list[int]] = {}
     finished: dict[str, list[int]] = {}
-    for queue, minutes_ago, came, done in rows:
-        ago = int(minutes_ago)
-        if not 0 <= ago < HISTORY_MINUTES:
+    for row in rows:
+        if not 0 <= row.minutes_ago < HISTORY_MINUTES:
             continue
-        slot = HISTORY_MINUTES - 1 - ago
-        arrived.setdefault(queue, [0] * HISTORY_MINUTES)[slot] += int(came)
-        finished.setdefault(queue, [0] * HISTORY_MINUTES)[slot] += int(done)
+        slot = HISTORY_MINUTES - 1 - row.minutes_ago
+        arrived.setdefault(row.queue, [0] * HISTORY_MINUTES)[slot] += row.arrived
+        finished.setdefault(row.queue, [0] * HISTORY_MINUTES)[slot] += row.finished
     lines = {}
     for queue in set(arrived) | set(depth_now):
         came_in = arrived.get(queue, [0] * HISTORY_MINUTES)
@@ -118,52 +112,50 @@ def _history(rows: list[tuple[Any, ...]], depth_now: dict[str, int]) -> dict[str
 def overview(client: Client) -> dict[str, Any]:
     """Queues with their last hour, and the workers."""
     queues = client.queue_counts()
-    throughput = {r[0]: (int(r[1]), int(r[2])) for r in client.execute("dashboard_throughput", {})}
-    depth_now = {str(q[0]): int(q[1]) + int(q[2]) + int(q[3]) for q in queues}
-    history = _history(client.execute("dashboard_history", {}), depth_now)
+    throughput = {t.queue: t for t in client.store.dashboard_throughput()}
+    history = _history(client.store.dashboard_history(), {q.queue: q.waiting for q in queues})
     queue_rows: list[dict[str, Any]] = []
     for q in queues:
-        name = str(q[0])
-        done, ok = throughput.get(name, (0, 0))
-        fields = queue_fields(q)
+        last_minute = throughput.get(q.queue)
         queue_rows.append(
             {
-                **fields,
-                "name": name,
-                "oldest": age(fields["oldest_seconds"]),
-                "limit": fields["max_concurrency"],
-                "per_minute": done,
-                "succeeded_per_minute": ok,
-                "spark": history.get(name, Sparkline([0] * 60, [0] * 60)),
+                **q.as_json(),
+                "name": q.queue,
+                "oldest": age(q.oldest_seconds),
+                "limit": q.max_concurrency,
+                "per_minute": last_minute.finished if last_minute else 0,
+                "succeeded_per_minute": last_minute.succeeded if last_minute else 0,
+                "spark": history.get(q.queue, Sparkline([0] * 60, [0] * 60)),
             }
         )
     worker_rows: list[dict[str, Any]] = []
-    for w in client.execute("dashboard_workers", {"limit": 200}):
-        heartbeat_age = float(w[7])
+    for w in client.store.dashboard_workers(limit=200):
         # held and running are the worker's own report: not what a gone or late one does
-        fresh = reports_live(w[3], heartbeat_age)
+        report = w.report_at(w.heartbeat_age_seconds)
         worker_rows.append(
             {
-                "id": str(w[0]),
-                "short": str(w[0])[:8],
-                "host": w[1],
-                "pid": w[2],
-                "state": w[3],
-                "queues": ", ".join(w[4]),
-                "concurrency": int(w[5]),
-                "version": w[6],
-                "heartbeat": age(heartbeat_age),
-                "heartbeat_late": heartbeat_age > LATE_HEARTBEAT_SECONDS and w[3] != "gone",
-                "uptime": age(float(w[8])),
-                "reports_live": fresh,
-                "held": int(w[9]) if fresh else None,
-                "running": int(w[10]) if fresh else None,
-                "last_held": int(w[9]),
-                "last_running": int(w[10]),
-                "drain_requested": bool(w[11]),
-                "leases": int(w[12]),
-                "outcomes_pending": int(w[13]),
-                "outcomes_stalled": None if w[14] is None else age(float(w[14])),
+                "id": w.id,
+                "short": w.id[:8],
+                "host": w.host,
+                "pid": w.pid,
+                "state": w.state,
+                "queues": ", ".join(w.queues),
+                "concurrency": w.concurrency,
+                "version": w.version,
+                "heartbeat": age(w.heartbeat_age_seconds),
+                "heartbeat_late": w.heartbeat_late,
+                "uptime": age(w.uptime_seconds),
+                "reports_live": report.live,
+                "held": w.held if report.live else None,
+                "running": w.running if report.live else None,
+                "last_held": w.held,
+                "last_running": w.running,
+                "drain_requested": w.drain_requested,
+                "leases": w.leases,
+                "outcomes_pending": w.outcomes_pending,
+                "outcomes_stalled": None
+                if w.outcomes_stalled_seconds is None
+                else age(w.outcomes_stalled_seconds),
             }
         )
     live = [w for w in worker_rows if w["reports_live"]]
@@ -180,15 +172,8 @@ def overview(client: Client) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class TaskFilters:
-    """Validated filters of the task list; None matches everything."""
-
-    queue: str | None = None
-    state: str | None = None
-    task_name: str | None = None
-    partition_key: str | None = None
-    before: int | None = None
-    limit: int = 50
+class TaskFilters(TaskFilter):
+    """Validated filters of the task list, and the links that keep them."""
 
     def query(self, **override: Any) -> dict[str, str]:
         values = {
@@ -204,51 +189,45 @@ class TaskFilters:
 
 
 def task_list(client: Client, filters: TaskFilters, now: datetime) -> dict[str, Any]:
-    rows = client.list_tasks(
-        queue=filters.queue,
-        state=filters.state,
-        task_name=filters.task_name,
-        partition_key=filters.partition_key,
-        before=filters.before,
-        limit=filters.limit,
-    )
+    rows = client.store.tasks_list(filters)
     tasks = [
         {
-            **task_fields(r),
-            "key": r[8] or "",
-            "created": age((now - r[9]).total_seconds()) + " ago",
-            "finished": "" if r[10] is None else age((now - r[10]).total_seconds()) + " ago",
-            "error": _last_line(standing_error(r[3], r[11])),
-            "retryable": r[3] in RETRYABLE,
-            "cancellable": r[3] in CANCELLABLE,
+            **r.as_json(),
+            "key": r.partition_key or "",
+            "created": age((now - r.created_at).total_seconds()) + " ago",
+            "finished": ""
+            if r.finished_at is None
+            else age((now - r.finished_at).total_seconds()) + " ago",
+            "error": last_line(r.error, 90),
+            "retryable": r.state in RETRYABLE_STATES,
+            "cancellable": r.state in CANCELLABLE_STATES,
         }
         for r in rows
     ]
     older = tasks[-1]["id"] if len(tasks) == filters.limit else None
-    queues = sorted({str(q[0]) for q in client.queue_counts()})
-    names = [str(r[0]) for r in client.execute("dashboard_task_names", {})]
+    queues = sorted({q.queue for q in client.queue_counts()})
+    names = client.store.dashboard_task_names()
     return {"tasks": tasks, "older": older, "queue_names": queues, "task_names": names}
 
 
 def task_detail(client: Client, task_id: int, now: datetime) -> dict[str, Any]:
     """One task with every attempt; raises TaskNotFound."""
     info = client.get(task_id)
-    attempts = []
-    for a in client.attempts(task_id):
-        attempts.append(
-            {
-                "attempt": a[0],
-                "worker": str(a[1]),
-                "worker_short": str(a[1])[:8],
-                "started": a[2],
-                "ended": a[3],
-                "took": f"{(a[3] - a[2]).total_seconds():.3f}s",
-                "outcome": a[4],
-                "event": OUTCOME_EVENTS.get(a[4], a[4]),
-                "error": a[5] or "",
-                "error_line": _last_line(a[5]),
-            }
-        )
+    attempts = [
+        {
+            "attempt": a.attempt,
+            "worker": a.worker_id,
+            "worker_short": a.worker_id[:8],
+            "started": a.started_at,
+            "ended": a.ended_at,
+            "took": f"{a.seconds:.3f}s",
+            "outcome": a.outcome,
+            "event": OUTCOME_EVENTS.get(a.outcome, a.outcome),
+            "error": a.error or "",
+            "error_line": last_line(a.error, 90),
+        }
+        for a in client.attempts(task_id)
+    ]
     return {
         "task": info,
         "last_error": info.error,
@@ -261,13 +240,6 @@ def task_detail(client: Client, task_id: int, now: datetime) -> dict[str, Any]:
         "finished_ago": None
         if info.finished_at is None
         else age((now - info.finished_at).total_seconds()),
-        "retryable": info.state in RETRYABLE,
-        "cancellable": info.state in CANCELLABLE,
+        "retryable": info.state in RETRYABLE_STATES,
+        "cancellable": info.state in CANCELLABLE_STATES,
     }
-
-
-def _last_line(text: str | None, width: int = 90) -> str:
-    if not text or not text.strip():
-        return ""
-    line = text.strip().splitlines()[-1]
-    return line if len(line) <= width else line[: width - 1] + "…"

@@ -33,7 +33,9 @@ $$;
 
 -- Run a failed, quarantined or cancelled task again: it returns to its queue at its
 -- key's fair place with fresh error and crash budgets. The attempt number goes on
--- from where it was, so it stays a fencing token. Returns the state after the call.
+-- from where it was, so it stays a fencing token. Returns what it did: 'queued' when
+-- it queued the task again, 'unchanged:<state>' when the task is in another state
+-- (nothing was changed), 'missing' when there is no such task.
 CREATE OR REPLACE FUNCTION {schema}.retry_task(p_id bigint)
 RETURNS text
 LANGUAGE plpgsql AS $$
@@ -64,6 +66,6 @@ BEGIN
     IF v_state IS NULL THEN
         SELECT f.state INTO v_state FROM {schema}.finished_tasks f WHERE f.id = p_id;
     END IF;
-    RETURN coalesce(v_state, 'missing');
+    RETURN coalesce('unchanged:' || v_state, 'missing');
 END;
 $$;

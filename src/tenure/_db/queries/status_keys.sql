@@ -22,9 +22,10 @@ running AS (
     FROM {schema}.tasks WHERE state = 'running'
     GROUP BY queue, partition_key
 )
-SELECT coalesce(q.queue, r.queue), nullif(coalesce(q.partition_key, r.partition_key), ''),
+SELECT coalesce(q.queue, r.queue) AS queue,
+       nullif(coalesce(q.partition_key, r.partition_key), '') AS key,
        coalesce(q.n, 0) AS queued, coalesce(r.n, 0) AS running,
-       coalesce(q.estimated, (SELECT yes FROM deep))
+       coalesce(q.estimated, (SELECT yes FROM deep)) AS estimated
 FROM queued q
 FULL JOIN running r ON r.queue = q.queue AND r.partition_key = q.partition_key
 ORDER BY 3 DESC, 4 DESC

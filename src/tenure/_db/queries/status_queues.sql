@@ -25,13 +25,15 @@ counted AS (
     FROM names n
 )
 SELECT c.queue,
-       (c.queued).n, (c.scheduled).n, coalesce(r.running, 0), coalesce(r.expired, 0),
-       (c.failed).n, (c.quarantined).n, (c.cancelled).n,
-       extract(epoch FROM now() - (c.queued).oldest),
-       q.max_concurrency, q.max_concurrency_per_key, coalesce(q.weight, 1),
-       coalesce(q.paused, false),
-       (c.queued).estimated, (c.scheduled).estimated,
+       (c.queued).n AS queued, (c.scheduled).n AS scheduled,
+       coalesce(r.running, 0) AS running, coalesce(r.expired, 0) AS expired,
+       (c.failed).n AS failed, (c.quarantined).n AS quarantined, (c.cancelled).n AS cancelled,
+       extract(epoch FROM now() - (c.queued).oldest)::float8 AS oldest_seconds,
+       q.max_concurrency, q.max_concurrency_per_key, coalesce(q.weight, 1) AS weight,
+       coalesce(q.paused, false) AS paused,
+       (c.queued).estimated AS queued_estimated, (c.scheduled).estimated AS scheduled_estimated,
        (c.failed).estimated OR (c.quarantined).estimated OR (c.cancelled).estimated
+           AS finished_estimated
 FROM counted c
 LEFT JOIN running r ON r.queue = c.queue
 LEFT JOIN {schema}.queues q ON q.name = c.queue

@@ -1,6 +1,6 @@
 -- Live workers: what each holds (claimed, including prefetched) and runs now.
-SELECT w.id, w.host, w.pid, w.state, w.queues, w.concurrency, w.version,
-       extract(epoch FROM now() - w.heartbeat_at) AS heartbeat_age,
+SELECT w.id::text AS id, w.host, w.pid, w.state, w.queues, w.concurrency, w.version,
+       extract(epoch FROM now() - w.heartbeat_at)::float8 AS heartbeat_age_seconds,
        (SELECT count(*) FROM {schema}.tasks t
         WHERE t.state = 'running' AND t.lease_owner = w.id) AS leases,
        w.held, w.running

@@ -1,6 +1,6 @@
 -- One task by id, wherever it is: waiting or running, or finished.
 SELECT id, task_name, queue, state, attempt, errors, crashes, priority,
-       nullif(partition_key, ''), payload, last_error, NULL::jsonb AS result, created_at,
+       nullif(partition_key, '') AS partition_key, payload, last_error, NULL::jsonb AS result, created_at,
        NULL::timestamptz AS finished_at
 FROM {schema}.tasks WHERE id = %(id)s
 UNION ALL

@@ -16,11 +16,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from tenure._untrusted import inert
+
+if TYPE_CHECKING:  # rich is imported when a table is printed, not at start-up
+    from rich.console import Console
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ def shown(text: str, *, lines: bool = False) -> Any:
     return Text(inert(text, lines=lines))
 
 
-def console() -> Any:
+def console() -> Console:
     from rich.console import Console
 
     return Console()
@@ -97,7 +100,7 @@ def _widths(columns: list[Column], rows: list[list[str]], room: int) -> list[int
 
 
 def fit_table(
-    out: Any, title: str, columns: list[Column], rows: list[list[str]]
+    out: Console, title: str, columns: list[Column], rows: list[list[str]]
 ) -> tuple[Any, list[str]]:
     """The table for the width of ``out`` (a rich Console), and the headers left out."""
     keep = list(range(len(columns)))
@@ -115,7 +118,7 @@ def fit_table(
         keep.remove(max(droppable, key=lambda i: (columns[i].drop, i)))
 
 
-def print_table(out: Any, title: str, columns: list[Column], rows: list[list[str]]) -> None:
+def print_table(out: Console, title: str, columns: list[Column], rows: list[list[str]]) -> None:
     """Print a table that fits ``out``; say which columns it left out, if any."""
     table, hidden = fit_table(out, title, columns, rows)
     out.print(table)
@@ -144,3 +147,15 @@ def _plain(value: Any) -> Any:
 def iso(value: datetime | None) -> str | None:
     """A timestamp for JSON: ISO 8601 with its offset, or None."""
     return None if value is None else value.isoformat()
+
+
+def when(value: datetime | None) -> str:
+    """A timestamp as a table shows it: local time to the second, or ``-``."""
+    return "-" if value is None else value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def json_block(value: Any) -> Any:
+    """A payload or result, indented and coloured as JSON, inert."""
+    from rich.syntax import Syntax
+
+    return Syntax(inert(json.dumps(value, indent=2, default=str), lines=True), "json")
