@@ -21,7 +21,7 @@ from collections import Counter
 from typing import Any
 
 from tenure._store import worker as store
-from tenure._store.worker_rows import Claimed, ClaimResult, Outcome, Verdict
+from tenure._store.worker_rows import Claimed, ClaimResult, Outcome, Settled
 
 claims: Counter[tuple[int, int]] = Counter()  # (asked for, got) -> times
 completions: Counter[int] = Counter()  # batch size -> times
@@ -49,7 +49,7 @@ async def complete_and_claim(self: store.AsyncStore, **params: Any) -> ClaimResu
 
 async def complete(
     self: store.AsyncStore, *, worker: Any, outcomes: list[Outcome]
-) -> list[Verdict]:
+) -> list[Settled]:
     completions[len(outcomes)] += 1
     return await _complete(self, worker=worker, outcomes=outcomes)
 

@@ -32,41 +32,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tenure._untrusted import inert
+from tenure.states import EVENT_MEANINGS
 
-#: The events tenure reports, with what each means. Log lines, metric names and the
-#: dashboard's outcome labels all use these words.
-EVENTS: dict[str, str] = {
-    "task_claimed": "a worker took a lease on a task",
-    "task_succeeded": "an attempt finished and the task succeeded",
-    "task_failed": "an attempt failed and the task has no retries left",
-    "task_retried": "an attempt failed and the task waits for its next attempt",
-    "task_released": "a worker handed a task back without spending an attempt",
-    "task_cancelled": "an operator's cancel stopped the task",
-    "task_cancelling": "a running task was told to stop after a cancel",
-    "task_timed_out": "an attempt ran past the task's timeout",
-    "task_quarantined": "a task's lease expired too many times; it is set aside",
-    "tasks_summary": "what a worker's tasks did since its last summary (claims, outcomes)",
-    "task_lines_suppressed": "failures came faster than their lines are written; counted instead",
-    "lease_expired": "a lease ran out unrenewed; the task was taken over",
-    "lease_lost": "a worker learned another owner holds its task; its writes are fenced",
-    "worker_started": "a worker registered and began claiming",
-    "worker_draining": "a worker stopped claiming and lets running tasks finish",
-    "worker_drain_requested": "an operator asked a worker to drain",
-    "worker_drained": "a worker finished its drain",
-    "worker_self_fenced": "a worker lost the database for most of a lease and dropped its tasks",
-    "worker_stopped": "a worker process ended",
-    "worker_gone": "a worker stopped heartbeating and was marked gone",
-}
-
-#: Attempt outcomes as recorded in the ``attempts`` table, with the event they report.
-OUTCOME_EVENTS: dict[str, str] = {
-    "succeeded": "task_succeeded",
-    "error": "task_retried",
-    "timed_out": "task_timed_out",
-    "lease_expired": "lease_expired",
-    "released": "task_released",
-    "cancelled": "task_cancelled",
-}
+#: The events tenure reports, with what each means (see :mod:`tenure.states`).
+EVENTS: dict[str, str] = {str(e): m for e, m in EVENT_MEANINGS.items()}
 
 LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"

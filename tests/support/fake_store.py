@@ -32,10 +32,11 @@ from tenure._store.worker_rows import (
     Published,
     QueueDepth,
     Renewal,
-    Verdict,
+    Settled,
 )
 from tenure.errors import DatabaseError
 from tenure.options import QueueOptions, TaskOptions
+from tenure.states import Verdict
 from tests.support.clock import FakeClock
 from tests.support.fake_rows import Attempt, Task, WorkerRow, refused
 
@@ -200,7 +201,7 @@ class FakeStore:
         self._answer(fault)
         return got
 
-    def _complete(self, worker: UUID, outcomes: Sequence[Outcome]) -> list[Verdict]:
+    def _complete(self, worker: UUID, outcomes: Sequence[Outcome]) -> list[Settled]:
         if any(self._refuse(o) for o in outcomes):
             raise refused("task_complete_many")
         now, verdicts = self.clock.now(), []
@@ -240,10 +241,10 @@ class FakeStore:
                 task.run_after = now + max(o.delay, 0.0)
             else:
                 task.state = "queued"
-            verdicts.append(Verdict(task.id, verdict))
+            verdicts.append(Settled(task.id, Verdict(verdict)))
         return verdicts
 
-    async def complete(self, *, worker: UUID, outcomes: Sequence[Outcome]) -> list[Verdict]:
+    async def complete(self, *, worker: UUID, outcomes: Sequence[Outcome]) -> list[Settled]:
         fault = await self._io("complete", outcomes=len(outcomes))
         verdicts = self._complete(worker, outcomes)
         self._answer(fault)

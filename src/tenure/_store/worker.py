@@ -39,10 +39,11 @@ from tenure._store.worker_rows import (
     Published,
     QueueDepth,
     Renewal,
-    Verdict,
+    Settled,
 )
 from tenure.errors import DatabaseError
 from tenure.options import QueueOptions, TaskOptions
+from tenure.states import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,8 @@ def _outcome_params(batch: Sequence[Outcome]) -> dict[str, str]:
     }
 
 
-def _verdicts(rows: Iterable[tuple[Any, ...]]) -> list[Verdict]:
-    return [Verdict(int(r[0]), str(r[1])) for r in rows]
+def _verdicts(rows: Iterable[tuple[Any, ...]]) -> list[Settled]:
+    return [Settled(int(r[0]), Verdict(r[1])) for r in rows]
 
 
 class AsyncStore:
@@ -163,7 +164,7 @@ class AsyncStore:
         )
         return [Claimed(*row) for row in rows]
 
-    async def complete(self, *, worker: UUID, outcomes: Sequence[Outcome]) -> list[Verdict]:
+    async def complete(self, *, worker: UUID, outcomes: Sequence[Outcome]) -> list[Settled]:
         """Record ``outcomes``, each fenced on (task, attempt, ``worker``); an outcome
         with no verdict in the answer was fenced out."""
         rows = await self.link.fetch(

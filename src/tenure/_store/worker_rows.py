@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tenure.states import Reported, Verdict
+
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
@@ -30,20 +32,20 @@ class Outcome:
 
     task_id: int
     attempt: int
-    outcome: str  # succeeded | error | timed_out | discarded | cancelled | released
+    outcome: Reported
     result: str | None = None  # JSON text
     error: str | None = None
     delay: float = 0.0  # seconds before a retry
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class Settled:
     """What the database made of one outcome this worker still owned.
 
     An outcome with no verdict was fenced out: another owner holds the task."""
 
     task_id: int
-    verdict: str  # succeeded | failed | retry | released | cancelled
+    verdict: Verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +53,7 @@ class ClaimResult:
     """One claim's answer: the tasks claimed and the verdicts of the outcomes it wrote."""
 
     claimed: list[Claimed]
-    verdicts: list[Verdict]
+    verdicts: list[Settled]
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,7 @@ from tenure._worker.state import Held, Holdings
 from tenure._worker.tasklog import TaskLog
 from tenure._worker.threads import DaemonThreadPool
 from tenure.context import TaskContext
+from tenure.states import Reported
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ class ClaimLoop:
             self.pool.abandon(held.thread)
         self._buffer = deque(r for r in self._buffer if r.id != task_id)
         log.info("task_cancelling task=%s attempt=%s worker=%s", task_id, attempt, self.worker_id)
-        self._submit(Outcome(task_id, attempt, "cancelled", error="cancelled"))
+        self._submit(Outcome(task_id, attempt, Reported.CANCELLED, error="cancelled"))
         self._fill()
 
     def heard(self, beat: Beat) -> None:
@@ -339,7 +340,7 @@ class ClaimLoop:
         except Exception as exc:  # a bug of ours must not strand the task as running
             log.exception("task_runner_failed task=%s attempt=%s", row.id, row.attempt)
             outcome = Outcome(
-                row.id, row.attempt, "error", error=f"worker error: {exc!r}", delay=1.0
+                row.id, row.attempt, Reported.ERROR, error=f"worker error: {exc!r}", delay=1.0
             )
         finally:
             self._runners.pop((row.id, row.attempt), None)
@@ -377,7 +378,7 @@ class ClaimLoop:
             row = self._buffer.pop()
             if self.holdings.holds(row.id, row.attempt) is None:
                 continue
-            self._submit(Outcome(row.id, row.attempt, "released"))
+            self._submit(Outcome(row.id, row.attempt, Reported.RELEASED))
             released += 1
         if released:
             log.info(
@@ -406,7 +407,7 @@ class ClaimLoop:
             if held is None:
                 continue
             held.context.mark_stop()
-            self._submit(Outcome(task_id, attempt, "released"))
+            self._submit(Outcome(task_id, attempt, Reported.RELEASED))
             released += 1
         if self._runners:
             await clock.wait(self._no_runners, 1.0)

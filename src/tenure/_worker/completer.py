@@ -32,29 +32,20 @@ from uuid import UUID
 
 from tenure._db.connect import backoff_delay, connection_lost, describe, is_transient
 from tenure._store.worker import AsyncStore
-from tenure._store.worker_rows import Outcome, Verdict
+from tenure._store.worker_rows import Outcome, Settled
 from tenure._worker.clock import MONOTONIC, Clock
 from tenure._worker.metrics import Metrics
 from tenure._worker.state import Holdings
 from tenure._worker.tasklog import TaskLog
 from tenure.errors import DatabaseError
 from tenure.limits import clean_text
+from tenure.states import VERDICT_EVENTS, Reported, Verdict
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 500
 SPLIT_AFTER = 3  # failed tries of one batch, transient or not, before it is split
 REPLACED_ERROR_CHARS = 500
-
-#: The event each verdict counts as (``recorded``: written by a try whose answer was lost).
-EVENTS = {
-    "succeeded": "task_succeeded",
-    "failed": "task_failed",
-    "retry": "task_retried",
-    "released": "task_released",
-    "cancelled": "task_cancelled",
-    "recorded": "task_recorded_before_reconnect",
-}
 
 
 class Outcomes:
@@ -122,7 +113,7 @@ class Outcomes:
         """The claim that carried the head batch failed: it may have committed."""
         self.uncertain = True
 
-    def settle(self, n: int, verdicts: Sequence[Verdict]) -> int:
+    def settle(self, n: int, verdicts: Sequence[Settled]) -> int:
         """Settle the first ``n`` pending outcomes, written with these verdicts."""
         return self._settle(n, {v.task_id: v.verdict for v in verdicts})
 
@@ -164,7 +155,7 @@ class Outcomes:
         self.uncertain = False
         return self._settle(len(batch), verdicts)
 
-    async def _write_checked(self, batch: list[Outcome]) -> dict[int, str]:
+    async def _write_checked(self, batch: list[Outcome]) -> dict[int, Verdict]:
         written = await self.store.complete(worker=self.worker_id, outcomes=batch)
         verdicts = {v.task_id: v.verdict for v in written}
         if self.uncertain:
@@ -175,10 +166,10 @@ class Outcomes:
                 recorded = await self.store.attempts_recorded(
                     worker=self.worker_id, attempts=missing
                 )
-                verdicts.update(dict.fromkeys(recorded, "recorded"))
+                verdicts.update(dict.fromkeys(recorded, Verdict.RECORDED))
         return verdicts
 
-    def _settle(self, n: int, verdicts: dict[int, str], dropped: bool = False) -> int:
+    def _settle(self, n: int, verdicts: dict[int, Verdict], dropped: bool = False) -> int:
         batch = self._pending[:n]
         del self._pending[:n]
         self._progress_at = self.clock.now()
@@ -204,7 +195,7 @@ class Outcomes:
                     o.outcome,
                 )
                 continue
-            event = EVENTS.get(verdict) or f"task_{verdict}"
+            event = VERDICT_EVENTS[verdict]
             events[event] += 1
             self.metrics.settled(event, held)
             self.tasklog.settled(event, o, held)
@@ -260,7 +251,9 @@ def _replacement(outcome: Outcome, exc: BaseException) -> Outcome:
     dropped and the reason is given instead. A success that cannot be stored fails
     for good (running it again returns the same); an error keeps its retry delay."""
     why = clean_text(describe(exc.__cause__ or exc))[:REPLACED_ERROR_CHARS]
-    kind = {"succeeded": "discarded", "timed_out": "error"}.get(outcome.outcome, outcome.outcome)
+    kind = {Reported.SUCCEEDED: Reported.DISCARDED, Reported.TIMED_OUT: Reported.ERROR}.get(
+        outcome.outcome, outcome.outcome
+    )
     return Outcome(
         outcome.task_id,
         outcome.attempt,

@@ -29,6 +29,7 @@ from tenure._store.worker_rows import Claimed, Outcome
 from tenure.errors import Discard, PayloadInvalid, RetryAfter
 from tenure.limits import Limits, not_json
 from tenure.registry import Task
+from tenure.states import Reported
 
 log = logging.getLogger(__name__)
 
@@ -115,15 +116,17 @@ def outcome(task: Task[Any, Any], claimed: Claimed, ending: Ending) -> Outcome:
         # DEBUG: the task_retried or task_failed line says it, rate-limited
         log.debug("task_ended task=%s attempt=%s how=%s: %s", tid, attempt, kind, ending.text)
     if kind == "ok":
-        return Outcome(tid, attempt, "succeeded", result=ending.text)
+        return Outcome(tid, attempt, Reported.SUCCEEDED, result=ending.text)
     if kind in ("invalid", "discard", "refused"):
-        return Outcome(tid, attempt, "discarded", error=ending.text)
+        return Outcome(tid, attempt, Reported.DISCARDED, error=ending.text)
     if kind == "retry_after":
-        return Outcome(tid, attempt, "error", error=ending.text, delay=ending.delay)
+        return Outcome(tid, attempt, Reported.ERROR, error=ending.text, delay=ending.delay)
     delay = task.options.backoff.delay(claimed.errors + 1).total_seconds()
     if kind == "timed_out":
-        return Outcome(tid, attempt, "timed_out", error=ending.text, delay=delay)
-    return Outcome(tid, attempt, "error", error=ending.text, delay=delay)  # error, not_json, died
+        return Outcome(tid, attempt, Reported.TIMED_OUT, error=ending.text, delay=delay)
+    return Outcome(
+        tid, attempt, Reported.ERROR, error=ending.text, delay=delay
+    )  # error, not_json, died
 
 
 def _describe(exc: BaseException) -> str:

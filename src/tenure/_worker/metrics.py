@@ -31,6 +31,7 @@ from tenure._store.worker_rows import Claimed, QueueDepth
 from tenure._worker.clock import MONOTONIC, Clock
 from tenure._worker.state import Held
 from tenure._worker.status import WorkerStatus
+from tenure.states import Event
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,16 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 QUEUE_CACHE_SECONDS = 5.0
 
 #: Per queue and task counters: event name -> (metric name, help).
-LABELED: dict[str, tuple[str, str]] = {
-    "task_claimed": ("tenure_tasks_claimed_total", "Leases this worker took on tasks."),
-    "task_succeeded": ("tenure_tasks_succeeded_total", "Attempts that ended in success."),
-    "task_failed": ("tenure_tasks_failed_total", "Attempts that failed with no retry left."),
-    "task_retried": ("tenure_tasks_retried_total", "Attempts that failed and were retried."),
-    "task_released": ("tenure_tasks_released_total", "Tasks handed back with no attempt spent."),
-    "task_cancelled": ("tenure_tasks_cancelled_total", "Attempts stopped by an operator."),
+LABELED: dict[Event, tuple[str, str]] = {
+    Event.TASK_CLAIMED: ("tenure_tasks_claimed_total", "Leases this worker took on tasks."),
+    Event.TASK_SUCCEEDED: ("tenure_tasks_succeeded_total", "Attempts that ended in success."),
+    Event.TASK_FAILED: ("tenure_tasks_failed_total", "Attempts that failed with no retry left."),
+    Event.TASK_RETRIED: ("tenure_tasks_retried_total", "Attempts that failed and were retried."),
+    Event.TASK_RELEASED: (
+        "tenure_tasks_released_total",
+        "Tasks handed back with no attempt spent.",
+    ),
+    Event.TASK_CANCELLED: ("tenure_tasks_cancelled_total", "Attempts stopped by an operator."),
 }
 
 #: Process-wide counters: (metric name, help, where the value is read).
@@ -126,7 +130,7 @@ class Metrics:
     def claimed(self, rows: list[Claimed]) -> None:
         self.labeled.update(("task_claimed", row.queue, row.task_name) for row in rows)
 
-    def settled(self, event: str, held: Held | None) -> None:
+    def settled(self, event: Event, held: Held | None) -> None:
         """The claim loop wrote an outcome; ``held`` is None if it was no longer held."""
         if event in LABELED and held is not None:
             self.labeled[(event, held.claimed.queue, held.claimed.task_name)] += 1

@@ -33,6 +33,7 @@ from tenure._worker.clock import MONOTONIC, Clock
 from tenure._worker.service import Service
 from tenure._worker.state import Held
 from tenure._worker.status import WorkerStatus
+from tenure.states import Event
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +42,17 @@ FAILURE_BURST = 50
 REASON_CHARS = 300
 
 #: Settled events that are failures, and the level of their line.
-FAILURES = {"task_retried": logging.WARNING, "task_failed": logging.ERROR}
+FAILURES = {Event.TASK_RETRIED: logging.WARNING, Event.TASK_FAILED: logging.ERROR}
 
 #: What a summary counts: its field name and the event counter it reads.
 SUMMED = (
-    ("claimed", "task_claimed"),
-    ("succeeded", "task_succeeded"),
-    ("retried", "task_retried"),
-    ("failed", "task_failed"),
-    ("cancelled", "task_cancelled"),
-    ("released", "task_released"),
-    ("lease_lost", "lease_lost"),
+    ("claimed", Event.TASK_CLAIMED),
+    ("succeeded", Event.TASK_SUCCEEDED),
+    ("retried", Event.TASK_RETRIED),
+    ("failed", Event.TASK_FAILED),
+    ("cancelled", Event.TASK_CANCELLED),
+    ("released", Event.TASK_RELEASED),
+    ("lease_lost", Event.LEASE_LOST),
 )
 _FINISHED = ("succeeded", "retried", "failed", "cancelled", "released")
 _MARGIN = re.compile(r"^\s*\| ?")
@@ -135,7 +136,7 @@ class TaskLog(Service):
 
     # -- per attempt (called by the claim loop as it settles outcomes) ------------
 
-    def settled(self, event: str, outcome: Outcome, held: Held | None) -> None:
+    def settled(self, event: Event, outcome: Outcome, held: Held | None) -> None:
         """One settled outcome: a failure's line (rate-limited), else a DEBUG line."""
         level = FAILURES.get(event)
         if level is None:

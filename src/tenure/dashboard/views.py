@@ -17,8 +17,7 @@ from typing import Any
 from tenure._store.rows import MinuteCounts, TaskFilter
 from tenure._untrusted import last_line
 from tenure.client import Client
-from tenure.logs import OUTCOME_EVENTS
-from tenure.states import CANCELLABLE_STATES, RETRYABLE_STATES
+from tenure.states import CANCELLABLE_STATES, RETRYABLE_STATES, recorded_event
 
 HISTORY_MINUTES = 60
 
@@ -222,7 +221,7 @@ def task_detail(client: Client, task_id: int, now: datetime) -> dict[str, Any]:
             "ended": a.ended_at,
             "took": f"{a.seconds:.3f}s",
             "outcome": a.outcome,
-            "event": OUTCOME_EVENTS.get(a.outcome, a.outcome),
+            "event": recorded_event(a.outcome),
             "error": a.error or "",
             "error_line": last_line(a.error, 90),
         }
