@@ -101,3 +101,20 @@ def test_the_shipped_example_uses_only_the_public_api() -> None:
         if "import" in line and ("tenure._" in line or "from tenure._" in line)
     ]
     assert private == []
+
+
+def test_no_untyped_row_leaves_the_store() -> None:
+    import typing
+
+    from tenure._store import Store
+    from tenure._store.worker import AsyncStore
+
+    untyped = []
+    for cls in (Store, AsyncStore):
+        for name, fn in vars(cls).items():
+            if name.startswith("_") or not callable(fn):
+                continue
+            returned = typing.get_type_hints(fn).get("return")
+            if returned is typing.Any or "tuple[typing.Any, ...]" in str(returned):
+                untyped.append(f"{cls.__name__}.{name} -> {returned}")
+    assert untyped == []
