@@ -27,6 +27,12 @@ demo: $(DEMO_STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# One tier of the suite alone, by what its tests need: test-unit (no database, seconds),
+# test-database (a real PostgreSQL), test-processes (real worker processes), test-faults.
+.PHONY: test-unit test-database test-processes test-faults
+test-unit test-database test-processes test-faults: $(STAMP)
+	$(PY) -m pytest -q -m $(@:test-%=%)
+
 chaos: $(STAMP)
 	$(PY) -m chaos $(CHAOS_ARGS)
 

@@ -37,6 +37,8 @@ POOLED = os.environ.get("TENURE_TEST_POOLER", "").lower() == "transaction"
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    for tier, what in TIERS.items():
+        config.addinivalue_line("markers", f"{tier}: the tier of tests that {what}")
     config.addinivalue_line(
         "markers", "needs_superuser: does what only a superuser may (skipped in a role tier)"
     )
@@ -47,7 +49,40 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+#: The suite's tiers, by what a test needs; each runs alone (``pytest -m unit``).
+TIERS = {
+    "unit": "needs no database (the in-process fake store at most)",
+    "database": "needs a real PostgreSQL, starts no worker process",
+    "processes": "starts real worker processes and signals them",
+    "faults": "injects faults into a fleet (chaos campaigns, clocks, networks)",
+}
+FAULT_MODULES = {"test_chaos", "test_hosts"}
+#: Fixtures that reach a database, and ones that start worker processes.
+DATABASE_FIXTURES = {"admin_url", "database_url", "data_dir"}
+PROCESS_FIXTURES = {"workers"}
+
+
+def tier_of(item: pytest.Item) -> str:
+    """The tier of a test: one it names with a tier's marker (a parameter that reaches
+    the database lazily does), faults by module, else by the fixtures it uses and the
+    ``acceptance`` marker (real worker processes)."""
+    named = [tier for tier in TIERS if item.get_closest_marker(tier)]
+    if named:
+        return named[-1]
+    module = getattr(item, "module", None)
+    if module is not None and module.__name__.rpartition(".")[2] in FAULT_MODULES:
+        return "faults"
+    names = set(getattr(item, "fixturenames", ()))
+    if names & PROCESS_FIXTURES or item.get_closest_marker("acceptance"):
+        return "processes"
+    if names & DATABASE_FIXTURES:
+        return "database"
+    return "unit"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(getattr(pytest.mark, tier_of(item)))
     skips: dict[str, pytest.MarkDecorator] = {}
     if POOLED:
         skips["needs_session"] = pytest.mark.skip(

@@ -118,3 +118,43 @@ def test_no_untyped_row_leaves_the_store() -> None:
             if returned is typing.Any or "tuple[typing.Any, ...]" in str(returned):
                 untyped.append(f"{cls.__name__}.{name} -> {returned}")
     assert untyped == []
+
+
+def test_the_unit_tier_runs_alone_with_no_database_to_reach(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    # No server answers on port 1, and the embedded server cannot start under a file.
+    (tmp_path / "file").write_text("")
+    nowhere = "postgresql://postgres@127.0.0.1:1/test"
+    env = {
+        **os.environ,
+        "TENURE_TEST_DATABASE_URL": nowhere,
+        "TENURE_DATABASE_URL": nowhere,
+        "TENURE_EMBEDDED_DIR": str(tmp_path / "file" / "pg"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-m", "unit", "-p", "no:cacheprovider",
+         "-k", "not unit_tier_runs_alone", "tests"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert " passed" in done.stdout and "error" not in done.stdout.splitlines()[-1]
+
+
+def test_every_test_is_in_exactly_one_tier() -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import TIERS
+
+    def collected(*args: str) -> int:
+        out = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider",
+             *args, "tests"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        ).stdout.splitlines()[-1]  # fmt: skip
+        return int(out.split("/")[0].split()[0]) if "/" in out else int(out.split()[0])
+
+    assert sum(collected("-m", tier) for tier in TIERS) == collected()

@@ -114,7 +114,7 @@ class Postgres:
         self.db.execute("UPDATE tasks SET run_after = now() WHERE id = %s", (task_id,))
 
 
-@pytest.fixture(params=["fake", "postgres"])
+@pytest.fixture(params=["fake", pytest.param("postgres", marks=pytest.mark.database)])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     if request.param == "fake":
         yield Fake()
