@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from tenure._db import connect as dbconnect
-from tests.conftest import ROOT, eventually, tenure_cli, worker_id_of
+from tests.conftest import CHILD_PYTHONPATH, ROOT, eventually, tenure_cli, worker_id_of
 
 pytestmark = pytest.mark.acceptance
 
@@ -200,3 +200,33 @@ def test_sessions_limit_idle_transactions_and_keep_tcp_alive(database_url: str) 
         assert conn.execute("SHOW idle_in_transaction_session_timeout").fetchone() == ("30s",)
         params = conn.info.get_parameters()
         assert params.get("keepalives") == "1" and params.get("keepalives_idle") == "10"
+
+
+@pytest.mark.acceptance
+def test_a_worker_runs_from_code_through_the_public_api_alone(
+    fleet_app: Any, schema: str, database_url: str, tmp_path: Path
+) -> None:
+    # Given a program that runs a worker with nothing but `import tenure`
+    program = (
+        "import logging, sys, tenure\n"
+        "from tests.apps import fleet\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "config = tenure.WorkerConfig(queues=['work'], concurrency=2)\n"
+        "sys.exit(tenure.run_worker(fleet.reg, config, dsn=sys.argv[1]))\n"
+    )
+    done = fleet_app.sleepy.send({"s": 0})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", program, database_url],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": CHILD_PYTHONPATH, "TENURE_TEST_SCHEMA": schema},
+        stdout=(tmp_path / "worker.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        # Then it runs the task, and SIGTERM drains it to a clean exit
+        assert done.result(timeout=60) == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    assert code == 0, (tmp_path / "worker.log").read_text()[-2000:]
+    assert "worker_drained" in (tmp_path / "worker.log").read_text()

@@ -6,9 +6,10 @@
 ... def parse_document(payload: dict) -> None: ...
 """
 
-__version__ = "0.1.0"
+from typing import TYPE_CHECKING, Any
 
 from tenure._untrusted import inert
+from tenure._version import __version__
 from tenure.client import Client, RetryResult, TaskInfo
 from tenure.context import TaskContext, current
 from tenure.errors import (
@@ -34,6 +35,29 @@ from tenure.options import Backoff
 from tenure.registry import Registry, Task, TaskHandle
 from tenure.states import TaskState
 
+if TYPE_CHECKING:
+    from tenure._worker.config import WorkerConfig
+    from tenure._worker.http import SurfacesConfig as ProbesConfig
+    from tenure._worker.worker import Worker, run_worker
+
+#: Running a worker from code, loaded on first use (``import tenure`` stays light).
+_WORKER_API = {
+    "Worker": ("tenure._worker.worker", "Worker"),
+    "run_worker": ("tenure._worker.worker", "run_worker"),
+    "WorkerConfig": ("tenure._worker.config", "WorkerConfig"),
+    "ProbesConfig": ("tenure._worker.http", "SurfacesConfig"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WORKER_API:
+        import importlib
+
+        module, attr = _WORKER_API[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'tenure' has no attribute {name!r}")
+
+
 __all__ = [
     "AlreadyRegistered",
     "Backoff",
@@ -45,6 +69,7 @@ __all__ = [
     "LeaseLost",
     "Limits",
     "PayloadInvalid",
+    "ProbesConfig",
     "QueueNotFound",
     "Registry",
     "ResultTimeout",
@@ -61,7 +86,10 @@ __all__ = [
     "TaskSignal",
     "TaskState",
     "TenureError",
+    "Worker",
+    "WorkerConfig",
     "__version__",
     "current",
     "inert",
+    "run_worker",
 ]

@@ -41,7 +41,6 @@ from uuid import UUID, uuid4
 
 import psycopg
 
-from tenure import __version__
 from tenure._db import connect as dbconnect
 from tenure._db.migrate import migrate
 from tenure._maintenance.promoter import Promoter
@@ -50,6 +49,7 @@ from tenure._maintenance.unknown_tasks import UnknownTasks
 from tenure._maintenance.vacuumer import Vacuumer
 from tenure._store.worker import AsyncStore
 from tenure._store.worker_rows import Outcome
+from tenure._version import __version__
 from tenure._worker.claim_loop import ClaimLoop
 from tenure._worker.clock import MONOTONIC, Clock
 from tenure._worker.config import WorkerConfig
