@@ -4,8 +4,10 @@ Rules:
 - The DSN is the one given, else ``TENURE_DATABASE_URL``, else the embedded server.
 - Every session sets ``idle_in_transaction_session_timeout`` and TCP keepalives, so a
   worker cut off in the middle of a transaction cannot hold row locks for long.
-- Transient failures (connection lost, serialization failure, deadlock, a server
-  shutting down), judged by SQLSTATE, are retried here, with backoff, and nowhere else.
+- Whether a failure is transient (connection lost, serialization failure, deadlock, a
+  server shutting down) is judged here only, by SQLSTATE (:func:`is_transient`), and
+  waits between tries use one backoff (:func:`backoff_delay`): a one-off statement is
+  retried by :func:`retry_sync`; the worker's loops retry their next pass.
 """
 
 from __future__ import annotations
