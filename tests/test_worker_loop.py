@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -64,8 +65,10 @@ def test_claims_fill_the_slots_and_top_up_the_prefetch_in_batches() -> None:
         runs.finish(runs.started[:1])
         await settle()
         assert (len(runs.running), claims.prefetched()) == (2, 3)
-        await claims.run_once()
+        lone = await claims.run_once()
         assert store.calls[-1] == ("complete", {"outcomes": 1})
+        # and the loop then waits for a wake or its poll, not a spin of passes
+        assert (lone.again, lone.retry_in) == (False, math.inf)
         # When a second one ends, two places are free: one claim tops the buffer up,
         # and the same statement writes the outcome
         runs.finish(runs.started[1:2])

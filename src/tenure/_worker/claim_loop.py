@@ -208,21 +208,21 @@ class ClaimLoop:
 
     def _want(self) -> tuple[int, bool]:
         """Tasks to claim now, and whether a claim of that many is due."""
+        want, ready = self._wanted()
+        return want, ready and self.clock.now() >= self._claim_at
+
+    def _wanted(self) -> tuple[int, bool]:
+        """Tasks to claim, and whether a claim of that many would be due but for the
+        backoff after a failed claim."""
         cfg = self.config
         # No prefetching while another worker serving these queues has idle slots:
         # what this worker would hoard, that one could start now.
         prefetch = 0 if self._others_idle else cfg.prefetch_count
         want = cfg.concurrency + prefetch - self.holdings.waiting_or_running()
+        # With prefetched tasks waiting, claim again only once half a prefetch is free.
         batched = want >= max(1, prefetch // 2) or not self._buffer
-        due = (
-            want > 0
-            and batched
-            and self._claiming
-            and not self._paused
-            and self._maybe_more
-            and self.clock.now() >= self._claim_at
-        )
-        return want, due
+        ready = want > 0 and batched and self._claiming and not self._paused and self._maybe_more
+        return want, ready
 
     async def run_once(self) -> Pass:
         """One pass: write the outcomes no claim will carry, then claim if one is due."""
@@ -263,13 +263,13 @@ class ClaimLoop:
     def _pass(self, claimed: int, settled: int) -> Pass:
         now, outcomes = self.clock.now(), self.outcomes
         writable = len(outcomes) > 0 and now >= outcomes.retry_at
-        want, due = self._want()
-        if writable or due:
+        _, ready = self._wanted()
+        if writable or (ready and now >= self._claim_at):
             return Pass(claimed, settled, again=True, retry_in=0.0)
         retry = math.inf
         if len(outcomes):
             retry = outcomes.retry_at - now
-        if want > 0 and self._maybe_more and self._claiming and not self._paused:
+        if ready:  # held back only by the backoff after a failed claim
             retry = min(retry, self._claim_at - now)
         return Pass(claimed, settled, again=False, retry_in=max(0.0, retry))
 
