@@ -413,3 +413,11 @@ def tenure_cli(
         timeout=60,
         env={k: v for k, v in merged.items() if v is not None},
     )
+
+
+@pytest.fixture
+def noop(registry: Registry) -> Any:
+    @registry.task(name="noop")
+    def noop(payload: dict) -> None: ...
+
+    return noop

@@ -27,7 +27,7 @@ from tenure._worker.notifier import CancelHints
 from tenure._worker.state import Held, Holdings
 from tenure.context import TaskContext
 from tests.conftest import direct_url, eventually, tenure_cli
-from tests.test_queue import FakeWorker, noop  # noqa: F401  (noop is a fixture)
+from tests.support.sql_worker import FakeWorker
 
 # A lease this long renews every 20 s: a cancel seen well within that came by NOTIFY,
 # not by a heartbeat.

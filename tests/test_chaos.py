@@ -30,7 +30,7 @@ from chaos.fleet import faketime_library
 from chaos.monitor import Monitor
 from tenure import Registry
 from tenure._db import sqlfiles
-from tests.test_queue import FakeWorker, expire_now, reap
+from tests.support.sql_worker import FakeWorker, expire_now, reap
 
 pytestmark = pytest.mark.acceptance
 

@@ -14,7 +14,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from tenure import Registry
-from tests.test_queue import FakeWorker
+from tests.support.sql_worker import FakeWorker
 
 
 def publish_queue(w: FakeWorker, name: str, **settings: Any) -> None:

@@ -27,7 +27,7 @@ from tenure.context import TaskContext
 from tests.conftest import CHILD_PYTHONPATH, ROOT, direct_url, eventually
 from tests.privilege import create_schema
 from tests.support.parts import claim_loop, heartbeat_of
-from tests.test_queue import LEASE, FakeWorker, expire_now, reap
+from tests.support.sql_worker import LEASE, FakeWorker, expire_now, reap
 
 
 def test_one_unwritable_outcome_does_not_hold_back_the_others(
