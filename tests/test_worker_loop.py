@@ -333,9 +333,14 @@ def test_waiting_claims_are_handed_back_while_another_worker_is_idle(
         assert claims.prefetched() == 2
         # Given another live worker on the same queue with free slots
         store.add_worker(uuid.uuid4(), ("default",), 4)
-        # When the heartbeat hears of it
+        # When a heartbeat hears of it just after the claim
         heard = await beat.run_once()
         assert heard.idle_elsewhere == 4
+        # Then the prefetched tasks are kept: they may start any moment
+        assert claims.prefetched() == 2
+        # But when they are still waiting at the next heartbeat
+        await clock.advance(LEASE.total_seconds() / 3)
+        await beat.run_once()
         # Then the waiting claims are handed back, spending no attempt
         assert claims.prefetched() == 0
         await claims.run_once()
@@ -354,6 +359,37 @@ def test_waiting_claims_are_handed_back_while_another_worker_is_idle(
     assert any(
         r.getMessage().endswith("released=2 reason=idle capacity elsewhere") for r in caplog.records
     )
+
+
+def test_a_buffer_that_turns_over_between_heartbeats_keeps_its_prefetch() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        store = FakeStore(clock)
+        store.send(12)
+        runs = Runs()
+        claims = claim_loop(store, concurrency=2, prefetch=2, lease=LEASE, run=runs, clock=clock)
+        beat = heartbeat_of(claims, store, clock)
+        store.add_worker(claims.worker_id, ("default",), 2)
+        # Given another live worker on the same queue with free slots throughout
+        store.add_worker(uuid.uuid4(), ("default",), 4)
+        await claims.run_once()
+        await settle()
+        for _ in range(3):
+            # When a heartbeat comes while two tasks wait, and by the next one those
+            # have started and fresh ones wait in their place (fast tasks, a stream)
+            assert (await beat.run_once()).idle_elsewhere == 4
+            assert claims.prefetched() == 2
+            runs.finish(list(runs.running))
+            await settle()
+            await claims.run_once()
+            await settle()
+            await clock.advance(LEASE.total_seconds() / 3)
+        # Then nothing was handed back, and each claim still asked for the prefetch
+        assert not any(store.outcomes_of(i) == ["released"] for i in store.tasks)
+        limits = [c[1]["limit"] for c in store.calls if c[0] in ("claim", "complete_and_claim")]
+        assert limits == [4, 2, 2, 2]
+
+    run(scenario)
 
 
 @dataclass

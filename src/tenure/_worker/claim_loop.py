@@ -12,9 +12,10 @@ Rules:
   failing, a drain, self-fenced) the outcomes are written alone at once.
 - Prefetched tasks wait in the buffer and start the moment a slot frees. While
   prefetched tasks wait, every slot is busy, so the buffer is topped up in batches
-  (half a prefetch), not one claim per finished task. While another worker serving
-  these queues has idle slots nothing is prefetched, and what waits is handed back
-  (released: no attempt spent), so that worker starts it now.
+  (half a prefetch), not one claim per finished task. When a prefetched task waited
+  through a whole heartbeat interval while another worker serving these queues had
+  idle slots, what waits is handed back (released: no attempt spent), so that worker
+  starts it now, and nothing is prefetched until the others are busy.
 - A claim that fails backs off (0.1 s doubling up to the poll interval); outcomes
   keep going out meanwhile, on their own backoff.
 - Drain: stop claiming, hand back what waits, let running attempts finish within the
@@ -102,7 +103,8 @@ class ClaimLoop:
         self._claiming = True  # until the drain
         self._paused = False  # self-fenced
         self._maybe_more = True  # the last claim was full, or a wake-up or a poll came since
-        self._others_idle = False  # another worker on these queues has free slots
+        self._others_idle = False  # hoarding while another worker had free slots
+        self._head_at_beat: tuple[int, int] | None = None  # the buffer's head at the last beat
         self._turn = 0  # which queue goes first
         self._claim_failures = 0
         self._claim_at = -math.inf  # no claim before this time (after a failure)
@@ -151,10 +153,22 @@ class ClaimLoop:
             self._lose(task_id, attempt, "taken over")
         for task_id in beat.cancel:
             self.cancel(task_id)
-        # While another worker has idle slots, hand back prefetched tasks it can start now.
-        self._others_idle = beat.idle_elsewhere > 0
-        if beat.idle_elsewhere > 0 and self._buffer:
+        # A prefetched task that waited in the buffer through a whole heartbeat interval,
+        # while another worker had a free slot, is hoarded: hand back what waits and
+        # prefetch nothing until the others are busy. A buffer that turns over between
+        # beats (fast tasks, a stream's bursts) is no hoard, and prefetching keeps its
+        # claims large.
+        head = self._buffer_head()
+        if beat.idle_elsewhere == 0:
+            self._others_idle = False
+        elif head is not None and head == self._head_at_beat:
+            self._others_idle = True
             self._release_waiting(beat.idle_elsewhere, "idle capacity elsewhere")
+        self._head_at_beat = self._buffer_head()
+
+    def _buffer_head(self) -> tuple[int, int] | None:
+        """The attempt that has waited longest in the buffer."""
+        return (self._buffer[0].id, self._buffer[0].attempt) if self._buffer else None
 
     def self_fenced(self) -> None:
         """Stop claiming and drop every held attempt. One that never started is handed
@@ -215,8 +229,8 @@ class ClaimLoop:
         """Tasks to claim, and whether a claim of that many would be due but for the
         backoff after a failed claim."""
         cfg = self.config
-        # No prefetching while another worker serving these queues has idle slots:
-        # what this worker would hoard, that one could start now.
+        # No prefetching after hoarding while another worker serving these queues had
+        # idle slots: what this worker would hoard, that one could start now.
         prefetch = 0 if self._others_idle else cfg.prefetch_count
         want = cfg.concurrency + prefetch - self.holdings.waiting_or_running()
         # With prefetched tasks waiting, claim again only once half a prefetch is free.

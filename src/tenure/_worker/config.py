@@ -100,7 +100,8 @@ class WorkerConfig:
     ``heartbeat`` defaults to a third of ``lease``; the reaper runs at the same
     interval, so a dead worker's task is taken over within about
     ``lease + heartbeat``. ``prefetch`` tasks are claimed ahead of free slots to keep
-    them full; what is prefetched is handed back when another worker sits idle.
+    them full; what is prefetched is handed back when it has waited through a heartbeat
+    interval while another worker sits idle.
     ``process_slots`` caps the task processes of ``isolation="process"`` tasks
     running at once (default: :func:`default_process_slots`); such a task takes one
     of the ``concurrency`` slots too, and waits in it for a process slot.
