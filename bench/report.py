@@ -363,7 +363,9 @@ def stream_checks(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                     label,
                     f"{rate:,.0f}/s ({rate / sp['rate2']:.0%} of {sp['rate2']:,.0f}/s); "
                     f"back after {_secs(rec)}",
-                    f"{s['n']:,} drained in {s['drain_seconds']:.1f} s; pre-spike p99 "
+                    f"{s['n']:,} sent in {s['send_seconds']:.1f} s, drained in "
+                    f"{s['drain_seconds']:.1f} s; after the sends "
+                    f"{s.get('queued_rate', float('nan')):,.0f}/s; pre-spike p99 "
                     f"{_ms(s['pre_p99'])} ms, back = under {_ms(s['threshold'])} ms for 3 s",
                     bool(s["drained"] and rate >= 0.8 * sp["rate2"] and rec <= 5.0),
                 )
@@ -382,7 +384,9 @@ def stream_tables(r: dict[str, Any]) -> list[str]:
             "Each system's stream runs at a share of its *own* 2-process whole-backlog "
             "drain rate from this run ("
             + ", ".join(f"{NAMES[k]} {v:,.0f}/s" for k, v in st["rates"].items())
-            + "). A sender process sends one batch every 50 ms and reports what it achieved. "
+            + f"). A sender process sends one batch every {st.get('tick', 0.05) * 1e3:g} ms "
+            "and reports what it achieved; at a load L a batch takes L × that to drain even "
+            "at the full drain rate, a floor under every system's pickup. "
             "Pickup quantiles leave out the stream's first second; a task never started "
             "counts as ∞. A stalled second had no finish while a task sent before it was "
             "still unfinished at its end. The SQL floor is left out: it has no sender, its "
@@ -427,15 +431,19 @@ def stream_tables(r: dict[str, Any]) -> list[str]:
             f"A second sender enqueues the spike at once, {plan['spike_at']:g} s into the "
             f"stream (at most {args.get('spike', 0):,} tasks and at most "
             f"{args.get('spike_cap', 0):g} s of the system's own drain). Drain: from the "
-            "first spike task's send to the last spike task's finish; the rate counts every "
-            "finish in that time, stream tasks included. Back: the stream's pickup p99 over "
+            "first spike task's send until the queue is back to what the stream alone keeps "
+            "waiting; the rate counts every task started in that time, stream tasks "
+            "included, and the target is on it. *After sends* counts from the spike's last "
+            "send instead: while the spike's sender inserts, it shares the machine with the "
+            "fleet. Back: the stream's pickup p99 over "
             "a 1 s window sliding by 0.1 s stays under max(1.5 × pre-spike p99, pre-spike "
             "+ 5 ms) for 3 s; the figure is the end of the first such window after the "
             "spike's send. Ratio: tenure's drain rate during the spike ÷ the system's.",
             "",
-            "| system | spike | drained in s | rate /s | ÷ own drain rate | pre-spike p99 ms "
-            "| back after s | post-drain p99 ms | stalled s | tenure ÷ it |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| system | spike | sent in s | drained in s | rate /s | ÷ own drain rate "
+            "| after sends /s | ÷ own | pre-spike p99 ms | back after s | post-drain p99 ms "
+            "| stalled s | tenure ÷ it |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         trate = sp.get("tenure", {}).get("spike", {}).get("drain_rate")
         for name, res in sp.items():
@@ -449,9 +457,11 @@ def stream_tables(r: dict[str, Any]) -> list[str]:
                 if s["drained"]
                 else (f"not drained ({s['spike_finished']:,} done)")
             )
+            queued = s.get("queued_rate", float("nan"))
             out.append(
-                f"| {NAMES[name]} | {s['n']:,} | {drained} | {_fmt(rate)} "
-                f"| {rate / res['rate2']:.0%} | {_ms(s['pre_p99'])} "
+                f"| {NAMES[name]} | {s['n']:,} | {s['send_seconds']:.1f} | {drained} "
+                f"| {_fmt(rate)} | {rate / res['rate2']:.0%} | {_fmt(queued)} "
+                f"| {queued / res['rate2']:.0%} | {_ms(s['pre_p99'])} "
                 f"| {_secs(s['recovered_after'])} | {_ms(s['after_drain']['p99'])} "
                 f"| {len(res['stalled_seconds'])} "
                 f"| {'–' if name == 'tenure' else _ratio(trate, rate)} |"

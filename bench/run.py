@@ -357,7 +357,14 @@ class Bench:
         systems = ["tenure", *self.peers]
         rates = {name: self.rate2(name) for name in systems}
         out = self.r.setdefault("streams", {})
-        out.update(levels=levels, seconds=a.stream_seconds, rates=rates, runs={}, pickup_is={})
+        out.update(
+            levels=levels,
+            seconds=a.stream_seconds,
+            tick=a.stream_tick,
+            rates=rates,
+            runs={},
+            pickup_is={},
+        )
         for level in levels:
             with h.phase(f"streams: {level:g} % of each system's 2-proc drain", self.r["loads"]):
                 for name in systems:  # interleaved, so drift hits every system alike
@@ -365,7 +372,10 @@ class Bench:
                     sys_ = streams.system(name, self.dsn, a.concurrency)
                     out["pickup_is"][name] = sys_.pickup
                     plan = streams.Plan(
-                        rate=rates[name] * level / 100, seconds=a.stream_seconds, settle=a.settle
+                        rate=rates[name] * level / 100,
+                        seconds=a.stream_seconds,
+                        tick=a.stream_tick,
+                        settle=a.settle,
                     )
                     try:
                         res = streams.run(sys_, plan)
@@ -388,6 +398,7 @@ class Bench:
             plan = streams.Plan(
                 rate=0.25 * rate2,
                 seconds=a.spike_before + after,
+                tick=a.stream_tick,
                 spike=n,
                 spike_at=a.spike_before,
                 settle=max(a.settle, 2 * drain_est),
@@ -805,7 +816,9 @@ def spike_line(res: dict[str, Any]) -> str:
         )
     return (
         f"{sp['n']:,} drained in {sp['drain_seconds']:.1f} s at {sp.get('drain_rate', 0):,.0f}/s "
-        f"({sp.get('drain_rate', 0) / res['rate2']:.0%} of its drain rate); pre-spike p99 "
+        f"({sp.get('drain_rate', 0) / res['rate2']:.0%} of its drain rate; after the "
+        f"{sp['send_seconds']:.1f} s of sends {sp.get('queued_rate', 0):,.0f}/s, "
+        f"{sp.get('queued_rate', 0) / res['rate2']:.0%}); pre-spike p99 "
         f"{ms(sp['pre_p99'])}, back under {ms(sp['threshold'])} "
         + (
             "not within the stream"
@@ -865,6 +878,12 @@ def main() -> int:
         "--levels", default="10,25,50,75", help="stream rates, %% of 2-proc drain (10,25,50,75)"
     )
     p.add_argument("--stream-seconds", type=float, default=60.0, help="each stream (60 s)")
+    p.add_argument(
+        "--stream-tick",
+        type=float,
+        default=0.01,
+        help="seconds between a stream's batches (0.01; see bench/streams.py)",
+    )
     p.add_argument("--settle", type=float, default=30.0, help="longest wait to empty (30 s)")
     p.add_argument("--spike", type=int, default=100_000, help="spike tasks (100,000)")
     p.add_argument(

@@ -3,10 +3,15 @@
 
 A run starts a system's worker processes on a fresh schema or database, waits until
 they are up, then starts that system's sender process, which sends batches on a fixed
-50 ms clock (``bench/peers/common.py``; tenure's sender is ``bench/sender.py``) and
-reports the send rate it achieved. A spike, when the plan has one, is a second sender
-process started ``spike_at`` seconds into the stream that enqueues N tasks at once,
-marked so they can be told from the stream's. After the sends, the run waits at most
+clock of ``tick`` seconds (``bench/peers/common.py``; tenure's sender is
+``bench/sender.py``) and reports the send rate it achieved. The tick sets a floor under
+pickup: at a load of L (the stream over the drain rate) a batch takes L × tick to
+drain even at the full drain rate, so its last task waits that long whatever the
+system; ``make bench`` sends every 10 ms (a 50 % stream's floor is 5 ms), and
+``make bench-stream`` keeps the 50 ms batches of the stall's reproduction. A spike,
+when the plan has one, is a second sender process started ``spike_at`` seconds into
+the stream that enqueues N tasks at once, marked so they can be told from the
+stream's. After the sends, the run waits at most
 ``settle`` seconds for the queue to empty (a queue that stalls is measured, not waited
 on forever), then reads every task's times back and computes the figures.
 
@@ -47,6 +52,7 @@ import numpy as np
 import psycopg
 
 from bench import harness as h
+from bench.peers.common import TICK
 
 TENURE_SCHEMA = "bench_stream"
 Array = np.ndarray[Any, np.dtype[Any]]
@@ -59,6 +65,7 @@ class Plan:
 
     rate: float
     seconds: float
+    tick: float = TICK  # seconds between the sender's batches
     spike: int = 0
     spike_at: float = 0.0
     settle: float = 30.0  # longest wait, after the sends, for the queue to empty
@@ -381,6 +388,7 @@ def run(sys_: System, plan: Plan, procs: int = 2, stall_window: float = 2.0) -> 
         sys_.start_workers(fleet, procs)
         sys_.ready(fleet, procs)
         args = ["--rate", f"{plan.rate:.3f}", "--seconds", f"{plan.seconds:g}"]
+        args += ["--tick", f"{plan.tick:g}"]
         sender = Child(sys_.command("stream", *args), fleet.log)
         spiker: Child | None = None
         try:
@@ -503,12 +511,19 @@ def queued_series(created: Array, started: Array, grid: Array) -> Array:
     return np.searchsorted(created, grid, "right") - np.searchsorted(started, grid, "right")
 
 
+def started_per_second(started: Array, t0: float, t1: float) -> float:
+    """Tasks started per second in [t0, t1] (``started`` sorted)."""
+    n = np.searchsorted(started, t1, "right") - np.searchsorted(started, t0, "left")
+    return float(n / (t1 - t0))
+
+
 def spike_figures(t: Tasks, stream: Array, t0: float, plan: Plan) -> dict[str, Any]:
     """How a spike drained. The spike is drained when the queue is back to what the
     steady stream alone keeps waiting (its most in the 10 s before the spike, sampled
     every 10 ms): the stream's tasks sent during the spike queue behind it, so the last
     spike task's finish is not yet the end of the backlog it caused. The drain rate
-    counts every task started from the spike's first send to that moment."""
+    counts every task started from the spike's first send to that moment; the queued
+    rate counts them from its last send."""
     rel_c = t.created - t0
     rel_f = t.finished - t0
     rel_s = t.started - t0
@@ -537,8 +552,13 @@ def spike_figures(t: Tasks, stream: Array, t0: float, plan: Plan) -> dict[str, A
         "spike_finished": int((~np.isnan(rel_f[t.spike])).sum()),
     }
     if drained and td > ts:
-        n = np.searchsorted(started, td, "right") - np.searchsorted(started, ts, "left")
-        out["drain_rate"] = float(n / (td - ts))
+        out["drain_rate"] = started_per_second(started, ts, td)
+        # The same from the moment the whole spike was queued: while its sender still
+        # inserts, the fleet shares the machine with it and can start no more than has
+        # arrived, so this is the rate of the fleet itself on the backlog the spike left.
+        te = ts + out["send_seconds"]
+        if td > te:
+            out["queued_rate"] = started_per_second(started, te, td)
     # pickup p99 of the stream's tasks over a 1 s window sliding by 0.1 s
     order = np.argsort(rel_c[stream])
     sc = rel_c[stream][order]
