@@ -62,8 +62,8 @@ FUNCTIONS = [
 INDEXES = [
     "attempts_pkey", "finished_tasks_finished_at_idx", "finished_tasks_pkey",
     "finished_tasks_unsuccessful_idx", "idempotency_keys_pkey", "limits_pkey", "migrations_pkey",
-    "queues_pkey", "result_waiters_pkey", "tasks_claim_idx", "tasks_claim_limited_idx",
-    "tasks_key_tail_idx", "tasks_pkey", "tasks_running_expiry_idx",
+    "queues_pkey", "releases_pkey", "result_waiters_pkey", "tasks_claim_idx",
+    "tasks_claim_limited_idx", "tasks_key_tail_idx", "tasks_pkey", "tasks_running_expiry_idx",
     "tasks_running_limited_name_idx", "tasks_running_limited_queue_idx",
     "tasks_running_owner_idx", "tasks_scheduled_idx", "workers_live_idx", "workers_pkey",
 ]  # fmt: skip

@@ -32,6 +32,11 @@ class SchemaNotReady(DatabaseError):
     code, or unreadable by this role; the message says what to do."""
 
 
+class SchemaTooNew(SchemaNotReady):
+    """A newer release migrated the schema past what this release runs on; the message
+    names both releases."""
+
+
 class EmbeddedServerError(DatabaseError, RuntimeError):
     """The embedded PostgreSQL server could not be prepared, started or stopped.
 

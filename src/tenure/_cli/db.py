@@ -114,16 +114,26 @@ def db_stop(force: bool) -> None:
 
 @db.command("status")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-def db_status(as_json: bool) -> None:
-    """Whether the embedded server runs, its pid, data dir, DSN, log and owners."""
+@click.option("--dsn", envvar="TENURE_DATABASE_URL", help="Also read this server's schema.")
+@click.option("--schema", envvar=SCHEMA_ENV, default=DEFAULT_SCHEMA, show_default=True)
+def db_status(as_json: bool, dsn: str | None, schema: str) -> None:
+    """The embedded server (running, pid, data dir, DSN, log, owners) and the schema
+    (migrations applied, the functions' release, the releases it serves)."""
     import json
 
     server = _embedded_server()
     stopped = server.reap()
     st = server.status()
+    dsn = (dsn or "").strip() or (server.dsn if st["running"] else None)
+    found, error = _schema_status(dsn, schema) if dsn else (None, None)
     if as_json:
-        click.echo(json.dumps({**st, "reaped": stopped}))
+        out: dict[str, Any] = {**st, "reaped": stopped}
+        if dsn:
+            out["schema"] = {"error": error} if error else _schema_json(schema, found)
+        click.echo(json.dumps(out, default=str))
         _dsn_env_note()
+        if error:
+            raise SystemExit(1)
         return
     _reaped_note(stopped)
     owners = st["owners"]
@@ -139,3 +149,85 @@ def db_status(as_json: bool) -> None:
     click.echo(f"dsn: {st['dsn']}")
     click.echo(f"log: {st['log_file']}")
     _dsn_env_note()
+    if error:
+        raise click.ClickException(error)
+    if dsn:
+        for line in _schema_lines(schema, found):
+            click.echo(line)
+
+
+def _schema_status(dsn: str, schema: str) -> tuple[Any, str | None]:
+    """The schema's status, or the one-line reason it could not be read."""
+    import psycopg
+
+    from tenure._db import connect as dbconnect
+    from tenure._db.migrate import status
+    from tenure.errors import TenureError
+
+    try:
+        with dbconnect.connect(dsn, "tenure-status") as conn:
+            return status(conn, schema), None
+    except TenureError as exc:
+        return None, f"schema {schema!r}: {exc}"
+    except psycopg.Error as exc:
+        return None, f"schema {schema!r}: cannot read it: {dbconnect.describe(exc)}"
+
+
+def _schema_json(schema: str, found: Any) -> dict[str, Any]:
+    if found is None:
+        return {"name": schema, "exists": False}
+    left = found.functions_left_by()
+    return {
+        "name": schema,
+        "exists": True,
+        "migrations": [{"name": n, "applied_at": t} for n, t in found.migrations],
+        "pending": found.pending,
+        "functions_applied": [{"name": n, "applied_at": t} for n, t in found.functions],
+        "functions_release": left.release if left else None,
+        "releases": [
+            {"release": r.release, "serves_from": r.serves_from, "migrated_at": r.migrated_at}
+            for r in found.releases
+        ],
+        "serves_from": found.newest.serves_from if found.newest else None,
+        "this_release": found.release,
+        "serves_this_release": found.serves_this(),
+    }
+
+
+def _when(t: Any) -> str:
+    return f"{t:%Y-%m-%d %H:%M:%S %Z}"
+
+
+def _schema_lines(schema: str, found: Any) -> list[str]:
+    """``db status``'s account of the schema, one fact a line."""
+    if found is None:
+        return [f"schema {schema}: not created yet (`tenure db migrate` or a worker creates it)"]
+    last = found.migrations[-1] if found.migrations else None
+    pending = ", ".join(found.pending) or "nothing"
+    lines = [
+        f"schema {schema}: {len(found.migrations)} migrations applied"
+        + (f", the last {last[0]} at {_when(last[1])}" if last else "")
+        + f"; pending for this release: {pending}"
+    ]
+    lines += [
+        f"  migrated by tenure {r.release} at {_when(r.migrated_at)} "
+        f"(serves workers of {r.serves_from} and later)"
+        for r in found.releases
+    ]
+    left = found.functions_left_by()
+    if left is not None:
+        lines.append(f"functions: as tenure {left.release} left them")
+    elif found.releases:
+        name, at = found.functions[-1] if found.functions else ("none", None)
+        lines.append(
+            "functions: not as any recorded release left them; the last applied was "
+            f"{name}{f' at {_when(at)}' if at else ''} (by a release before 0.2.0, or by hand)"
+        )
+    else:
+        lines.append("functions: installed by a release before 0.2.0, which records no release")
+    top = found.newest
+    if top is not None:
+        lines.append(f"oldest release served: {top.serves_from}")
+    verdict = "served" if found.serves_this() else f"not served: upgrade to {top.serves_from}"
+    lines.append(f"this is tenure {found.release}: {verdict}")
+    return lines

@@ -9,6 +9,11 @@ whenever that text changed; they are recorded as ``functions.sql@<sha256>``, the
 every release gives the unit. ``schema.sql`` plus the functions is the schema the
 migrations must produce; a test proves they do.
 
+Schema versions only go forward (:mod:`tenure._db.releases`): a release that migrates
+records itself; a release older than the newest one recorded applies no functions
+(the newer release's stay), runs if that release still serves it and says it is
+older, and refuses with one line naming both releases if not.
+
 Commands that only read or operate on existing rows never migrate: they call
 :func:`check_ready`, which reads the catalogs and the migrations table and changes
 nothing.
@@ -24,7 +29,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
-from tenure._db import sqlfiles
+from tenure._db import releases, sqlfiles
 from tenure._db.connect import describe, is_transient
 from tenure.errors import DatabaseError, SchemaNotReady
 
@@ -51,9 +56,7 @@ def _applied(conn: psycopg.Connection[Any], schema: str) -> set[str]:
     return {r[0] for r in conn.execute(table).fetchall()}
 
 
-# The record of the functions unit, ``functions.sql@<digest>``: the name dates from when
-# it was one file, and stays, since every release reads records by it.
-_FUNCTIONS = "functions.sql@"
+_FUNCTIONS = releases.FUNCTIONS_UNIT
 
 
 def _functions_version(schema: str) -> str:
@@ -62,9 +65,18 @@ def _functions_version(schema: str) -> str:
 
 
 def pending(conn: psycopg.Connection[Any], schema: str) -> list[str]:
-    """Migrations not yet applied to ``schema`` (the functions file last)."""
+    """Migrations not yet applied to ``schema`` (the functions file last; never the
+    functions when a newer release migrated it)."""
+    return _pending(conn, schema, releases.recorded(conn, schema))
+
+
+def _pending(
+    conn: psycopg.Connection[Any], schema: str, found: list[releases.Recorded]
+) -> list[str]:
     done = _applied(conn, schema)
-    names = [*sqlfiles.migration_names(), _functions_version(schema)]
+    names = [*sqlfiles.migration_names()]
+    if releases.newer(found) is None:
+        names.append(_functions_version(schema))
     return [name for name in names if name not in done]
 
 
@@ -126,16 +138,20 @@ def _grant_hint(conn: psycopg.Connection[Any], schema: str) -> str:
 
 
 def _migrate(conn: psycopg.Connection[Any], schema: str) -> list[str]:
-    if not pending(conn, schema):
+    found = releases.recorded(conn, schema)
+    if not _pending(conn, schema, found):
+        _older(schema, releases.check_served(schema, found))
         return []
     applied: list[str] = []
     with conn.transaction():
         conn.execute(_LOCK, {"schema": schema})
-        found = conn.execute(_CATALOG_SYNC, {"schema": schema}).fetchone()
-        if not found or not found[0]:
+        exists = conn.execute(_CATALOG_SYNC, {"schema": schema}).fetchone()
+        if not exists or not exists[0]:
             conn.execute(sqlfiles.query("schema_create", schema))
         conn.execute(sqlfiles.bind("tenure._db.queries", "migrations_table.sql", schema))
-        for name in pending(conn, schema):
+        found = releases.recorded(conn, schema)
+        top = releases.check_served(schema, found)
+        for name in _pending(conn, schema, found):
             if name.startswith(_FUNCTIONS):
                 conn.execute(sqlfiles.functions_sql(schema))
             else:
@@ -145,17 +161,32 @@ def _migrate(conn: psycopg.Connection[Any], schema: str) -> list[str]:
                 {"name": name},
             )
             applied.append(name)
+        if applied and top is None:
+            releases.record(conn, schema)
     if applied:
         log.info("schema_migrated schema=%s applied=%s", schema, ",".join(applied))
+    _older(schema, top)
     return applied
+
+
+def _older(schema: str, top: releases.Recorded | None) -> None:
+    if top is not None:
+        log.warning(
+            "schema_newer schema=%s release=%s this=%s: a newer release migrated this "
+            "schema and still serves this one; its functions stay in place",
+            schema,
+            top.release,
+            releases.RELEASE,
+        )
 
 
 def check_ready(conn: psycopg.Connection[Any], schema: str) -> None:
     """Raise :class:`SchemaNotReady` unless ``schema`` exists, this role may use it and
-    every numbered migration of this code is applied. Reads only; never creates anything.
+    every numbered migration of this code is applied, and :class:`SchemaTooNew` when a
+    newer release migrated it and no longer serves this one. Reads only; never creates
+    anything.
 
-    Functions of another release are accepted: the tables are what reading
-    needs, and the workers keep the functions of their own release.
+    Functions of another release are accepted: the tables are what reading needs.
     """
     sqlfiles.check_schema(schema)
     try:
@@ -175,18 +206,30 @@ def check_ready(conn: psycopg.Connection[Any], schema: str) -> None:
                 "application's schema?), or run `tenure db migrate` if tenure should use it"
             )
         done = {r[0] for r in conn.execute(sqlfiles.query("migrations_applied", schema))}
+        found = releases.recorded(conn, schema)
     except pgerrors.InsufficientPrivilege as exc:
         raise _denied(schema) from exc
     except psycopg.Error as exc:
         if is_transient(exc):  # retried by the caller
             raise
         raise DatabaseError(f"cannot read schema {schema!r}: {describe(exc)}") from exc
+    releases.check_served(schema, found)
     missing = [name for name in sqlfiles.migration_names() if name not in done]
     if missing:
         raise SchemaNotReady(
             f"schema {schema!r} lacks migrations this tenure needs ({', '.join(missing)}); "
             "run `tenure db migrate` or start a worker of this release to apply them"
         )
+
+
+def status(conn: psycopg.Connection[Any], schema: str) -> releases.SchemaStatus | None:
+    """What the schema holds and whom it serves (None: no tenure schema there yet).
+    Reads only."""
+    sqlfiles.check_schema(schema)
+    row = conn.execute(_EXISTS, {"table": f"{schema}.migrations"}).fetchone()
+    if not row or not row[0]:
+        return None
+    return releases.schema_status(conn, schema, pending(conn, schema))
 
 
 def _denied(schema: str) -> SchemaNotReady:

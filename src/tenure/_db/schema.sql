@@ -9,6 +9,15 @@ CREATE TABLE {schema}.migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- Which releases migrated the schema, the oldest release each still serves, and the
+-- digest of the functions as each left them (tenure/_db/releases.py).
+CREATE TABLE {schema}.releases (
+    release     text PRIMARY KEY,
+    serves_from text NOT NULL,
+    functions   text NOT NULL,
+    migrated_at timestamptz NOT NULL DEFAULT now()
+);
+
 CREATE SEQUENCE {schema}.task_ids;
 
 -- Work that is waiting or running. Finished rows move to finished_tasks so this

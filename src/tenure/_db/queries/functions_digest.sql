@@ -1,0 +1,9 @@
+-- A digest of the schema's functions as installed: each one's name, arguments and
+-- body. Equal digests, equal functions, whoever installed them.
+SELECT md5(coalesce(string_agg(
+           p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')'
+           || pg_get_function_result(p.oid) || E'\n' || p.prosrc,
+           E'\n' ORDER BY p.proname, pg_get_function_identity_arguments(p.oid)), ''))
+FROM pg_catalog.pg_proc p
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname = %(schema)s

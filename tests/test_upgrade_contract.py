@@ -1,0 +1,81 @@
+"""The expand/contract rule (docs/architecture.md, Upgrades): this release's migrations,
+applied in place over the previous release's schema, only add what that release
+ignores, as long as this release still serves it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tenure._db import connect as dbconnect
+from tenure._db import releases
+from tenure._db.migrate import migrate
+from tests.support import previous_release as previous
+from tests.support.schema_contract import Catalog, breaking_changes, read_catalog
+
+
+@pytest.fixture(scope="module")
+def previous_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return previous.extract(tmp_path_factory.mktemp("previous") / previous.RELEASE)
+
+
+@pytest.fixture
+def upgraded(
+    database_url: str, schema: str, previous_source: Path
+) -> Iterator[tuple[psycopg.Connection, Catalog, Catalog]]:
+    """``schema`` migrated by the previous release, then by this one: the connection
+    and the catalog before and after."""
+    applied = previous.migrate(previous_source, database_url, schema)
+    assert applied and applied[0] == "0001_init.sql", applied
+    with dbconnect.connect(database_url) as conn:
+        before = read_catalog(conn, schema)
+        assert migrate(conn, schema), "this release applied nothing over the previous one"
+        conn.commit()
+        yield conn, before, read_catalog(conn, schema)
+
+
+@pytest.mark.needs_owner  # migrates a fresh schema, twice
+def test_this_release_only_expands_the_schema_the_previous_release_runs_on(
+    upgraded: tuple[psycopg.Connection, Catalog, Catalog],
+) -> None:
+    _conn, before, after = upgraded
+    # Given the previous release is still served by this one
+    assert releases.version_key(previous.RELEASE) >= releases.version_key(releases.SERVES_FROM)
+    # Then nothing it uses is gone or changed, and nothing new trips its writes
+    broken = breaking_changes(before, after)
+    assert not broken, (
+        f"this release's migrations break tenure {previous.RELEASE}, which it still serves "
+        f"(SERVES_FROM = {releases.SERVES_FROM!r}); expand now, contract in a later release:\n  "
+        + "\n  ".join(broken)
+    )
+    # And the previous release's tables and functions are all still there (the check
+    # compared something)
+    assert before.tables and before.functions
+    assert before.tables <= after.tables and set(before.functions) <= set(after.functions)
+
+
+@pytest.mark.needs_owner  # migrates a fresh schema, twice, then breaks it
+def test_the_contract_check_names_a_dropped_column_the_previous_release_reads(
+    upgraded: tuple[psycopg.Connection, Catalog, Catalog], schema: str
+) -> None:
+    conn, before, _after = upgraded
+    # When a migration drops a column the previous release reads, changes a function's
+    # body in place and adds a NOT NULL column its inserts leave out
+    conn.execute(f"ALTER TABLE {schema}.tasks DROP COLUMN priority")
+    conn.execute(
+        f"CREATE OR REPLACE FUNCTION {schema}.queue_names(p_cap integer) RETURNS SETOF text "
+        "LANGUAGE sql STABLE AS $$ SELECT 'edited'::text LIMIT p_cap $$"
+    )
+    conn.execute(f"ALTER TABLE {schema}.workers ADD COLUMN zone text NOT NULL DEFAULT 'a'")
+    conn.execute(f"ALTER TABLE {schema}.workers ALTER COLUMN zone DROP DEFAULT")
+    conn.commit()
+    broken = breaking_changes(before, read_catalog(conn, schema))
+    # Then the check names each of them
+    assert "column tasks.priority is gone" in broken
+    assert any(
+        line.startswith("function queue_names(p_cap integer) changed its body") for line in broken
+    )
+    assert any(line.startswith("new column workers.zone is NOT NULL") for line in broken)
