@@ -36,6 +36,13 @@ test-unit test-database test-processes test-faults: $(STAMP)
 chaos: $(STAMP)
 	$(PY) -m chaos $(CHAOS_ARGS)
 
+# Rolling upgrades and rollbacks under a stream: the previous release's workers (its
+# source from history, its own virtualenv) and this code's, each replaced by the other
+# release many times (UPGRADE_ARGS="--rounds 3 --dsn postgresql://..." to change it).
+.PHONY: chaos-upgrade
+chaos-upgrade: $(STAMP)
+	$(PY) -m chaos.upgrade --rounds 10 --workers 3 $(UPGRADE_ARGS)
+
 # The fuzz tests with many more examples and a fresh seed each run; prints what they
 # tried and how it ended (FUZZ_EXAMPLES=5000 for a longer run).
 FUZZ_EXAMPLES ?= 2000

@@ -5,30 +5,29 @@ ignores, as long as this release still serves it."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 
+from chaos import releases as previous
 from tenure._db import connect as dbconnect
 from tenure._db import releases
 from tenure._db.migrate import migrate
-from tests.support import previous_release as previous
 from tests.support.schema_contract import Catalog, breaking_changes, read_catalog
 
 
 @pytest.fixture(scope="module")
-def previous_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return previous.extract(tmp_path_factory.mktemp("previous") / previous.RELEASE)
+def previous_release() -> previous.Installed:
+    return previous.install()
 
 
 @pytest.fixture
 def upgraded(
-    database_url: str, schema: str, previous_source: Path
+    database_url: str, schema: str, previous_release: previous.Installed
 ) -> Iterator[tuple[psycopg.Connection, Catalog, Catalog]]:
     """``schema`` migrated by the previous release, then by this one: the connection
     and the catalog before and after."""
-    applied = previous.migrate(previous_source, database_url, schema)
+    applied = previous.migrate(previous_release, database_url, schema)
     assert applied and applied[0] == "0001_init.sql", applied
     with dbconnect.connect(database_url) as conn:
         before = read_catalog(conn, schema)
