@@ -46,6 +46,7 @@ import tenure
 from chaos import checker
 from chaos import releases as previous
 from chaos.app import EFFECTS_DDL, SCHEMA_ENV
+from tenure._db import connect as dbconnect
 from tenure._db.migrate import migrate
 
 ROOT = previous.ROOT
@@ -78,6 +79,7 @@ class Release:
     name: str
     python: str
     env: dict[str, str]
+    cwd: Path
 
 
 @dataclass
@@ -91,6 +93,7 @@ class Worker:
 class Sender:
     release: Release
     proc: subprocess.Popen[str]
+    log: Path
     ids: list[int] = field(default_factory=list)
     reader: threading.Thread | None = None
 
@@ -105,6 +108,7 @@ class Result:
     exits: list[tuple[str, int | None]]  # (release, exit code) of every worker stopped
     seconds: float
     problems: list[str]
+    logs: Path
 
     @property
     def ok(self) -> bool:
@@ -124,6 +128,7 @@ class Result:
             f"workers that did not exit 0 when stopped: "
             f"{sum(1 for _, code in self.exits if code != 0)} of {len(self.exits)}"
             + (f"; problems: {'; '.join(self.problems)}" if self.problems else "")
+            + f"; logs in {self.logs}"
         )
 
 
@@ -159,7 +164,7 @@ class Fleet:
         return w
 
     def check_alive(self) -> None:
-        for w in self.workers:
+        for w in list(self.workers):
             code = w.proc.poll()
             if code is not None:
                 tail = w.log.read_text(errors="replace").strip().splitlines()[-1:]
@@ -185,26 +190,38 @@ class Fleet:
         self.exits.append((w.release.name, code))
         self.workers.remove(w)
 
+    def kill_all(self) -> None:
+        """After a failure of the harness: no worker outlives it."""
+        for w in self.workers:
+            if w.proc.poll() is None:
+                w.proc.kill()
+                w.proc.wait(10)
+        self.workers.clear()
+
     def replace(self, old: Release, new: Release) -> None:
         """Replace each worker of ``old``, one at a time, with one of ``new``."""
         for w in [w for w in self.workers if w.release is old]:
             self.check_alive()
+            if w not in self.workers:  # it died, and check_alive said so
+                continue
             self.stop(w)
             self.start(new)
             time.sleep(1.0)  # the stream runs on while the newcomer starts
 
 
-def start_sender(release: Release, dsn: str, schema: str, rate: float) -> Sender:
+def start_sender(release: Release, dsn: str, schema: str, rate: float, logs: Path) -> Sender:
     env = {**os.environ, **release.env, "TENURE_DATABASE_URL": dsn}
-    proc = subprocess.Popen(
-        [release.python, "-c", SENDER, schema, dsn, str(rate)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    s = Sender(release, proc)
+    err = logs / f"sender-{release.name}-{time.monotonic_ns()}.log"
+    with err.open("w") as stderr:
+        proc = subprocess.Popen(
+            [release.python, "-c", SENDER, schema, dsn, str(rate)],
+            cwd=release.cwd,  # '' on sys.path is the release's own tree
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+    s = Sender(release, proc, err)
 
     def read(out: IO[str]) -> None:
         for line in out:
@@ -226,14 +243,14 @@ def stop_sender(s: Sender, problems: list[str]) -> list[int]:
     if s.reader is not None:
         s.reader.join(10)
     if code != 0:
-        err = (s.proc.stderr.read() if s.proc.stderr else "").strip().splitlines()[-1:]
+        err = s.log.read_text(errors="replace").strip().splitlines()[-1:]
         problems.append(f"the sender of tenure {s.release.name} failed ({code}): {err}")
     return s.ids
 
 
 def this_release() -> Release:
     src = str(Path(tenure.__file__).resolve().parent.parent)
-    return Release(THIS, sys.executable, {"PYTHONPATH": os.pathsep.join([str(ROOT), src])})
+    return Release(THIS, sys.executable, {"PYTHONPATH": os.pathsep.join([str(ROOT), src])}, ROOT)
 
 
 def run(
@@ -250,7 +267,8 @@ def run(
 ) -> Result:
     t0 = time.monotonic()
     inst = previous.install(cache)
-    old, new = Release(previous.RELEASE, str(inst.python), inst.env()), this_release()
+    old = Release(previous.RELEASE, str(inst.python), inst.env(), inst.source)
+    new = this_release()
     schema = schema or f"upgrade_{os.getpid()}_{int(time.time()) % 10**6}"
     logs = logs or Path(tempfile.mkdtemp(prefix="tenure-upgrade-"))
     problems: list[str] = []
@@ -263,50 +281,57 @@ def run(
     args = ["--lease", f"{lease:g}s", "--drain-timeout", "5s", "--concurrency", "8"]
     args += ["--log-level", "info"]
     fleet = Fleet(dsn, schema, logs, args)
-    for _ in range(workers):
-        fleet.start(old)
-    senders = Counter({old.name: 1})
-    sender = start_sender(old, dsn, schema, rate)
+    senders: Counter[str] = Counter()
     sent: list[int] = []
+    sender: Sender | None = None
+
+    def stream(release: Release) -> Sender:
+        """Hand the stream to a sender of ``release``."""
+        nonlocal sent
+        if sender is not None:
+            sent += stop_sender(sender, problems)
+        senders[release.name] += 1
+        return start_sender(release, dsn, schema, rate, logs)
+
     try:
+        for _ in range(workers):
+            fleet.start(old)
+        sender = stream(old)
         time.sleep(phase_seconds)
         # 2. this code migrates mid-run, takes over the stream and joins the fleet
-        with psycopg.connect(dsn) as conn:
+        with dbconnect.connect(dsn, "tenure-migrate") as conn:
             migrated = migrate(conn, schema)
-            conn.commit()
-        sent += stop_sender(sender, problems)
-        sender = start_sender(new, dsn, schema, rate)
-        senders[new.name] += 1
+        sender = stream(new)
         for _ in range(workers):
             fleet.start(new)
         time.sleep(phase_seconds)
-        # 3. roll forward, then back, under the stream
+        # 3. roll forward, then back (the rollback), then forward again, under the stream
         for _ in range(rounds):
             fleet.replace(old, new)
             time.sleep(phase_seconds)
-            sent += stop_sender(sender, problems)
-            sender = start_sender(old, dsn, schema, rate)
-            senders[old.name] += 1
+            sender = stream(old)
             fleet.replace(new, old)
             time.sleep(phase_seconds)
-            sent += stop_sender(sender, problems)
-            sender = start_sender(new, dsn, schema, rate)
-            senders[new.name] += 1
-            fleet.replace(old, new)  # and forward again: the fleet ends on this code
+            sender = stream(new)
+            fleet.replace(old, new)
             time.sleep(phase_seconds)
-    finally:
         sent += stop_sender(sender, problems)
-    # 4. drain, stop, judge
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        deadline = time.monotonic() + 60
-        q = sql.SQL("SELECT count(*) FROM {}.tasks").format(sql.Identifier(schema))
-        while conn.execute(q).fetchone() != (0,) and time.monotonic() < deadline:
+        sender = None
+        # 4. drain, stop, judge
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            deadline = time.monotonic() + 60
+            q = sql.SQL("SELECT count(*) FROM {}.tasks").format(sql.Identifier(schema))
+            while conn.execute(q).fetchone() != (0,) and time.monotonic() < deadline:
+                fleet.check_alive()
+                time.sleep(0.25)
             fleet.check_alive()
-            time.sleep(0.25)
-        fleet.check_alive()
-        for w in list(fleet.workers):
-            fleet.stop(w)
-        report = checker.check(conn, schema, sent, final=True, takeovers=False)
+            for w in list(fleet.workers):
+                fleet.stop(w)
+            report = checker.check(conn, schema, sent, final=True, takeovers=False)
+    finally:
+        if sender is not None:
+            sender.proc.kill()
+        fleet.kill_all()
     bad_exits = [f"{rel} exited {code}" for rel, code in fleet.exits if code != 0]
     problems += fleet.problems + ([f"workers stopped badly: {bad_exits}"] if bad_exits else [])
     return Result(
@@ -318,6 +343,7 @@ def run(
         exits=fleet.exits,
         seconds=time.monotonic() - t0,
         problems=problems,
+        logs=logs,
     )
 
 
@@ -328,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="workers of each release (2)")
     p.add_argument("--rate", type=float, default=40.0, help="tasks/s of the stream (40)")
     p.add_argument("--phase-seconds", type=float, default=3.0, help="between steps (3)")
+    p.add_argument("--keep", action="store_true", help="keep the schema for a look after")
     a = p.parse_args(argv)
     if not 1 <= a.rounds <= 1000 or not 1 <= a.workers <= 16 or not 0 < a.rate <= 5000:
         p.error("--rounds 1..1000, --workers 1..16, --rate above 0 up to 5000")
@@ -336,7 +363,22 @@ def main(argv: list[str] | None = None) -> int:
         from tenure.embedded import ensure_embedded
 
         dsn = ensure_embedded()
-    res = run(dsn, rounds=a.rounds, workers=a.workers, rate=a.rate, phase_seconds=a.phase_seconds)
+    schema = f"upgrade_{os.getpid()}_{int(time.time()) % 10**6}"
+    try:
+        res = run(
+            dsn,
+            rounds=a.rounds,
+            workers=a.workers,
+            rate=a.rate,
+            phase_seconds=a.phase_seconds,
+            schema=schema,
+        )
+    finally:
+        if not a.keep:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
+                )
     print(res.summary())
     for line in res.report.violations():
         print(f"VIOLATION: {line}")

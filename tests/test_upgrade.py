@@ -15,9 +15,11 @@ from tenure._db import connect as dbconnect
 from tenure._db import releases, sqlfiles
 from tenure._db.migrate import check_ready, migrate
 from tenure.errors import SchemaTooNew
+from tests import privilege
 from tests.conftest import WorkerProcess, tenure_cli
 
 NEWER = "99.0.0"  # a release that does not exist yet, as its record would say
+LAST = sqlfiles.migration_names()[-1]
 
 
 def pretend_newer(conn: psycopg.Connection[Any], schema: str, serves_from: str) -> str:
@@ -45,10 +47,14 @@ def function_bodies(conn: psycopg.Connection[Any], schema: str) -> dict[str, str
 
 
 def test_versions_order_pre_releases_before_the_release() -> None:
-    order = ["0.1.0", "0.2.0.dev0", "0.2.0.dev3", "0.2.0a1", "0.2.0rc1", "0.2.0", "0.10.0"]
+    order = [
+        "0.1.0", "0.2.0.dev0", "0.2.0.dev3", "0.2.0a1.dev1", "0.2.0a1", "0.2.0b2", "0.2.0rc1",
+        "0.2.0", "0.2.0.post1.dev0", "0.2.0.post1", "0.10.0",
+    ]  # fmt: skip
     assert sorted(reversed(order), key=releases.version_key) == order
     assert releases.version_key("0.2.0+local.1") == releases.version_key("0.2.0")
-    assert releases.version_key("not a version") < releases.version_key("0.0.1")
+    # a version of another shape counts as newer than any: its serves_from is obeyed
+    assert releases.version_key("0.2.0-weird") > releases.version_key("99.0.0")
 
 
 @pytest.mark.needs_owner  # migrates a fresh schema
@@ -148,11 +154,22 @@ def test_a_release_the_newest_no_longer_serves_refuses_with_one_line_and_creates
         with pytest.raises(SchemaTooNew) as checked:
             check_ready(conn, schema)
         assert str(checked.value) == expected
+        # And so does a migration that had something to apply, under its lock, and it
+        # applies none of it
+        conn.execute(f"DELETE FROM {schema}.migrations WHERE name = %s", (LAST,))
+        conn.commit()
+        with pytest.raises(SchemaTooNew) as locked:
+            migrate(conn, schema)
+        assert str(locked.value) == expected
+        conn.rollback()
+        row = conn.execute(f"SELECT count(*) FROM {schema}.migrations WHERE name = %s", (LAST,))
+        assert row.fetchone() == (0,)
     # When a worker of this release starts on it
     w = workers("--lease", "2s")
-    # Then it exits with that line, and has registered nothing
+    # Then it exits with that line, once, and has registered nothing
     assert w.wait(30) != 0
-    assert expected in w.log()
+    said = [line for line in w.log().splitlines() if "worker_start_failed" in line]
+    assert len(said) == 1 and expected in said[0], w.log()
     assert db.execute("SELECT count(*) FROM workers").fetchone() == (0,)
     # And `db status` says this release is not served, and what to upgrade to
     out = tenure_cli("db", "status", "--dsn", database_url, "--schema", schema)
@@ -163,10 +180,11 @@ def test_a_release_the_newest_no_longer_serves_refuses_with_one_line_and_creates
 def test_db_status_lists_migrations_functions_and_what_the_schema_serves(
     database_url: str, schema: str, db: psycopg.Connection[Any]
 ) -> None:
-    # Before the schema exists, it says so and how it is made
+    # Before the schema holds tenure's tables, it says so and how they are made
     out = tenure_cli("db", "status", "--dsn", database_url, "--schema", schema)
     assert out.returncode == 0, out.stderr
-    assert f"schema {schema}: not created yet" in out.stdout
+    made = "exists but holds no tenure tables yet" if privilege.MODE else "not created yet"
+    assert f"schema {schema}: {made}" in out.stdout
     with dbconnect.connect(database_url) as conn:
         migrate(conn, schema)
     # After this release migrated it: every migration, the functions' release, the
@@ -189,6 +207,29 @@ def test_db_status_lists_migrations_functions_and_what_the_schema_serves(
     assert st["serves_this_release"] is True
     out = tenure_cli("db", "status", "--dsn", database_url, "--schema", schema)
     assert "functions: not as any recorded release left them" in out.stdout
+    # And the next migration by this release, the newest, puts its functions back
+    with dbconnect.connect(database_url) as conn:
+        applied = migrate(conn, schema)
+        assert len(applied) == 1 and applied[0].startswith("functions.sql@")
+        assert releases.recorded(conn, schema)[-1].functions == releases.functions_digest(
+            conn, schema
+        )
+    out = tenure_cli("db", "status", "--dsn", database_url, "--schema", schema)
+    assert f"functions: as tenure {releases.RELEASE} left them" in out.stdout
+
+
+@pytest.mark.needs_owner  # migrates a fresh schema
+def test_a_release_that_finds_nothing_to_apply_still_records_itself(
+    database_url: str, schema: str
+) -> None:
+    with dbconnect.connect(database_url) as conn:
+        migrate(conn, schema)
+        # Given the schema holds everything this release has, but no record of it (as
+        # when a release adds nothing to the schema of the one before)
+        conn.execute(f"DELETE FROM {schema}.releases")
+        # When it migrates, it applies nothing, and records itself
+        assert migrate(conn, schema) == []
+        assert [r.release for r in releases.recorded(conn, schema)] == [releases.RELEASE]
 
 
 def test_db_status_on_a_server_that_is_not_there_says_so_in_one_line() -> None:

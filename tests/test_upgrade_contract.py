@@ -33,6 +33,9 @@ def upgraded(
         before = read_catalog(conn, schema)
         migrate(conn, schema)
         conn.commit()
+        # this release recorded itself over a schema the previous one (which records
+        # nothing) made
+        assert [r.release for r in releases.recorded(conn, schema)] == [releases.RELEASE]
         yield conn, before, read_catalog(conn, schema)
 
 
@@ -62,7 +65,8 @@ def test_the_contract_check_names_a_dropped_column_the_previous_release_reads(
 ) -> None:
     conn, before, _after = upgraded
     # When a migration drops a column the previous release reads, changes a function's
-    # body in place and adds a NOT NULL column its inserts leave out
+    # body in place, adds a NOT NULL column its inserts leave out, overloads a function
+    # it calls and adds a unique index over its columns
     conn.execute(f"ALTER TABLE {schema}.tasks DROP COLUMN priority")
     conn.execute(
         f"CREATE OR REPLACE FUNCTION {schema}.queue_names(p_cap integer) RETURNS SETOF text "
@@ -70,11 +74,22 @@ def test_the_contract_check_names_a_dropped_column_the_previous_release_reads(
     )
     conn.execute(f"ALTER TABLE {schema}.workers ADD COLUMN zone text NOT NULL DEFAULT 'a'")
     conn.execute(f"ALTER TABLE {schema}.workers ALTER COLUMN zone DROP DEFAULT")
+    conn.execute(
+        f"CREATE FUNCTION {schema}.queue_names(p_cap integer, p_more boolean) RETURNS SETOF "
+        "text LANGUAGE sql STABLE AS $$ SELECT 'more'::text $$"
+    )
+    conn.execute(f"CREATE UNIQUE INDEX workers_host_pid ON {schema}.workers (host, pid)")
+    # (and adds what it may: a nullable column with a unique constraint of its own)
+    conn.execute(f"ALTER TABLE {schema}.workers ADD COLUMN rack text UNIQUE")
     conn.commit()
     broken = breaking_changes(before, read_catalog(conn, schema))
     # Then the check names each of them
     assert "column tasks.priority is gone" in broken
     assert any(
-        line.startswith("function queue_names(p_cap integer) changed its body") for line in broken
+        line.startswith("function queue_names(p_cap integer) changed its") for line in broken
     )
     assert any(line.startswith("new column workers.zone is NOT NULL") for line in broken)
+    assert any("is a new overload of queue_names" in line for line in broken)
+    assert any(line.startswith("new unique index workers_host_pid") for line in broken)
+    # And nothing else: the allowed addition is not among them
+    assert len(broken) == 5 and not any("rack" in line for line in broken), broken

@@ -125,7 +125,7 @@ def db_status(as_json: bool, dsn: str | None, schema: str) -> None:
     stopped = server.reap()
     st = server.status()
     dsn = (dsn or "").strip() or (server.dsn if st["running"] else None)
-    found, error = _schema_status(dsn, schema) if dsn else (None, None)
+    found, error = _schema_status(dsn, schema) if dsn else ((False, None), None)
     if as_json:
         out: dict[str, Any] = {**st, "reaped": stopped}
         if dsn:
@@ -157,7 +157,8 @@ def db_status(as_json: bool, dsn: str | None, schema: str) -> None:
 
 
 def _schema_status(dsn: str, schema: str) -> tuple[Any, str | None]:
-    """The schema's status, or the one-line reason it could not be read."""
+    """Whether the schema exists and its status, or the one-line reason it could not
+    be read."""
     import psycopg
 
     from tenure._db import connect as dbconnect
@@ -173,13 +174,15 @@ def _schema_status(dsn: str, schema: str) -> tuple[Any, str | None]:
         return None, f"schema {schema!r}: cannot read it: {dbconnect.describe(exc)}"
 
 
-def _schema_json(schema: str, found: Any) -> dict[str, Any]:
+def _schema_json(schema: str, read: Any) -> dict[str, Any]:
+    exists, found = read
     if found is None:
-        return {"name": schema, "exists": False}
+        return {"name": schema, "exists": exists, "tenure_tables": False}
     left = found.functions_left_by()
     return {
         "name": schema,
         "exists": True,
+        "tenure_tables": True,
         "migrations": [{"name": n, "applied_at": t} for n, t in found.migrations],
         "pending": found.pending,
         "functions_applied": [{"name": n, "applied_at": t} for n, t in found.functions],
@@ -198,10 +201,12 @@ def _when(t: Any) -> str:
     return f"{t:%Y-%m-%d %H:%M:%S %Z}"
 
 
-def _schema_lines(schema: str, found: Any) -> list[str]:
+def _schema_lines(schema: str, read: Any) -> list[str]:
     """``db status``'s account of the schema, one fact a line."""
+    exists, found = read
     if found is None:
-        return [f"schema {schema}: not created yet (`tenure db migrate` or a worker creates it)"]
+        made = "exists but holds no tenure tables yet" if exists else "not created yet"
+        return [f"schema {schema}: {made} (`tenure db migrate` or a worker migrates it)"]
     last = found.migrations[-1] if found.migrations else None
     pending = ", ".join(found.pending) or "nothing"
     lines = [
@@ -220,11 +225,16 @@ def _schema_lines(schema: str, found: Any) -> list[str]:
     elif found.releases:
         name, at = found.functions[-1] if found.functions else ("none", None)
         lines.append(
-            "functions: not as any recorded release left them; the last applied was "
-            f"{name}{f' at {_when(at)}' if at else ''} (by a release before 0.2.0, or by hand)"
+            "functions: not as any recorded release left them (re-applied by a release "
+            "before 0.2.0, which records none, or edited by hand); the last functions "
+            f"record is {name}{f' at {_when(at)}' if at else ''}"
         )
     else:
-        lines.append("functions: installed by a release before 0.2.0, which records no release")
+        name, at = found.functions[-1] if found.functions else ("none", None)
+        lines.append(
+            "functions: no release is recorded, so which one installed them cannot be told; "
+            f"the last functions record is {name}{f' at {_when(at)}' if at else ''}"
+        )
     top = found.newest
     if top is not None:
         lines.append(f"oldest release served: {top.serves_from}")

@@ -12,7 +12,8 @@ migrations must produce; a test proves they do.
 Schema versions only go forward (:mod:`tenure._db.releases`): a release that migrates
 records itself; a release older than the newest one recorded applies no functions
 (the newer release's stay), runs if that release still serves it and says it is
-older, and refuses with one line naming both releases if not.
+older, and refuses with one line naming both releases if not. The newest release
+applies its functions again when what is installed is no longer what it left.
 
 Commands that only read or operate on existing rows never migrate: they call
 :func:`check_ready`, which reads the catalogs and the migrations table and changes
@@ -74,10 +75,12 @@ def _pending(
     conn: psycopg.Connection[Any], schema: str, found: list[releases.Recorded]
 ) -> list[str]:
     done = _applied(conn, schema)
-    names = [*sqlfiles.migration_names()]
+    names = [name for name in sqlfiles.migration_names() if name not in done]
     if releases.newer(found) is None:
-        names.append(_functions_version(schema))
-    return [name for name in names if name not in done]
+        unit = _functions_version(schema)
+        if unit not in done or releases.drifted(conn, schema, found):
+            names.append(unit)
+    return names
 
 
 def migrate(conn: psycopg.Connection[Any], schema: str) -> list[str]:
@@ -140,7 +143,10 @@ def _grant_hint(conn: psycopg.Connection[Any], schema: str) -> str:
 def _migrate(conn: psycopg.Connection[Any], schema: str) -> list[str]:
     found = releases.recorded(conn, schema)
     if not _pending(conn, schema, found):
-        _older(schema, releases.check_served(schema, found))
+        top = releases.check_served(schema, found)
+        if releases.unrecorded(found):
+            releases.record(conn, schema)
+        _older(schema, top)
         return []
     applied: list[str] = []
     with conn.transaction():
@@ -161,7 +167,7 @@ def _migrate(conn: psycopg.Connection[Any], schema: str) -> list[str]:
                 {"name": name},
             )
             applied.append(name)
-        if applied and top is None:
+        if top is None and (applied or releases.unrecorded(found)):
             releases.record(conn, schema)
     if applied:
         log.info("schema_migrated schema=%s applied=%s", schema, ",".join(applied))
@@ -222,14 +228,17 @@ def check_ready(conn: psycopg.Connection[Any], schema: str) -> None:
         )
 
 
-def status(conn: psycopg.Connection[Any], schema: str) -> releases.SchemaStatus | None:
-    """What the schema holds and whom it serves (None: no tenure schema there yet).
-    Reads only."""
+def status(conn: psycopg.Connection[Any], schema: str) -> tuple[bool, releases.SchemaStatus | None]:
+    """Whether the schema exists, and what it holds and whom it serves (None: it holds
+    no tenure tables yet). Reads only."""
     sqlfiles.check_schema(schema)
+    row = conn.execute(_CATALOG_SYNC, {"schema": schema}).fetchone()
+    if not row or not row[0]:
+        return False, None
     row = conn.execute(_EXISTS, {"table": f"{schema}.migrations"}).fetchone()
     if not row or not row[0]:
-        return None
-    return releases.schema_status(conn, schema, pending(conn, schema))
+        return True, None
+    return True, releases.schema_status(conn, schema, pending(conn, schema))
 
 
 def _denied(schema: str) -> SchemaNotReady:

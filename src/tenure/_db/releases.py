@@ -45,19 +45,25 @@ SERVES_FROM = "0.1.0"
 # records by it.
 FUNCTIONS_UNIT = "functions.sql@"
 _EXISTS = b"SELECT to_regclass(%(table)s) IS NOT NULL"
-_VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)(?:\.?(dev|a|b|rc)(\d+))?")
-_PRE = {"dev": 0, "a": 1, "b": 2, "rc": 3}
+_VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)(?:(a|b|rc)(\d+))?(?:\.post(\d+))?(?:\.dev(\d+))?")
+_PRE = {"a": 0, "b": 1, "rc": 2}
+_UNKNOWN = (10**9,)
 
 
 def version_key(version: str) -> tuple[int, ...]:
-    """Order of release versions (``0.2.0.dev1`` < ``0.2.0rc1`` < ``0.2.0``); a local
-    suffix (``+...``) is ignored, and a version that is none of these sorts first."""
-    m = _VERSION.match(version.split("+", 1)[0].strip())
+    """The order of release versions, as pip orders them: ``0.2.0.dev1`` < ``0.2.0a1``
+    < ``0.2.0rc1`` < ``0.2.0`` < ``0.2.0.post1``; a local suffix (``+...``) is ignored.
+    A version of any other shape sorts after every release, so a record this code
+    cannot read counts as newer than it (and its ``serves_from`` is obeyed)."""
+    m = _VERSION.fullmatch(version.split("+", 1)[0].strip())
     if m is None:
-        return (-1,)
-    major, minor, patch, pre, n = m.groups()
-    rank = _PRE[pre] if pre else len(_PRE)
-    return (int(major), int(minor), int(patch), rank, int(n or 0))
+        return _UNKNOWN
+    major, minor, patch, pre, pre_n, post, dev = m.groups()
+    # a dev release of a final one comes before its pre-releases
+    final = -1 if dev is not None and post is None else len(_PRE)
+    rank = _PRE[pre] if pre else final
+    dev_key = (0, int(dev)) if dev is not None else (1, 0)
+    return (int(major), int(minor), int(patch), rank, int(pre_n or 0), int(post or -1), *dev_key)
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,7 @@ def recorded(conn: psycopg.Connection[Any], schema: str) -> list[Recorded]:
         return []
     rows = conn.execute(sqlfiles.query("releases_list", schema)).fetchall()
     found = [Recorded(str(r[0]), str(r[1]), str(r[2]), r[3]) for r in rows]
-    return sorted(found, key=lambda r: version_key(r.release))
+    return sorted(found, key=lambda r: (version_key(r.release), r.migrated_at))
 
 
 def newer(found: list[Recorded], release: str = RELEASE) -> Recorded | None:
@@ -101,6 +107,21 @@ def check_served(schema: str, found: list[Recorded], release: str = RELEASE) -> 
             f"{top.serves_from} or later"
         )
     return top
+
+
+def drifted(conn: psycopg.Connection[Any], schema: str, found: list[Recorded]) -> bool:
+    """True when this release is the newest recorded and the functions installed are not
+    the ones it left (re-applied by a release before 0.2.0, or edited by hand)."""
+    mine = [r for r in found if r.release == RELEASE]
+    return (
+        bool(mine) and newer(found) is None and mine[-1].functions != functions_digest(conn, schema)
+    )
+
+
+def unrecorded(found: list[Recorded]) -> bool:
+    """True when this release is the newest and has no record yet (a release that adds
+    nothing to the schema finds nothing to apply, and still records itself)."""
+    return newer(found) is None and all(r.release != RELEASE for r in found)
 
 
 def functions_digest(conn: psycopg.Connection[Any], schema: str) -> str:
