@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".venv-releases"
 
-RELEASE = "0.1.0"
-COMMIT = "40976cc375476a9674aef47f067dfdd1ed9d551f"  # CHANGELOG.md, 0.1.0
+RELEASE = "0.2.0"
+COMMIT = "3ffffd9e97948318da022565e154f2299b3cf8ed"  # CHANGELOG.md, 0.2.0
 
 
 class HistoryMissing(AssertionError):

@@ -33,9 +33,11 @@ def upgraded(
         before = read_catalog(conn, schema)
         migrate(conn, schema)
         conn.commit()
-        # this release recorded itself over a schema the previous one (which records
-        # nothing) made
-        assert [r.release for r in releases.recorded(conn, schema)] == [releases.RELEASE]
+        # this release recorded itself, the newest, over the schema the previous one
+        # made (which recorded itself too from 0.2.0 on)
+        recorded = [r.release for r in releases.recorded(conn, schema)]
+        assert recorded[-1] == releases.RELEASE, recorded
+        assert set(recorded) <= {previous.RELEASE, releases.RELEASE}, recorded
         yield conn, before, read_catalog(conn, schema)
 
 
