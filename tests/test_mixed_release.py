@@ -38,6 +38,12 @@ def test_a_fleet_of_two_releases_rolls_forward_and_back_without_losing_anything(
         assert r.sent > 200 and r.finished == r.sent, res.summary()
         assert (r.lost, r.overlapping_leases, r.stale_outcomes) == (0, 0, 0), res.summary()
         assert r.violations() == [], r.violations()
+        # And each worker of the previous release started after this code migrated (the
+        # rollback's) found this code recorded as newer, kept its functions and said so
+        said = f"schema_newer schema={schema} release={upgrade.THIS} this={previous.RELEASE}"
+        old_logs = sorted(tmp_path.glob(f"worker-{previous.RELEASE}-*.log"))
+        rolled_back = [p for p in old_logs if said in p.read_text(errors="replace")]
+        assert len(rolled_back) == res.started[previous.RELEASE] - 2, [p.name for p in old_logs]
         # And every worker stayed up until told to stop, and then drained and exited 0
         assert res.problems == [], res.problems
         assert len(res.exits) == sum(res.started.values())
