@@ -220,20 +220,19 @@ def _schema_lines(schema: str, read: Any) -> list[str]:
         for r in found.releases
     ]
     left = found.functions_left_by()
+    name, at = found.functions[-1] if found.functions else ("none", None)
+    last_unit = f"the last functions record is {name}{f' at {_when(at)}' if at else ''}"
     if left is not None:
         lines.append(f"functions: as tenure {left.release} left them")
     elif found.releases:
-        name, at = found.functions[-1] if found.functions else ("none", None)
         lines.append(
             "functions: not as any recorded release left them (re-applied by a release "
-            "before 0.2.0, which records none, or edited by hand); the last functions "
-            f"record is {name}{f' at {_when(at)}' if at else ''}"
+            f"before 0.2.0, which records none, or edited by hand); {last_unit}"
         )
     else:
-        name, at = found.functions[-1] if found.functions else ("none", None)
         lines.append(
-            "functions: no release is recorded, so which one installed them cannot be told; "
-            f"the last functions record is {name}{f' at {_when(at)}' if at else ''}"
+            "functions: no release is recorded, so which one installed them cannot be "
+            f"told; {last_unit}"
         )
     top = found.newest
     if top is not None:

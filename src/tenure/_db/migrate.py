@@ -46,12 +46,10 @@ _LOCK = b"SELECT pg_advisory_xact_lock(hashtext('tenure.migrate'), hashtext(%(sc
 # finds none: CREATE SCHEMA, even with IF NOT EXISTS, needs CREATE on the database,
 # which the owner of a schema made for it beforehand need not have.
 _CATALOG_SYNC = b"SELECT count(*) FROM pg_catalog.pg_namespace WHERE nspname = %(schema)s"
-_EXISTS = b"SELECT to_regclass(%(table)s) IS NOT NULL"
 
 
 def _applied(conn: psycopg.Connection[Any], schema: str) -> set[str]:
-    row = conn.execute(_EXISTS, {"table": f"{schema}.migrations"}).fetchone()
-    if not row or not row[0]:
+    if not releases.table_exists(conn, schema, "migrations"):
         return set()
     table = sqlfiles.bind("tenure._db.queries", "migrations_applied.sql", schema)
     return {r[0] for r in conn.execute(table).fetchall()}
@@ -235,10 +233,10 @@ def status(conn: psycopg.Connection[Any], schema: str) -> tuple[bool, releases.S
     row = conn.execute(_CATALOG_SYNC, {"schema": schema}).fetchone()
     if not row or not row[0]:
         return False, None
-    row = conn.execute(_EXISTS, {"table": f"{schema}.migrations"}).fetchone()
-    if not row or not row[0]:
+    if not releases.table_exists(conn, schema, "migrations"):
         return True, None
-    return True, releases.schema_status(conn, schema, pending(conn, schema))
+    found = releases.recorded(conn, schema)
+    return True, releases.schema_status(conn, schema, found, _pending(conn, schema, found))
 
 
 def _denied(schema: str) -> SchemaNotReady:

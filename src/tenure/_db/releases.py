@@ -10,8 +10,9 @@ working (``docs/architecture.md``, Upgrades, has the whole of them):
 - Migrations only add what older releases ignore (expand). Removing or changing what
   an older release uses (contract) waits for a later release, which raises
   ``SERVES_FROM`` past it in the same change. A changed SQL function gets a new name;
-  the old name keeps its old body until the contract step. ``tests/test_upgrade.py``
-  holds each change to that against the previous release's schema.
+  the old name keeps its old body until the contract step.
+  ``tests/test_upgrade_contract.py`` holds each change to that against the previous
+  release's schema.
 - Code never replaces the functions of a newer release: an older release that
   migrates leaves them in place and says so.
 - A release older than the newest one recorded runs if it is at least that one's
@@ -21,7 +22,6 @@ working (``docs/architecture.md``, Upgrades, has the whole of them):
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,8 +33,6 @@ from tenure._db import sqlfiles
 from tenure._version import __version__
 from tenure.errors import SchemaTooNew
 
-log = logging.getLogger(__name__)
-
 RELEASE = __version__
 # The oldest release whose workers this release's schema still serves. Raise it only in
 # a release whose migrations contract what that release used.
@@ -45,6 +43,13 @@ SERVES_FROM = "0.1.0"
 # records by it.
 FUNCTIONS_UNIT = "functions.sql@"
 _EXISTS = b"SELECT to_regclass(%(table)s) IS NOT NULL"
+
+
+def table_exists(conn: psycopg.Connection[Any], schema: str, table: str) -> bool:
+    row = conn.execute(_EXISTS, {"table": f"{schema}.{table}"}).fetchone()
+    return bool(row and row[0])
+
+
 _VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)(?:(a|b|rc)(\d+))?(?:\.post(\d+))?(?:\.dev(\d+))?")
 _PRE = {"a": 0, "b": 1, "rc": 2}
 _UNKNOWN = (10**9,)
@@ -81,8 +86,7 @@ class Recorded:
 
 def recorded(conn: psycopg.Connection[Any], schema: str) -> list[Recorded]:
     """The releases that migrated ``schema``, oldest version first ([] before 0.2.0)."""
-    row = conn.execute(_EXISTS, {"table": f"{schema}.releases"}).fetchone()
-    if not row or not row[0]:
+    if not table_exists(conn, schema, "releases"):
         return []
     rows = conn.execute(sqlfiles.query("releases_list", schema)).fetchall()
     found = [Recorded(str(r[0]), str(r[1]), str(r[2]), r[3]) for r in rows]
@@ -169,14 +173,15 @@ class SchemaStatus:
         return None
 
 
-def schema_status(conn: psycopg.Connection[Any], schema: str, pending: list[str]) -> SchemaStatus:
+def schema_status(
+    conn: psycopg.Connection[Any], schema: str, found: list[Recorded], pending: list[str]
+) -> SchemaStatus:
     rows = conn.execute(sqlfiles.query("migrations_list", schema)).fetchall()
-    unit = FUNCTIONS_UNIT
     return SchemaStatus(
         schema=schema,
-        migrations=[(str(n), t) for n, t in rows if not str(n).startswith(unit)],
-        functions=[(str(n), t) for n, t in rows if str(n).startswith(unit)],
-        releases=recorded(conn, schema),
+        migrations=[(str(n), t) for n, t in rows if not str(n).startswith(FUNCTIONS_UNIT)],
+        functions=[(str(n), t) for n, t in rows if str(n).startswith(FUNCTIONS_UNIT)],
+        releases=found,
         digest=functions_digest(conn, schema),
         pending=pending,
     )

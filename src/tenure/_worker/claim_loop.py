@@ -103,7 +103,7 @@ class ClaimLoop:
         self._claiming = True  # until the drain
         self._paused = False  # self-fenced
         self._maybe_more = True  # the last claim was full, or a wake-up or a poll came since
-        self._others_idle = False  # hoarding while another worker had free slots
+        self._hoarded = False  # prefetch waited while another worker had free slots
         self._head_at_beat: tuple[int, int] | None = None  # the buffer's head at the last beat
         self._turn = 0  # which queue goes first
         self._claim_failures = 0
@@ -160,9 +160,9 @@ class ClaimLoop:
         # claims large.
         head = self._buffer_head()
         if beat.idle_elsewhere == 0:
-            self._others_idle = False
+            self._hoarded = False
         elif head is not None and head == self._head_at_beat:
-            self._others_idle = True
+            self._hoarded = True
             self._release_waiting(beat.idle_elsewhere, "idle capacity elsewhere")
         self._head_at_beat = self._buffer_head()
 
@@ -231,7 +231,7 @@ class ClaimLoop:
         cfg = self.config
         # No prefetching after hoarding while another worker serving these queues had
         # idle slots: what this worker would hoard, that one could start now.
-        prefetch = 0 if self._others_idle else cfg.prefetch_count
+        prefetch = 0 if self._hoarded else cfg.prefetch_count
         want = cfg.concurrency + prefetch - self.holdings.waiting_or_running()
         # With prefetched tasks waiting, claim again only once half a prefetch is free.
         batched = want >= max(1, prefetch // 2) or not self._buffer
