@@ -476,7 +476,9 @@ def test_browser_sees_a_task_go_from_queued_to_succeeded(
     page.goto(f"{d.base}/")
     expect(page.locator("#workers tbody tr")).to_have_count(2)
     expect(page.locator('#queues tr[data-queue="work"]')).to_be_visible()
-    expect(page.locator('#queues tr[data-queue="tenants"] td').nth(4)).not_to_have_text("0")
+    # tenant-b's tasks finish within seconds of the workers starting, so the row's
+    # "running" cell may already be back to 0; its finished-per-minute stays for a minute
+    expect(page.locator('#queues tr[data-queue="tenants"] td').nth(7)).not_to_have_text("0")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
     page.goto(f"{d.base}/tasks?queue=work")
