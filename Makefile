@@ -43,6 +43,14 @@ chaos: $(STAMP)
 chaos-upgrade: $(STAMP)
 	$(PY) -m chaos.upgrade --rounds 10 --workers 3 $(UPGRADE_ARGS)
 
+# Failovers of the PostgreSQL primary under a stream, with a real HA manager: etcd and
+# three Patroni nodes in network namespaces (needs root, and `apt-get install patroni
+# etcd-server`); 20 rounds of a crash, a cut and a switchover each, with a synchronous
+# standby (FAILOVER_ARGS="--async" for asynchronous replication, "--rounds 3" to change).
+.PHONY: chaos-failover
+chaos-failover: $(STAMP)
+	$(PY) -m chaos.failover --rounds 20 $(FAILOVER_ARGS)
+
 # The fuzz tests with many more examples and a fresh seed each run; prints what they
 # tried and how it ended (FUZZ_EXAMPLES=5000 for a longer run).
 FUZZ_EXAMPLES ?= 2000

@@ -19,6 +19,7 @@ from psycopg import sql
 
 import tenure
 from tenure import Registry
+from tenure._db.connect import session_target
 
 SCHEMA_ENV = "TENURE_CHAOS_SCHEMA"
 EFFECTS_TABLE = "chaos_effects"
@@ -43,7 +44,7 @@ _local = threading.local()
 def _connection(dsn: str) -> psycopg.Connection[Any]:
     conn: psycopg.Connection[Any] | None = getattr(_local, "conn", None)
     if conn is None or conn.closed or conn.broken:
-        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=3)
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=3, **session_target(dsn))
         _local.conn = conn
     return conn
 
@@ -64,7 +65,8 @@ def record_run(schema: str, dsn: str) -> None:
         try:
             _connection(dsn).execute(stmt, (run_id, ctx.id, ctx.attempt, os.getpid()))
             return
-        except psycopg.OperationalError:
+        except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction):
+            # the server went, or a standby answered during a failover
             _local.conn = None
             if tries == 2:
                 raise

@@ -37,7 +37,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import psycopg
 from psycopg import sql
@@ -53,10 +53,13 @@ ROOT = previous.ROOT
 THIS = tenure.__version__
 
 # A sender that either release can run: it streams the work task at a rate until
-# SIGTERM, printing the ids of each batch as one JSON line.
+# SIGTERM, printing one JSON line per batch: the ids of a batch sent (the i-th carries
+# payload n = first + i), or the one-line error of a batch refused (not sent: the
+# stream goes on with the next).
 SENDER = """
 import json, signal, sys, time
 from chaos.app import WORK, build
+from tenure.errors import TenureError
 schema, dsn, rate = sys.argv[1], sys.argv[2], float(sys.argv[3])
 stop = []
 signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
@@ -65,8 +68,12 @@ t0, sent = time.monotonic(), 0
 while not stop:
     due = int((time.monotonic() - t0) * rate) - sent
     if due > 0:
-        handles = task.send_many([{"ms": 20, "n": sent + i} for i in range(due)])
-        print(json.dumps([h.id for h in handles]), flush=True)
+        try:
+            handles = task.send_many([{"ms": 20, "n": sent + i} for i in range(due)])
+            ids = [h.id for h in handles]
+            print(json.dumps({"ids": ids, "first": sent, "at": time.time()}), flush=True)
+        except TenureError as exc:
+            print(json.dumps({"refused": due, "error": str(exc)}), flush=True)
         sent += due
     time.sleep(0.05)
 """
@@ -95,6 +102,10 @@ class Sender:
     proc: subprocess.Popen[str]
     log: Path
     ids: list[int] = field(default_factory=list)
+    numbers: list[int] = field(default_factory=list)  # the payload's n of each id sent
+    sent_at: dict[int, float] = field(default_factory=dict)  # payload n -> time.time() sent
+    refused: list[str] = field(default_factory=list)  # the error of each batch refused
+    refused_tasks: int = 0
     reader: threading.Thread | None = None
 
 
@@ -209,6 +220,22 @@ class Fleet:
             time.sleep(1.0)  # the stream runs on while the newcomer starts
 
 
+def drain_and_check(
+    fleet: Fleet, conn: psycopg.Connection[Any], schema: str, sent: list[int], timeout: float
+) -> checker.Report:
+    """Wait up to ``timeout`` s for the queue to drain, stop every worker with SIGTERM,
+    and judge what ``conn``'s server recorded."""
+    deadline = time.monotonic() + timeout
+    q = sql.SQL("SELECT count(*) FROM {}.tasks").format(sql.Identifier(schema))
+    while conn.execute(q).fetchone() != (0,) and time.monotonic() < deadline:
+        fleet.check_alive()
+        time.sleep(0.25)
+    fleet.check_alive()
+    for w in list(fleet.workers):
+        fleet.stop(w)
+    return checker.check(conn, schema, sent, final=True, takeovers=False)
+
+
 def start_sender(release: Release, dsn: str, schema: str, rate: float, logs: Path) -> Sender:
     env = {**os.environ, **release.env, "TENURE_DATABASE_URL": dsn}
     err = logs / f"sender-{release.name}-{time.monotonic_ns()}.log"
@@ -225,7 +252,15 @@ def start_sender(release: Release, dsn: str, schema: str, rate: float, logs: Pat
 
     def read(out: IO[str]) -> None:
         for line in out:
-            s.ids.extend(json.loads(line))
+            batch = json.loads(line)
+            if "ids" in batch:
+                s.ids.extend(batch["ids"])
+                numbers = range(batch["first"], batch["first"] + len(batch["ids"]))
+                s.numbers.extend(numbers)
+                s.sent_at.update(dict.fromkeys(numbers, batch["at"]))
+            else:
+                s.refused.append(batch["error"])
+                s.refused_tasks += int(batch["refused"])
 
     assert proc.stdout is not None
     s.reader = threading.Thread(target=read, args=(proc.stdout,), daemon=True)
@@ -233,7 +268,9 @@ def start_sender(release: Release, dsn: str, schema: str, rate: float, logs: Pat
     return s
 
 
-def stop_sender(s: Sender, problems: list[str]) -> list[int]:
+def stop_sender(s: Sender, problems: list[str], *, refusals_expected: bool = False) -> list[int]:
+    """Stop the stream; the ids it sent. A batch refused is a problem unless
+    ``refusals_expected`` (a failover under way)."""
     s.proc.send_signal(signal.SIGTERM)
     try:
         code = s.proc.wait(30)
@@ -245,6 +282,11 @@ def stop_sender(s: Sender, problems: list[str]) -> list[int]:
     if code != 0:
         err = s.log.read_text(errors="replace").strip().splitlines()[-1:]
         problems.append(f"the sender of tenure {s.release.name} failed ({code}): {err}")
+    if s.refused and not refusals_expected:
+        problems.append(
+            f"the sender of tenure {s.release.name} had {len(s.refused)} batches refused: "
+            f"{s.refused[0]}"
+        )
     return s.ids
 
 
@@ -319,15 +361,7 @@ def run(
         sender = None
         # 4. drain, stop, judge
         with psycopg.connect(dsn, autocommit=True) as conn:
-            deadline = time.monotonic() + 60
-            q = sql.SQL("SELECT count(*) FROM {}.tasks").format(sql.Identifier(schema))
-            while conn.execute(q).fetchone() != (0,) and time.monotonic() < deadline:
-                fleet.check_alive()
-                time.sleep(0.25)
-            fleet.check_alive()
-            for w in list(fleet.workers):
-                fleet.stop(w)
-            report = checker.check(conn, schema, sent, final=True, takeovers=False)
+            report = drain_and_check(fleet, conn, schema, sent, timeout=60)
     finally:
         if sender is not None:
             sender.proc.kill()

@@ -56,7 +56,7 @@ TIERS = {
     "processes": "starts real worker processes and signals them",
     "faults": "injects faults into a fleet (chaos campaigns, clocks, networks)",
 }
-FAULT_MODULES = {"test_chaos", "test_hosts"}
+FAULT_MODULES = {"test_chaos", "test_hosts", "test_failover"}
 #: Fixtures that reach a database, and ones that start worker processes.
 DATABASE_FIXTURES = {"admin_url", "database_url", "data_dir"}
 PROCESS_FIXTURES = {"workers"}

@@ -3,6 +3,7 @@ a second signal, and the operator's commands."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import psycopg
 import pytest
 
 from tenure._db import connect as dbconnect
+from tenure._store.worker import AsyncStore
 from tests.conftest import CHILD_PYTHONPATH, ROOT, eventually, tenure_cli, worker_id_of
 
 pytestmark = pytest.mark.acceptance
@@ -194,12 +196,35 @@ def test_db_url_prints_the_dsn_in_use(database_url: str) -> None:
     assert plain.stdout.strip() == embedded_dsn()
 
 
-def test_sessions_limit_idle_transactions_and_keep_tcp_alive(database_url: str) -> None:
+def test_sessions_limit_idle_transactions_and_notice_a_dead_peer_within_seconds(
+    database_url: str,
+) -> None:
     conn = dbconnect.connect(database_url)
     with conn:
         assert conn.execute("SHOW idle_in_transaction_session_timeout").fetchone() == ("30s",)
         params = conn.info.get_parameters()
-        assert params.get("keepalives") == "1" and params.get("keepalives_idle") == "10"
+        assert (params.get("keepalives"), params.get("keepalives_idle")) == ("1", "2")
+        assert (params.get("keepalives_interval"), params.get("keepalives_count")) == ("1", "2")
+        assert params.get("tcp_user_timeout") == str(dbconnect.DEAD_PEER_S * 1000)
+        # a client session's commits are synchronous: when send returns, the task is stored
+        assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
+
+
+def test_a_workers_link_commits_asynchronously_on_a_server_without_synchronous_standbys(
+    database_url: str, schema: str
+) -> None:
+    async def probe() -> tuple[Any, str | None]:
+        link = AsyncStore(database_url, schema, "probe").link
+        try:
+            conn = await link.connection()
+            cur = await conn.execute("SHOW synchronous_commit")
+            return await cur.fetchone(), link.server.server if link.server else None
+        finally:
+            await link.close()
+
+    setting, server = asyncio.run(probe())
+    assert setting == ("off",)
+    assert server is not None and server.rpartition(":")[2].isdigit()
 
 
 @pytest.mark.acceptance

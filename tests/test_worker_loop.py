@@ -287,6 +287,51 @@ def test_heartbeats_renew_leases_and_the_worker_fences_itself_when_they_fail() -
     run(scenario)
 
 
+def test_the_first_renewal_after_a_failover_says_so_once_naming_both_servers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        store = FakeStore(clock, server="10.0.0.1:5432")
+        claims = claim_loop(store, concurrency=2, lease=LEASE, clock=clock)
+        beat = heartbeat_of(claims, store, clock)
+        store.add_worker(claims.worker_id, ("default",), 2)
+        # Given renewals that succeed on one server: nothing to say
+        await beat.run_once()
+        await clock.advance(beat.interval)
+        await beat.run_once()
+        assert "database_" not in caplog.text
+        # When the primary dies: two renewals fail, then another server answers
+        store.fail("renew", lost_connection(), times=2)
+        for _ in range(2):
+            await clock.advance(beat.interval)
+            with pytest.raises(DatabaseError):
+                await beat.run_once()
+        store.server = "10.0.0.2:5432"
+        await clock.advance(1)
+        await beat.run_once()
+        # Then one line names both servers and how long no renewal succeeded
+        line = "database_failover worker=%s from=10.0.0.1:5432 to=10.0.0.2:5432 without_database"
+        assert caplog.text.count(line % claims.worker_id) == 1, caplog.text
+        assert f"without_database={2 * beat.interval + 1:.1f}s" in caplog.text
+        # And the renewals after it say nothing more
+        await clock.advance(beat.interval)
+        await beat.run_once()
+        assert caplog.text.count("database_") == 1
+        # When the same server comes back after a failure (a restart, not a failover)
+        store.fail("renew", lost_connection())
+        await clock.advance(beat.interval)
+        with pytest.raises(DatabaseError):
+            await beat.run_once()
+        await clock.advance(beat.interval)
+        await beat.run_once()
+        # Then it says the database is back, on the same server
+        assert "database_back" in caplog.text and "server=10.0.0.2:5432" in caplog.text
+
+    with caplog.at_level(logging.INFO, logger="tenure._worker.heartbeat"):
+        run(scenario)
+
+
 def test_the_watchdog_fences_while_a_renewal_hangs_and_a_late_answer_does_not_unfence() -> None:
     async def scenario() -> None:
         clock = FakeClock()

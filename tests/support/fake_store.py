@@ -63,6 +63,7 @@ class FakeStore:
     _refuse: Callable[[Outcome], bool] = lambda o: False
     _listeners: list[asyncio.Queue[str]] = field(default_factory=list)
     _next_id: int = 1
+    server: str | None = "fake:5432"  # what a test sets to another name: a failover
 
     # -- the test's side -----------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""``tenure status``: queues, limits, the largest partition keys, live workers."""
+"""``tenure status``: the server, queues, limits, the largest partition keys, live workers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import click
 from tenure._cli.output import Column, console, emit_json, json_option, print_table
 from tenure._cli.params import dsn_option, operator_client
 from tenure._cli.workers import worker_cells, worker_columns
-from tenure._store.rows import KeyBacklog, LimitStatus, LiveWorker, QueueStatus
+from tenure._store.rows import KeyBacklog, LimitStatus, LiveWorker, QueueStatus, ServerIdentity
 from tenure.client import EXACT_COUNT_CAP
 
 
@@ -33,23 +33,30 @@ from tenure.client import EXACT_COUNT_CAP
 )
 @json_option
 def status(dsn: str | None, schema: str, top_keys: int, count_cap: int, as_json: bool) -> None:
-    """Queues, limits, the largest partition keys, live workers and their leases.
+    """The server answering (primary or standby), queues, limits, the largest
+    partition keys, live workers and their leases.
 
     Stays fast over millions of queued or finished tasks: counts above --count-cap
     are estimates and are marked ~ (running and expired are always exact)."""
     client = operator_client(dsn, schema)  # a read never creates the schema
+    server = client.store.server_identity()
     queues = client.queue_counts(cap=count_cap)
     limits = client.store.status_limits()
     keys = client.key_counts(top_keys) if top_keys else []
     workers = client.store.status_workers()
     if as_json:
-        emit_json(status_document(schema, queues, limits, keys, workers))
+        emit_json(status_document(schema, server, queues, limits, keys, workers))
     else:
+        console().print(
+            f"database {server.server} ({server.role}, PostgreSQL {server.version})",
+            highlight=False,
+        )
         status_tables(queues, limits, keys, workers, count_cap)
 
 
 def status_document(
     schema: str,
+    server: ServerIdentity,
     queues: list[QueueStatus],
     limits: list[LimitStatus],
     keys: list[KeyBacklog],
@@ -58,6 +65,7 @@ def status_document(
     """What ``tenure status --json`` prints: one document, stable keys."""
     return {
         "schema": schema,
+        "database": server.as_json(),
         "queues": [q.as_json() for q in queues],
         "task_limits": [r.as_json() for r in limits],
         "partition_keys": [k.as_json() for k in keys],

@@ -4,6 +4,13 @@ Rules:
 - The DSN is the one given, else ``TENURE_DATABASE_URL``, else the embedded server.
 - Every session sets ``idle_in_transaction_session_timeout`` and TCP keepalives, so a
   worker cut off in the middle of a transaction cannot hold row locks for long.
+- A dead server or a cut link is noticed within :data:`DEAD_PEER_S` seconds, whether
+  the connection is idle, waiting for an answer or sending (TCP keepalives and
+  ``tcp_user_timeout``), so a worker whose primary vanished reconnects within one
+  heartbeat; a busy server still answers keepalives, so a long statement is not cut.
+- A DSN naming several hosts (``host=a,b,c``) reaches the one that accepts writes
+  (``target_session_attrs=read-write`` unless the DSN says otherwise), so a reconnect
+  after a failover finds the new primary.
 - Whether a failure is transient (connection lost, serialization failure, deadlock, a
   server shutting down) is judged here only, by SQLSTATE (:func:`is_transient`), and
   waits between tries use one backoff (:func:`backoff_delay`): a one-off statement is
@@ -20,6 +27,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from tenure._durations import exponential
 from tenure.errors import ConfigError, DatabaseError
@@ -31,6 +39,9 @@ T = TypeVar("T")
 ENV_DSN = "TENURE_DATABASE_URL"
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 30_000
 CONNECT_TIMEOUT_S = 5
+# Silence on a connection for this long means the server or the link is gone: 2 s idle,
+# then two unanswered keepalives 1 s apart; unacknowledged bytes give up as soon.
+DEAD_PEER_S = 4
 
 # Transience is decided by SQLSTATE, never by exception class: psycopg files
 # ProgramLimitExceeded (54000), DiskFull and QueryCanceled under OperationalError too,
@@ -89,14 +100,9 @@ def behind_transaction_pooler() -> bool:
     return os.environ.get(ENV_POOLER, "").lower() == "transaction"
 
 
-def connect_kwargs(application_name: str = "tenure", *, worker: bool = False) -> dict[str, Any]:
-    """Session settings shared by every connection tenure opens.
-
-    A worker's own sessions (claims, outcomes, renewals) commit asynchronously:
-    delivery is at-least-once, so a write lost in a database crash only means the
-    lease expires and the task runs again, and not waiting for each WAL flush is what
-    lets a fleet go fast. ``send`` keeps synchronous commits: when it returns, the
-    task is durable.
+def connect_kwargs(application_name: str = "tenure") -> dict[str, Any]:
+    """Session settings shared by every connection tenure opens (a worker's links add
+    theirs once connected: :meth:`tenure._store.worker.Link.connection`).
 
     Behind a pooler in transaction mode nothing may outlive a transaction: no
     startup options (set ``idle_transaction_timeout`` in the pooler instead, and
@@ -107,18 +113,34 @@ def connect_kwargs(application_name: str = "tenure", *, worker: bool = False) ->
         "connect_timeout": CONNECT_TIMEOUT_S,
         "application_name": application_name,
         "keepalives": 1,
-        "keepalives_idle": 10,
-        "keepalives_interval": 5,
-        "keepalives_count": 3,
+        "keepalives_idle": 2,
+        "keepalives_interval": 1,
+        "keepalives_count": DEAD_PEER_S - 2,
+        "tcp_user_timeout": DEAD_PEER_S * 1000,
     }
     if behind_transaction_pooler():
         kwargs["prepare_threshold"] = None
         return kwargs
-    options = f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}"
-    if worker:
-        options += " -c synchronous_commit=off"
-    kwargs["options"] = options
+    kwargs["options"] = f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}"
     return kwargs
+
+
+def several_hosts(dsn: str) -> bool:
+    """Whether ``dsn`` names more than one server (``host=a,b`` or ``postgresql://a,b/``)."""
+    try:
+        info = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return False  # connecting says what is wrong with it
+    hosts = str(info.get("host") or info.get("hostaddr") or "")
+    return "," in hosts
+
+
+def session_target(dsn: str) -> dict[str, Any]:
+    """``target_session_attrs=read-write`` for a DSN of several hosts that sets none:
+    tenure writes on every connection, so only the primary will do."""
+    if several_hosts(dsn) and "target_session_attrs" not in conninfo_to_dict(dsn):
+        return {"target_session_attrs": "read-write"}
+    return {}
 
 
 def describe(exc: BaseException) -> str:
@@ -159,20 +181,20 @@ def connection_lost(exc: BaseException) -> bool:
 def connect(dsn: str, application_name: str = "tenure") -> psycopg.Connection[Any]:
     """Open a synchronous connection, raising :class:`DatabaseError` with one clear line."""
     try:
-        return psycopg.Connection.connect(dsn, **connect_kwargs(application_name))
+        return psycopg.Connection.connect(
+            dsn, **connect_kwargs(application_name), **session_target(dsn)
+        )
     except psycopg.Error as exc:
         raise DatabaseError(
             f"cannot connect to PostgreSQL ({describe(exc)}); check the DSN or {ENV_DSN}"
         ) from exc
 
 
-async def aconnect(
-    dsn: str, application_name: str = "tenure", *, worker: bool = False
-) -> psycopg.AsyncConnection[Any]:
+async def aconnect(dsn: str, application_name: str = "tenure") -> psycopg.AsyncConnection[Any]:
     """Open an asyncio connection, raising :class:`DatabaseError` with one clear line."""
     try:
         return await psycopg.AsyncConnection.connect(
-            dsn, **connect_kwargs(application_name, worker=worker)
+            dsn, **connect_kwargs(application_name), **session_target(dsn)
         )
     except psycopg.Error as exc:
         raise DatabaseError(

@@ -31,6 +31,7 @@ from tenure._store.rows import (
     MinuteCounts,
     QueueStatus,
     RetryResult,
+    ServerIdentity,
     TaskFilter,
     TaskInfo,
     TaskRow,
@@ -198,6 +199,11 @@ class Store:
 
     def status_workers(self) -> list[LiveWorker]:
         return self.session.fetch("status_workers", {}, class_row(LiveWorker))
+
+    def server_identity(self) -> ServerIdentity:
+        """The server this store's connection reached: which one, primary or standby."""
+        (row,) = self.session.fetch("server_identity", {}, class_row(ServerIdentity))
+        return row
 
     # -- the dashboard -----------------------------------------------------------------
 

@@ -339,6 +339,30 @@ class DashboardWorker(_Worker):
 
 
 @dataclass(frozen=True)
+class ServerIdentity:
+    """The server a connection reached (``server_identity``): ``host:port`` as the
+    server sees itself (``local:<port>`` over a unix socket), whether it is a standby,
+    and its version. Behind a pooler or a proxy it names the server, not the proxy."""
+
+    server: str
+    in_recovery: bool
+    version: str
+    synchronous_standbys: bool  # commits wait for a synchronous standby
+
+    @property
+    def role(self) -> str:
+        return "standby" if self.in_recovery else "primary"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "server": self.server,
+            "role": self.role,
+            "version": self.version,
+            "synchronous_standbys": self.synchronous_standbys,
+        }
+
+
+@dataclass(frozen=True)
 class Throughput:
     """A queue's last minute (``dashboard_throughput``): tasks finished, and of them
     how many succeeded."""

@@ -2,8 +2,10 @@
 
 Rules:
 - One autocommit connection, opened at first use and reopened if it broke before a
-  statement was sent. Opening it migrates the schema, or (``migrate=False``: the
-  operator commands, the dashboard) only checks that it exists, is readable and has
+  statement was sent, or if a statement found it on a server that cannot serve it
+  (a standby after a failover, a server shutting down). Opening it migrates the
+  schema, or (``migrate=False``: the operator commands, the dashboard) only checks
+  that it exists, is readable and has
   every migration of this code, refusing in one line otherwise and naming the tenure
   schemas the database does hold.
 - A statement runs under the lock, on this connection or on the caller's (then it
@@ -107,7 +109,16 @@ class Session:
         if connection is not None:
             return _run(connection, name, query, params, rows)
         with self._lock:
-            return _run(self._connection(), name, query, params, rows)
+            conn = self._connection()
+            try:
+                return _run(conn, name, query, params, rows)
+            except DatabaseError as exc:
+                if dbconnect.connection_lost(exc) and self._conn is conn:
+                    # a standby answered (a failover under way) or the server went:
+                    # the next statement opens a connection to the primary
+                    conn.close()
+                    self._conn = None
+                raise
 
     def execute(
         self, name: str, params: Mapping[str, Any], connection: psycopg.Connection[Any]

@@ -29,6 +29,7 @@ from psycopg.types.json import Jsonb
 
 from tenure._db import arrays, sqlfiles
 from tenure._db import connect as dbconnect
+from tenure._store.rows import ServerIdentity
 from tenure._store.worker_rows import (
     Claimed,
     ClaimResult,
@@ -49,20 +50,57 @@ log = logging.getLogger(__name__)
 
 
 class Link:
-    """A named, lazily (re)opened asyncio connection: one per part of the worker."""
+    """A named, lazily (re)opened asyncio connection: one per part of the worker.
+
+    Its commits are asynchronous (``synchronous_commit = off``) unless the server
+    waits for synchronous standbys: delivery is at-least-once, so a claim, renewal or
+    outcome lost in a database crash only means the task runs again, and not waiting
+    for each WAL flush is what lets a fleet go fast. A server with synchronous
+    standbys was set up so that nothing acknowledged is lost in a failover: there the
+    worker's commits wait like every other (``send``'s always do). Behind a pooler in
+    transaction mode no session setting is made; set it per role there.
+    """
 
     def __init__(self, dsn: str, schema: str, name: str) -> None:
         self.dsn = dsn
         self.schema = schema
         self.name = name
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self.server: ServerIdentity | None = None  # what the last connection reached
 
     async def connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = await dbconnect.aconnect(
-                self.dsn, f"tenure-{self.name}-{os.getpid()}", worker=True
-            )
+            conn = await dbconnect.aconnect(self.dsn, f"tenure-{self.name}-{os.getpid()}")
+            try:
+                self.server = await self._identify(conn)
+                if (
+                    not self.server.synchronous_standbys
+                    and not dbconnect.behind_transaction_pooler()
+                ):
+                    await conn.execute("SET synchronous_commit = off")
+            except BaseException:
+                await conn.close()
+                raise
+            self._conn = conn
         return self._conn
+
+    async def _identify(self, conn: psycopg.AsyncConnection[Any]) -> ServerIdentity:
+        """Which server ``conn`` reached; a standby (a DSN or proxy that still points
+        at the old primary after a failover) is refused as a transient failure, so the
+        caller's next pass connects again and finds the primary."""
+        try:
+            cur = await conn.execute(sqlfiles.query("server_identity", self.schema))
+            row = await cur.fetchone()
+        except psycopg.Error as exc:
+            raise DatabaseError(f"server_identity: {dbconnect.describe(exc)}") from exc
+        assert row is not None
+        found = ServerIdentity(str(row[0]), bool(row[1]), str(row[2]), bool(row[3]))
+        if found.in_recovery:
+            refusal = psycopg.errors.ReadOnlySqlTransaction(
+                f"{found.server} is a standby (in recovery); connecting again to find the primary"
+            )
+            raise DatabaseError(f"{self.name} link: {refusal}") from refusal
+        return found
 
     async def fetch(self, statement: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         """Run the named statement and return its rows; a broken link is dropped.
@@ -129,6 +167,12 @@ class AsyncStore:
     def tasks_table(self) -> str:
         """The hot table's qualified name, quoted as SQL quotes it (for log lines)."""
         return sql.Identifier(self.schema, "tasks").as_string()
+
+    @property
+    def server(self) -> str | None:
+        """The server (``host:port``) this store's last connection reached; None before
+        the first."""
+        return self.link.server.server if self.link.server else None
 
     def sibling(self, name: str) -> AsyncStore:
         """A store on the same database and schema with a connection of its own."""

@@ -17,6 +17,9 @@ Rules:
   worker fenced itself are not among them: they may have run, so they are left to
   expire and the reaper counts the crash (a task that stalls its worker past the
   lease is capped by ``max_crashes`` like one that kills it).
+- The first renewal that succeeds after failed ones logs, once, how long the worker
+  went without a database; when another server answers than before (the primary
+  failed over) it says ``database_failover`` and names both.
 - The heartbeat owns its link's health (``last_ok``, ``fenced``) and the operator's
   drain request (``drain_requested``); it reads what it renews from
   :class:`~tenure._worker.state.Holdings` and tells the claim loop, its
@@ -96,6 +99,8 @@ class Heartbeat(Service):
         self.state = "active"
         self.last_ok = clock.now()
         self.fenced = False
+        self.failing = False  # the last renewal failed
+        self.server: str | None = None  # the server the last renewal reached
         self.drain_requested = asyncio.Event()  # set by the first beat that asks
 
     def draining(self) -> None:
@@ -121,8 +126,10 @@ class Heartbeat(Service):
                 outcomes_stalled=stalled if stalled > self.lease.total_seconds() else None,
             )
         except Exception:
+            self.failing = True
             self.check_self_fence()
             raise
+        self._back(previous_ok=self.last_ok)
         # The database set the new expiries at or after `sent`: count from there. An
         # answer that took most of a lease to come back (a link just restored delivers
         # renewals sent long ago) does not lift self-fencing: the next one, sent now, does.
@@ -159,6 +166,31 @@ class Heartbeat(Service):
         if beat.drain:
             self.drain_requested.set()
         return beat
+
+    def _back(self, previous_ok: float) -> None:
+        """After a renewal succeeded: say once that the database is back after
+        failures, and whether another server answers now than before."""
+        server, before = self.store.server, self.server
+        self.server = server
+        if not self.failing and (server == before or before is None):
+            return  # nothing failed, and the first renewal names no change
+        self.failing = False
+        without = self.clock.now() - previous_ok
+        if before is not None and server != before:
+            log.warning(
+                "database_failover worker=%s from=%s to=%s without_database=%.1fs",
+                self.worker_id,
+                before,
+                server,
+                without,
+            )
+        else:
+            log.info(
+                "database_back worker=%s server=%s without_database=%.1fs",
+                self.worker_id,
+                server,
+                without,
+            )
 
     def check_self_fence(self) -> bool:
         """Cut the worker off before its leases can expire unrenewed.

@@ -109,7 +109,7 @@ def _history(rows: list[MinuteCounts], depth_now: dict[str, int]) -> dict[str, S
 
 
 def overview(client: Client) -> dict[str, Any]:
-    """Queues with their last hour, and the workers."""
+    """Queues with their last hour, the workers, and the server answering."""
     queues = client.queue_counts()
     throughput = {t.queue: t for t in client.store.dashboard_throughput()}
     history = _history(client.store.dashboard_history(), {q.queue: q.waiting for q in queues})
@@ -167,7 +167,8 @@ def overview(client: Client) -> dict[str, Any]:
         "slots": sum(w["concurrency"] for w in live),
         "busy": sum(w["running"] for w in live),
     }
-    return {"queues": queue_rows, "workers": worker_rows, "totals": totals}
+    database = client.store.server_identity()
+    return {"queues": queue_rows, "workers": worker_rows, "totals": totals, "database": database}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,392 @@
+"""Failovers of the PostgreSQL primary under a steady stream, with a real HA manager.
+
+    python -m chaos.failover [--kinds crash,cut,switchover] [--rounds 1] [--async]
+                             [--workers 2] [--rate 40] [--lease 5]
+
+1. ``chaos.ha`` starts etcd and three Patroni nodes (one synchronous standby unless
+   ``--async``); this code migrates a fresh schema on the primary, and ``--workers``
+   workers and a sender (``--rate`` tasks/s of ``chaos.app``'s work task) run on a
+   DSN naming all three nodes.
+2. Each round takes the primary away once in each of ``--kinds``: ``crash`` (its
+   Patroni and postmaster killed with SIGKILL), ``cut`` (its namespace's link down),
+   ``switchover`` (a planned switchover). For each it measures, on this machine's
+   clock (every node's):
+   - the HA manager's failover: from the fault until a new primary accepts writes
+     (Patroni's ``/primary`` answers);
+   - the first claim on the new primary after that (``started_at`` on the new
+     primary), and so what tenure adds to the HA manager's time;
+   - every worker's first heartbeat on the new primary after it (how long a worker
+     stays with the old server: a demoted or vanished one).
+   The old primary is then brought back as a standby and the cluster left healthy.
+3. The stream stops, the queue drains, every worker stops with SIGTERM, and
+   ``chaos.checker`` judges what the new primary recorded.
+
+With synchronous replication every invariant must hold (lost 0 among acknowledged
+sends, no overlapping leases, no stale outcome, no unexplained extra run). With
+``--async`` the last commits before a failover may be gone: tasks acknowledged and
+lost are counted and listed as such, and corruption (overlapping leases, stale or
+misattributed outcomes) must still be 0. The exit status is 1 when an invariant
+fails. ``make chaos-failover`` runs 20 rounds; ``tests/test_failover.py`` one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from chaos import checker, ha
+from chaos.app import EFFECTS_DDL
+from chaos.upgrade import (
+    Fleet,
+    Sender,
+    drain_and_check,
+    start_sender,
+    stop_sender,
+    this_release,
+)
+from tenure._db import connect as dbconnect
+from tenure._db.migrate import migrate
+
+KINDS = ("crash", "cut", "switchover")
+# tenure's part of a failover: from the new primary accepting writes to the first claim
+ADDED_TARGET_S = 2.0
+
+
+@dataclass
+class Failover:
+    kind: str
+    old: str
+    new: str
+    fault_at: float  # time.time() of the fault
+    ha_seconds: float  # fault -> new primary accepts writes
+    first_claim_seconds: float | None  # new primary accepting writes -> first claim on it
+    workers_back_seconds: list[float]  # ... -> each worker's first heartbeat on it
+    note: str = ""
+
+
+@dataclass
+class Result:
+    synchronous: bool
+    failovers: list[Failover]
+    report: checker.Report
+    sent: int
+    refused_batches: int
+    refused_tasks: int
+    refusals: list[str]
+    acknowledged_lost: list[int]  # the payload numbers of sends acknowledged and gone
+    ids_given_twice: int  # ids acknowledged for two different sends
+    worker_failover_lines: int
+    exits: list[tuple[str, int | None]]
+    problems: list[str]
+    seconds: float
+    logs: Path
+
+    def violations(self) -> list[str]:
+        found = list(self.problems)
+        rep = self.report
+        corruption = ("overlapping_leases", "stale_outcomes", "misattributed_attempts")
+        for name in corruption:
+            if getattr(rep, name):
+                found.append(f"{name}={getattr(rep, name)}")
+        if self.synchronous:
+            found += [v for v in rep.violations() if not v.startswith(corruption)]
+            if self.acknowledged_lost:
+                found.append(f"acknowledged sends lost={len(self.acknowledged_lost)}")
+            if self.ids_given_twice:
+                found.append(f"task ids given twice={self.ids_given_twice}")
+        for f in self.failovers:
+            if f.first_claim_seconds is None:
+                found.append(f"{f.kind} {f.old}->{f.new}: no claim on the new primary")
+        bad = [code for _, code in self.exits if code != 0]
+        if bad:
+            found.append(f"workers that did not exit 0 when stopped: {len(bad)}")
+        return found
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations()
+
+    def summary(self) -> str:
+        mode = "synchronous" if self.synchronous else "asynchronous"
+        lines = [
+            f"failovers with {mode} replication: {len(self.failovers)} in {self.seconds:.0f} s; "
+            f"{self.sent:,} tasks acknowledged, {self.report.finished:,} finished; "
+            f"{self.refused_batches} batches ({self.refused_tasks} tasks) refused during "
+            f"failovers" + (f" (first: {self.refusals[0]})" if self.refusals else "")
+        ]
+        for kind in KINDS:
+            rows = [f for f in self.failovers if f.kind == kind]
+            if not rows:
+                continue
+            ha_s = [f.ha_seconds for f in rows]
+            added = [f.first_claim_seconds for f in rows if f.first_claim_seconds is not None]
+            back = [s for f in rows for s in f.workers_back_seconds]
+            lines.append(
+                f"  {kind:10} n={len(rows):2}  HA manager p50/p99 {_p(ha_s, 50):5.2f}/"
+                f"{_p(ha_s, 99):5.2f} s  first claim after p50/p99 {_p(added, 50):4.2f}/"
+                f"{_p(added, 99):4.2f} s (target ≤ {ADDED_TARGET_S:g})  workers on the new "
+                f"primary after p50/max {_p(back, 50):4.2f}/{max(back, default=0):4.2f} s"
+            )
+        rep = self.report
+        lines.append(
+            f"  acknowledged sends lost {len(self.acknowledged_lost)}, their ids given to "
+            f"another send {self.ids_given_twice}, tasks lost {rep.lost}, "
+            f"overlapping leases {rep.overlapping_leases}, stale outcomes {rep.stale_outcomes}, "
+            f"misattributed {rep.misattributed_attempts}, unexplained extra runs "
+            f"{rep.unexplained_extra_runs}, attempts ended by lease expiry "
+            f"{rep.lease_expired_attempts}; database_failover lines in worker logs: "
+            f"{self.worker_failover_lines}"
+        )
+        found = self.violations()
+        lines.append(("  FAIL: " + "; ".join(found)) if found else "  every invariant held")
+        lines.append(f"  logs in {self.logs}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "synchronous": self.synchronous,
+            "failovers": [asdict(f) for f in self.failovers],
+            "report": self.report.to_json(),
+            "sent": self.sent,
+            "refused_batches": self.refused_batches,
+            "refused_tasks": self.refused_tasks,
+            "acknowledged_lost": self.acknowledged_lost,
+            "ids_given_twice": self.ids_given_twice,
+            "violations": self.violations(),
+            "seconds": self.seconds,
+        }
+
+
+def _p(values: list[float], pct: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(pct) - 1]
+
+
+def _at(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def _connect(dsn: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(dsn, autocommit=True, **dbconnect.session_target(dsn))
+
+
+def _first_claim(node_dsn: str, schema: str, since: float, timeout: float) -> float | None:
+    """The first ``started_at`` at or after ``since`` on the server of ``node_dsn``."""
+    query = sql.SQL(
+        "SELECT least((SELECT min(started_at) FROM {s}.tasks WHERE started_at >= %(t)s),"
+        " (SELECT min(started_at) FROM {s}.attempts WHERE started_at >= %(t)s))"
+    ).format(s=sql.Identifier(schema))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with psycopg.connect(node_dsn, autocommit=True, connect_timeout=2) as conn:
+                while time.monotonic() < deadline:
+                    row = conn.execute(query, {"t": _at(since)}).fetchone()
+                    if row and row[0] is not None:
+                        return float(row[0].timestamp())
+                    time.sleep(0.05)
+        except psycopg.OperationalError:
+            time.sleep(0.1)
+    return None
+
+
+def _workers_back(node_dsn: str, schema: str, since: float, timeout: float) -> list[float]:
+    """Seconds from ``since`` to each live worker's first heartbeat after it, on the
+    server of ``node_dsn``."""
+    query = sql.SQL("SELECT id, heartbeat_at FROM {s}.workers WHERE state <> 'gone'").format(
+        s=sql.Identifier(schema)
+    )
+    first: dict[Any, float] = {}
+    seen: set[Any] = set()
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(node_dsn, autocommit=True, connect_timeout=2) as conn:
+        while time.monotonic() < deadline:
+            rows = conn.execute(query).fetchall()
+            seen |= {r[0] for r in rows}
+            for wid, beat in rows:
+                if wid not in first and beat.timestamp() >= since:
+                    first[wid] = beat.timestamp() - since
+            if seen and len(first) == len(seen):
+                break
+            time.sleep(0.05)
+    return sorted(first.values())
+
+
+def node_dsn(node: ha.Node) -> str:
+    return f"host={node.address} port={ha.PG_PORT} user=postgres dbname=postgres"
+
+
+def run(
+    *,
+    kinds: tuple[str, ...] = KINDS,
+    rounds: int = 1,
+    synchronous: bool = True,
+    workers: int = 2,
+    rate: float = 40.0,
+    lease: float = 5.0,
+    settle_seconds: float = 3.0,
+    logs: Path | None = None,
+    inspect: Callable[[ha.Cluster, str], None] | None = None,
+) -> Result:
+    """The campaign; ``inspect(cluster, schema)``, if given, runs after the last
+    failover while the fleet and the stream still run."""
+    t0 = time.monotonic()
+    logs = logs or Path(tempfile.mkdtemp(prefix="tenure-failover-"))
+    logs.mkdir(parents=True, exist_ok=True)
+    # the nodes' directories, which the postgres user must reach: not under `logs`
+    cluster = ha.Cluster(Path(tempfile.mkdtemp(prefix="tenure-ha-")), synchronous=synchronous)
+    cluster.start()
+    dsn = cluster.dsn()
+    schema = f"failover_{os.getpid()}"
+    problems: list[str] = []
+    failovers: list[Failover] = []
+    sender: Sender | None = None
+    fleet: Fleet | None = None
+    try:
+        with _connect(dsn) as conn:
+            migrate(conn, schema)
+            conn.execute(
+                sql.SQL(EFFECTS_DDL.replace("{schema}", "{s}")).format(s=sql.Identifier(schema))
+            )
+        args = ["--lease", f"{lease:g}s", "--drain-timeout", "5s", "--concurrency", "8"]
+        args += ["--log-level", "info"]
+        fleet = Fleet(dsn, schema, logs, args)
+        here = this_release()
+        for _ in range(workers):
+            fleet.start(here)
+        sender = start_sender(here, dsn, schema, rate, logs)
+        time.sleep(settle_seconds)
+        for _ in range(rounds):
+            for kind in kinds:
+                failovers.append(_one(cluster, kind, schema, lease))
+                fleet.check_alive()
+                time.sleep(settle_seconds)
+        if inspect is not None:
+            inspect(cluster, schema)
+        sent = stop_sender(sender, problems, refusals_expected=True)
+        numbers = dict(zip(sender.numbers, sent, strict=True))  # payload n -> id
+        refused = (len(sender.refused), sender.refused_tasks, sender.refused[:3])
+        sender = None
+        with _connect(dsn) as conn:
+            report = drain_and_check(fleet, conn, schema, sent, timeout=120)
+            present = sql.SQL(
+                "SELECT id, (payload->>'n')::int FROM {s}.tasks UNION ALL "
+                "SELECT id, (payload->>'n')::int FROM {s}.finished_tasks"
+            ).format(s=sql.Identifier(schema))
+            stored = set(conn.execute(present).fetchall())  # (id, n) of every task kept
+        lines = sum(
+            w.read_text(errors="replace").count("database_failover")
+            for w in logs.glob("worker-*.log")
+        )
+    finally:
+        if sender is not None:
+            sender.proc.kill()
+        if fleet is not None:
+            fleet.kill_all()
+        cluster.close(keep_files=True)
+    result = Result(
+        synchronous=synchronous,
+        failovers=failovers,
+        report=report,
+        sent=len(sent),
+        refused_batches=refused[0],
+        refused_tasks=refused[1],
+        refusals=list(refused[2]),
+        # a send acknowledged is kept only if its id holds its own payload: after an
+        # asynchronous failover the new primary may give a lost task's id to another
+        acknowledged_lost=sorted(n for n, i in numbers.items() if (i, n) not in stored),
+        ids_given_twice=len(sent) - len(set(sent)),
+        worker_failover_lines=lines,
+        exits=fleet.exits,
+        problems=problems + fleet.problems,
+        seconds=time.monotonic() - t0,
+        logs=logs,
+    )
+    if result.ok:
+        shutil.rmtree(cluster.root, ignore_errors=True)
+    else:
+        result.problems.append(f"the nodes' logs and data are in {cluster.root}")
+    return result
+
+
+def _one(cluster: ha.Cluster, kind: str, schema: str, lease: float) -> Failover:
+    """Take the primary away by ``kind``, measure, and bring it back as a standby."""
+    old = cluster.wait_healthy()
+    fault_at = time.time()
+    if kind == "crash":
+        cluster.crash(old)
+    elif kind == "cut":
+        cluster.cut(old)
+    elif kind == "switchover":
+        cluster.switchover(old)
+    else:
+        raise ValueError(f"unknown failover kind {kind!r}; choose from {', '.join(KINDS)}")
+    new, promoted_at = cluster.wait_new_primary(old)
+    where = node_dsn(new)
+    claim = _first_claim(where, schema, promoted_at, timeout=30)
+    back = _workers_back(where, schema, promoted_at, timeout=3 * lease)
+    cluster.heal(old)
+    return Failover(
+        kind,
+        old.name,
+        new.name,
+        fault_at,
+        ha_seconds=promoted_at - fault_at,
+        first_claim_seconds=None if claim is None else claim - promoted_at,
+        workers_back_seconds=[round(b, 3) for b in back],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m chaos.failover", description=__doc__)
+    parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--async", dest="asynchronous", action="store_true")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rate", type=float, default=40.0)
+    parser.add_argument("--lease", type=float, default=5.0)
+    parser.add_argument("--json", type=Path, help="also write the result here")
+    opts = parser.parse_args(argv)
+    kinds = tuple(k for k in opts.kinds.split(",") if k)
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        parser.error(f"--kinds: choose from {', '.join(KINDS)} (got {opts.kinds!r})")
+    if opts.rounds < 1:
+        parser.error("--rounds: at least 1")
+    reason = ha.available()
+    if reason is not None:
+        print(f"chaos.failover cannot run here: {reason}", file=sys.stderr)
+        return 2
+    result = run(
+        kinds=kinds,
+        rounds=opts.rounds,
+        synchronous=not opts.asynchronous,
+        workers=opts.workers,
+        rate=opts.rate,
+        lease=opts.lease,
+    )
+    print(result.summary())
+    if opts.json:
+        opts.json.write_text(json.dumps(result.to_json(), indent=1, default=str))
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Faults tier: the PostgreSQL primary fails over under a fleet, with a real HA manager.
+
+``chaos.failover`` on a cluster of ``chaos.ha``: etcd and three Patroni nodes, each in
+a network namespace of its own, one synchronous standby. Two real worker processes and
+a sender run on a DSN naming the three nodes while the primary is taken away once in
+each way (its machine killed, its link cut, a planned switchover). ``make
+chaos-failover`` runs twenty of each, and the asynchronous case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from chaos import failover, ha
+from tenure._db.connect import DEAD_PEER_S, is_transient
+from tenure._store.worker import AsyncStore
+from tenure.errors import DatabaseError
+from tests.conftest import tenure_cli
+
+pytestmark = pytest.mark.faults
+
+LEASE = 5.0
+HEARTBEAT = LEASE / 3
+
+
+@pytest.fixture
+def cluster_ready() -> None:
+    reason = ha.available()
+    if reason is not None:
+        pytest.skip(f"no HA cluster here: {reason}")
+
+
+def test_a_fleet_follows_the_primary_through_a_crash_a_cut_and_a_switchover(
+    cluster_ready: None, tmp_path: Path
+) -> None:
+    seen: dict[str, object] = {}
+
+    def inspect(cluster: ha.Cluster, schema: str) -> None:
+        # What an operator sees on a DSN of all three nodes, and on a standby alone
+        primary = cluster.primary()
+        assert primary is not None
+        standby = next(n for n in cluster.nodes if n is not primary)
+        on_all = tenure_cli("status", "--dsn", cluster.dsn(), "--schema", schema, "--json")
+        seen["status"] = (primary.address, json.loads(on_all.stdout)["database"])
+        only = failover.node_dsn(standby)
+        text = tenure_cli("status", "--dsn", only, "--schema", schema)
+        seen["standby_status"] = (standby.address, text.stdout.splitlines()[:1])
+
+        # and a worker's connection that reaches a standby refuses it, as transient
+        async def renew_on_standby() -> DatabaseError:
+            store = AsyncStore(only, schema, "probe")
+            try:
+                await store.set_state(worker=uuid.UUID(int=0), state="draining")
+            except DatabaseError as exc:
+                return exc
+            finally:
+                await store.close()
+            raise AssertionError("a standby accepted a worker's statement")
+
+        seen["refusal"] = asyncio.run(renew_on_standby())
+
+        # and on this primary, which has a synchronous standby, a worker's commits wait
+        async def worker_commit_setting() -> Any:
+            link = AsyncStore(cluster.dsn(), schema, "probe").link
+            try:
+                cur = await (await link.connection()).execute("SHOW synchronous_commit")
+                return await cur.fetchone()
+            finally:
+                await link.close()
+
+        seen["synchronous_commit"] = asyncio.run(worker_commit_setting())
+
+    # Given a fleet and a steady stream on a three-node cluster with a synchronous standby
+    # When the primary is killed, then cut off, then switched over
+    result = failover.run(lease=LEASE, logs=tmp_path / "run", inspect=inspect)
+    print(result.summary())
+
+    # Then nothing acknowledged was lost and no invariant broke
+    assert result.ok, result.summary()
+    rep = result.report
+    assert result.sent > 0 and rep.lost == 0 and not result.acknowledged_lost
+    assert (rep.overlapping_leases, rep.stale_outcomes, rep.misattributed_attempts) == (0, 0, 0)
+    assert [f.kind for f in result.failovers] == list(failover.KINDS)
+    for f in result.failovers:
+        # And each time a new primary took over and the fleet claimed on it
+        assert f.new != f.old and f.first_claim_seconds is not None, f
+        # And every worker's heartbeat reached it within a heartbeat of it accepting
+        # writes, plus the time a dead connection takes to be noticed
+        assert len(f.workers_back_seconds) == 2, f
+        assert max(f.workers_back_seconds) <= HEARTBEAT + DEAD_PEER_S, f
+    # And each worker said so once per failover, naming both servers
+    assert result.worker_failover_lines == 2 * len(result.failovers)
+
+    # And `tenure status` named the primary, and a standby as a standby
+    primary_address, database = seen["status"]  # type: ignore[misc]
+    assert database["server"] == f"{primary_address}:{ha.PG_PORT}"
+    assert database["role"] == "primary"
+    standby_address, first_line = seen["standby_status"]  # type: ignore[misc]
+    assert first_line and first_line[0].startswith(f"database {standby_address}:5432 (standby")
+    # And the workers' commits waited for the synchronous standby
+    assert seen["synchronous_commit"] == ("on",)
+    # And a worker's statement on a standby was refused as transient, saying why
+    refusal = seen["refusal"]
+    assert isinstance(refusal, DatabaseError) and is_transient(refusal)
+    assert isinstance(refusal.__cause__, psycopg.errors.ReadOnlySqlTransaction)
+    assert "is a standby" in str(refusal)
