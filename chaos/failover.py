@@ -62,6 +62,7 @@ from tenure._db import connect as dbconnect
 from tenure._db.migrate import migrate
 
 KINDS = ("crash", "cut", "switchover")
+VIAS = ("hosts", "haproxy")
 # tenure's part of a failover: from the new primary accepting writes to the first claim
 ADDED_TARGET_S = 2.0
 
@@ -81,6 +82,9 @@ class Failover:
 @dataclass
 class Result:
     synchronous: bool
+    via: str
+    rebuilt: list[str]
+    skew: float
     failovers: list[Failover]
     report: checker.Report
     sent: int
@@ -122,8 +126,11 @@ class Result:
 
     def summary(self) -> str:
         mode = "synchronous" if self.synchronous else "asynchronous"
+        skew = f", clocks ±{self.skew:g} s apart" if self.skew else ""
+        via = " through HAProxy" if self.via == "haproxy" else " on a DSN of every node"
         lines = [
-            f"failovers with {mode} replication: {len(self.failovers)} in {self.seconds:.0f} s; "
+            f"failovers with {mode} replication{skew}{via}: {len(self.failovers)} in "
+            f"{self.seconds:.0f} s; "
             f"{self.sent:,} tasks acknowledged, {self.report.finished:,} finished; "
             f"{self.refused_batches} batches ({self.refused_tasks} tasks) refused during "
             f"failovers" + (f" (first: {self.refusals[0]})" if self.refusals else "")
@@ -152,6 +159,11 @@ class Result:
             f"{self.worker_failover_lines}"
         )
         found = self.violations()
+        if self.rebuilt:
+            lines.append(
+                f"  old primaries Patroni did not bring back by itself, copied afresh "
+                f"(/reinitialize): {len(self.rebuilt)}"
+            )
         lines.append(("  FAIL: " + "; ".join(found)) if found else "  every invariant held")
         lines.append(f"  logs in {self.logs}")
         return "\n".join(lines)
@@ -159,6 +171,9 @@ class Result:
     def to_json(self) -> dict[str, Any]:
         return {
             "synchronous": self.synchronous,
+            "skew": self.skew,
+            "via": self.via,
+            "rebuilt": self.rebuilt,
             "failovers": [asdict(f) for f in self.failovers],
             "report": self.report.to_json(),
             "sent": self.sent,
@@ -244,6 +259,8 @@ def run(
     settle_seconds: float = 3.0,
     logs: Path | None = None,
     inspect: Callable[[ha.Cluster, str], None] | None = None,
+    skew: float = 0.0,
+    via: str = "hosts",
 ) -> Result:
     """The campaign; ``inspect(cluster, schema)``, if given, runs after the last
     failover while the fleet and the stream still run."""
@@ -251,9 +268,11 @@ def run(
     logs = logs or Path(tempfile.mkdtemp(prefix="tenure-failover-"))
     logs.mkdir(parents=True, exist_ok=True)
     # the nodes' directories, which the postgres user must reach: not under `logs`
-    cluster = ha.Cluster(Path(tempfile.mkdtemp(prefix="tenure-ha-")), synchronous=synchronous)
+    cluster = ha.Cluster(
+        Path(tempfile.mkdtemp(prefix="tenure-ha-")), synchronous=synchronous, skew=skew
+    )
     cluster.start()
-    dsn = cluster.dsn()
+    dsn = cluster.start_haproxy() if via == "haproxy" else cluster.dsn()
     schema = f"failover_{os.getpid()}"
     problems: list[str] = []
     failovers: list[Failover] = []
@@ -276,6 +295,14 @@ def run(
         for _ in range(rounds):
             for kind in kinds:
                 failovers.append(_one(cluster, kind, schema, lease))
+                f = failovers[-1]
+                print(
+                    f"{len(failovers):3} {kind:10} {f.old}->{f.new} HA {f.ha_seconds:5.2f} s, "
+                    f"first claim after {f.first_claim_seconds} s, workers back after "
+                    f"{f.workers_back_seconds}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 fleet.check_alive()
                 time.sleep(settle_seconds)
         if inspect is not None:
@@ -303,6 +330,9 @@ def run(
         cluster.close(keep_files=True)
     result = Result(
         synchronous=synchronous,
+        via=via,
+        rebuilt=list(cluster.rebuilt),
+        skew=skew,
         failovers=failovers,
         report=report,
         sent=len(sent),
@@ -340,8 +370,9 @@ def _one(cluster: ha.Cluster, kind: str, schema: str, lease: float) -> Failover:
         raise ValueError(f"unknown failover kind {kind!r}; choose from {', '.join(KINDS)}")
     new, promoted_at = cluster.wait_new_primary(old)
     where = node_dsn(new)
-    claim = _first_claim(where, schema, promoted_at, timeout=30)
-    back = _workers_back(where, schema, promoted_at, timeout=3 * lease)
+    shift = new.clock_offset  # its database clock reads this much more than ours
+    claim = _first_claim(where, schema, promoted_at + shift, timeout=30)
+    back = _workers_back(where, schema, promoted_at + shift, timeout=3 * lease)
     cluster.heal(old)
     return Failover(
         kind,
@@ -349,7 +380,7 @@ def _one(cluster: ha.Cluster, kind: str, schema: str, lease: float) -> Failover:
         new.name,
         fault_at,
         ha_seconds=promoted_at - fault_at,
-        first_claim_seconds=None if claim is None else claim - promoted_at,
+        first_claim_seconds=None if claim is None else claim - shift - promoted_at,
         workers_back_seconds=[round(b, 3) for b in back],
     )
 
@@ -362,6 +393,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rate", type=float, default=40.0)
     parser.add_argument("--lease", type=float, default=5.0)
+    parser.add_argument(
+        "--skew",
+        type=float,
+        default=0.0,
+        help="run node2's clock this many seconds ahead and node3's as far behind",
+    )
+    parser.add_argument(
+        "--via",
+        choices=VIAS,
+        default="hosts",
+        help="how the fleet reaches the primary: a DSN of every node, or a HAProxy on "
+        "Patroni's REST API",
+    )
     parser.add_argument("--json", type=Path, help="also write the result here")
     opts = parser.parse_args(argv)
     kinds = tuple(k for k in opts.kinds.split(",") if k)
@@ -381,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         workers=opts.workers,
         rate=opts.rate,
         lease=opts.lease,
+        skew=opts.skew,
+        via=opts.via,
     )
     print(result.summary())
     if opts.json:

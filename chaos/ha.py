@@ -16,7 +16,12 @@ Rules:
   standbys and every client, and demotes itself after the TTL); :meth:`Cluster.
   switchover` asks Patroni for a planned switchover. :meth:`Cluster.heal` brings
   the old primary back as a standby (Patroni rewinds it).
-- Times come from ``time.time()`` of this machine, which is every node's clock.
+- Times come from ``time.time()`` of this machine, which is every node's clock unless
+  ``skew`` sets them apart: then node2's runs ``skew`` seconds ahead and node3's as
+  far behind (libfaketime in its Patroni and PostgreSQL), and a node's
+  ``clock_offset`` says by how much.
+- ``start_haproxy()`` puts a HAProxy on loopback in front, which follows Patroni's
+  REST API to the primary: the single-host DSN a client of such a setup holds.
 - ``close()`` stops every process, deletes the namespaces and the data, and sets
   IP forwarding back as it was; leftovers of a run killed before it could are
   removed by the next (``netns.sweep``).
@@ -41,6 +46,7 @@ from typing import Any
 import psycopg
 
 from chaos import netns
+from chaos.fleet import faketime_library
 from tenure.embedded.procfs import pid_alive
 
 FIRST_NODE = 231  # namespaces 231..233: outside the campaign's 1..200 and the hosts test's
@@ -50,6 +56,7 @@ REST_PORT = 8008
 TTL = 10
 LOOP_WAIT = 1
 RETRY_TIMEOUT = 4  # loop_wait + 2 * retry_timeout <= ttl, as Patroni requires
+REJOIN_S = 30.0  # a node not streaming this long after a fault is copied afresh
 PACKAGES = ("patroni", "python3-etcd", "etcd-server")
 
 
@@ -61,6 +68,8 @@ def available() -> str | None:
     missing = [tool for tool in ("patroni", "etcd") if shutil.which(tool) is None]
     if missing:
         return f"{', '.join(missing)} not installed (apt-get install {' '.join(PACKAGES)})"
+    if not faketime_library():
+        return "libfaketime not installed (apt-get install faketime)"
     if not (PG_BIN / "postgres").exists():
         return f"PostgreSQL 15 binaries not found in {PG_BIN}"
     return None
@@ -79,6 +88,7 @@ class Node:
     root: Path
     process: subprocess.Popen[bytes] | None = None
     log: Any = None
+    clock_offset: float = 0.0  # seconds this node's clock (Patroni's, PostgreSQL's) is off
 
     @property
     def address(self) -> str:
@@ -115,10 +125,13 @@ class Node:
 class Cluster:
     root: Path
     synchronous: bool = True
+    skew: float = 0.0  # node2's clock runs this many seconds ahead, node3's behind
     size: int = 3
     first: int = FIRST_NODE
     nodes: list[Node] = field(default_factory=list)
     etcd: subprocess.Popen[bytes] | None = None
+    haproxy: subprocess.Popen[bytes] | None = None
+    rebuilt: list[str] = field(default_factory=list)  # nodes copied afresh to rejoin
     _forwarding: str | None = None
 
     # -- life -------------------------------------------------------------------------
@@ -142,7 +155,8 @@ class Cluster:
                 )
                 node_root = self.root / f"node{i + 1}"
                 node_root.mkdir(parents=True, exist_ok=True)
-                self.nodes.append(Node(f"node{i + 1}", ns, node_root))
+                offset = (0.0, self.skew, -self.skew)[i % 3]
+                self.nodes.append(Node(f"node{i + 1}", ns, node_root, clock_offset=offset))
             self._start_etcd()
             for node in self.nodes:
                 self._write_config(node)
@@ -240,6 +254,9 @@ class Cluster:
                 "listen": f"{node.address}:{PG_PORT}",
                 "connect_address": f"{node.address}:{PG_PORT}",
                 "data_dir": str(node.data_dir),
+                # an old primary pg_rewind cannot bring back is copied afresh
+                "remove_data_directory_on_rewind_failure": True,
+                "remove_data_directory_on_diverged_timelines": True,
                 "bin_dir": str(PG_BIN),
                 "pgpass": str(node.root / "pgpass"),
                 "authentication": {
@@ -264,10 +281,15 @@ class Cluster:
     def start_node(self, node: Node) -> None:
         """Start the node's Patroni (it starts PostgreSQL, as primary or standby)."""
         node.log = open(node.root / "patroni.out", "ab")  # noqa: SIM115
+        env = dict(os.environ)
+        if node.clock_offset:
+            # libfaketime in Patroni, and so in the PostgreSQL it starts: now() is off
+            env.update(LD_PRELOAD=faketime_library(), FAKETIME=f"{node.clock_offset:+g}")
         node.process = subprocess.Popen(
             node.namespace.command(
                 ["runuser", "-u", "postgres", "--", "patroni", str(node.root / "patroni.yml")]
             ),
+            env=env,
             stdout=node.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -277,6 +299,10 @@ class Cluster:
         for node in self.nodes:
             self._kill_node(node)
             node.namespace.remove()
+        if self.haproxy is not None:
+            self.haproxy.kill()
+            self.haproxy.wait(10)
+            self.haproxy = None
         if self.etcd is not None:
             self.etcd.kill()
             self.etcd.wait(10)
@@ -302,6 +328,46 @@ class Cluster:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and pid is not None and pid_alive(pid):
             time.sleep(0.05)
+
+    def start_haproxy(self) -> str:
+        """A HAProxy on loopback that forwards to whichever node Patroni's REST API
+        calls primary (``GET /primary`` answers 200 on it alone), closing the sessions
+        of a node marked down; the DSN that reaches the cluster through it."""
+        port = _free_port()
+        servers = "\n".join(
+            f"    server {n.name} {n.address}:{PG_PORT} check port {REST_PORT}" for n in self.nodes
+        )
+        config = f"""global
+    maxconn 2000
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 30m
+    timeout server 30m
+    timeout check 1s
+listen postgres
+    bind 127.0.0.1:{port}
+    option httpchk GET /primary
+    http-check expect status 200
+    default-server inter 500ms fall 2 rise 1 on-marked-down shutdown-sessions
+{servers}
+"""
+        path = self.root / "haproxy.cfg"
+        path.write_text(config)
+        self._haproxy_log = open(self.root / "haproxy.log", "ab")  # noqa: SIM115
+        self.haproxy = subprocess.Popen(
+            ["haproxy", "-db", "-f", str(path)],
+            stdout=self._haproxy_log,
+            stderr=subprocess.STDOUT,
+        )
+        dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=2"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with contextlib.suppress(psycopg.Error), psycopg.connect(dsn, autocommit=True) as c:
+                c.execute("SELECT 1")
+                return dsn
+            time.sleep(0.3)
+        raise RuntimeError(f"HAProxy did not reach the primary; see {self.root / 'haproxy.log'}")
 
     # -- what clients see ---------------------------------------------------------------
 
@@ -334,21 +400,32 @@ class Cluster:
         """Wait until there is a primary and every other node streams from it, caught
         up (and, in synchronous mode, one of them is the synchronous standby): only then
         can the next fault lose nothing acknowledged that replication promises."""
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        deadline, rebuilt = start + timeout, False
         while time.monotonic() < deadline:
             primary = self.primary()
             if primary is not None and self._streaming(primary):
                 return primary
+            if primary is not None and not rebuilt and time.monotonic() - start > REJOIN_S:
+                # Patroni left a node behind (a rewind that raced its own restart):
+                # have it copy the primary afresh, as an operator would
+                for member in self.members():
+                    if member.get("role") != "leader" and member.get("lag") in ("unknown", None):
+                        with contextlib.suppress(OSError, ValueError):
+                            self.node(member["name"]).rest("/reinitialize", {"force": True})
+                            self.rebuilt.append(member["name"])
+                rebuilt = True
             time.sleep(0.3)
         raise RuntimeError(
             f"cluster not healthy after {timeout:g}s: {self.members()}; logs in {self.root}"
         )
 
     def _streaming(self, primary: Node) -> bool:
-        """Whether every standby streams from ``primary`` and has replayed all it wrote."""
+        """Whether every standby streams from ``primary`` and has replayed nearly all
+        it wrote (within a megabyte: under a stream of writes never all of it)."""
         query = (
             "SELECT count(*) FILTER (WHERE state = 'streaming'"
-            "   AND replay_lsn >= pg_current_wal_lsn()),"
+            "   AND pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn) < 1048576),"
             " count(*) FILTER (WHERE sync_state = 'sync') FROM pg_stat_replication"
         )
         try:

@@ -3,7 +3,8 @@
 ``chaos.failover`` on a cluster of ``chaos.ha``: etcd and three Patroni nodes, each in
 a network namespace of its own, one synchronous standby. Two real worker processes and
 a sender run on a DSN naming the three nodes while the primary is taken away once in
-each way (its machine killed, its link cut, a planned switchover). ``make
+each way (its machine killed, its link cut, a planned switchover); then the same
+fleet reaches the cluster through a HAProxy that follows Patroni's REST API. ``make
 chaos-failover`` runs twenty of each, and the asynchronous case.
 """
 
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ pytestmark = pytest.mark.faults
 
 LEASE = 5.0
 HEARTBEAT = LEASE / 3
+SKEW = 3.0
 
 
 @pytest.fixture
@@ -111,3 +115,50 @@ def test_a_fleet_follows_the_primary_through_a_crash_a_cut_and_a_switchover(
     assert isinstance(refusal, DatabaseError) and is_transient(refusal)
     assert isinstance(refusal.__cause__, psycopg.errors.ReadOnlySqlTransaction)
     assert "is a standby" in str(refusal)
+
+
+def test_a_fleet_behind_haproxy_follows_the_primary_it_points_at(
+    cluster_ready: None, tmp_path: Path
+) -> None:
+    if shutil.which("haproxy") is None:
+        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+    # Given a fleet and a stream whose DSN names one address: a HAProxy on /primary
+    # When the primary is killed, then switched over
+    kinds = ("crash", "switchover")
+    result = failover.run(lease=LEASE, logs=tmp_path / "run", kinds=kinds, via="haproxy")
+    print(result.summary())
+    # Then nothing acknowledged was lost, no invariant broke, the fleet claimed on each
+    # new primary, and each worker named the server behind the proxy each time
+    assert result.ok, result.summary()
+    assert result.sent > 0 and not result.acknowledged_lost and result.report.lost == 0
+    assert [f.kind for f in result.failovers] == list(kinds)
+    for f in result.failovers:
+        assert f.new != f.old and f.first_claim_seconds is not None, f
+        assert len(f.workers_back_seconds) == 2, f
+        assert max(f.workers_back_seconds) <= HEARTBEAT + DEAD_PEER_S, f
+    assert result.worker_failover_lines == 2 * len(result.failovers)
+
+
+def test_a_new_primary_whose_clock_is_off_is_followed_and_the_move_is_logged(
+    cluster_ready: None, tmp_path: Path
+) -> None:
+    # Given a cluster whose nodes' clocks are 0, +3 and -3 seconds off, and a fleet on it
+    # When the primary is switched over (its leases survive a switchover: the failover
+    # takes less than a lease) and then killed
+    kinds = ("switchover", "crash")
+    result = failover.run(lease=LEASE, logs=tmp_path / "run", kinds=kinds, skew=SKEW)
+    print(result.summary())
+    # Then no invariant broke: a lease that the move shortened below zero was taken
+    # over like one of a dead worker, its first owner fenced out
+    assert result.ok, result.summary()
+    assert result.sent > 0 and not result.acknowledged_lost and result.report.lost == 0
+    rep = result.report
+    assert (rep.overlapping_leases, rep.stale_outcomes, rep.misattributed_attempts) == (0, 0, 0)
+    # And each worker's failover line said how far the database clock moved
+    moved = [
+        float(m)
+        for log in (tmp_path / "run").glob("worker-*.log")
+        for m in re.findall(r"database_failover .* clock_moved=([+-][\d.]+)s", log.read_text())
+    ]
+    assert len(moved) == 2 * len(kinds), moved
+    assert all(min(abs(abs(m) - SKEW), abs(abs(m) - 2 * SKEW)) < 0.5 for m in moved), moved

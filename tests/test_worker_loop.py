@@ -25,6 +25,7 @@ from tenure import Registry
 from tenure._maintenance.reaper import Reaper
 from tenure._worker.config import WorkerConfig
 from tenure._worker.heartbeat import FenceWatch
+from tenure._worker.service import Streak
 from tenure._worker.worker import Worker
 from tenure.errors import DatabaseError
 from tests.support.clock import FakeClock, settle
@@ -307,13 +308,15 @@ def test_the_first_renewal_after_a_failover_says_so_once_naming_both_servers(
             await clock.advance(beat.interval)
             with pytest.raises(DatabaseError):
                 await beat.run_once()
-        store.server = "10.0.0.2:5432"
+        store.server, store.clock_offset = "10.0.0.2:5432", 5.2  # its clock 5.2 s ahead
         await clock.advance(1)
         await beat.run_once()
-        # Then one line names both servers and how long no renewal succeeded
+        # Then one line names both servers, how long no renewal succeeded, and how far
+        # the database clock moved, which every lease granted before it lost
         line = "database_failover worker=%s from=10.0.0.1:5432 to=10.0.0.2:5432 without_database"
         assert caplog.text.count(line % claims.worker_id) == 1, caplog.text
-        assert f"without_database={2 * beat.interval + 1:.1f}s" in caplog.text
+        assert f"without_database={2 * beat.interval + 1:.1f}s clock_moved=+5.2s" in caplog.text
+        assert "leases granted before it are that much shorter now" in caplog.text
         # And the renewals after it say nothing more
         await clock.advance(beat.interval)
         await beat.run_once()
@@ -530,3 +533,32 @@ def test_an_operator_reaches_a_worker_through_its_row_and_its_channel() -> None:
         assert store.tasks[ids[1]].state == "succeeded"
 
     run(scenario)
+
+
+def test_a_run_of_failures_is_logged_first_then_once_a_minute_then_its_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        streak = Streak("heartbeat", clock)
+        # Given a loop failing every second for 90 s (a database away that long)
+        for _ in range(90):
+            streak.failed("error=connection refused")
+            await clock.advance(1)
+        # Then it said so at once and a minute later, not ninety times
+        warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert [r.getMessage() for r in warned] == [
+            "heartbeat_failed error=connection refused",
+            "heartbeat_failed error=connection refused failures=61 for=60s",
+        ]
+        # When a pass succeeds, the end of the run is one line; a second success says nothing
+        streak.ok()
+        streak.ok()
+        ended = [r.getMessage() for r in caplog.records if "recovered" in r.getMessage()]
+        assert ended == ["heartbeat_recovered failures=90 after=90.0s"]
+        # And the next failure is the first of a new run
+        streak.failed("error=again")
+        assert caplog.records[-1].levelno == logging.WARNING
+
+    with caplog.at_level(logging.DEBUG, logger="tenure._worker.service"):
+        run(scenario)

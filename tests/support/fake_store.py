@@ -64,6 +64,7 @@ class FakeStore:
     _listeners: list[asyncio.Queue[str]] = field(default_factory=list)
     _next_id: int = 1
     server: str | None = "fake:5432"  # what a test sets to another name: a failover
+    clock_offset: float | None = 0.0  # and the new server's clock against the worker's
 
     # -- the test's side -----------------------------------------------------------
 

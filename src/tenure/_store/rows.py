@@ -348,6 +348,7 @@ class ServerIdentity:
     in_recovery: bool
     version: str
     synchronous_standbys: bool  # commits wait for a synchronous standby
+    clock: datetime  # the server's clock when it answered
 
     @property
     def role(self) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -67,6 +68,7 @@ class Link:
         self.name = name
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self.server: ServerIdentity | None = None  # what the last connection reached
+        self.clock_offset: float | None = None  # its clock minus ours, in seconds
 
     async def connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -94,7 +96,9 @@ class Link:
         except psycopg.Error as exc:
             raise DatabaseError(f"server_identity: {dbconnect.describe(exc)}") from exc
         assert row is not None
-        found = ServerIdentity(str(row[0]), bool(row[1]), str(row[2]), bool(row[3]))
+        found = ServerIdentity(str(row[0]), bool(row[1]), str(row[2]), bool(row[3]), row[4])
+        # how far the server's clock is from ours (within the round trip)
+        self.clock_offset = found.clock.timestamp() - time.time()
         if found.in_recovery:
             refusal = psycopg.errors.ReadOnlySqlTransaction(
                 f"{found.server} is a standby (in recovery); connecting again to find the primary"
@@ -173,6 +177,12 @@ class AsyncStore:
         """The server (``host:port``) this store's last connection reached; None before
         the first."""
         return self.link.server.server if self.link.server else None
+
+    @property
+    def clock_offset(self) -> float | None:
+        """The seconds the server of the last connection reads ahead of this machine's
+        clock (negative: behind), within a round trip; None before the first."""
+        return self.link.clock_offset
 
     def sibling(self, name: str) -> AsyncStore:
         """A store on the same database and schema with a connection of its own."""

@@ -41,6 +41,7 @@ from tenure._worker.completer import Outcomes
 from tenure._worker.config import WorkerConfig
 from tenure._worker.heartbeat import Beat
 from tenure._worker.metrics import Metrics
+from tenure._worker.service import Streak
 from tenure._worker.state import Held, Holdings
 from tenure._worker.tasklog import TaskLog
 from tenure._worker.threads import DaemonThreadPool
@@ -107,6 +108,7 @@ class ClaimLoop:
         self._head_at_beat: tuple[int, int] | None = None  # the buffer's head at the last beat
         self._turn = 0  # which queue goes first
         self._claim_failures = 0
+        self._claim_streak = Streak("claim", clock)
         self._claim_at = -math.inf  # no claim before this time (after a failure)
 
     # -- what others read ------------------------------------------------------------
@@ -259,11 +261,12 @@ class ClaimLoop:
                     outcomes.answer_lost()  # they may have committed before the answer was lost
                 self._claim_failures += 1
                 self._maybe_more = True
-                log.warning("claim_failed error=%s", exc)
+                self._claim_streak.failed(f"error={exc}")
                 delay = backoff_delay(self._claim_failures, base=0.1, cap=self._poll)
                 self._claim_at = self.clock.now() + delay
             else:
                 self._claim_failures = 0
+                self._claim_streak.ok()
                 settled += len(carried)
                 claimed = len(rows)
                 self._hold(rows)

@@ -35,6 +35,7 @@ from tenure._store.worker import AsyncStore
 from tenure._store.worker_rows import Outcome, Settled
 from tenure._worker.clock import MONOTONIC, Clock
 from tenure._worker.metrics import Metrics
+from tenure._worker.service import Streak
 from tenure._worker.state import Holdings
 from tenure._worker.tasklog import TaskLog
 from tenure.errors import DatabaseError
@@ -72,6 +73,7 @@ class Outcomes:
         self._keys: set[tuple[int, int]] = set()  # (task, attempt) of each pending outcome
         self.uncertain = False  # the last write failed: it may have committed anyway
         self.failures = 0  # failed writes in a row
+        self.streak = Streak("completer", clock)
         self.retry_at = -math.inf  # no write before this time (after a failure)
         self.last_error: str | None = None  # why the last write failed, until one succeeds
         self._progress_at = clock.now()  # last write that settled outcomes
@@ -123,6 +125,7 @@ class Outcomes:
         try:
             settled = await self._write_head()
             self.failures = 0
+            self.streak.ok()
             return settled
         except asyncio.CancelledError:
             raise
@@ -137,13 +140,14 @@ class Outcomes:
                 try:
                     await self._write_singly()
                     self.failures = 0
+                    self.streak.ok()
                     return before - len(self._pending)
                 except asyncio.CancelledError:
                     raise
                 except Exception as again:
                     error = again
         self.last_error = clean_text(describe(error))[:REPLACED_ERROR_CHARS]
-        log.warning("completer_failed pending=%d error=%s", len(self._pending), self.last_error)
+        self.streak.failed(f"pending={len(self._pending)} error={self.last_error}")
         self.retry_at = self.clock.now() + backoff_delay(self.failures, base=0.05, cap=2.0)
         return 0
 

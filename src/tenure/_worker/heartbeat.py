@@ -19,7 +19,10 @@ Rules:
   lease is capped by ``max_crashes`` like one that kills it).
 - The first renewal that succeeds after failed ones logs, once, how long the worker
   went without a database; when another server answers than before (the primary
-  failed over) it says ``database_failover`` and names both.
+  failed over) it says ``database_failover`` and names both, and, when the new
+  server's clock is more than :data:`CLOCK_MOVED_S` from the old one's, by how much:
+  leases are deadlines on the database clock, so every lease granted before the
+  failover is that much shorter (or longer) on the new primary.
 - The heartbeat owns its link's health (``last_ok``, ``fenced``) and the operator's
   drain request (``drain_requested``); it reads what it renews from
   :class:`~tenure._worker.state.Holdings` and tells the claim loop, its
@@ -43,6 +46,7 @@ from tenure._worker.state import Holdings
 log = logging.getLogger(__name__)
 
 SELF_FENCE_FRACTION = 0.8
+CLOCK_MOVED_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,7 @@ class Heartbeat(Service):
         self.fenced = False
         self.failing = False  # the last renewal failed
         self.server: str | None = None  # the server the last renewal reached
+        self.clock_offset: float | None = None  # its clock minus ours
         self.drain_requested = asyncio.Event()  # set by the first beat that asks
 
     def draining(self) -> None:
@@ -171,18 +176,24 @@ class Heartbeat(Service):
         """After a renewal succeeded: say once that the database is back after
         failures, and whether another server answers now than before."""
         server, before = self.store.server, self.server
-        self.server = server
+        offset, offset_before = self.store.clock_offset, self.clock_offset
+        self.server, self.clock_offset = server, offset
         if not self.failing and (server == before or before is None):
             return  # nothing failed, and the first renewal names no change
         self.failing = False
         without = self.clock.now() - previous_ok
         if before is not None and server != before:
+            moved = None if offset is None or offset_before is None else offset - offset_before
             log.warning(
-                "database_failover worker=%s from=%s to=%s without_database=%.1fs",
+                "database_failover worker=%s from=%s to=%s without_database=%.1fs%s",
                 self.worker_id,
                 before,
                 server,
                 without,
+                f" clock_moved={moved:+.1f}s: leases granted before it are that much "
+                f"{'shorter' if moved > 0 else 'longer'} now"
+                if moved is not None and abs(moved) > CLOCK_MOVED_S
+                else "",
             )
         else:
             log.info(

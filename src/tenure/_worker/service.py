@@ -8,6 +8,9 @@ Rules:
   (a backoff after failures). An exception in one pass is logged (:meth:`Service.failed`)
   and the loop goes on.
 - Every wait goes through the injected :class:`~tenure._worker.clock.Clock`.
+- A run of failures is logged by a :class:`Streak`: the first at WARNING, then one
+  line a minute while it lasts, and its end at INFO, so a database that is away for
+  a while (a failover) costs each loop a few lines, not one per pass.
 """
 
 from __future__ import annotations
@@ -23,6 +26,50 @@ from tenure._worker.clock import MONOTONIC, Clock
 log = logging.getLogger(__name__)
 
 
+class Streak:
+    """The log lines of one loop's consecutive failures: the first, one a minute after
+    it (with how many so far), the rest at DEBUG, and the recovery."""
+
+    EVERY_S = 60.0
+
+    def __init__(self, name: str, clock: Clock = MONOTONIC) -> None:
+        self.name = name
+        self.clock = clock
+        self.count = 0
+        self._since = 0.0
+        self._warned = 0.0
+
+    def failed(self, detail: str) -> None:
+        """One more failure; ``detail`` is the rest of the line (``error=...``)."""
+        now = self.clock.now()
+        self.count += 1
+        if self.count == 1:
+            self._since = self._warned = now
+            log.warning("%s_failed %s", self.name, detail)
+        elif now - self._warned >= self.EVERY_S:
+            self._warned = now
+            log.warning(
+                "%s_failed %s failures=%d for=%.0fs",
+                self.name,
+                detail,
+                self.count,
+                now - self._since,
+            )
+        else:
+            log.debug("%s_failed %s", self.name, detail)
+
+    def ok(self) -> None:
+        """A success: the end of the run of failures, if there was one."""
+        if self.count:
+            log.info(
+                "%s_recovered failures=%d after=%.1fs",
+                self.name,
+                self.count,
+                self.clock.now() - self._since,
+            )
+            self.count = 0
+
+
 class Service:
     """Base class of the worker's loops."""
 
@@ -34,6 +81,7 @@ class Service:
         self.clock = clock
         self.failures = 0  # passes failed in a row
         self._wake = asyncio.Event()
+        self.streak = Streak(self.name, clock)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -64,13 +112,14 @@ class Service:
 
     def failed(self, exc: Exception) -> None:
         """A pass raised ``exc``."""
-        log.warning("%s_failed error=%s", self.name, describe(exc))
+        self.streak.failed(f"error={describe(exc)}")
 
     async def _loop(self) -> None:
         while not self._stopping:
             try:
                 await self.run_once()
                 self.failures = 0
+                self.streak.ok()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # one bad pass must not end the loop
