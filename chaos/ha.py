@@ -57,6 +57,7 @@ TTL = 10
 LOOP_WAIT = 1
 RETRY_TIMEOUT = 4  # loop_wait + 2 * retry_timeout <= ttl, as Patroni requires
 REJOIN_S = 30.0  # a node not streaming this long after a fault is copied afresh
+ELECTION_S = 3 * TTL  # no new primary this long after a fault: fail over by hand
 PACKAGES = ("patroni", "python3-etcd", "etcd-server")
 
 
@@ -132,6 +133,9 @@ class Cluster:
     etcd: subprocess.Popen[bytes] | None = None
     haproxy: subprocess.Popen[bytes] | None = None
     rebuilt: list[str] = field(default_factory=list)  # nodes copied afresh to rejoin
+    replication: str = ""  # what the primary's pg_stat_replication said last
+    forced: list[str] = field(default_factory=list)  # manual failovers to these nodes
+    behind: list[Node] = field(default_factory=list)  # standbys not streaming, caught up
     _forwarding: str | None = None
 
     # -- life -------------------------------------------------------------------------
@@ -265,6 +269,8 @@ class Cluster:
                     "rewind": {"username": "postgres"},
                 },
                 "parameters": parameters,
+                # a new standby's copy starts at once, not after a spread checkpoint
+                "basebackup": [{"checkpoint": "fast"}],
                 "pg_hba": [
                     "local all all trust",
                     f"host all all {net} trust",
@@ -308,11 +314,34 @@ class Cluster:
             self.etcd.wait(10)
             self.etcd = None
         if self._forwarding is not None:
-            Path("/proc/sys/net/ipv4/ip_forward").write_text(self._forwarding)
+            # another cluster of this module still running needs forwarding on
+            others = subprocess.run(
+                ["ip", "-o", "netns", "list"], capture_output=True, text=True, check=False
+            ).stdout
+            if netns.PREFIX not in others:
+                Path("/proc/sys/net/ipv4/ip_forward").write_text(self._forwarding)
             self._forwarding = None
         self.nodes = []
         if not keep_files:
             shutil.rmtree(self.root, ignore_errors=True)
+
+    def rebuild(self, node: Node) -> None:
+        """What an operator does with a standby that will not rejoin: stop its Patroni
+        and every PostgreSQL process of its data directory, delete the data, start
+        Patroni again (it copies the primary with pg_basebackup)."""
+        self._kill_node(node)
+        subprocess.run(["pkill", "-KILL", "-f", "--", f"-D {node.data_dir}"], check=False)
+        deadline = time.monotonic() + 10
+        while (
+            time.monotonic() < deadline
+            and subprocess.run(
+                ["pgrep", "-f", "--", f"-D {node.data_dir}"], capture_output=True, check=False
+            ).stdout.strip()
+        ):
+            time.sleep(0.1)
+        shutil.rmtree(node.data_dir, ignore_errors=True)
+        self.rebuilt.append(node.name)
+        self.start_node(node)
 
     def _kill_node(self, node: Node) -> None:
         pid = node.postmaster_pid()
@@ -407,26 +436,24 @@ listen postgres
             if primary is not None and self._streaming(primary):
                 return primary
             if primary is not None and not rebuilt and time.monotonic() - start > REJOIN_S:
-                # Patroni left a node behind (a rewind that raced its own restart):
-                # have it copy the primary afresh, as an operator would
-                for member in self.members():
-                    if member.get("role") != "leader" and member.get("lag") in ("unknown", None):
-                        with contextlib.suppress(OSError, ValueError):
-                            self.node(member["name"]).rest("/reinitialize", {"force": True})
-                            self.rebuilt.append(member["name"])
+                # Patroni left a node behind (a rewind that raced its own restart, WAL
+                # of its own past the new primary's): have it copy the primary afresh,
+                # as an operator would
+                for node in self.behind:
+                    self.rebuild(node)
                 rebuilt = True
             time.sleep(0.3)
         raise RuntimeError(
-            f"cluster not healthy after {timeout:g}s: {self.members()}; logs in {self.root}"
+            f"cluster not healthy after {timeout:g}s: {self.members()}; replication "
+            f"{self.replication}; logs in {self.root}"
         )
 
     def _streaming(self, primary: Node) -> bool:
         """Whether every standby streams from ``primary`` and has replayed nearly all
         it wrote (within a megabyte: under a stream of writes never all of it)."""
         query = (
-            "SELECT count(*) FILTER (WHERE state = 'streaming'"
-            "   AND pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn) < 1048576),"
-            " count(*) FILTER (WHERE sync_state = 'sync') FROM pg_stat_replication"
+            "SELECT application_name, state, sync_state,"
+            " pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn) FROM pg_stat_replication"
         )
         try:
             with psycopg.connect(
@@ -434,17 +461,27 @@ listen postgres
                 connect_timeout=2,
                 autocommit=True,
             ) as conn:
-                row = conn.execute(query).fetchone()
-        except psycopg.Error:
+                rows = conn.execute(query).fetchall()
+        except psycopg.Error as exc:
+            self.replication = f"{primary.name}: {exc}"
             return False
-        assert row is not None
-        caught_up, sync = int(row[0]), int(row[1])
-        return caught_up == self.size - 1 and (sync == 1 or not self.synchronous)
+        self.replication = f"{primary.name}: {rows}"
+        caught_up = {r[0] for r in rows if r[1] == "streaming" and (r[3] or 0) < 1 << 20}
+        self.behind = [n for n in self.nodes if n is not primary and n.name not in caught_up]
+        if self.behind:
+            return False
+        if not self.synchronous:
+            return True
+        # Patroni lets only the standby its /sync key names take over, and writes that
+        # key a moment after PostgreSQL made the standby synchronous: wait for both
+        named = {m.get("name") for m in self.members() if m.get("role") == "sync_standby"}
+        return any(r[2] in ("sync", "quorum") and r[0] in named for r in rows)
 
     def wait_new_primary(self, old: Node, timeout: float = 60.0) -> tuple[Node, float]:
         """Wait until a node other than ``old`` is primary and accepts writes; it and
         the time (``time.time()``) it was first seen so."""
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        deadline, forced = start + timeout, False
         while time.monotonic() < deadline:
             for node in self.nodes:
                 if node is old:
@@ -453,6 +490,16 @@ listen postgres
                     # /primary answers 200 only on the leader that runs read-write
                     node.rest("/primary", timeout=0.5)
                     return node, time.time()
+            if not forced and time.monotonic() - start > ELECTION_S:
+                # the standbys each found the other healthier and none took over:
+                # an operator's manual failover to one of them
+                forced = True
+                for node in self.nodes:
+                    if node is not old:
+                        with contextlib.suppress(OSError, ValueError):
+                            node.rest("/failover", {"candidate": node.name}, timeout=10)
+                            self.forced.append(node.name)
+                            break
             time.sleep(0.05)
         raise RuntimeError(f"no new primary after {timeout:g}s: {self.members()}")
 
