@@ -288,13 +288,13 @@ def run(
         first=first_node,
     )
     cluster.start()
-    dsn = cluster.start_haproxy() if via == "haproxy" else cluster.dsn()
     schema = f"failover_{os.getpid()}"
     problems: list[str] = []
     failovers: list[Failover] = []
     sender: Sender | None = None
     fleet: Fleet | None = None
     try:
+        dsn = cluster.start_haproxy() if via == "haproxy" else cluster.dsn()
         with _connect(dsn) as conn:
             migrate(conn, schema)
             conn.execute(
@@ -308,19 +308,23 @@ def run(
             fleet.start(here)
         sender = start_sender(here, dsn, schema, rate, logs)
         time.sleep(settle_seconds)
-        for _ in range(rounds):
-            for kind in kinds:
-                failovers.append(_one(cluster, kind, schema, lease))
-                f = failovers[-1]
-                print(
-                    f"{len(failovers):3} {kind:10} {f.old}->{f.new} HA {f.ha_seconds:5.2f} s, "
-                    f"first claim after {f.first_claim_seconds} s, workers back after "
-                    f"{f.workers_back_seconds}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                fleet.check_alive()
-                time.sleep(settle_seconds)
+        try:
+            for _ in range(rounds):
+                for kind in kinds:
+                    failovers.append(_one(cluster, kind, schema, lease))
+                    f = failovers[-1]
+                    print(
+                        f"{len(failovers):3} {kind:10} {f.old}->{f.new} HA "
+                        f"{f.ha_seconds:5.2f} s, first claim after {f.first_claim_seconds} s, "
+                        f"workers back after {f.workers_back_seconds}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    fleet.check_alive()
+                    time.sleep(settle_seconds)
+        except RuntimeError as exc:  # the cluster would not come back: judge what ran
+            problems.append(f"the cluster stopped the campaign after {len(failovers)}: {exc}")
+            cluster.wait_healthy()  # a primary for the drain, if there is one
         if inspect is not None:
             inspect(cluster, schema)
         sent = stop_sender(sender, problems, refusals_expected=True)

@@ -390,13 +390,22 @@ listen postgres
             stderr=subprocess.STDOUT,
         )
         dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=2"
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with contextlib.suppress(psycopg.Error), psycopg.connect(dsn, autocommit=True) as c:
-                c.execute("SELECT 1")
-                return dsn
-            time.sleep(0.3)
-        raise RuntimeError(f"HAProxy did not reach the primary; see {self.root / 'haproxy.log'}")
+        # HAProxy starts with every server up until its checks say otherwise: wait
+        # until ten connections in a row reach the primary alone
+        deadline, in_a_row = time.monotonic() + 30, 0
+        while time.monotonic() < deadline and in_a_row < 10:
+            try:
+                with psycopg.connect(dsn, autocommit=True) as c:
+                    row = c.execute("SELECT pg_is_in_recovery()").fetchone()
+                in_a_row = in_a_row + 1 if row == (False,) else 0
+            except psycopg.Error:
+                in_a_row = 0
+            time.sleep(0.1)
+        if in_a_row < 10:
+            raise RuntimeError(
+                f"HAProxy did not settle on the primary; see {self.root / 'haproxy.log'}"
+            )
+        return dsn
 
     # -- what clients see ---------------------------------------------------------------
 
