@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from tenure._db import connect as dbconnect
+from tenure._store import worker as worker_store
 from tenure._store.worker import AsyncStore
 from tests.conftest import CHILD_PYTHONPATH, ROOT, eventually, tenure_cli, worker_id_of
 
@@ -211,8 +212,12 @@ def test_sessions_limit_idle_transactions_and_notice_a_dead_peer_within_seconds(
 
 
 def test_a_workers_link_commits_asynchronously_on_a_server_without_synchronous_standbys(
-    database_url: str, schema: str
+    database_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # (a process that has seen synchronous standbys, as the failover tests' has, keeps
+    # committing synchronously: this one has not)
+    monkeypatch.setattr(worker_store.DURABILITY, "synchronous", False)
+
     async def probe() -> tuple[Any, str | None]:
         link = AsyncStore(database_url, schema, "probe").link
         try:
