@@ -173,7 +173,7 @@ class Result:
         if self.rebuilt:
             lines.append(
                 f"  old primaries Patroni did not bring back by itself, copied afresh "
-                f"(/reinitialize): {len(self.rebuilt)}"
+                f"(stopped, data deleted, restarted): {len(self.rebuilt)}"
             )
         lines.append(("  FAIL: " + "; ".join(found)) if found else "  every invariant held")
         lines.append(f"  logs in {self.logs}")

@@ -23,7 +23,7 @@ import pytest
 
 from chaos import failover, ha
 from tenure._db.connect import DEAD_PEER_S, is_transient
-from tenure._store import worker as worker_store
+from tenure._store import link as worker_link
 from tenure._store.worker import AsyncStore
 from tenure.errors import DatabaseError
 from tests.conftest import tenure_cli
@@ -80,11 +80,11 @@ def test_a_fleet_follows_the_primary_through_a_crash_a_cut_and_a_switchover(
             finally:
                 await link.close()
 
-        saw = worker_store.DURABILITY.synchronous
+        saw = worker_link.DURABILITY.synchronous
         try:
             seen["synchronous_commit"] = asyncio.run(worker_commit_setting())
         finally:  # this test process is no worker: the others run against other servers
-            worker_store.DURABILITY.synchronous = saw
+            worker_link.DURABILITY.synchronous = saw
 
     # Given a fleet and a steady stream on a three-node cluster with a synchronous standby
     # When the primary is switched over, then killed, then cut off

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from tenure._db import connect as dbconnect
-from tenure._store import worker as worker_store
+from tenure._store import link as worker_link
 from tenure._store.worker import AsyncStore
 from tests.conftest import CHILD_PYTHONPATH, ROOT, eventually, tenure_cli, worker_id_of
 
@@ -216,7 +216,7 @@ def test_a_workers_link_commits_asynchronously_on_a_server_without_synchronous_s
 ) -> None:
     # (a process that has seen synchronous standbys, as the failover tests' has, keeps
     # committing synchronously: this one has not)
-    monkeypatch.setattr(worker_store.DURABILITY, "synchronous", False)
+    monkeypatch.setattr(worker_link.DURABILITY, "synchronous", False)
 
     async def probe() -> tuple[Any, str | None]:
         link = AsyncStore(database_url, schema, "probe").link

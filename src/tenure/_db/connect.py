@@ -102,7 +102,7 @@ def behind_transaction_pooler() -> bool:
 
 def connect_kwargs(application_name: str = "tenure") -> dict[str, Any]:
     """Session settings shared by every connection tenure opens (a worker's links add
-    theirs once connected: :meth:`tenure._store.worker.Link.connection`).
+    theirs once connected: :meth:`tenure._store.link.Link.connection`).
 
     Behind a pooler in transaction mode nothing may outlive a transaction: no
     startup options (set ``idle_transaction_timeout`` in the pooler instead, and
