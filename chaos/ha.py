@@ -15,7 +15,10 @@ Rules:
   the TTL); :meth:`Cluster.cut` takes its link down (it is cut off from etcd, the
   standbys and every client, and demotes itself after the TTL); :meth:`Cluster.
   switchover` asks Patroni for a planned switchover. :meth:`Cluster.heal` brings
-  the old primary back as a standby (Patroni rewinds it).
+  the old primary back as a standby (Patroni rewinds it). A standby that does not
+  stream within :data:`REJOIN_S` is rebuilt as an operator would (stopped, its data
+  deleted, started again), and a failover Patroni does not make within
+  :data:`ELECTION_S` is made by hand; both are counted (``rebuilt``, ``forced``).
 - Times come from ``time.time()`` of this machine, which is every node's clock unless
   ``skew`` sets them apart: then node2's runs ``skew`` seconds ahead and node3's as
   far behind (libfaketime in its Patroni and PostgreSQL), and a node's
@@ -23,7 +26,8 @@ Rules:
 - ``start_haproxy()`` puts a HAProxy on loopback in front, which follows Patroni's
   REST API to the primary: the single-host DSN a client of such a setup holds.
 - ``close()`` stops every process, deletes the namespaces and the data, and sets
-  IP forwarding back as it was; leftovers of a run killed before it could are
+  IP forwarding back as it was (left on while another cluster's namespaces remain);
+  leftovers of a run killed before it could are
   removed by the next (``netns.sweep``).
 """
 
