@@ -257,7 +257,7 @@ def _workers_back(node_dsn: str, schema: str, since: float, timeout: float) -> l
 
 
 def node_dsn(node: ha.Node) -> str:
-    return f"host={node.address} port={ha.PG_PORT} user=postgres dbname=postgres"
+    return node.dsn
 
 
 def run(

@@ -100,6 +100,11 @@ class Node:
         return self.namespace.ns_addr
 
     @property
+    def dsn(self) -> str:
+        """This node alone (whatever its role now)."""
+        return f"host={self.address} port={PG_PORT} user=postgres dbname=postgres"
+
+    @property
     def data_dir(self) -> Path:
         return self.root / "data"
 
@@ -470,7 +475,7 @@ listen postgres
         )
         try:
             with psycopg.connect(
-                f"host={primary.address} port={PG_PORT} user=postgres dbname=postgres",
+                primary.dsn,
                 connect_timeout=2,
                 autocommit=True,
             ) as conn:
