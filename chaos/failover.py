@@ -54,6 +54,7 @@ from psycopg import sql
 
 from chaos import checker, ha
 from chaos.app import EFFECTS_DDL
+from chaos.standby_watch import StandbyWatch
 from chaos.upgrade import (
     Fleet,
     Sender,
@@ -100,6 +101,8 @@ class Result:
     acknowledged_lost: list[int]  # the payload numbers of sends acknowledged and gone
     ids_given_twice: int  # ids acknowledged for two different sends
     worker_failover_lines: int
+    standby: StandbyWatch  # tenure sessions seen on a node in recovery
+    heartbeat_seconds: float  # the workers' heartbeat interval
     exits: list[tuple[str, int | None]]
     problems: list[str]
     seconds: float
@@ -118,6 +121,11 @@ class Result:
                 found.append(f"acknowledged sends lost={len(self.acknowledged_lost)}")
             if self.ids_given_twice:
                 found.append(f"task ids given twice={self.ids_given_twice}")
+        if self.standby.longest > self.heartbeat_seconds:
+            found.append(
+                f"a session stayed on a standby {self.standby.longest:.2f} s, longer than "
+                f"a heartbeat ({self.heartbeat_seconds:.2f} s)"
+            )
         for f in self.failovers:
             if f.first_claim_seconds is None:
                 found.append(f"{f.kind} {f.old}->{f.new}: no claim on the new primary")
@@ -164,6 +172,10 @@ class Result:
             f"{rep.lease_expired_attempts}; database_failover lines in worker logs: "
             f"{self.worker_failover_lines}"
         )
+        lines.append(
+            f"  {self.standby.summary()} (target: none open a heartbeat, "
+            f"{self.heartbeat_seconds:.2f} s)"
+        )
         found = self.violations()
         if self.forced:
             lines.append(
@@ -193,6 +205,9 @@ class Result:
             "refused_tasks": self.refused_tasks,
             "acknowledged_lost": self.acknowledged_lost,
             "ids_given_twice": self.ids_given_twice,
+            "standby_sessions": len(self.standby.seen),
+            "standby_longest_seconds": self.standby.longest,
+            "heartbeat_seconds": self.heartbeat_seconds,
             "violations": self.violations(),
             "seconds": self.seconds,
         }
@@ -256,10 +271,6 @@ def _workers_back(node_dsn: str, schema: str, since: float, timeout: float) -> l
     return sorted(first.values())
 
 
-def node_dsn(node: ha.Node) -> str:
-    return node.dsn
-
-
 def run(
     *,
     kinds: tuple[str, ...] = KINDS,
@@ -288,6 +299,7 @@ def run(
         first=first_node,
     )
     cluster.start()
+    watch = StandbyWatch(cluster.nodes).start()
     schema = f"failover_{os.getpid()}"
     problems: list[str] = []
     failovers: list[Failover] = []
@@ -347,6 +359,7 @@ def run(
             sender.proc.kill()
         if fleet is not None:
             fleet.kill_all()
+        watch.stop()
         cluster.close(keep_files=True)
     result = Result(
         synchronous=synchronous,
@@ -365,6 +378,8 @@ def run(
         acknowledged_lost=sorted(n for n, i in numbers.items() if (i, n) not in stored),
         ids_given_twice=len(sent) - len(set(sent)),
         worker_failover_lines=lines,
+        standby=watch,
+        heartbeat_seconds=lease / 3,
         exits=fleet.exits,
         problems=problems + fleet.problems,
         seconds=time.monotonic() - t0,
@@ -390,7 +405,7 @@ def _one(cluster: ha.Cluster, kind: str, schema: str, lease: float) -> Failover:
     else:
         raise ValueError(f"unknown failover kind {kind!r}; choose from {', '.join(KINDS)}")
     new, promoted_at = cluster.wait_new_primary(old)
-    where = node_dsn(new)
+    where = new.dsn
     shift = new.clock_offset  # its database clock reads this much more than ours
     claim = _first_claim(where, schema, promoted_at + shift, timeout=30)
     back = _workers_back(where, schema, promoted_at + shift, timeout=3 * lease)

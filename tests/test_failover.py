@@ -14,6 +14,7 @@ import asyncio
 import json
 import re
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ def test_a_fleet_follows_the_primary_through_a_crash_a_cut_and_a_switchover(
         standby = next(n for n in cluster.nodes if n is not primary)
         on_all = tenure_cli("status", "--dsn", cluster.dsn(), "--schema", schema, "--json")
         seen["status"] = (primary.address, json.loads(on_all.stdout)["database"])
-        only = failover.node_dsn(standby)
+        only = standby.dsn
         text = tenure_cli("status", "--dsn", only, "--schema", schema)
         seen["standby_status"] = (standby.address, text.stdout.splitlines()[:1])
 
@@ -70,6 +71,10 @@ def test_a_fleet_follows_the_primary_through_a_crash_a_cut_and_a_switchover(
             raise AssertionError("a standby accepted a worker's statement")
 
         seen["refusal"] = asyncio.run(renew_on_standby())
+
+        # and a session held open on the standby is seen by the campaign's watch
+        with psycopg.connect(only, application_name="tenure-probe-held"):
+            time.sleep(0.5)
 
         # and on this primary, which has a synchronous standby, a worker's commits wait
         async def worker_commit_setting() -> Any:
@@ -104,6 +109,12 @@ def test_a_fleet_follows_the_primary_through_a_crash_a_cut_and_a_switchover(
         # writes, plus the time a dead connection takes to be noticed
         assert len(f.workers_back_seconds) == 2, f
         assert max(f.workers_back_seconds) <= HEARTBEAT + DEAD_PEER_S, f
+    # And no worker session stayed on a standby for a heartbeat (the watch that says
+    # so saw the session this test held open there)
+    held = [s for s in result.standby.seen.values() if s.application == "tenure-probe-held"]
+    assert held and held[0].open_seconds >= 0.3, result.standby.summary()
+    workers = [s for s in result.standby.seen.values() if s not in held]
+    assert all(s.open_seconds < HEARTBEAT for s in workers), result.standby.summary()
     # And each worker said so once per failover, naming both servers
     assert result.worker_failover_lines == 2 * len(result.failovers)
 

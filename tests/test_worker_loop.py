@@ -23,6 +23,7 @@ import pytest
 
 from tenure import Registry
 from tenure._maintenance.reaper import Reaper
+from tenure._worker import heartbeat
 from tenure._worker.config import WorkerConfig
 from tenure._worker.heartbeat import FenceWatch
 from tenure._worker.service import Streak
@@ -333,6 +334,40 @@ def test_the_first_renewal_after_a_failover_says_so_once_naming_both_servers(
 
     with caplog.at_level(logging.INFO, logger="tenure._worker.heartbeat"):
         run(scenario)
+
+
+def test_renewals_are_tried_again_sooner_while_they_fail_so_a_new_primary_is_found_fast() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        store = FakeStore(clock)
+        claims = claim_loop(store, concurrency=2, lease=LEASE, clock=clock)
+        beat = heartbeat_of(claims, store, clock)
+        store.add_worker(claims.worker_id, ("default",), 2)
+        beat.start()
+        try:
+            await settle()
+            # Given a heartbeat renewing once an interval
+            await clock.advance(3 * beat.interval)
+            healthy = store.count("renew")
+            assert 3 <= healthy <= 4
+            # When the database goes away for three intervals
+            store.fail("renew", lost_connection(), times=10**6)
+            await clock.advance(3 * beat.interval)
+            # Then it tried again at least once a quarter interval, not once an interval
+            failing = store.count("renew") - healthy
+            assert failing >= 8, failing  # once an interval would be 3 or 4
+            # When the database answers again, within a quarter interval it renews, and
+            # then back to once an interval
+            store.recover("renew")
+            await clock.advance(heartbeat.RETRY_FRACTION * beat.interval)
+            assert not beat.failing
+            before = store.count("renew")
+            await clock.advance(3 * beat.interval)
+            assert store.count("renew") - before <= 3
+        finally:
+            await beat.stop()
+
+    run(scenario)
 
 
 def test_the_watchdog_fences_while_a_renewal_hangs_and_a_late_answer_does_not_unfence() -> None:

@@ -101,6 +101,10 @@ class FakeStore:
         anything, or (``after_commit``) after the change committed, its answer lost."""
         self._faults.setdefault(statement, []).append(_Fault(error, times, after_commit))
 
+    def recover(self, statement: str) -> None:
+        """Calls of ``statement`` succeed again, whatever faults were still to come."""
+        self._faults.pop(statement, None)
+
     def refuse(self, outcome: Callable[[Outcome], bool]) -> None:
         """Outcome writes whose batch holds an outcome ``outcome`` picks are refused for
         good, as PostgreSQL refuses a text it cannot store."""

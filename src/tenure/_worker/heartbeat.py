@@ -23,6 +23,10 @@ Rules:
   server's clock is more than :data:`CLOCK_MOVED_S` from the old one's, by how much:
   leases are deadlines on the database clock, so every lease granted before the
   failover is that much shorter (or longer) on the new primary.
+- While renewals fail, the next one is tried after :data:`RETRY_FRACTION` of an
+  interval, not a whole one: a worker whose primary failed over reaches the new one
+  well within one heartbeat of its promotion (each try is one connect, refused at
+  once by a standby, or one renewal).
 - The heartbeat owns its link's health (``last_ok``, ``fenced``) and the operator's
   drain request (``drain_requested``); it reads what it renews from
   :class:`~tenure._worker.state.Holdings` and tells the claim loop, its
@@ -47,6 +51,7 @@ log = logging.getLogger(__name__)
 
 SELF_FENCE_FRACTION = 0.8
 CLOCK_MOVED_S = 1.0
+RETRY_FRACTION = 0.25
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,10 @@ class Heartbeat(Service):
     def draining(self) -> None:
         """Publish the worker as draining from the next beat on."""
         self.state = "draining"
+
+    def next_delay(self) -> float:
+        delay = super().next_delay()
+        return delay * RETRY_FRACTION if self.failing else delay
 
     async def run_once(self) -> Beat:
         holdings = self.holdings
