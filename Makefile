@@ -43,6 +43,14 @@ chaos: $(STAMP)
 chaos-upgrade: $(STAMP)
 	$(PY) -m chaos.upgrade --rounds 10 --workers 3 $(UPGRADE_ARGS)
 
+# Schedules under five workers SIGKILLed and SIGSTOPped at random: 10 minutes with a
+# fresh seed (the suite runs 3 minutes of a fixed one); every tick sent once, none late.
+.PHONY: chaos-schedules
+chaos-schedules: $(STAMP)
+	TENURE_SCHEDULE_CHAOS_SECONDS=$${TENURE_SCHEDULE_CHAOS_SECONDS:-600} \
+	TENURE_SCHEDULE_CHAOS_SEED=$${TENURE_SCHEDULE_CHAOS_SEED:-$$RANDOM} \
+	$(PY) -m pytest -q -s tests/test_schedule_chaos.py
+
 # Failovers of the PostgreSQL primary under a stream, with a real HA manager: etcd and
 # three Patroni nodes in network namespaces (needs root, and `apt-get install patroni
 # etcd-server`); 20 rounds of a crash, a cut and a switchover each, with a synchronous

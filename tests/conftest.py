@@ -56,7 +56,7 @@ TIERS = {
     "processes": "starts real worker processes and signals them",
     "faults": "injects faults into a fleet (chaos campaigns, clocks, networks)",
 }
-FAULT_MODULES = {"test_chaos", "test_hosts", "test_failover"}
+FAULT_MODULES = {"test_chaos", "test_hosts", "test_failover", "test_schedule_chaos"}
 #: Fixtures that reach a database, and ones that start worker processes.
 DATABASE_FIXTURES = {"admin_url", "database_url", "data_dir"}
 PROCESS_FIXTURES = {"workers"}
@@ -413,6 +413,24 @@ def tenure_cli(
         timeout=60,
         env={k: v for k, v in merged.items() if v is not None},
     )
+
+
+@pytest.fixture
+def operator_cli(database_url: str, schema: str) -> Callable[..., str]:
+    """``operator_cli(*args, code=0)``: a ``tenure`` command on the test schema, run in
+    this process (click's runner); its output, once its exit code is ``code``."""
+    from click.testing import CliRunner
+
+    from tenure.cli import main
+
+    runner = CliRunner(env={"COLUMNS": "200"})
+
+    def invoke(*args: str, code: int = 0) -> str:
+        result = runner.invoke(main, [*args, "--dsn", database_url, "--schema", schema])
+        assert result.exit_code == code, (result.output, result.exception)
+        return result.output
+
+    return invoke
 
 
 @pytest.fixture

@@ -8,25 +8,17 @@ from typing import Any
 
 import psycopg
 import pytest
-from click.testing import CliRunner
 
-from tenure.cli import main, run
+from tenure.cli import run
 from tests.conftest import eventually, task_in, worker_id_of
 
 pytestmark = pytest.mark.acceptance
 
 
 @pytest.fixture
-def cli(database_url: str, schema: str, fleet_app: Any) -> Any:
-    runner = CliRunner(env={"COLUMNS": "200"})
+def cli(operator_cli: Any, fleet_app: Any) -> Any:
     fleet_app.reg.client.open()  # operator commands never create the schema: migrate it
-
-    def invoke(*args: str, code: int = 0) -> str:
-        result = runner.invoke(main, [*args, "--dsn", database_url, "--schema", schema])
-        assert result.exit_code == code, (result.output, result.exception)
-        return result.output
-
-    return invoke
+    return operator_cli
 
 
 def test_tasks_list_filters_and_show_prints_payload_and_attempts(

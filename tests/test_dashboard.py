@@ -28,6 +28,7 @@ import psycopg
 import pytest
 
 from tests.conftest import CHILD_PYTHONPATH, ROOT, eventually, task_in, worker_id_of
+from tests.test_schedules import BEATS_DDL
 
 pytestmark = pytest.mark.acceptance
 
@@ -573,3 +574,45 @@ def test_browser_asks_before_draining_and_the_policy_blocks_nothing_the_pages_us
     page.goto(f"{d.base}/tasks")
     page.wait_for_timeout(1500)  # a refresh or two of #live
     assert blocked == []
+
+
+def test_browser_shows_schedules_and_pauses_triggers_and_resumes_one(
+    dashboard: Any, workers: Any, db: psycopg.Connection[Any], page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    def ticks(outcome: str = "sent") -> int:
+        row = db.execute(
+            "SELECT count(*) FROM schedule_ticks WHERE schedule = 'every-second' AND outcome = %s",
+            (outcome,),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    # Given a worker sending the schedules app's ticks (every second, every minute)
+    d = dashboard()
+    db.execute(BEATS_DDL)
+    workers("--lease", "3s", "--queues", "timed", app="tests.apps.schedules:reg")
+    eventually(lambda: ticks() >= 2, timeout=30, what="ticks sent")
+    page.goto(f"{d.base}/")
+    row = page.locator('#schedules tr[data-schedule="every-second"]')
+    expect(row).to_contain_text("every 1 s")
+    expect(row.locator(".badge").first).to_have_text("active")
+    expect(page.locator('#schedules tr[data-schedule="every-minute"]')).to_contain_text(
+        "cron * * * * *"
+    )
+    page.screenshot(path=str(ARTIFACTS / "dashboard-schedules.png"), full_page=True)
+    # When the operator pauses it, no tick is sent for several seconds
+    row.get_by_role("button", name="Pause").click()
+    expect(page.locator(".flash")).to_have_text("Schedule every-second paused")
+    expect(row.locator(".badge").first).to_have_text("paused")
+    paused_at = ticks()
+    time.sleep(2.5)
+    assert ticks() == paused_at
+    # And a run asked for while paused is sent, once
+    row.get_by_role("button", name="Run now").click()
+    expect(page.locator(".flash")).to_have_text("Schedule every-second asked to run now")
+    eventually(lambda: ticks("triggered") == 1, timeout=10, what="the run asked for")
+    # When it is resumed, it ticks again
+    row.get_by_role("button", name="Resume").click()
+    expect(row.locator(".badge").first).to_have_text("active")
+    eventually(lambda: ticks() > paused_at, timeout=10, what="ticks after the resume")

@@ -247,3 +247,62 @@ def _cmdline(proc: psutil.Process) -> str:
 
 def _is_worker(proc: psutil.Process) -> bool:
     return "worker" in _cmdline(proc) and "examples.documents.app:reg" in _cmdline(proc)
+
+
+def test_a_watched_folder_is_ingested_again_on_its_schedule_what_changed_only(
+    database_url: str,
+    schema: str,
+    new_schema: Any,
+    workers: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    db: psycopg.Connection[Any],
+) -> None:
+    # Given a folder with one document, and a worker of the documents app
+    new_schema(f"{schema}_index")  # the app's index, dropped at the end too
+    monkeypatch.setenv("TENURE_DOCS_SCHEMA", schema)
+    folder = tmp_path / "inbox" / "acme"
+    folder.mkdir(parents=True)
+    (folder / "first.txt").write_text("the first memo about saffron harbour")
+    an_hour_ago = time.time() - 3600
+    os.utime(folder / "first.txt", (an_hour_ago, an_hour_ago))
+    env = {**os.environ, "TENURE_DATABASE_URL": database_url, "TENURE_DOCS_SCHEMA": schema}
+    # When the folder is watched every second
+    watched = subprocess.run(
+        [*TENURE_DOCS, "watch", str(tmp_path / "inbox"), "--every", "1s"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    assert "enqueued 1 documents now; watching" in watched.stdout
+    workers("--lease", "5s", app="examples.documents.app:reg")
+    index = f'"{schema}_index".documents'
+
+    def paths() -> list[str]:
+        try:
+            return [r[0] for r in db.execute(f"SELECT path FROM {index} ORDER BY path")]
+        except psycopg.errors.UndefinedTable:
+            return []
+
+    eventually(lambda: len(paths()) == 1, timeout=60, what="the first document indexed")
+    # And a document is added to it
+    (folder / "second.txt").write_text("a later memo about cobalt lanterns")
+    # Then a tick of the schedule enqueues it, and only what changed since the tick before
+    eventually(lambda: len(paths()) == 2, timeout=30, what="the new document indexed")
+    assert [Path(p).name for p in paths()] == ["first.txt", "second.txt"]
+    time.sleep(3)  # three more ticks: each finds nothing changed
+    rows = db.execute(
+        "SELECT st.outcome, f.state, f.result->>'chars' FROM schedule_ticks st"
+        " LEFT JOIN finished_tasks f ON f.id = st.task_id ORDER BY st.tick"
+    ).fetchall()
+    assert len(rows) >= 4 and {r[0] for r in rows} == {"sent"}, rows
+    runs = db.execute(f"SELECT path, runs FROM {index} ORDER BY path").fetchall()
+    assert [r[1] for r in runs] == [1, 1], runs  # neither document was parsed again
+    # And the schedule is listed, and unwatching removes it
+    listing = tenure_cli("schedules", "list", "--app", "examples.documents.app:reg", env=env)
+    assert "docs.watch" in listing.stdout and "every 1 s" in listing.stdout, listing.stdout
+    unwatched = subprocess.run(
+        [*TENURE_DOCS, "unwatch", str(tmp_path / "inbox")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert unwatched.returncode == 0 and "stopped watching" in unwatched.stdout
+    assert db.execute("SELECT count(*) FROM schedules").fetchone() == (0,)

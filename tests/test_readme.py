@@ -67,10 +67,17 @@ def test_the_readme_module_runs_as_written(
     words = len((ROOT / "README.md").read_text(errors="replace").split())
     assert done.stdout.strip() == f"README.md has {words} words"
     docs = len(list((ROOT / "docs").glob("*.md")))
-    row = db.execute("SELECT count(*) FROM tasks").fetchone()
-    finished = db.execute("SELECT count(*) FROM finished_tasks").fetchone()
+    row = db.execute("SELECT count(*) FROM tasks WHERE schedule IS NULL").fetchone()
+    finished = db.execute(
+        "SELECT count(*) FROM finished_tasks f"
+        " WHERE NOT EXISTS (SELECT 1 FROM schedule_ticks st WHERE st.task_id = f.id)"
+    ).fetchone()
     assert row is not None and finished is not None
     assert row[0] + finished[0] == 1 + docs
+    # And the worker published the module's nightly schedule, with its next tick at
+    # 02:00 in Paris
+    (schedule,) = db.execute("SELECT name, cron, timezone FROM schedules").fetchall()
+    assert schedule == ("myapp.tasks.count_words", "0 2 * * *", "Europe/Paris")
 
 
 def test_a_task_defined_in_a_script_warns_that_no_worker_knows_its_name(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg_pool import ConnectionPool
@@ -118,6 +118,29 @@ def parse_document(payload: Document) -> Indexed:
 def parse_large_document(payload: Document) -> Indexed:
     """Parse and index one large document in a child process with a hard timeout."""
     return parse_and_index(payload)
+
+
+class Watch(BaseModel):
+    """A watched folder's schedule payload: the folder, and how often it ticks."""
+
+    folder: str
+    every_seconds: float
+    source: str | None = None
+
+
+@reg.task(queue=QUEUE, name="docs.reingest", max_attempts=3)
+def reingest_folder(payload: Watch) -> int:
+    """One tick of a watched folder (``tenure-docs watch``): enqueue its documents
+    changed since the tick before this one. The tick is the schedule's, not the
+    moment the task runs, so a tick run late or caught up after downtime still covers
+    its own period (and indexing is an upsert: a file seen twice keeps one row). A
+    file's time is the clock of the machine that wrote it, the tick the database's:
+    keep them in step (NTP), as for any tool that compares modification times."""
+    from examples.documents import ingest as ingesting
+
+    tick = tenure.current().tick or datetime.now(UTC)
+    since = tick - timedelta(seconds=payload.every_seconds)
+    return ingesting.ingest(payload.folder, source=payload.source, changed_since=since).sent
 
 
 def task_for(size: int) -> Any:

@@ -2,6 +2,7 @@
 
 tenure-docs generate ./corpus --count 2000      # a corpus of mixed documents
 tenure-docs ingest ~/Documents                  # enqueue every PDF, DOCX, HTML, MD, TXT
+tenure-docs watch ~/Documents --every 10m       # and again every 10 min, what changed
 tenure worker examples.documents.app:reg --processes 2   # parse and index them
 tenure-docs search '"quarterly report" -draft'  # ranked matches with snippets
 tenure-docs failed                              # documents that could not be parsed
@@ -10,6 +11,7 @@ tenure-docs failed                              # documents that could not be pa
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import sys
 import time
@@ -25,6 +27,7 @@ from rich.table import Table
 from examples.documents import app, corpus, index
 from examples.documents import ingest as ingesting
 from tenure import inert
+from tenure.schedules import When
 
 console = Console()
 
@@ -64,6 +67,47 @@ def generate(path: Path, count: int, seed: int) -> None:
     )
     for phrase, where in manifest.planted.items():
         console.print(f'  "{phrase}" is in {where}')
+
+
+@main.command("watch")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--every", default="10m", show_default=True, help="How often to look again.")
+@click.option("--source", help="Partition key for every file (default: first folder under PATH).")
+def watch_cmd(path: Path, every: str, source: str | None) -> None:
+    """Ingest PATH now, then on a schedule: every tick enqueues the files changed since
+    the tick before. Any worker of the app sends each tick once, however many run;
+    ticks missed while no worker ran are caught up (each covers its own period)."""
+    folder = path.resolve()
+    period = When.build(None, every, "UTC", "--every").every
+    assert period is not None
+    report = ingesting.ingest(folder, source=source)
+    name = watch_name(folder)
+    app.reg.add_schedule(
+        app.reingest_folder, name=name, every=period, catch_up="all", max_catch_up=144,
+        payload={"folder": str(folder), "every_seconds": period.total_seconds(), "source": source},
+    )  # fmt: skip
+    console.print(
+        f"enqueued {report.sent} documents now; watching {escape(str(folder))} every "
+        f"{escape(every)} (schedule {escape(name)}: tenure schedules list "
+        f"--app examples.documents.app:reg)"
+    )
+
+
+@main.command("unwatch")
+@click.argument("path", type=click.Path(file_okay=False, path_type=Path))
+def unwatch_cmd(path: Path) -> None:
+    """Stop watching PATH (what it indexed stays)."""
+    name = watch_name(path.resolve())
+    app.reg.client.delete_schedule(name)
+    console.print(f"stopped watching {escape(str(path.resolve()))}")
+
+
+def watch_name(folder: Path) -> str:
+    """The schedule of a watched folder: named after it (a digest when it is long)."""
+    text = str(folder)
+    if len(text) > 180:
+        text = "…" + text[-120:] + " " + hashlib.sha256(str(folder).encode()).hexdigest()[:12]
+    return f"docs.watch {text}"
 
 
 @main.command("ingest")

@@ -12,6 +12,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,17 @@ class IngestReport:
     skipped: int = 0  # files of a type we do not parse
 
 
-def walk(root: Path | str, source: str | None = None) -> Iterator[Found | None]:
-    """Every file under ``root`` (hidden ones left out); None for an unsupported type."""
+def walk(
+    root: Path | str, source: str | None = None, changed_since: datetime | None = None
+) -> Iterator[Found | None]:
+    """Every file under ``root`` (hidden ones left out; with ``changed_since``, only
+    those modified since); None for an unsupported type."""
+    since = None if changed_since is None else changed_since.timestamp()
     base = Path(root).resolve()
     if base.is_file():
-        yield _found(base, source or base.parent.name)
+        found = _found(base, source or base.parent.name, since)
+        if found is not UNCHANGED:
+            yield found
         return
     for folder, dirs, files in os.walk(base):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -51,29 +58,38 @@ def walk(root: Path | str, source: str | None = None) -> Iterator[Found | None]:
         owner = source or (rel.parts[0] if rel.parts else base.name)
         for name in sorted(files):
             if not name.startswith("."):
-                yield _found(Path(folder) / name, owner)
+                found = _found(Path(folder) / name, owner, since)
+                if found is not UNCHANGED:
+                    yield found
 
 
-def _found(path: Path, source: str) -> Found | None:
+UNCHANGED = Found("", "", -1)  # a file not modified since the time asked about
+
+
+def _found(path: Path, source: str, since: float | None = None) -> Found | None:
     if parsers.doc_type_of(path) is None:
         return None
     try:
-        size = path.stat().st_size
+        stat = path.stat()
     except OSError:
-        size = 0
-    return Found(str(path), source, size)
+        return Found(str(path), source, 0)
+    if since is not None and stat.st_mtime < since:
+        return UNCHANGED
+    return Found(str(path), source, stat.st_size)
 
 
 def ingest(
     root: Path | str,
     *,
     source: str | None = None,
+    changed_since: datetime | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> IngestReport:
-    """Enqueue every supported file under ``root``; ``progress(done, total)`` as it goes."""
+    """Enqueue every supported file under ``root`` (modified since ``changed_since``,
+    if given); ``progress(done, total)`` as it goes."""
     report = IngestReport()
     found: list[Found] = []
-    for item in walk(root, source):
+    for item in walk(root, source, changed_since):
         if item is None:
             report.skipped += 1
         else:

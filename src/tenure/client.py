@@ -32,17 +32,20 @@ from tenure._store.rows import (
     TaskRow,
     WorkerRow,
 )
+from tenure._store.schedule_rows import ScheduleRow, TickRow
 from tenure._store.session import DEFAULT_SCHEMA, SCHEMA_ENV, default_schema
 from tenure.errors import (
     ConfigError,
     DatabaseError,
     QueueNotFound,
     ResultTimeout,
+    ScheduleNotFound,
     TaskCancelled,
     TaskFailed,
     TaskNotFound,
 )
 from tenure.options import TaskOptions
+from tenure.schedules import Schedule
 from tenure.states import FINAL_STATES, TaskState
 
 __all__ = [
@@ -215,6 +218,62 @@ class Client:
             "(a worker publishes its registry's queues when it starts)"
         )
 
+    # -- schedules ---------------------------------------------------------------------
+
+    def write_schedule(self, schedule: Schedule) -> None:
+        """Add or change an operator's schedule (``Registry.add_schedule`` checks it
+        first); one that code declares is changed in the code."""
+        if not self.store.schedule_write(schedule):
+            raise ConfigError(
+                f"schedule {schedule.name!r} is declared in code (its workers publish it); "
+                "change it there, or add yours under another name"
+            )
+
+    def schedules(self, name: str | None = None, *, limit: int = 1000) -> list[ScheduleRow]:
+        """Every schedule (or the one named), with its last and next ticks."""
+        return self.store.schedules_list(name=name, limit=limit)
+
+    def schedule_ticks(self, name: str, *, limit: int = 50) -> list[TickRow]:
+        """The recorded ticks of a schedule, newest first: what each sent."""
+        self._schedule_source(name)
+        return self.store.schedule_ticks_list(name=name, limit=limit)
+
+    def pause_schedule(self, name: str) -> None:
+        """Send no more ticks of the schedule until it is resumed."""
+        if self.store.schedule_set_paused(name=name, paused=True) is None:
+            raise self._no_schedule(name)
+
+    def resume_schedule(self, name: str) -> None:
+        """Tick again, from the first tick after now (the pause is not caught up)."""
+        if self.store.schedule_set_paused(name=name, paused=False) is None:
+            raise self._no_schedule(name)
+
+    def trigger_schedule(self, name: str) -> None:
+        """Send one run of the schedule now (paused or not), by the next worker to look."""
+        if not self.store.schedule_trigger(name=name):
+            raise self._no_schedule(name)
+
+    def delete_schedule(self, name: str) -> str:
+        """Delete the schedule; returns its source: ``code`` means a worker that
+        declares it publishes it again when it starts (remove it from the code)."""
+        source = self.store.schedule_delete(name=name)
+        if source is None:
+            raise self._no_schedule(name)
+        return source
+
+    def _schedule_source(self, name: str) -> str:
+        found = self.store.schedules_list(name=name, limit=1)
+        if not found:
+            raise self._no_schedule(name)
+        return found[0].source
+
+    def _no_schedule(self, name: str) -> ScheduleNotFound:
+        known = [s.name for s in self.store.schedules_list(name=None, limit=21)]
+        shown = ", ".join(known[:20]) + (" and more" if len(known) > 20 else "")
+        return ScheduleNotFound(
+            f"no schedule {name!r} in schema {self.schema}; known: {shown or 'none'}"
+        )
+
     def drain_worker(self, worker_id: str) -> bool:
         """Ask a live worker to drain as SIGTERM would; False if no such live worker."""
         return self.store.worker_request_drain(worker_id=worker_id)
@@ -271,6 +330,16 @@ class Client:
             deleted = self.store.tasks_prune(older_than=older_than, batch=batch)
             if on_batch is not None:
                 on_batch(deleted, time.perf_counter() - started)
+            total += deleted
+            if deleted < batch:
+                return total
+
+    def prune_schedule_ticks(self, older_than: timedelta, *, batch: int = PRUNE_BATCH) -> int:
+        """Delete the record of schedule ticks older than ``older_than`` (what each
+        sent), in batches like :meth:`prune`; returns how many."""
+        total = 0
+        while True:
+            deleted = self.store.schedule_ticks_prune(older_than=older_than, batch=batch)
             total += deleted
             if deleted < batch:
                 return total

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
+from datetime import datetime
 
 from tenure.errors import TenureError
 
@@ -17,15 +18,30 @@ class TaskContext:
     draining worker hands the task back. Long tasks should check ``stop`` between
     steps and return early. Each is a :class:`threading.Event`, made the first time
     it is asked for (most tasks never ask), already set if its moment has passed.
+
+    A task a schedule sent knows which (``schedule``, its name) and the tick it was
+    sent for (``tick``, a timezone-aware datetime in UTC; ``tick.astimezone(zone)``
+    gives it on the schedule's clock), so a backfill knows which period it covers.
+    Both are None for a task sent otherwise.
     """
 
-    __slots__ = ("id", "attempt", "task_name", "queue", "_events", "_marked")
+    __slots__ = ("id", "attempt", "task_name", "queue", "schedule", "tick", "_events", "_marked")
 
-    def __init__(self, id: int, attempt: int, task_name: str, queue: str) -> None:
+    def __init__(
+        self,
+        id: int,
+        attempt: int,
+        task_name: str,
+        queue: str,
+        schedule: str | None = None,
+        tick: datetime | None = None,
+    ) -> None:
         self.id = id
         self.attempt = attempt
         self.task_name = task_name
         self.queue = queue
+        self.schedule = schedule
+        self.tick = tick
         self._events: dict[str, threading.Event] | None = None
         self._marked: set[str] | None = None
 

@@ -61,6 +61,10 @@ class TaskNotFound(TenureError, LookupError):
     """No task of that name is registered (or no task row has that id)."""
 
 
+class ScheduleNotFound(TenureError, LookupError):
+    """An operation named a schedule the database does not hold."""
+
+
 class QueueNotFound(TenureError, LookupError):
     """An operation named a queue the database does not know; the message lists the
     known ones."""

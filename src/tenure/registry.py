@@ -38,6 +38,7 @@ from tenure.options import (
     QueueOptions,
     TaskOptions,
 )
+from tenure.schedules import DEFAULT_MAX_CATCH_UP, Schedule
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -283,6 +284,7 @@ class Registry:
             raise ConfigError("limits: expected a tenure.Limits")
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.queue_options: dict[str, QueueOptions] = {}
+        self.schedules: dict[str, Schedule] = {}
 
     def queue(
         self,
@@ -307,6 +309,63 @@ class Registry:
         )
         self.queue_options[name] = options
         return options
+
+    def schedule(
+        self,
+        task: Task[Any, Any] | str,
+        *,
+        name: str | None = None,
+        cron: str | None = None,
+        every: Duration | None = None,
+        timezone: str = "UTC",
+        payload: Any = None,
+        catch_up: str = "latest",
+        max_catch_up: int = DEFAULT_MAX_CATCH_UP,
+        jitter: Duration | None = None,
+        overlap: bool = True,
+    ) -> Schedule:
+        """Send ``task`` on a schedule; workers publish it at start (one that the code
+        no longer declares stops). Checked now, whole: the task, the cron expression or
+        interval, the timezone and the payload.
+
+        ``cron``: five fields, or six with seconds first; ``every``: a fixed interval
+        (``timedelta``, seconds, or ``"10m"``). ``catch_up`` after downtime:
+        ``"latest"`` sends only the most recent missed tick, ``"all"`` each of them up
+        to ``max_catch_up``. ``jitter`` delays each tick by up to that much;
+        ``overlap=False`` skips a tick while the previous tick's task still waits or
+        runs. The name defaults to the task's.
+
+        >>> reg.schedule(reingest, every=timedelta(minutes=10), payload={"folder": "in"})
+        ...                                                   # doctest: +SKIP
+        """
+        built = self.build_schedule(
+            task, name=name, cron=cron, every=every, timezone=timezone, payload=payload,
+            catch_up=catch_up, max_catch_up=max_catch_up, jitter=jitter, overlap=overlap,
+        )  # fmt: skip
+        if built.name in self.schedules:
+            raise AlreadyRegistered(f"schedule {built.name!r} is already declared")
+        self.schedules[built.name] = built
+        return built
+
+    def add_schedule(self, task: Task[Any, Any] | str, **options: Any) -> Schedule:
+        """Add or change a schedule in the database now, as an operator would (it is
+        not declared in code, so no worker removes it); takes and checks what
+        :meth:`schedule` does. Pause, resume, trigger, list and delete schedules with
+        the client."""
+        built = self.build_schedule(task, **options)
+        self.client.write_schedule(built)
+        return built
+
+    def build_schedule(self, task: Task[Any, Any] | str, **options: Any) -> Schedule:
+        """A schedule of one of this registry's tasks, checked whole (it takes what
+        :meth:`schedule` does), neither declared nor written."""
+        found = self.get(task) if isinstance(task, str) else task
+        if not isinstance(found, Task) or self.tasks.get(found.name) is not found:
+            name = options.get("name")
+            raise TaskNotFound(
+                f"schedule {name or found!r}: its task is not registered in this registry"
+            )
+        return Schedule.build(found, **options)
 
     @overload
     def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...

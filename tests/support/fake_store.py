@@ -32,6 +32,7 @@ from tenure._store.worker_rows import (
     Published,
     QueueDepth,
     Renewal,
+    SchedulesDue,
     Settled,
 )
 from tenure.errors import DatabaseError
@@ -403,6 +404,19 @@ class FakeStore:
     async def flag_limited_running(self) -> None:
         self._answer(await self._io("flag_limited_running"))
 
+    async def publish_schedules(
+        self, schedules: Sequence[Any], *, tasks: Sequence[str]
+    ) -> tuple[list[str], list[str]]:
+        self._answer(await self._io("publish_schedules"))
+        return [], []
+
+    async def schedules_due(
+        self, *, queues: Sequence[str], names: Sequence[str], limit: int
+    ) -> SchedulesDue:
+        # the fake holds no schedules: their tests run on PostgreSQL
+        self._answer(await self._io("schedules_due"))
+        return SchedulesDue([], None)
+
     async def unknown_tasks(self, *, queues: Sequence[str], names: Sequence[str]) -> list[str]:
         self._answer(await self._io("unknown_tasks"))
         found = {
@@ -466,6 +480,10 @@ class FakeStore:
 
     async def vacuum(self) -> None:
         self._answer(await self._io("vacuum"))
+
+    async def schedule_states(self) -> list[Any]:
+        self._answer(await self._io("schedule_states"))
+        return []
 
     async def queue_depths(self) -> list[QueueDepth]:
         self._answer(await self._io("queue_depths"))

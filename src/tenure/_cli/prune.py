@@ -16,16 +16,19 @@ from tenure.client import PRUNE_BATCH
     "--older-than",
     type=DURATION,
     required=True,
-    help="Delete finished tasks (and their attempts) that ended longer ago, e.g. 7d.",
+    help="Delete finished tasks (and their attempts) that ended longer ago, and the "
+    "record of schedule ticks as old, e.g. 7d.",
 )
 def prune(dsn: str | None, schema: str, older_than: timedelta) -> None:
-    """Delete finished tasks older than --older-than, in bounded batches."""
+    """Delete finished tasks older than --older-than, in bounded batches, and the
+    record of schedule ticks as old."""
     batches: list[float] = []
-    deleted = operator_client(dsn, schema).prune(
-        older_than, on_batch=lambda _n, seconds: batches.append(seconds)
-    )
+    client = operator_client(dsn, schema)
+    deleted = client.prune(older_than, on_batch=lambda _n, seconds: batches.append(seconds))
+    ticks = client.prune_schedule_ticks(older_than)
     click.echo(
         f"pruned {deleted} finished task{'s' if deleted != 1 else ''} in {len(batches)} "
         f"batch{'es' if len(batches) != 1 else ''} of at most {PRUNE_BATCH} "
-        f"(longest {max(batches) * 1000:.0f} ms)"
+        f"(longest {max(batches) * 1000:.0f} ms), and {ticks} schedule "
+        f"tick{'s' if ticks != 1 else ''}"
     )

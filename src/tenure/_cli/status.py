@@ -1,4 +1,5 @@
-"""``tenure status``: the server, queues, limits, the largest partition keys, live workers."""
+"""``tenure status``: the server, queues, limits, the largest partition keys, live
+workers, schedules."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import click
 
 from tenure._cli.output import Column, console, emit_json, json_option, print_table
 from tenure._cli.params import dsn_option, operator_client
+from tenure._cli.schedules import print_schedules
 from tenure._cli.workers import worker_cells, worker_columns
 from tenure._store.rows import KeyBacklog, LimitStatus, LiveWorker, QueueStatus, ServerIdentity
 from tenure.client import EXACT_COUNT_CAP
@@ -34,7 +36,7 @@ from tenure.client import EXACT_COUNT_CAP
 @json_option
 def status(dsn: str | None, schema: str, top_keys: int, count_cap: int, as_json: bool) -> None:
     """The server answering (primary or standby), queues, limits, the largest
-    partition keys, live workers and their leases.
+    partition keys, live workers and their leases, schedules and their next ticks.
 
     Stays fast over millions of queued or finished tasks: counts above --count-cap
     are estimates and are marked ~ (running and expired are always exact)."""
@@ -44,14 +46,20 @@ def status(dsn: str | None, schema: str, top_keys: int, count_cap: int, as_json:
     limits = client.store.status_limits()
     keys = client.key_counts(top_keys) if top_keys else []
     workers = client.store.status_workers()
+    timed = client.schedules()
+    now = client.store.dashboard_now()
     if as_json:
-        emit_json(status_document(schema, server, queues, limits, keys, workers))
-    else:
-        console().print(
-            f"database {server.server} ({server.role}, PostgreSQL {server.version})",
-            highlight=False,
-        )
-        status_tables(queues, limits, keys, workers, count_cap)
+        document = status_document(schema, server, queues, limits, keys, workers)
+        emit_json({**document, "schedules": [r.as_json(now) for r in timed]})
+        return
+    out = console()
+    out.print(
+        f"database {server.server} ({server.role}, PostgreSQL {server.version})",
+        highlight=False,
+    )
+    status_tables(queues, limits, keys, workers, count_cap)
+    if timed:
+        print_schedules(out, "schedules", timed, now)
 
 
 def status_document(

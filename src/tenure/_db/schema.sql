@@ -46,6 +46,8 @@ CREATE TABLE {schema}.tasks (
     idempotency_key  text,
     vtime            double precision NOT NULL DEFAULT 0, -- fair place among its key's work
     cancel_requested boolean NOT NULL DEFAULT false,  -- an operator asked it to stop
+    schedule         text,                          -- the schedule that sent it
+    schedule_tick    timestamptz,                   -- and the tick it was sent for
     CHECK ((state = 'running') = (lease_owner IS NOT NULL AND lease_expires_at IS NOT NULL)),
     CONSTRAINT tasks_state_check CHECK (state IN ('scheduled', 'queued', 'running'))
 );
@@ -166,6 +168,49 @@ CREATE TABLE {schema}.result_waiters (
     since    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (task_id, listener)
 );
+
+-- Periodic tasks (tenure/schedules.py): what each sends and when it fires next, and
+-- what each tick did (migration 0009 says how a tick is sent once).
+CREATE TABLE {schema}.schedules (
+    name          text PRIMARY KEY,
+    task_name     text NOT NULL,
+    queue         text NOT NULL,
+    cron          text,
+    every         interval CHECK (every >= interval '1 second'),
+    timezone      text NOT NULL DEFAULT 'UTC',
+    payload       jsonb NOT NULL,
+    catch_up      text NOT NULL DEFAULT 'latest' CHECK (catch_up IN ('latest', 'all')),
+    max_catch_up  integer NOT NULL DEFAULT 100 CHECK (max_catch_up > 0),
+    jitter        interval NOT NULL DEFAULT '0' CHECK (jitter >= interval '0'),
+    overlap       boolean NOT NULL DEFAULT true,
+    source        text NOT NULL CHECK (source IN ('code', 'operator')),
+    paused        boolean NOT NULL DEFAULT false,
+    next_tick     timestamptz,               -- NULL: a worker computes it at its next look
+    fire_at       timestamptz NOT NULL DEFAULT now(), -- when next_tick is due (plus jitter)
+    trigger_requested_at timestamptz,        -- an operator asked for a run now
+    last_tick     timestamptz,
+    last_task_id  bigint,
+    last_fired_at timestamptz,
+    missed        bigint NOT NULL DEFAULT 0, -- ticks the catch-up policy did not send
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    CHECK ((cron IS NULL) <> (every IS NULL))
+);
+
+CREATE INDEX schedules_due_idx ON {schema}.schedules (queue, fire_at);
+
+CREATE TABLE {schema}.schedule_ticks (
+    schedule text NOT NULL,
+    tick     timestamptz NOT NULL,
+    task_id  bigint,                         -- NULL: not sent (the last tick's task ran on)
+    outcome  text NOT NULL CHECK (outcome IN ('sent', 'skipped_running', 'triggered')),
+    fired_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (schedule, tick)
+);
+
+CREATE INDEX schedule_ticks_fired_at_idx ON {schema}.schedule_ticks (fired_at);
+CREATE INDEX schedule_ticks_task_idx ON {schema}.schedule_ticks (task_id)
+    WHERE task_id IS NOT NULL;
 
 -- The hot table churns: vacuum and analyze it early and without cost delays.
 ALTER TABLE {schema}.tasks SET (

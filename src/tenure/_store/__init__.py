@@ -38,8 +38,10 @@ from tenure._store.rows import (
     Throughput,
     WorkerRow,
 )
+from tenure._store.schedule_rows import ScheduleRow, TickRow
 from tenure._store.session import Session
 from tenure.options import TaskOptions
+from tenure.schedules import Schedule
 from tenure.states import TaskState
 
 Connection = psycopg.Connection[Any]
@@ -144,6 +146,12 @@ class Store:
         (deleted,) = self.session.fetch("tasks_prune", params, scalar_row)
         return int(deleted)
 
+    def schedule_ticks_prune(self, *, older_than: timedelta, batch: int) -> int:
+        """Delete one batch of schedule ticks recorded before ``older_than``; how many."""
+        params = {"older_than": older_than, "batch": batch}
+        (deleted,) = self.session.fetch("schedule_ticks_prune", params, scalar_row)
+        return int(deleted)
+
     @contextmanager
     def result_waiter(self, *, task_id: int) -> Iterator[Callable[[float], None]]:
         """Listen, on a connection of its own, for ``task_id`` to finish; yields
@@ -182,6 +190,50 @@ class Store:
 
     def workers_list(self, *, limit: int) -> list[WorkerRow]:
         return self.session.fetch("workers_list", {"limit": limit}, class_row(WorkerRow))
+
+    # -- schedules ---------------------------------------------------------------------
+
+    def schedule_write(self, schedule: Schedule) -> bool:
+        """Add or change an operator's schedule; False: code declares that name."""
+        when = schedule.when
+        params = {
+            "name": schedule.name,
+            "task": schedule.task_name,
+            "queue": schedule.queue,
+            "cron": when.cron,
+            "every": when.every,
+            "zone": when.timezone,
+            "payload": schedule.payload_json,
+            "catch_up": schedule.catch_up,
+            "max_catch_up": schedule.max_catch_up,
+            "jitter": schedule.jitter,
+            "overlap": schedule.overlap,
+        }
+        return bool(self.session.fetch("schedule_write", params, scalar_row))
+
+    def schedule_set_paused(self, *, name: str, paused: bool) -> str | None:
+        """Pause or resume a schedule; its source, or None: no such schedule."""
+        found = self.session.fetch(
+            "schedule_set_paused", {"name": name, "paused": paused}, scalar_row
+        )
+        return str(found[0]) if found else None
+
+    def schedule_delete(self, *, name: str) -> str | None:
+        """Delete a schedule; its source, or None: no such schedule."""
+        found = self.session.fetch("schedule_delete", {"name": name}, scalar_row)
+        return str(found[0]) if found else None
+
+    def schedule_trigger(self, *, name: str) -> bool:
+        """Ask for one run of a schedule now; False: no such schedule."""
+        return bool(self.session.fetch("schedule_trigger", {"name": name}, scalar_row))
+
+    def schedules_list(self, *, name: str | None, limit: int) -> list[ScheduleRow]:
+        params = {"name": name, "limit": limit}
+        return self.session.fetch("schedules_list", params, class_row(ScheduleRow))
+
+    def schedule_ticks_list(self, *, name: str, limit: int) -> list[TickRow]:
+        params = {"name": name, "limit": limit}
+        return self.session.fetch("schedule_ticks_list", params, class_row(TickRow))
 
     # -- status ------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -33,16 +33,21 @@ from tenure._store.worker_rows import (
     Claimed,
     ClaimResult,
     DeadRows,
+    DueSchedule,
     ExpiredLease,
+    Fired,
     Outcome,
     Promoted,
     Published,
     QueueDepth,
     Renewal,
+    SchedulesDue,
+    ScheduleState,
     Settled,
 )
 from tenure.errors import DatabaseError
 from tenure.options import QueueOptions, TaskOptions
+from tenure.schedules import Schedule
 from tenure.states import Verdict
 
 log = logging.getLogger(__name__)
@@ -290,6 +295,73 @@ class AsyncStore:
         )
         return _published(rows)
 
+    async def publish_schedules(
+        self, schedules: Sequence[Schedule], *, tasks: Sequence[str]
+    ) -> tuple[list[str], list[str]]:
+        """Publish these schedules declared in code; remove the code schedules of
+        ``tasks`` not among them. The names changed (or added), and the names removed."""
+        rows = await self.link.fetch(
+            "schedules_sync",
+            {
+                "names": [s.name for s in schedules],
+                "tasks": [s.task_name for s in schedules],
+                "queues": [s.queue for s in schedules],
+                "crons": [s.when.cron for s in schedules],
+                "everys": [s.when.every for s in schedules],
+                "zones": [s.when.timezone for s in schedules],
+                "payloads": [s.payload_json for s in schedules],
+                "catch_ups": [s.catch_up for s in schedules],
+                "max_catch_ups": [s.max_catch_up for s in schedules],
+                "jitters": [s.jitter for s in schedules],
+                "overlaps": [s.overlap for s in schedules],
+                "all_tasks": list(tasks),
+            },
+        )
+        changed, removed = rows[0]
+        return list(changed), list(removed)
+
+    async def schedules_due(
+        self, *, queues: Sequence[str], names: Sequence[str], limit: int
+    ) -> SchedulesDue:
+        """The schedules of these queues and tasks that are due, the longest due first."""
+        rows = await self.link.fetch(
+            "schedules_due", {"queues": list(queues), "names": list(names), "limit": limit}
+        )
+        due = [DueSchedule(*r[:12]) for r in rows if r[0] is not None]
+        waits = [r[12] for r in rows if r[0] is None and r[12] is not None]
+        return SchedulesDue(due, float(waits[0]) if waits else None)
+
+    async def schedule_fire(
+        self,
+        due: DueSchedule,
+        options: TaskOptions,
+        *,
+        ticks: Sequence[datetime],
+        missed: int,
+        next_tick: datetime,
+        fire_at: datetime,
+    ) -> list[Fired]:
+        """Send these ticks of a due schedule and move it on, once (see
+        ``schedule_fire``): nothing when another worker fired it or it changed."""
+        rows = await self.link.fetch(
+            "schedule_fire",
+            {
+                "name": due.name,
+                "expected": due.next_tick,
+                "version": due.updated_at,
+                "ticks": list(ticks),
+                "missed": missed,
+                "next": next_tick,
+                "fire_at": fire_at,
+                "max_attempts": options.max_attempts,
+                "max_crashes": options.max_crashes,
+                "priority": options.priority,
+                "lease": options.lease,
+                "limited": options.limited,
+            },
+        )
+        return [Fired(r[0], r[1], r[2]) for r in rows]
+
     async def flag_limited_running(self) -> None:
         """Flag the running rows a published limit applies to."""
         await self.link.fetch("limits_flag_running", {})
@@ -341,6 +413,14 @@ class AsyncStore:
         return [
             QueueDepth(str(q), int(queued), int(scheduled), int(running), _seconds(age))
             for q, queued, scheduled, running, age in rows
+        ]
+
+    async def schedule_states(self) -> list[ScheduleState]:
+        """Per schedule: seconds to its next tick, its last tick, missed ticks, paused."""
+        rows = await self.link.fetch("metrics_schedules", {})
+        return [
+            ScheduleState(str(n), nxt, last, int(missed), bool(p))
+            for n, nxt, last, missed, p in rows
         ]
 
     # -- notifications -------------------------------------------------------------

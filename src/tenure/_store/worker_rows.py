@@ -9,6 +9,7 @@ Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from tenure.states import Reported, Verdict
 
@@ -24,6 +25,8 @@ class Claimed:
     attempt: int
     errors: int
     crashes: int
+    schedule: str | None = None  # the schedule that sent it
+    schedule_tick: datetime | None = None  # the tick it was sent for
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,3 +115,49 @@ class QueueDepth:
     scheduled: int
     running: int
     oldest_age: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class DueSchedule:
+    """A schedule due now (a tick, or a run asked for), as the worker plans from it."""
+
+    name: str
+    task_name: str
+    cron: str | None
+    every: timedelta | None
+    timezone: str
+    catch_up: str
+    max_catch_up: int
+    jitter: timedelta
+    next_tick: datetime | None
+    last_tick: datetime | None
+    updated_at: datetime  # the definition's version, which a fire must still match
+    now: datetime  # the database clock
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulesDue:
+    """The due schedules, and in how many seconds the next other one is due."""
+
+    due: list[DueSchedule]
+    next_in: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Fired:
+    """What one tick did: ``sent``, ``triggered`` (a task) or ``skipped_running``."""
+
+    tick: datetime
+    task_id: int | None
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleState:
+    """One schedule as /metrics shows it."""
+
+    name: str
+    next_in: float | None  # seconds until its next tick; None: not computed, or paused
+    last_tick: float | None  # Unix time of its last tick
+    missed: int
+    paused: bool

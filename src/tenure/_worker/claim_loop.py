@@ -320,7 +320,10 @@ class ClaimLoop:
         """Take on freshly claimed attempts; they wait in the buffer for a slot."""
         holdings, debug = self.holdings, log.isEnabledFor(logging.DEBUG)
         for row in rows:
-            holdings.claimed(Held(row, TaskContext(row.id, row.attempt, row.task_name, row.queue)))
+            context = TaskContext(
+                row.id, row.attempt, row.task_name, row.queue, row.schedule, row.schedule_tick
+            )
+            holdings.claimed(Held(row, context))
             if debug:
                 log.debug(
                     "task_claimed task=%s attempt=%s queue=%s worker=%s",

@@ -117,6 +117,8 @@ async def _in_process(
         attempt=claimed.attempt,
         task_name=task.name,
         queue=claimed.queue,
+        schedule=claimed.schedule,
+        schedule_tick=claimed.schedule_tick,
     )
     try:
         return await processes.run(job, timeout)

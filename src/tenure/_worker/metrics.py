@@ -7,9 +7,10 @@ Rules:
   it settles an outcome; process-wide counters (leases lost, fenced writes,
   takeovers) and gauges are read from a :class:`~tenure._worker.status.WorkerStatus`
   snapshot at scrape time, so a scrape never changes what it reads.
-- Queue depth and oldest age come from one small query over the hot table,
-  cached for a few seconds, on a connection of its own opened at the first scrape
-  (the worker hands over that store once it knows the database: :meth:`Metrics.use`).
+- Queue depth and oldest age come from one small query over the hot table, and each
+  schedule's next and last tick from one over the schedules, cached for a few
+  seconds, on a connection of its own opened at the first scrape (the worker hands
+  over that store once it knows the database: :meth:`Metrics.use`).
 - A task run is wrapped in an OpenTelemetry span when ``opentelemetry-api`` is
   importable; tenure does not depend on it.
 """
@@ -27,7 +28,7 @@ from itertools import accumulate
 from typing import Any
 
 from tenure._store.worker import AsyncStore
-from tenure._store.worker_rows import Claimed, QueueDepth
+from tenure._store.worker_rows import Claimed, QueueDepth, ScheduleState
 from tenure._worker.clock import MONOTONIC, Clock
 from tenure._worker.state import Held
 from tenure._worker.status import WorkerStatus
@@ -123,6 +124,7 @@ class Metrics:
         self._tracer = _otel_tracer()
         self._store: AsyncStore | None = None
         self._queues: list[QueueDepth] = []
+        self._schedules: list[ScheduleState] = []
         self._queues_at = -math.inf
 
     # -- recording (called from the claim loop and the task runner) ------------------
@@ -168,6 +170,7 @@ class Metrics:
             return self._queues  # not connected yet, or read a moment ago
         try:
             self._queues = await self._store.queue_depths()
+            self._schedules = await self._store.schedule_states()
             self._queues_at = self.clock.now()
         except Exception as exc:
             log.debug("metrics_queue_depth_failed error=%s", exc)
@@ -258,4 +261,44 @@ class Metrics:
         for q in rows:
             age = q.oldest_age if q.oldest_age is not None else 0.0
             out.append(f"tenure_queue_oldest_age_seconds{_labels(queue=q.queue)} {age:.3f}")
+        self._render_schedules(status, family, out)
         return "\n".join(out) + "\n"
+
+    def _render_schedules(self, status: WorkerStatus, family: Any, out: list[str]) -> None:
+        family(
+            "tenure_schedule_ticks_total",
+            "counter",
+            "Ticks this worker's scheduler recorded: sent, triggered or skipped_running.",
+        )
+        for outcome in ("sent", "triggered", "skipped_running"):
+            value = status.schedule_ticks.get(outcome, 0)
+            out.append(f"tenure_schedule_ticks_total{_labels(outcome=outcome)} {value}")
+        states = self._schedules
+        family(
+            "tenure_schedule_next_tick_seconds",
+            "gauge",
+            "Seconds until each schedule's next tick (negative: overdue); absent while paused.",
+        )
+        for s in states:
+            if s.next_in is not None:
+                out.append(f"tenure_schedule_next_tick_seconds{_labels(schedule=s.name)} "
+                           f"{s.next_in:.3f}")  # fmt: skip
+        family(
+            "tenure_schedule_last_tick_timestamp_seconds",
+            "gauge",
+            "Unix time of each schedule's last tick sent or skipped.",
+        )
+        for s in states:
+            if s.last_tick is not None:
+                out.append(f"tenure_schedule_last_tick_timestamp_seconds"
+                           f"{_labels(schedule=s.name)} {s.last_tick:.3f}")  # fmt: skip
+        family(
+            "tenure_schedule_missed_ticks_total",
+            "counter",
+            "Ticks each schedule's catch-up policy did not send after downtime.",
+        )
+        for s in states:
+            out.append(f"tenure_schedule_missed_ticks_total{_labels(schedule=s.name)} {s.missed}")
+        family("tenure_schedule_paused", "gauge", "1 while each schedule is paused.")
+        for s in states:
+            out.append(f"tenure_schedule_paused{_labels(schedule=s.name)} {int(s.paused)}")

@@ -30,6 +30,7 @@ import multiprocessing
 import os
 import signal
 from dataclasses import dataclass
+from datetime import datetime
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -53,6 +54,8 @@ class Job:
     attempt: int
     task_name: str
     queue: str
+    schedule: str | None = None
+    schedule_tick: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,16 @@ def _child_main(conn: Connection, lifeline: Connection, worker: int) -> None:
             ended = ending.raised(exc, limits)
         else:
             conn.send(STARTED)  # the task's own time starts now (its timeout with it)
-            _current.set(TaskContext(job.task_id, job.attempt, job.task_name, job.queue))
+            _current.set(
+                TaskContext(
+                    job.task_id,
+                    job.attempt,
+                    job.task_name,
+                    job.queue,
+                    job.schedule,
+                    job.schedule_tick,
+                )
+            )
             ended = ending.call(obj, job.payload, obj.registry.limits)
         try:
             conn.send(Reply(ended, _resident_bytes()))

@@ -31,6 +31,7 @@ class WorkerStatus:
     events: Mapping[str, int] = field(default_factory=dict)  # event name -> times
     takeovers: int = 0  # expired leases this worker's reaper turned back into work
     quarantined: int = 0  # tasks its reaper quarantined
+    schedule_ticks: Mapping[str, int] = field(default_factory=dict)  # outcome -> ticks
 
     def readiness(self) -> tuple[bool, str]:
         """Whether the worker takes work now, and why not: starting, draining,

@@ -60,6 +60,7 @@ from tenure._worker.lineage import START_FAILED
 from tenure._worker.metrics import Metrics
 from tenure._worker.notifier import CancelHints, Notifier
 from tenure._worker.processes import ProcessPool
+from tenure._worker.scheduler import Scheduler
 from tenure._worker.service import Service
 from tenure._worker.state import Held, Holdings
 from tenure._worker.status import WorkerStatus
@@ -121,6 +122,7 @@ class Parts:
     claims: ClaimLoop
     heartbeat: Heartbeat
     reaper: Reaper
+    scheduler: Scheduler
     loops: list[Service]  # started together, stopped together
     stores: list[AsyncStore]
 
@@ -190,6 +192,7 @@ class Worker:
             events=dict(self.events),
             takeovers=parts.reaper.counts["lease_expired"],
             quarantined=parts.reaper.counts["task_quarantined"],
+            schedule_ticks=dict(parts.scheduler.counts),
         )
 
     # -- control ----------------------------------------------------------------------
@@ -274,6 +277,17 @@ class Worker:
         ]
         await beat.publish_queues(queues)
         await beat.flag_limited_running()
+        changed, removed = await beat.publish_schedules(
+            list(self.registry.schedules.values()), tasks=names
+        )
+        if changed:
+            log.info("schedules_published worker=%s changed=%s", self.id, ",".join(changed))
+        if removed:
+            log.warning(
+                "schedules_removed worker=%s removed=%s: no longer declared in the code",
+                self.id,
+                ",".join(removed),
+            )
 
     def _build(
         self, work: AsyncStore, beat: AsyncStore, listen: AsyncStore, names: list[str]
@@ -299,6 +313,7 @@ class Worker:
         reaper = Reaper(beat, cfg.heartbeat_interval, gone_after, clock)
         hints = CancelHints(beat, self.holdings, self.id, claims.cancel, self.events, clock=clock)
         notifier = Notifier(listen, cfg.queues, claims.wake, hints, clock)
+        scheduler = Scheduler(beat, self.registry, cfg.queues, names, cfg.poll_interval, clock)
         loops: list[Service] = [
             heartbeat,
             reaper,
@@ -307,10 +322,11 @@ class Worker:
             self.tasklog,
             FenceWatch(heartbeat, clock),
             UnknownTasks(beat, cfg.queues, names, clock=clock),
+            scheduler,
         ]
         if cfg.listen:
             loops.append(notifier)
-        return Parts(claims, heartbeat, reaper, loops, [work, beat, listen])
+        return Parts(claims, heartbeat, reaper, scheduler, loops, [work, beat, listen])
 
     # -- running ----------------------------------------------------------------------
 

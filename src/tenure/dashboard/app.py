@@ -46,7 +46,13 @@ from tenure._store.rows import RetryResult
 from tenure._untrusted import is_loopback, is_loopback_host_header
 from tenure.client import DEFAULT_SCHEMA, Client
 from tenure.dashboard import views
-from tenure.errors import DatabaseError, QueueNotFound, TaskNotFound, TenureError
+from tenure.errors import (
+    DatabaseError,
+    QueueNotFound,
+    ScheduleNotFound,
+    TaskNotFound,
+    TenureError,
+)
 from tenure.states import RETRYABLE_NAMES, TASK_STATES
 
 log = logging.getLogger(__name__)
@@ -339,19 +345,42 @@ class Dashboard:
         return f"Task {task_id} is {state}: nothing to cancel"
 
     async def queue_action(self, request: Request) -> Response:
+        calls = {
+            "pause": (self.client.pause_queue, "paused"),
+            "resume": (self.client.resume_queue, "resumed"),
+        }
+        return await self._act_on(request, "queue", calls, QueueNotFound)
+
+    async def schedule_action(self, request: Request) -> Response:
+        calls = {
+            "pause": (self.client.pause_schedule, "paused"),
+            "resume": (self.client.resume_schedule, "resumed"),
+            "trigger": (self.client.trigger_schedule, "asked to run now"),
+        }
+        return await self._act_on(request, "schedule", calls, ScheduleNotFound)
+
+    async def _act_on(
+        self,
+        request: Request,
+        what: str,
+        calls: Mapping[str, tuple[Callable[[str], None], str]],
+        missing: type[Exception],
+    ) -> Response:
+        """POST /{what}s/{name}/{action}: one of ``calls`` on the named queue or
+        schedule; a name the database does not know is a 404 that lists the known."""
         form = await self._form(request)
-        queue = request.path_params["queue"]
-        if not 0 < len(queue) <= MAX_TEXT or any(ord(c) < 32 for c in queue):
-            raise BadRequest("queue: at most 200 printable characters")
+        name = request.path_params["name"]
+        if not 0 < len(name) <= MAX_TEXT or any(ord(c) < 32 for c in name):
+            raise BadRequest(f"{what}: at most 200 printable characters")
         action = request.path_params["action"]
-        if action not in ("pause", "resume"):
-            raise HTTPException(404, f"no action {action[:40]!r} on queues")
-        call = self.client.pause_queue if action == "pause" else self.client.resume_queue
+        if action not in calls:
+            raise HTTPException(404, f"no action {action[:40]!r} on {what}s")
+        call, done = calls[action]
         try:
-            await run_in_threadpool(call, queue)
-        except QueueNotFound as exc:
+            await run_in_threadpool(call, name)
+        except missing as exc:
             raise HTTPException(404, str(exc)) from None
-        return self._done(form, "/", f"Queue {queue} {action}d")
+        return self._done(form, "/", f"{what.capitalize()} {name} {done}")
 
     async def worker_drain(self, request: Request) -> Response:
         form = await self._form(request)
@@ -419,7 +448,8 @@ def create_app(
         Route("/tasks", dash.tasks, methods=["GET", "HEAD"]),
         Route("/tasks/{task_id}", dash.task, methods=["GET", "HEAD"]),
         Route("/tasks/{task_id}/{action}", dash.task_action, methods=["POST"]),
-        Route("/queues/{queue}/{action}", dash.queue_action, methods=["POST"]),
+        Route("/queues/{name}/{action}", dash.queue_action, methods=["POST"]),
+        Route("/schedules/{name}/{action}", dash.schedule_action, methods=["POST"]),
         Route("/workers/{worker_id}/drain", dash.worker_drain, methods=["POST"]),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]

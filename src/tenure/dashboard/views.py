@@ -168,7 +168,34 @@ def overview(client: Client) -> dict[str, Any]:
         "busy": sum(w["running"] for w in live),
     }
     database = client.store.server_identity()
-    return {"queues": queue_rows, "workers": worker_rows, "totals": totals, "database": database}
+    return {
+        "queues": queue_rows,
+        "workers": worker_rows,
+        "totals": totals,
+        "database": database,
+        "schedules": schedule_rows(client),
+    }
+
+
+def schedule_rows(client: Client) -> list[dict[str, Any]]:
+    """Each schedule: when it ticks, its next ticks, its last tick and that tick's task."""
+    now = client.store.dashboard_now()
+    return [
+        {
+            "name": r.name,
+            "task": r.task_name,
+            "when": r.when.describe(),
+            "paused": r.paused,
+            "triggered": r.triggered,
+            "next": [t.astimezone().strftime("%Y-%m-%d %H:%M:%S") for t in r.upcoming(2, now)],
+            "last_tick": age((now - r.last_tick).total_seconds()) if r.last_tick else None,
+            "last_task_id": r.last_task_id,
+            "last_task_state": r.last_task_state or ("finished" if r.last_task_id else None),
+            "missed": r.missed,
+            "source": r.source,
+        }
+        for r in client.schedules(limit=200)
+    ]
 
 
 @dataclass(frozen=True)

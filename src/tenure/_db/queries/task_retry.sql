@@ -1,1 +1,1 @@
-SELECT {schema}.retry_task(%(id)s)
+SELECT {schema}.requeue_task(%(id)s)
