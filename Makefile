@@ -108,6 +108,12 @@ bench-scale-out: $(STAMP)
 bench-cpu: $(STAMP)
 	$(PY) bench/scale_out.py --kind cpu --ms 50 --concurrency 2 --processes 1,2
 
+# What schedules cost: statements per worker per second of four workers with none, with
+# 1,000 hourly schedules (an idle fleet) and with 1,000 ticking once a minute each.
+.PHONY: bench-schedules
+bench-schedules: $(STAMP)
+	$(PY) bench/schedules_load.py $(BENCH_FLAGS)
+
 # Two workers (--concurrency 50), 5,000 tasks/s for ~20 s, 100,000 at once, ~30 s more:
 # FAIL on a 2 s window with no finish while work is queued, or post-spike pickup p99 > 100 ms.
 # BENCH_FLAGS='--runs 5 --dsn postgresql://postgres@127.0.0.1:5432/test' (default: embedded).

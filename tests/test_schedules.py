@@ -6,6 +6,7 @@ whose tasks read their tick from ``tenure.current()``."""
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -216,6 +217,10 @@ def test_operators_pause_resume_trigger_and_delete_schedules(
     assert len(nexts) == 3 and all(
         t.astimezone(row.when.zone).strftime("%H:%M") == "02:00" for t in nexts
     )
+    # `tenure status` shows it too, in its table and its JSON
+    assert "schedules" in cli("status") and "nightly" in cli("status")
+    (listed,) = json.loads(cli("status", "--json"))["schedules"]
+    assert listed["name"] == "nightly" and len(listed["next_ticks"]) == 3
     # A paused schedule sends nothing, yet a run asked for is sent, as its own tick
     assert "paused" in cli("schedules", "pause", "nightly")
     assert "one run asked for" in cli("schedules", "trigger", "nightly")
