@@ -19,7 +19,7 @@ from psycopg import sql
 
 import tenure
 from tenure import Registry
-from tenure._db.connect import session_target
+from tenure._db.connect import behind_transaction_pooler, session_target
 
 SCHEMA_ENV = "TENURE_CHAOS_SCHEMA"
 EFFECTS_TABLE = "chaos_effects"
@@ -44,7 +44,14 @@ _local = threading.local()
 def _connection(dsn: str) -> psycopg.Connection[Any]:
     conn: psycopg.Connection[Any] | None = getattr(_local, "conn", None)
     if conn is None or conn.closed or conn.broken:
-        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=3, **session_target(dsn))
+        conn = psycopg.connect(
+            dsn,
+            autocommit=True,
+            connect_timeout=3,
+            # behind PgBouncer in transaction mode no statement may stay prepared
+            prepare_threshold=None if behind_transaction_pooler() else 5,
+            **session_target(dsn),
+        )
         _local.conn = conn
     return conn
 

@@ -2,7 +2,7 @@
 
     python -m chaos.failover [--kinds switchover,crash,cut] [--rounds 1] [--async]
                              [--workers 2] [--rate 40] [--lease 5] [--skew S]
-                             [--via hosts|haproxy]
+                             [--via hosts|haproxy|pgbouncer]
 
 1. ``chaos.ha`` starts etcd and three Patroni nodes (one synchronous standby unless
    ``--async``); this code migrates a fresh schema on the primary, and ``--workers``
@@ -45,16 +45,17 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from chaos import checker, ha
 from chaos.app import EFFECTS_DDL
-from chaos.standby_watch import StandbyWatch
+from chaos.failover_watch import StandbyWatch, first_claim, workers_back
+from chaos.pgbouncer import PgBouncer
 from chaos.upgrade import (
     Fleet,
     Sender,
@@ -68,7 +69,12 @@ from tenure._db.migrate import migrate
 
 # A switchover's old primary rejoins at once; a cut one is the slowest to (last in a round)
 KINDS = ("switchover", "crash", "cut")
-VIAS = ("hosts", "haproxy")
+VIAS = ("hosts", "haproxy", "pgbouncer")
+WHERE = {
+    "hosts": " on a DSN of every node",
+    "haproxy": " through HAProxy",
+    "pgbouncer": " through PgBouncer (transaction mode) in front of HAProxy",
+}
 # tenure's part of a failover: from the new primary accepting writes to the first claim
 ADDED_TARGET_S = 2.0
 
@@ -141,7 +147,7 @@ class Result:
     def summary(self) -> str:
         mode = "synchronous" if self.synchronous else "asynchronous"
         skew = f", clocks ±{self.skew:g} s apart" if self.skew else ""
-        via = " through HAProxy" if self.via == "haproxy" else " on a DSN of every node"
+        via = WHERE[self.via]
         lines = [
             f"failovers with {mode} replication{skew}{via}: {len(self.failovers)} in "
             f"{self.seconds:.0f} s; "
@@ -221,54 +227,13 @@ def _p(values: list[float], pct: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(pct) - 1]
 
 
-def _at(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, tz=UTC)
+def _host_port(dsn: str) -> str:
+    parts = conninfo_to_dict(dsn)
+    return f"{parts['host']}:{parts['port']}"
 
 
 def _connect(dsn: str) -> psycopg.Connection[Any]:
     return psycopg.connect(dsn, autocommit=True, **dbconnect.session_target(dsn))
-
-
-def _first_claim(node_dsn: str, schema: str, since: float, timeout: float) -> float | None:
-    """The first ``started_at`` at or after ``since`` on the server of ``node_dsn``."""
-    query = sql.SQL(
-        "SELECT least((SELECT min(started_at) FROM {s}.tasks WHERE started_at >= %(t)s),"
-        " (SELECT min(started_at) FROM {s}.attempts WHERE started_at >= %(t)s))"
-    ).format(s=sql.Identifier(schema))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with psycopg.connect(node_dsn, autocommit=True, connect_timeout=2) as conn:
-                while time.monotonic() < deadline:
-                    row = conn.execute(query, {"t": _at(since)}).fetchone()
-                    if row and row[0] is not None:
-                        return float(row[0].timestamp())
-                    time.sleep(0.05)
-        except psycopg.OperationalError:
-            time.sleep(0.1)
-    return None
-
-
-def _workers_back(node_dsn: str, schema: str, since: float, timeout: float) -> list[float]:
-    """Seconds from ``since`` to each live worker's first heartbeat after it, on the
-    server of ``node_dsn``."""
-    query = sql.SQL("SELECT id, heartbeat_at FROM {s}.workers WHERE state <> 'gone'").format(
-        s=sql.Identifier(schema)
-    )
-    first: dict[Any, float] = {}
-    seen: set[Any] = set()
-    deadline = time.monotonic() + timeout
-    with psycopg.connect(node_dsn, autocommit=True, connect_timeout=2) as conn:
-        while time.monotonic() < deadline:
-            rows = conn.execute(query).fetchall()
-            seen |= {r[0] for r in rows}
-            for wid, beat in rows:
-                if wid not in first and beat.timestamp() >= since:
-                    first[wid] = beat.timestamp() - since
-            if seen and len(first) == len(seen):
-                break
-            time.sleep(0.05)
-    return sorted(first.values())
 
 
 def run(
@@ -305,8 +270,10 @@ def run(
     failovers: list[Failover] = []
     sender: Sender | None = None
     fleet: Fleet | None = None
+    bouncer: PgBouncer | None = None
+    pooled = os.environ.get(dbconnect.ENV_POOLER)
     try:
-        dsn = cluster.start_haproxy() if via == "haproxy" else cluster.dsn()
+        dsn = cluster.start_haproxy() if via != "hosts" else cluster.dsn()
         with _connect(dsn) as conn:
             migrate(conn, schema)
             conn.execute(
@@ -314,11 +281,19 @@ def run(
             )
         args = ["--lease", f"{lease:g}s", "--drain-timeout", "5s", "--concurrency", "8"]
         args += ["--log-level", "info"]
-        fleet = Fleet(dsn, schema, logs, args)
+        fleet_dsn = dsn
+        if via == "pgbouncer":
+            # the fleet and the sender through the pooler, keeping no session state;
+            # this campaign's own reads go to HAProxy (to the primary) directly
+            bouncer = PgBouncer(f"postgresql://postgres@{_host_port(dsn)}/postgres")
+            fleet_dsn = bouncer.dsn
+            os.environ[dbconnect.ENV_POOLER] = "transaction"
+            args += ["--poll-only", "--poll-interval", "200ms"]
+        fleet = Fleet(fleet_dsn, schema, logs, args)
         here = this_release()
         for _ in range(workers):
             fleet.start(here)
-        sender = start_sender(here, dsn, schema, rate, logs)
+        sender = start_sender(here, fleet_dsn, schema, rate, logs)
         time.sleep(settle_seconds)
         try:
             for _ in range(rounds):
@@ -359,6 +334,10 @@ def run(
             sender.proc.kill()
         if fleet is not None:
             fleet.kill_all()
+        if bouncer is not None:
+            bouncer.stop()
+        if pooled is None:
+            os.environ.pop(dbconnect.ENV_POOLER, None)
         watch.stop()
         cluster.close(keep_files=True)
     result = Result(
@@ -407,8 +386,8 @@ def _one(cluster: ha.Cluster, kind: str, schema: str, lease: float) -> Failover:
     new, promoted_at = cluster.wait_new_primary(old)
     where = new.dsn
     shift = new.clock_offset  # its database clock reads this much more than ours
-    claim = _first_claim(where, schema, promoted_at + shift, timeout=30)
-    back = _workers_back(where, schema, promoted_at + shift, timeout=3 * lease)
+    claim = first_claim(where, schema, promoted_at + shift, timeout=30)
+    back = workers_back(where, schema, promoted_at + shift, timeout=3 * lease)
     cluster.heal(old)
     return Failover(
         kind,
@@ -439,8 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         "--via",
         choices=VIAS,
         default="hosts",
-        help="how the fleet reaches the primary: a DSN of every node, or a HAProxy on "
-        "Patroni's REST API",
+        help="how the fleet reaches the primary: a DSN of every node, a HAProxy on "
+        "Patroni's REST API, or a PgBouncer in transaction mode in front of that HAProxy",
     )
     parser.add_argument(
         "--first-node",

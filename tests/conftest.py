@@ -161,7 +161,7 @@ def database_url(admin_url: str, roles: privilege.Roles | None) -> Iterator[str]
         yield url
         return
     # Every connection of the suite goes through a PgBouncer in transaction mode.
-    from tests.pooler import PgBouncer
+    from chaos.pgbouncer import PgBouncer
 
     os.environ["TENURE_POOLER"] = "transaction"
     os.environ["TENURE_TEST_DIRECT_URL"] = url

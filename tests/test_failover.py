@@ -23,6 +23,7 @@ import psycopg
 import pytest
 
 from chaos import failover, ha
+from chaos.pgbouncer import PGBOUNCER
 from tenure._db.connect import DEAD_PEER_S, is_transient
 from tenure._store import link as worker_link
 from tenure._store.worker import AsyncStore
@@ -153,6 +154,28 @@ def test_a_fleet_behind_haproxy_follows_the_primary_it_points_at(
         assert len(f.workers_back_seconds) == 2, f
         assert max(f.workers_back_seconds) <= HEARTBEAT + DEAD_PEER_S, f
     assert result.worker_failover_lines == 2 * len(result.failovers)
+
+
+def test_a_fleet_behind_pgbouncer_in_transaction_mode_follows_the_primary(
+    cluster_ready: None, tmp_path: Path
+) -> None:
+    if shutil.which("haproxy") is None or not Path(PGBOUNCER).exists():
+        pytest.skip("haproxy and pgbouncer are needed (apt-get install haproxy pgbouncer)")
+    # Given a fleet and a stream on a PgBouncer in transaction mode (so --poll-only)
+    # whose one server is a HAProxy on /primary: the fleet's connections stay open to
+    # the pooler while the servers behind it change
+    # When the primary is switched over, then killed
+    kinds = ("switchover", "crash")
+    result = failover.run(lease=LEASE, logs=tmp_path / "run", kinds=kinds, via="pgbouncer")
+    print(result.summary())
+    # Then nothing acknowledged was lost, no invariant broke, and the fleet claimed on
+    # each new primary
+    assert result.ok, result.summary()
+    assert result.sent > 0 and not result.acknowledged_lost and result.report.lost == 0
+    assert [f.kind for f in result.failovers] == list(kinds)
+    for f in result.failovers:
+        assert f.new != f.old and f.first_claim_seconds is not None, f
+        assert len(f.workers_back_seconds) == 2, f
 
 
 def test_a_new_primary_whose_clock_is_off_is_followed_and_the_move_is_logged(

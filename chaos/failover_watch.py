@@ -1,4 +1,9 @@
-"""Watch every node of a cluster for tenure sessions on a standby, through its socket.
+"""What a failover looks like from the fleet, read on the nodes themselves.
+
+:func:`first_claim` and :func:`workers_back` read, on the new primary, when the fleet
+first claimed there and when each worker's heartbeat first reached it.
+:class:`StandbyWatch` watches every node for tenure sessions on a standby, through its
+socket.
 
 A worker must never stay connected to a demoted server: each connection it opens says
 which server it reached and a standby is refused at once, and a server demoted under
@@ -12,10 +17,13 @@ seen (both times from that node's own clock).
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from chaos import ha
 
@@ -97,3 +105,49 @@ class StandbyWatch:
             if in_recovery:
                 key = (node.name, pid, started)
                 self.seen[key] = Seen(node.name, application, (now - started).total_seconds())
+
+
+def _at(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def first_claim(node_dsn: str, schema: str, since: float, timeout: float) -> float | None:
+    """The first ``started_at`` at or after ``since`` on the server of ``node_dsn``."""
+    query = sql.SQL(
+        "SELECT least((SELECT min(started_at) FROM {s}.tasks WHERE started_at >= %(t)s),"
+        " (SELECT min(started_at) FROM {s}.attempts WHERE started_at >= %(t)s))"
+    ).format(s=sql.Identifier(schema))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with psycopg.connect(node_dsn, autocommit=True, connect_timeout=2) as conn:
+                while time.monotonic() < deadline:
+                    row = conn.execute(query, {"t": _at(since)}).fetchone()
+                    if row and row[0] is not None:
+                        return float(row[0].timestamp())
+                    time.sleep(0.05)
+        except psycopg.OperationalError:
+            time.sleep(0.1)
+    return None
+
+
+def workers_back(node_dsn: str, schema: str, since: float, timeout: float) -> list[float]:
+    """Seconds from ``since`` to each live worker's first heartbeat after it, on the
+    server of ``node_dsn``."""
+    query = sql.SQL("SELECT id, heartbeat_at FROM {s}.workers WHERE state <> 'gone'").format(
+        s=sql.Identifier(schema)
+    )
+    first: dict[Any, float] = {}
+    seen: set[Any] = set()
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(node_dsn, autocommit=True, connect_timeout=2) as conn:
+        while time.monotonic() < deadline:
+            rows = conn.execute(query).fetchall()
+            seen |= {r[0] for r in rows}
+            for wid, beat in rows:
+                if wid not in first and beat.timestamp() >= since:
+                    first[wid] = beat.timestamp() - since
+            if seen and len(first) == len(seen):
+                break
+            time.sleep(0.05)
+    return sorted(first.values())

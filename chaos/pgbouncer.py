@@ -1,7 +1,8 @@
-"""A PgBouncer in transaction mode in front of the test database, started by the tests.
+"""A PgBouncer in transaction mode on a loopback port, in front of one database.
 
-Used when ``TENURE_TEST_POOLER=transaction``: the suite then reaches PostgreSQL only
-through it, with ``TENURE_POOLER=transaction`` set so tenure keeps no session state.
+The suite uses it when ``TENURE_TEST_POOLER=transaction`` (it then reaches PostgreSQL
+only through it, with ``TENURE_POOLER=transaction`` set so tenure keeps no session
+state), and ``chaos.failover --via pgbouncer`` puts it in front of a cluster's HAProxy.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class PgBouncer:
             f"unix_socket_dir =\nauth_type = trust\nauth_file = {self.dir}/users.txt\n"
             "pool_mode = transaction\nmax_client_conn = 500\ndefault_pool_size = 40\n"
             "ignore_startup_parameters = extra_float_digits\n"
+            # after a failed login (no primary yet in a failover) try again in 1 s,
+            # not PgBouncer's default 15 s
+            "server_login_retry = 1\n"
             f"logfile = {self.dir}/pgbouncer.log\npidfile = {self.dir}/pgbouncer.pid\n"
         )
         (self.dir / "users.txt").write_text(f'"{self.user}" ""\n')
