@@ -234,11 +234,6 @@ class Schedule:
             overlap=overlap,
         )
 
-    def next_ticks(self, count: int, after: datetime | None = None) -> list[datetime]:
-        """The next ``count`` ticks after ``after`` (now), in UTC."""
-        ticks = self.when.after(after or datetime.now(UTC))
-        return [next(ticks) for _ in range(count)]
-
 
 def _zone(name: str, where: str) -> ZoneInfo:
     if not isinstance(name, str) or not name.strip():
