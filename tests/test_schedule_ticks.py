@@ -149,6 +149,23 @@ def test_an_outage_of_more_ticks_than_are_worth_counting_keeps_the_latest() -> N
     assert p.next_tick == now.replace(microsecond=0) + timedelta(seconds=1)
 
 
+def test_the_first_tick_of_a_changed_schedule_is_the_first_after_the_change() -> None:
+    # Given a nightly 02:00 schedule changed at 01:59:59.5, and no worker looking
+    # until 02:00:00.3
+    when = When(cron="0 2 * * *")
+    changed = datetime(2026, 6, 1, 1, 59, 59, 500_000, tzinfo=UTC)
+    look = datetime(2026, 6, 1, 2, 0, 0, 300_000, tzinfo=UTC)
+    p = plan(when, next_tick=None, last_tick=None, now=look, catch_up="latest",
+             max_catch_up=1, jitter=timedelta(0), changed_at=changed)  # fmt: skip
+    # Then its first tick is tonight's, already due, not tomorrow's
+    assert p.ticks == [] and p.next_tick == datetime(2026, 6, 1, 2, 0, tzinfo=UTC)
+    assert p.next_tick <= look
+    # And the next look sends it
+    sent = plan(when, next_tick=p.next_tick, last_tick=None, now=look, catch_up="latest",
+                max_catch_up=1, jitter=timedelta(0))  # fmt: skip
+    assert sent.ticks == [p.next_tick] and sent.missed == 0
+
+
 def test_jitter_delays_when_a_tick_fires_never_the_tick_it_is() -> None:
     when = When(every=timedelta(minutes=1))
     now = datetime(2026, 6, 1, 12, 0, 10, tzinfo=UTC)
@@ -183,11 +200,20 @@ def reg() -> Registry:
         ({"cron": "0 2 * * *", "timezone": "Europe/Pariss"}, ConfigError,
          "unknown timezone 'Europe/Pariss'; use an IANA name"),
         ({"every": "500ms"}, ConfigError, "every must be a whole number of seconds, at least 1 s"),
-        ({"cron": "* * * * *", "every": 60}, ConfigError, "give cron= or every=, not both"),
-        ({}, ConfigError, "give cron= or every="),
+        ({"cron": "* * * * *", "every": 60}, ConfigError,
+         "give a cron expression (cron=, --cron) or an interval (every=, --every), not both"),
+        ({}, ConfigError, "give a cron expression (cron=, --cron) or an interval"),
+        ({"every": 60, "timezone": "Europe/Paris"}, ConfigError,
+         "timezone applies to cron schedules"),
         ({"every": 60, "catch_up": "some"}, ConfigError, "catch_up must be one of latest, all"),
         ({"every": 60, "max_catch_up": 0}, ConfigError, "max_catch_up must be from 1 to"),
-        ({"every": 60, "jitter": "-1s"}, ConfigError, "jitter"),
+        ({"every": 60, "jitter": timedelta(seconds=-1)}, ConfigError,
+         "jitter: must not be negative"),
+        ({"every": 60, "jitter": 60}, ConfigError,
+         "jitter must be shorter than the 1 min between ticks"),
+        ({"cron": "0,5 * * * *", "jitter": "5m"}, ConfigError,
+         "jitter must be shorter than the 5 min between ticks"),
+        ({"every": 60, "name": "two\nlines"}, ConfigError, "1 to 200 printable characters"),
         ({"every": 60, "payload": {"folder": 3}}, PayloadInvalid, "schedule 'ingest' payload"),
         ({"every": 60, "payload": None}, PayloadInvalid, "schedule 'ingest' payload"),
     ],

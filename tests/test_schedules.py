@@ -326,3 +326,65 @@ def test_a_retried_task_of_a_schedule_keeps_its_tick_and_metrics_show_each_sched
     assert 'tenure_schedule_missed_ticks_total{schedule="backfill"} 0' in text
     assert 'tenure_schedule_paused{schedule="backfill"} 0' in text
     assert 'tenure_schedule_next_tick_seconds{schedule="backfill"} ' in text
+
+
+def test_a_paused_schedule_sends_nothing_and_resumed_does_not_catch_up_the_pause(
+    reg: Registry, database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    # Given a schedule every second, looked at once
+    reg.schedule("report", name="each-second", every=1, payload={})
+    asyncio.run(publish(reg, database_url))
+    asyncio.run(passes(schedulers(reg, database_url, 1)))
+    reg.client.pause_schedule("each-second")
+    # When it is paused through thirty ticks (its next tick thirty seconds past)
+    db.execute(
+        "UPDATE schedules SET next_tick = date_trunc('second', now()) - interval '30 s',"
+        " fire_at = now() - interval '30 s'"
+    )
+    asyncio.run(passes(schedulers(reg, database_url, 2), times=2))
+    # Then nothing was sent while paused
+    assert ticks_of(db, "each-second") == []
+    # When it is resumed and looked at
+    reg.client.resume_schedule("each-second")
+    asyncio.run(passes(schedulers(reg, database_url, 1), times=2))
+    # Then the thirty ticks of the pause are neither sent nor counted missed: it goes on
+    # from its next tick after the resume
+    (row,) = reg.client.schedules("each-second")
+    assert row.missed == 0 and len(ticks_of(db, "each-second")) <= 1
+    (resumed_at,) = db.execute("SELECT updated_at FROM schedules").fetchone() or (None,)
+    assert row.next_tick is not None and row.next_tick > resumed_at - timedelta(seconds=1)
+
+
+def test_a_worker_that_planned_from_an_old_definition_sends_nothing(
+    reg: Registry, database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    # Given a due schedule that a worker has read and planned
+    reg.schedule("report", name="changing", every=1, payload={"v": 1})
+    asyncio.run(publish(reg, database_url))
+    asyncio.run(passes(schedulers(reg, database_url, 1)))
+    db.execute("UPDATE schedules SET fire_at = now(), next_tick = date_trunc('second', now())")
+
+    async def stale_fire() -> list[Any]:
+        store = AsyncStore(database_url, reg.schema, "stale")
+        try:
+            (due,) = (await store.schedules_due(
+                queues=["timed"], names=sorted(reg.tasks), skip=[], limit=10)).due  # fmt: skip
+            # When the code changes the schedule before that worker fires it
+            reg.schedules.clear()
+            reg.schedule("report", name="changing", every=2, payload={"v": 2})
+            assert await store.publish_schedules(
+                list(reg.schedules.values()), tasks=sorted(reg.tasks)
+            ) == (["changing"], [])
+            return await store.schedule_fire(
+                due, reg.get("report").options, ticks=[due.next_tick], missed=0,
+                next_tick=due.next_tick + timedelta(seconds=1),
+                fire_at=due.next_tick + timedelta(seconds=1),
+            )  # fmt: skip
+        finally:
+            await store.close()
+
+    # Then its fire sends nothing and leaves the new definition to start afresh
+    assert asyncio.run(stale_fire()) == []
+    assert ticks_of(db, "changing") == []
+    (row,) = reg.client.schedules("changing")
+    assert row.every_seconds == 2 and row.next_tick is None and '"v": 2' in row.payload

@@ -13,6 +13,13 @@ Rules:
   a job with a wildcard hour or minute fires on real time (every ten minutes stays ten
   minutes apart). A fixed interval's ticks are the multiples of it since the Unix
   epoch, so every worker agrees on them without talking.
+  (``cronsim`` assumes DST shifts of an hour: in a zone whose clocks move by half an
+  hour, Australia/Lord_Howe, a cron schedule can miss the ticks of that half hour;
+  give such a schedule ``timezone="UTC"``.) A fixed interval's ticks do not depend on
+  a timezone, so one is refused with ``every=``.
+- The first tick of a schedule just added, changed or resumed is the first after that
+  moment (the row's ``updated_at``), not after the first look, so a tick due in
+  between is not skipped. ``jitter`` must be shorter than the gap between ticks.
 - After downtime, the catch-up policy decides what is sent for the ticks that passed:
   ``latest`` sends only the most recent and counts the others missed; ``all`` sends
   each, up to ``max_catch_up`` (the most recent ones), and counts the rest missed.
@@ -31,6 +38,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -42,12 +50,14 @@ from tenure.options import TaskOptions
 
 CATCH_UP = ("latest", "all")
 DEFAULT_MAX_CATCH_UP = 100
-MAX_CATCH_UP = 10_000
+MAX_CATCH_UP = 1_000  # ticks one statement sends at most (it runs on the heartbeat's link)
 MIN_EVERY = timedelta(seconds=1)
 MAX_NAME = 200
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# Counting the ticks of a long outage stops here; the count of missed ticks says "at least".
-COUNT_CAP = 100_000
+# Counting the ticks of a long outage stops here (planning runs on the worker's event
+# loop: about 40 ms for this many); the count of missed ticks then says "at least".
+COUNT_CAP = 10_000
+GAP_SAMPLE = 50  # the ticks looked at to find a cron expression's shortest gap
 
 
 class ScheduledTask(Protocol):
@@ -69,7 +79,10 @@ class When:
     @classmethod
     def build(cls, cron: str | None, every: Any, timezone: str, where: str) -> When:
         if (cron is None) == (every is None):
-            raise ConfigError(f"{where}: give cron= or every=, not both and not neither")
+            raise ConfigError(
+                f"{where}: give a cron expression (cron=, --cron) or an interval (every=, "
+                "--every), not both and not neither"
+            )
         zone = _zone(timezone, where)
         if cron is not None:
             if not isinstance(cron, str) or not cron.strip():
@@ -90,6 +103,11 @@ class When:
         assert period is not None
         if period < MIN_EVERY or period.microseconds:
             raise ConfigError(f"{where}: every must be a whole number of seconds, at least 1 s")
+        if timezone != "UTC":
+            raise ConfigError(
+                f"{where}: timezone applies to cron schedules; every= ticks are multiples of "
+                "the interval since the epoch, the same in every zone (drop timezone=)"
+            )
         return cls(every=period, timezone=timezone)
 
     @property
@@ -113,6 +131,14 @@ class When:
             if tick > last:
                 last = tick
                 yield tick
+
+    def shortest_gap(self) -> timedelta:
+        """The shortest time between two ticks (of the next few, for a cron expression)."""
+        if self.every is not None:
+            return self.every
+        sample = list(islice(self.after(datetime.now(UTC)), GAP_SAMPLE))
+        gaps = [b - a for a, b in zip(sample, sample[1:], strict=False)]
+        return min(gaps, default=timedelta(days=365 * 50))
 
     def describe(self) -> str:
         if self.every is not None:
@@ -142,14 +168,16 @@ def plan(
     catch_up: str,
     max_catch_up: int,
     jitter: timedelta,
+    changed_at: datetime | None = None,
     rng: random.Random | None = None,
 ) -> Plan:
     """The ticks due at ``now`` (the database's clock) from ``next_tick`` on.
 
-    Without a ``next_tick`` (a schedule just added, changed or resumed) nothing is
-    due: the first tick is the first after now and after the last one fired."""
+    Without a ``next_tick`` (a schedule just added, changed or resumed, at
+    ``changed_at``) nothing is sent yet: the first tick is the first after that moment
+    and after the last one fired (already due, it is sent at the next look)."""
     if next_tick is None:
-        start = now if last_tick is None else max(now, last_tick)
+        start = max(t for t in (changed_at, last_tick, None if changed_at else now) if t)
         upcoming = next(when.after(start))
         return Plan([], 0, upcoming, _jittered(upcoming, jitter, rng))
     keep = 1 if catch_up == "latest" else max_catch_up
@@ -207,8 +235,13 @@ class Schedule:
         """The schedule of ``task``, checked whole (see ``Registry.schedule``)."""
         label = name if name is not None else task.options.name
         where = f"schedule {label!r}"
-        if not isinstance(label, str) or not label.strip() or len(label) > MAX_NAME:
-            raise ConfigError(f"schedule name: must be 1 to {MAX_NAME} characters")
+        if (
+            not isinstance(label, str)
+            or not label.strip()
+            or len(label) > MAX_NAME
+            or any(ord(c) < 32 or ord(c) == 127 for c in label)
+        ):
+            raise ConfigError(f"schedule name: must be 1 to {MAX_NAME} printable characters")
         when = When.build(cron, every, timezone, where)
         if catch_up not in CATCH_UP:
             raise ConfigError(f"{where}: catch_up must be one of {', '.join(CATCH_UP)}")
@@ -217,8 +250,11 @@ class Schedule:
         if not 1 <= max_catch_up <= MAX_CATCH_UP:
             raise ConfigError(f"{where}: max_catch_up must be from 1 to {MAX_CATCH_UP}")
         spread = as_timedelta(jitter, field=f"{where}: jitter") or timedelta(0)
-        if spread < timedelta(0):
-            raise ConfigError(f"{where}: jitter must not be negative")
+        if spread and spread >= when.shortest_gap():
+            raise ConfigError(
+                f"{where}: jitter must be shorter than the {_human(when.shortest_gap())} "
+                "between ticks (a tick jittered past the next one would count it missed)"
+            )
         if not isinstance(overlap, bool):
             raise ConfigError(f"{where}: overlap must be True or False")
         encoded = task.encode(payload, label=f"{where} payload")

@@ -411,7 +411,7 @@ class FakeStore:
         return [], []
 
     async def schedules_due(
-        self, *, queues: Sequence[str], names: Sequence[str], limit: int
+        self, *, queues: Sequence[str], names: Sequence[str], skip: Sequence[str], limit: int
     ) -> SchedulesDue:
         # the fake holds no schedules: their tests run on PostgreSQL
         self._answer(await self._io("schedules_due"))

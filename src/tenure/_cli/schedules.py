@@ -151,7 +151,8 @@ def schedules_add(
     client.write_schedule(built)
     (row,) = client.schedules(name)
     upcoming = row.upcoming(1, client.store.dashboard_now())
-    click.echo(f"schedule {name} written: {_period(row)}; first tick {when(upcoming[0])}")
+    first = f"first tick {when(upcoming[0])}" if upcoming else "paused (resume it to tick)"
+    click.echo(f"schedule {name} written: {_period(row)}; {first}")
 
 
 @schedules.command("pause")

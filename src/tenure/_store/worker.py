@@ -321,11 +321,13 @@ class AsyncStore:
         return list(changed), list(removed)
 
     async def schedules_due(
-        self, *, queues: Sequence[str], names: Sequence[str], limit: int
+        self, *, queues: Sequence[str], names: Sequence[str], skip: Sequence[str], limit: int
     ) -> SchedulesDue:
-        """The schedules of these queues and tasks that are due, the longest due first."""
+        """The schedules of these queues and tasks that are due, the longest due first;
+        none named in ``skip``."""
         rows = await self.link.fetch(
-            "schedules_due", {"queues": list(queues), "names": list(names), "limit": limit}
+            "schedules_due",
+            {"queues": list(queues), "names": list(names), "skip": list(skip), "limit": limit},
         )
         due = [DueSchedule(*r[:12]) for r in rows if r[0] is not None]
         waits = [r[12] for r in rows if r[0] is None and r[12] is not None]

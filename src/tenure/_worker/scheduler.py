@@ -13,7 +13,8 @@ Rules:
   poll interval), so a tick is sent within a statement's time of its moment.
 - A schedule this worker cannot plan (a timezone this machine does not know, a cron
   expression written by hand that does not parse) is reported once and left to the
-  others; it never stops the pass for the rest.
+  others: this worker reads it no more (until it restarts), so it never stops the
+  pass for the rest.
 """
 
 from __future__ import annotations
@@ -74,7 +75,9 @@ class Scheduler(Service):
         return max(0.0, min(delay, self._next_in))
 
     async def run_once(self) -> Pass:
-        found = await self.store.schedules_due(queues=self.queues, names=self.names, limit=BATCH)
+        found = await self.store.schedules_due(
+            queues=self.queues, names=self.names, skip=sorted(self._unplannable), limit=BATCH
+        )
         sent = 0
         # Workers that wake for the same second all see the same due schedules: each
         # takes them in an order of its own, so they fire different ones at once
@@ -96,6 +99,7 @@ class Scheduler(Service):
                 catch_up=due.catch_up,
                 max_catch_up=due.max_catch_up,
                 jitter=due.jitter,
+                changed_at=due.updated_at,
             )
         except Exception as exc:  # noqa: BLE001 - one bad schedule must not stop the rest
             if due.name not in self._unplannable:

@@ -1,5 +1,5 @@
 -- The schedules of these queues and tasks that are due (a tick, or a run an operator
--- asked for), the longest due first; then one row without a name: in how many seconds
+-- asked for), but those this worker cannot plan, the longest due first; then one row without a name: in how many seconds
 -- the next of them is due (NULL: none is). `now` is the database clock, which decides
 -- every tick.
 WITH mine AS MATERIALIZED (
@@ -7,6 +7,7 @@ WITH mine AS MATERIALIZED (
            s.jitter, s.next_tick, s.last_tick, s.updated_at, s.fire_at
     FROM {schema}.schedules s
     WHERE s.queue = ANY(%(queues)s::text[]) AND s.task_name = ANY(%(names)s::text[])
+      AND s.name <> ALL(%(skip)s::text[])
       AND (NOT s.paused OR s.trigger_requested_at IS NOT NULL)
 )
 (SELECT m.name, m.task_name, m.cron, m.every, m.timezone, m.catch_up, m.max_catch_up,
