@@ -323,7 +323,9 @@ def test_a_retried_task_of_a_schedule_keeps_its_tick_and_metrics_show_each_sched
         f'tenure_schedule_last_tick_timestamp_seconds{{schedule="backfill"}} {tick.timestamp():.3f}'
         in text
     )
-    assert 'tenure_schedule_missed_ticks_total{schedule="backfill"} 0' in text
+    # (a second may pass between the test's update and the look: then one is missed)
+    (row,) = reg.client.schedules("backfill")
+    assert f'tenure_schedule_missed_ticks_total{{schedule="backfill"}} {row.missed}' in text
     assert 'tenure_schedule_paused{schedule="backfill"} 0' in text
     assert 'tenure_schedule_next_tick_seconds{schedule="backfill"} ' in text
 

@@ -131,16 +131,18 @@ class Watch(BaseModel):
 @reg.task(queue=QUEUE, name="docs.reingest", max_attempts=3)
 def reingest_folder(payload: Watch) -> int:
     """One tick of a watched folder (``tenure-docs watch``): enqueue its documents
-    changed since the tick before this one. The tick is the schedule's, not the
-    moment the task runs, so a tick run late or caught up after downtime still covers
-    its own period (and indexing is an upsert: a file seen twice keeps one row). A
-    file's time is the clock of the machine that wrote it, the tick the database's:
-    keep them in step (NTP), as for any tool that compares modification times."""
+    changed in this tick's period, from the tick before this one up to this one. The
+    tick is the schedule's, not the moment the task runs, so a tick run late or caught
+    up after downtime covers its own period, and each change falls in one period (a
+    file written after the tick, before its task ran, is the next tick's). A file's
+    time is the clock of the machine that wrote it, the tick the database's: keep them
+    in step (NTP), as for any tool that compares modification times."""
     from examples.documents import ingest as ingesting
 
     tick = tenure.current().tick or datetime.now(UTC)
     since = tick - timedelta(seconds=payload.every_seconds)
-    return ingesting.ingest(payload.folder, source=payload.source, changed_since=since).sent
+    found = ingesting.ingest(payload.folder, source=payload.source, changed=(since, tick))
+    return found.sent
 
 
 def task_for(size: int) -> Any:

@@ -22,6 +22,7 @@ from psycopg import sql
 from examples.documents import app, index, parsers
 
 BATCH = 250
+Period = tuple[datetime, datetime]  # from, up to (not including)
 
 
 @dataclass(frozen=True)
@@ -41,14 +42,14 @@ class IngestReport:
 
 
 def walk(
-    root: Path | str, source: str | None = None, changed_since: datetime | None = None
+    root: Path | str, source: str | None = None, changed: Period | None = None
 ) -> Iterator[Found | None]:
-    """Every file under ``root`` (hidden ones left out; with ``changed_since``, only
-    those modified since); None for an unsupported type."""
-    since = None if changed_since is None else changed_since.timestamp()
+    """Every file under ``root`` (hidden ones left out; with ``changed``, only those
+    modified from its start up to, not including, its end); None for an unsupported type."""
+    period = None if changed is None else (changed[0].timestamp(), changed[1].timestamp())
     base = Path(root).resolve()
     if base.is_file():
-        found = _found(base, source or base.parent.name, since)
+        found = _found(base, source or base.parent.name, period)
         if found is not UNCHANGED:
             yield found
         return
@@ -58,22 +59,22 @@ def walk(
         owner = source or (rel.parts[0] if rel.parts else base.name)
         for name in sorted(files):
             if not name.startswith("."):
-                found = _found(Path(folder) / name, owner, since)
+                found = _found(Path(folder) / name, owner, period)
                 if found is not UNCHANGED:
                     yield found
 
 
-UNCHANGED = Found("", "", -1)  # a file not modified since the time asked about
+UNCHANGED = Found("", "", -1)  # a file not modified in the period asked about
 
 
-def _found(path: Path, source: str, since: float | None = None) -> Found | None:
+def _found(path: Path, source: str, period: tuple[float, float] | None = None) -> Found | None:
     if parsers.doc_type_of(path) is None:
         return None
     try:
         stat = path.stat()
     except OSError:
         return Found(str(path), source, 0)
-    if since is not None and stat.st_mtime < since:
+    if period is not None and not period[0] <= stat.st_mtime < period[1]:
         return UNCHANGED
     return Found(str(path), source, stat.st_size)
 
@@ -82,14 +83,14 @@ def ingest(
     root: Path | str,
     *,
     source: str | None = None,
-    changed_since: datetime | None = None,
+    changed: Period | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> IngestReport:
-    """Enqueue every supported file under ``root`` (modified since ``changed_since``,
+    """Enqueue every supported file under ``root`` (modified in the period ``changed``,
     if given); ``progress(done, total)`` as it goes."""
     report = IngestReport()
     found: list[Found] = []
-    for item in walk(root, source, changed_since):
+    for item in walk(root, source, changed):
         if item is None:
             report.skipped += 1
         else:
