@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -390,3 +392,40 @@ def test_a_worker_that_planned_from_an_old_definition_sends_nothing(
     assert ticks_of(db, "changing") == []
     (row,) = reg.client.schedules("changing")
     assert row.every_seconds == 2 and row.next_tick is None and '"v": 2' in row.payload
+
+
+def test_a_schedule_the_database_refuses_to_fire_does_not_hold_back_the_others(
+    reg: Registry,
+    database_url: str,
+    db: psycopg.Connection[Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given two due schedules, one whose task the database refuses to store for good
+    reg.schedule("report", name="good", every=1, payload={})
+    reg.schedule("report", name="bad", every=1, payload={})
+    asyncio.run(publish(reg, database_url))
+    asyncio.run(passes(schedulers(reg, database_url, 1)))
+    db.execute(
+        "CREATE FUNCTION refuse_bad() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " IF NEW.schedule = 'bad' THEN RAISE EXCEPTION 'no room for it' USING ERRCODE = '23514';"
+        " END IF; RETURN NEW; END $$"
+    )
+    db.execute(
+        "CREATE TRIGGER refuse_bad BEFORE INSERT ON tasks"
+        " FOR EACH ROW EXECUTE FUNCTION refuse_bad()"
+    )
+
+    def due_again() -> None:
+        db.execute("UPDATE schedules SET fire_at = now(), next_tick = date_trunc('second', now())")
+
+    # When workers look at them, three times
+    with caplog.at_level(logging.ERROR, logger="tenure._worker.scheduler"):
+        for _ in range(3):
+            due_again()
+            asyncio.run(passes(schedulers(reg, database_url, 1)))
+            time.sleep(1.05)
+    # Then the other schedule was sent every time, and the refusal said once per worker
+    # which schedule and why
+    assert len(ticks_of(db, "good")) == 3 and ticks_of(db, "bad") == []
+    refused = [r.getMessage() for r in caplog.records if "schedule_fire_refused" in r.getMessage()]
+    assert refused and all("schedule=bad" in m and "no room for it" in m for m in refused)

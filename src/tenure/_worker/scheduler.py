@@ -11,6 +11,9 @@ Rules:
 - There is no scheduler process and no leader: while one worker serving the queue is
   alive, ticks are sent. A worker sleeps until the next schedule is due (at most a
   poll interval), so a tick is sent within a statement's time of its moment.
+- A fire the database refuses for good (not a lost connection) is reported once and
+  the pass goes on with the other schedules; a lost connection ends the pass, and the
+  next tries them all again.
 - A schedule this worker cannot plan (a timezone this machine does not know, a cron
   expression written by hand that does not parse) is reported once and left to the
   others: this worker reads it no more (until it restarts), so it never stops the
@@ -27,10 +30,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from tenure._db import connect as dbconnect
 from tenure._store.worker import AsyncStore
 from tenure._store.worker_rows import DueSchedule
 from tenure._worker.clock import MONOTONIC, Clock
 from tenure._worker.service import Service
+from tenure.errors import DatabaseError
 from tenure.schedules import When, plan
 
 if TYPE_CHECKING:
@@ -67,6 +72,7 @@ class Scheduler(Service):
         self.counts: Counter[str] = Counter()  # sent, triggered, skipped_running, missed
         self._next_in: float | None = None  # seconds until the next schedule is due
         self._unplannable: set[str] = set()
+        self._refusals: set[str] = set()  # schedules whose last fire was refused
 
     def next_delay(self) -> float:
         delay = super().next_delay()
@@ -83,9 +89,21 @@ class Scheduler(Service):
         # takes them in an order of its own, so they fire different ones at once
         # instead of queueing behind each other's row locks.
         for due in random.sample(found.due, len(found.due)):
-            sent += await self._fire(due)
+            try:
+                sent += await self._fire(due)
+            except DatabaseError as exc:
+                if dbconnect.is_transient(exc):
+                    raise  # the database is away: the next pass tries them all again
+                self._refused(due.name, exc)
         self._next_in = 0.0 if len(found.due) == BATCH else found.next_in
         return Pass(len(found.due), sent)
+
+    def _refused(self, name: str, exc: DatabaseError) -> None:
+        """The database refused to fire one schedule (not a passing failure): say so
+        once, and go on with the others; its next look tries it again."""
+        if name not in self._refusals:
+            self._refusals.add(name)
+            log.error("schedule_fire_refused schedule=%s error=%s", name, exc)
 
     async def _fire(self, due: DueSchedule) -> int:
         task = self.registry.tasks[due.task_name]
@@ -120,6 +138,7 @@ class Scheduler(Service):
             next_tick=planned.next_tick,
             fire_at=planned.fire_at,
         )
+        self._refusals.discard(due.name)
         for f in fired:
             self.counts[f.outcome] += 1
             log.debug(
