@@ -233,9 +233,16 @@ class Client:
         """Every schedule (or the one named), with its last and next ticks."""
         return self.store.schedules_list(name=name, limit=limit)
 
+    def schedule(self, name: str) -> ScheduleRow:
+        """The schedule named, or :class:`~tenure.errors.ScheduleNotFound`."""
+        found = self.store.schedules_list(name=name, limit=1)
+        if not found:
+            raise self._no_schedule(name)
+        return found[0]
+
     def schedule_ticks(self, name: str, *, limit: int = 50) -> list[TickRow]:
-        """The recorded ticks of a schedule, newest first: what each sent."""
-        self._schedule_source(name)
+        """The recorded ticks of a schedule, newest first: what each sent (none for a
+        name no schedule has; :meth:`schedule` says whether it exists)."""
         return self.store.schedule_ticks_list(name=name, limit=limit)
 
     def pause_schedule(self, name: str) -> None:
@@ -260,12 +267,6 @@ class Client:
         if source is None:
             raise self._no_schedule(name)
         return source
-
-    def _schedule_source(self, name: str) -> str:
-        found = self.store.schedules_list(name=name, limit=1)
-        if not found:
-            raise self._no_schedule(name)
-        return found[0].source
 
     def _no_schedule(self, name: str) -> ScheduleNotFound:
         known = [s.name for s in self.store.schedules_list(name=None, limit=21)]

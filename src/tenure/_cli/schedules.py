@@ -82,8 +82,8 @@ def print_schedules(out: Console, title: str, rows: list[ScheduleRow], now: date
 def schedules_show(dsn: str | None, schema: str, name: str, limit: int, as_json: bool) -> None:
     """One schedule and its recorded ticks, newest first: what each tick sent."""
     client = operator_client(dsn, schema)
+    row = client.schedule(name)
     ticks = client.schedule_ticks(name, limit=limit)
-    (row,) = client.schedules(name)
     now = client.store.dashboard_now()
     if as_json:
         emit_json({"schedule": row.as_json(now), "ticks": [t.as_json() for t in ticks]})

@@ -38,7 +38,7 @@ from tenure._store.rows import (
     Throughput,
     WorkerRow,
 )
-from tenure._store.schedule_rows import ScheduleRow, TickRow
+from tenure._store.schedule_rows import ScheduleRow, TickRow, schedule_params
 from tenure._store.session import Session
 from tenure.options import TaskOptions
 from tenure.schedules import Schedule
@@ -195,21 +195,7 @@ class Store:
 
     def schedule_write(self, schedule: Schedule) -> bool:
         """Add or change an operator's schedule; False: code declares that name."""
-        when = schedule.when
-        params = {
-            "name": schedule.name,
-            "task": schedule.task_name,
-            "queue": schedule.queue,
-            "cron": when.cron,
-            "every": when.every,
-            "zone": when.timezone,
-            "payload": schedule.payload_json,
-            "catch_up": schedule.catch_up,
-            "max_catch_up": schedule.max_catch_up,
-            "jitter": schedule.jitter,
-            "overlap": schedule.overlap,
-        }
-        return bool(self.session.fetch("schedule_write", params, scalar_row))
+        return bool(self.session.fetch("schedule_write", schedule_params(schedule), scalar_row))
 
     def schedule_set_paused(self, *, name: str, paused: bool) -> str | None:
         """Pause or resume a schedule; its source, or None: no such schedule."""

@@ -1,5 +1,6 @@
 """The schedule rows the client, CLI and dashboard read (the rules of
-:mod:`tenure._store.rows` hold: fields are the statement's column names)."""
+:mod:`tenure._store.rows` hold: fields are the statement's column names), and a
+schedule's columns as the statements that write one take them."""
 
 from __future__ import annotations
 
@@ -7,7 +8,25 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from tenure.schedules import When
+from tenure.schedules import Schedule, When
+
+#: The parameters of a schedule's definition, as ``schedule_write`` takes them;
+#: ``schedules_sync`` takes each as an array named in the plural (``names``, ``crons``).
+SCHEDULE_PARAMS = (
+    "name", "task", "queue", "cron", "every", "zone", "payload", "catch_up", "max_catch_up",
+    "jitter", "overlap",
+)  # fmt: skip
+
+
+def schedule_params(schedule: Schedule) -> dict[str, Any]:
+    """A schedule's definition by :data:`SCHEDULE_PARAMS`."""
+    when = schedule.when
+    values = (
+        schedule.name, schedule.task_name, schedule.queue, when.cron, when.every,
+        when.timezone, schedule.payload_json, schedule.catch_up, schedule.max_catch_up,
+        schedule.jitter, schedule.overlap,
+    )  # fmt: skip
+    return dict(zip(SCHEDULE_PARAMS, values, strict=True))
 
 
 @dataclass(frozen=True)

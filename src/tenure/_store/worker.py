@@ -29,6 +29,7 @@ from psycopg.types.json import Jsonb
 from tenure._db import arrays, sqlfiles
 from tenure._db import connect as dbconnect
 from tenure._store.link import Link
+from tenure._store.schedule_rows import SCHEDULE_PARAMS, schedule_params
 from tenure._store.worker_rows import (
     Claimed,
     ClaimResult,
@@ -300,23 +301,9 @@ class AsyncStore:
     ) -> tuple[list[str], list[str]]:
         """Publish these schedules declared in code; remove the code schedules of
         ``tasks`` not among them. The names changed (or added), and the names removed."""
-        rows = await self.link.fetch(
-            "schedules_sync",
-            {
-                "names": [s.name for s in schedules],
-                "tasks": [s.task_name for s in schedules],
-                "queues": [s.queue for s in schedules],
-                "crons": [s.when.cron for s in schedules],
-                "everys": [s.when.every for s in schedules],
-                "zones": [s.when.timezone for s in schedules],
-                "payloads": [s.payload_json for s in schedules],
-                "catch_ups": [s.catch_up for s in schedules],
-                "max_catch_ups": [s.max_catch_up for s in schedules],
-                "jitters": [s.jitter for s in schedules],
-                "overlaps": [s.overlap for s in schedules],
-                "all_tasks": list(tasks),
-            },
-        )
+        each = [schedule_params(s) for s in schedules]
+        arrays = {f"{key}s": [p[key] for p in each] for key in SCHEDULE_PARAMS}
+        rows = await self.link.fetch("schedules_sync", {**arrays, "all_tasks": list(tasks)})
         changed, removed = rows[0]
         return list(changed), list(removed)
 

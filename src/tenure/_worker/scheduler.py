@@ -69,7 +69,7 @@ class Scheduler(Service):
         self.registry = registry
         self.queues = list(queues)
         self.names = list(names)
-        self.counts: Counter[str] = Counter()  # sent, triggered, skipped_running, missed
+        self.counts: Counter[str] = Counter()  # ticks by outcome: sent, triggered, skipped_running
         self._next_in: float | None = None  # seconds until the next schedule is due
         self._unplannable: set[str] = set()
         self._refusals: set[str] = set()  # schedules whose last fire was refused
@@ -156,7 +156,6 @@ class Scheduler(Service):
                     f.tick.isoformat(),
                 )
         if fired and planned.missed:
-            self.counts["missed"] += planned.missed
             log.warning(
                 "schedule_missed schedule=%s missed=%s%d catch_up=%s: ticks passed while no "
                 "worker serving its queue ran",
