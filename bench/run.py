@@ -801,8 +801,17 @@ def stream_line(res: dict[str, Any]) -> str:
         f"({s['missed_ticks']} ticks missed); "
         f"pickup p50 {ms(p['p50'])}, p99 {ms(p['p99'])}, p99.9 {ms(p['p999'])} over "
         f"{p['n']:,}; stalled seconds {len(res['stalled_seconds'])}; "
-        f"{res['unfinished']:,} unfinished"
+        f"{res['unfinished']:,} unfinished{worst_seconds(res)}"
     )
+
+
+def worst_seconds(res: dict[str, Any], n: int = 3) -> str:
+    """The seconds of a stream whose pickup p99 was worst, when any was over 25 ms."""
+    per = [(v, k) for k, v in enumerate(res.get("pickup_p99_per_second", [])) if v == v]
+    worst = sorted(per, reverse=True)[:n]
+    if not worst or worst[0][0] <= 0.025:
+        return ""
+    return "; worst seconds " + ", ".join(f"{k} s: p99 {ms(v)}" for v, k in worst)
 
 
 def spike_line(res: dict[str, Any]) -> str:

@@ -498,10 +498,23 @@ def analyze(t: Tasks, plan: Plan, stall_window: float = 2.0) -> dict[str, Any]:
         "stall_windows": stall_gaps(created, fin, end, stall_window),
         "stall_window": stall_window,
         "pickup": quantiles(pickups(t, steady)),
+        "pickup_p99_per_second": p99_per_second(t, steady, t0),
         "finish_rate": len(fin) / (fin[-1] - fin[0]) if len(fin) > 1 else float("nan"),
     }
     if t.spike.any():
         out["spike"] = spike_figures(t, stream, t0, plan)
+    return out
+
+
+def p99_per_second(t: Tasks, mask: Array, t0: float) -> list[float]:
+    """The pickup p99 of the masked tasks sent in each second of the run (NaN: none
+    sent): when a run's p99 is high, this says whether a few seconds or all of them."""
+    p = t.started[mask] - t.created[mask]
+    p[np.isnan(p)] = np.inf
+    second = np.floor(t.created[mask] - t0).astype(int)
+    out = []
+    for b in range(int(second.max()) + 1 if len(second) else 0):
+        out.append(nearest_rank(np.sort(p[second == b]), 99))
     return out
 
 
