@@ -393,6 +393,9 @@ class Drain:
     whole_clock: str = ""  # where the whole-backlog times came from
 
 
+STALL_SECONDS = 30.0  # a drain that finished nothing for this long has stopped
+
+
 def sample_drain(
     count: Callable[[], int],
     backlog: int,
@@ -408,14 +411,14 @@ def sample_drain(
     steady-state window runs from ``warmup`` seconds later until 90 % of the backlog
     is done or ``max_seconds`` have passed. With ``finish_timeout``, sampling goes on
     until the whole backlog is done (at most that many seconds after the first
-    finish), so the whole-backlog rate can be read afterwards; a drain that does not
-    finish in time is an error. A last window sample that finds the whole backlog done
+    finish, or longer while it still finishes tasks), so the whole-backlog rate can be
+    read afterwards; a drain that stops is an error. A last window sample that finds the whole backlog done
     is left out when the window has another: the drain ended at some unknown moment
     before it, and the idle time after would count against the rate. The whole
     backlog's rate here (``whole``) is from these samples, first sample showing a
     finish to first showing all done; callers replace it with the database's times
     where the system records them."""
-    t_begin = time.monotonic()
+    t_begin = t_moved = time.monotonic()
     samples: list[tuple[float, int]] = []
     t_first: float | None = None
     t_window_end: float | None = None
@@ -438,10 +441,18 @@ def sample_drain(
             if not finish_timeout or done >= backlog:
                 break
             assert t_first is not None
-            if now - t_first > finish_timeout:
+            # Past the time allowed, a drain that still finishes tasks goes on (a probe
+            # of a small backlog can overrate a system several times), up to four times
+            # that; one that finished nothing for STALL_SECONDS is an error at once.
+            moved = len(samples) < 2 or done > samples[-2][1]
+            if moved:
+                t_moved = now
+            late = now - t_first > finish_timeout
+            if (late and now - t_moved > STALL_SECONDS) or now - t_first > 4 * finish_timeout:
                 raise HarnessError(
-                    f"backlog not drained {finish_timeout:.0f} s after the first finish "
-                    f"({done:,} of {backlog:,})"
+                    f"backlog not drained {now - t_first:.0f} s after the first finish "
+                    f"({done:,} of {backlog:,}; none finished in the last "
+                    f"{now - t_moved:.0f} s)"
                 )
             fleet.check_alive()
         time.sleep(0.5)
