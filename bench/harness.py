@@ -412,12 +412,12 @@ def sample_drain(
     is done or ``max_seconds`` have passed. With ``finish_timeout``, sampling goes on
     until the whole backlog is done (at most that many seconds after the first
     finish, or longer while it still finishes tasks), so the whole-backlog rate can be
-    read afterwards; a drain that stops is an error. A last window sample that finds the whole backlog done
-    is left out when the window has another: the drain ended at some unknown moment
-    before it, and the idle time after would count against the rate. The whole
-    backlog's rate here (``whole``) is from these samples, first sample showing a
-    finish to first showing all done; callers replace it with the database's times
-    where the system records them."""
+    read afterwards; a drain that stops is an error. A last window sample that finds
+    the whole backlog done is left out when the window has another: the drain ended
+    at some unknown moment before it, and the idle time after would count against the
+    rate. The whole backlog's rate here (``whole``) is from these samples, first
+    sample showing a finish to first showing all done; callers replace it with the
+    database's times where the system records them."""
     t_begin = t_moved = time.monotonic()
     samples: list[tuple[float, int]] = []
     t_first: float | None = None
