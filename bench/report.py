@@ -15,6 +15,7 @@ from bench.harness import ROOT, console, median, percentile
 RESULTS = ROOT / "bench" / "results"
 NAMES = {
     "tenure": "tenure",
+    "tenure-rated": "tenure, under a rate limit",
     "pgqueuer": "PgQueuer (batch 100)",
     "pgqueuer10": "PgQueuer (batch 10, its default)",
     "procrastinate": "Procrastinate",
@@ -177,6 +178,16 @@ def tables(r: dict[str, Any]) -> list[str]:
     vs("procrastinate", 10, "10×")
     vs("celery", 1, "")
     vs("floor", 0.4, "40 % of")
+    rated = drain.get("tenure-rated", {}).get(2)
+    if t2 is not None and rated is not None and rated == rated:
+        checks.append(
+            (
+                "drain 2 procs under a rate limit above the drain rate ≥ 90 % of no limit",
+                f"{_fmt(rated)} vs {_fmt(t2)}",
+                f"{rated / t2:.0%} of it (need 90 %)",
+                rated >= 0.9 * t2,
+            )
+        )
     if te.get("batch") is not None and te["batch"] == te["batch"]:
         b = te["batch"]
         checks.append(

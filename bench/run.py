@@ -82,8 +82,8 @@ class Bench:
     def wait_active(self, n: int, fleet: h.Fleet, timeout: float = 60.0) -> None:
         h.wait_active(self.db, SCHEMA, n, fleet, timeout)
 
-    def send_many(self, n: int) -> float:
-        return h.send_noops(self.t.noop, n)
+    def send_many(self, n: int, *, rated: bool = False) -> float:
+        return h.send_noops(self.t.noop_rated if rated else self.t.noop, n)
 
     # -- enqueue + drain ------------------------------------------------------------------
 
@@ -115,11 +115,14 @@ class Bench:
             return 600.0
         return 60.0 + 3 * (2 / procs) * backlog / rate
 
-    def tenure_drain(self, procs: int, backlog: int) -> h.Drain:
+    def tenure_drain(self, procs: int, backlog: int, *, rated: bool = False) -> h.Drain:
+        """A drain of tenure's no-op; ``rated``: of the one under a rate limit far
+        above the drain rate (what the bucket costs a claim)."""
         a = self.args
         self.reset()
-        rate = self.send_many(backlog)
-        self.r["enqueue"].setdefault("tenure", {}).setdefault("batch", []).append(rate)
+        rate = self.send_many(backlog, rated=rated)
+        if not rated:
+            self.r["enqueue"].setdefault("tenure", {}).setdefault("batch", []).append(rate)
         self.db.execute(f"ANALYZE {SCHEMA}.tasks")
         env = h.tenure_env(self.dsn, SCHEMA)
         with h.fleet("tenure-drain") as fleet:
@@ -257,6 +260,8 @@ class Bench:
     def drain(self, name: str, procs: int, backlog: int, *, single: bool = True) -> h.Drain:
         if name == "tenure":
             return self.tenure_drain(procs, backlog)
+        if name == "tenure-rated":
+            return self.tenure_drain(procs, backlog, rated=True)
         if name == "floor":
             return self.floor_drain(procs, backlog)
         return self.peer_drain(name, procs, backlog, single=single)
@@ -265,7 +270,7 @@ class Bench:
         """A short 2-process drain of a small backlog: that system's whole-backlog rate,
         which sizes its real backlog and, when the drain phase did not run, its streams."""
         a = self.args
-        fast = name in ("tenure", "floor") or name.startswith("pgqueuer")
+        fast = name.startswith(("tenure", "floor", "pgqueuer"))
         n = a.probe_backlog if fast else a.slow_probe_backlog
         h.checkpoint(self.db)
         kept = copy.deepcopy(self.r["enqueue"])
@@ -297,7 +302,7 @@ class Bench:
 
     def drains(self) -> None:
         a = self.args
-        systems = ["tenure", *self.peers, "floor"]
+        systems = ["tenure", "tenure-rated", *self.peers, "floor"]
         for name in systems:
             self.r["drain"][name] = {1: [], 2: []}
         with h.phase("enqueue: single send", self.r["loads"]):
@@ -768,7 +773,7 @@ def fixed(a: argparse.Namespace, name: str) -> int:
     """The backlog a flag fixes for this system, or 0 when it is sized by its rate."""
     if name == "floor":
         return int(a.floor_backlog)
-    return int(a.backlog if name == "tenure" or name.startswith("pgqueuer") else a.slow_backlog)
+    return int(a.backlog if name.startswith(("tenure", "pgqueuer")) else a.slow_backlog)
 
 
 def sized(a: argparse.Namespace, rate: float) -> int:

@@ -18,7 +18,8 @@ import pytest
 
 from tenure import Registry
 from tenure._worker.lineage import die_with_parent
-from tenure.registry import Task, TaskHandle
+from tenure.handle import TaskHandle
+from tenure.registry import Task
 from tests.conftest import ROOT, eventually
 
 pytestmark = pytest.mark.acceptance

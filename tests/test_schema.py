@@ -55,14 +55,17 @@ CATALOG = {
 # Every function and index the schema holds: one added or dropped is a decision to make here.
 FUNCTIONS = [
     "bucket_name", "bucket_open", "bucket_path", "bucket_visit", "cancel_task", "claim",
-    "claim_limited", "complete", "complete_and_claim", "complete_then_claim", "count_capped",
-    "expire_leases", "has_limit", "is_limited", "notify_done", "promote_due", "queue_names",
-    "requeue_task", "retry_task", "schedule_fire", "vtime_base", "vtime_step",
+    "claim_limited", "claim_next", "claim_rated", "complete", "complete_and_claim",
+    "complete_then_claim", "count_capped", "expire_leases", "has_limit", "is_limited",
+    "notify_done", "promote_due", "queue_names", "rate_factor", "rate_slow_down",
+    "rate_tokens", "rates_in_force", "requeue_task", "retry_task", "schedule_fire",
+    "vtime_base", "vtime_step",
 ]  # fmt: skip
 INDEXES = [
     "attempts_pkey", "finished_tasks_finished_at_idx", "finished_tasks_pkey",
     "finished_tasks_unsuccessful_idx", "idempotency_keys_pkey", "limits_pkey", "migrations_pkey",
-    "queues_pkey", "releases_pkey", "result_waiters_pkey", "schedule_ticks_fired_at_idx",
+    "queues_pkey", "rate_buckets_pkey", "rate_limits_pkey", "releases_pkey",
+    "result_waiters_pkey", "schedule_ticks_fired_at_idx",
     "schedule_ticks_pkey", "schedule_ticks_task_idx", "schedules_due_idx", "schedules_pkey",
     "tasks_claim_idx",
     "tasks_claim_limited_idx", "tasks_key_tail_idx", "tasks_pkey", "tasks_running_expiry_idx",

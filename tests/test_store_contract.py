@@ -138,7 +138,7 @@ async def claim(b: Backend, worker: uuid.UUID, n: int) -> list[tuple[int, int]]:
     rows = await b.store.claim(
         worker=worker, queues=QUEUES, names=["t"], limit=n, lease=LEASE, start=0
     )
-    return [(r.id, r.attempt) for r in rows]
+    return [(r.id, r.attempt) for r in rows.claimed]
 
 
 def test_claims_hand_over_each_task_once_and_count_its_attempts(backend: Backend) -> None:

@@ -137,6 +137,34 @@ def test_outcomes_go_out_at_once_when_no_claim_is_due() -> None:
     run(scenario)
 
 
+def test_a_claim_a_rate_limit_held_back_is_made_again_when_the_bucket_can_pay() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        store = FakeStore(clock)
+        store.send(1)
+        # Given claims that a rate limit holds back, with tokens again in 0.2 s
+        store.rate_wait = 0.2
+        claims = claim_loop(store, concurrency=4, run=Runs(), clock=clock)
+        claims.start()
+        await settle()
+        assert names(store).count("claim") == 1
+        # Then no claim is made before the bucket can pay, and one is soon after, with
+        # no NOTIFY and long before the poll
+        await clock.advance(0.19)
+        assert names(store).count("claim") == 1
+        await clock.advance(0.07)
+        assert names(store).count("claim") == 2
+        # And with no rate in the way, the next one waits for the poll again
+        store.rate_wait = None
+        await clock.advance(0.3)
+        assert names(store).count("claim") == 3  # the one the last wait asked for
+        await clock.advance(0.3)
+        assert names(store).count("claim") == 3
+        await claims.stop()
+
+    run(scenario)
+
+
 def test_outcomes_are_written_while_claims_keep_failing(caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> None:
         clock = FakeClock()

@@ -31,9 +31,11 @@ from tenure.errors import (
     TaskSignal,
     TenureError,
 )
+from tenure.handle import TaskHandle
 from tenure.limits import Limits
 from tenure.options import Backoff
-from tenure.registry import Registry, Task, TaskHandle
+from tenure.rates import Rate
+from tenure.registry import Registry, Task
 from tenure.states import TaskState
 
 if TYPE_CHECKING:
@@ -75,6 +77,7 @@ __all__ = [
     "Registry",
     "ResultTimeout",
     "RetryResult",
+    "Rate",
     "RetryAfter",
     "SchemaNotReady",
     "SchemaTooNew",

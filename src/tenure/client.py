@@ -22,6 +22,7 @@ import psycopg
 
 from tenure._db import connect as dbconnect
 from tenure._store import Sending, Store
+from tenure._store.rate_rows import RateRow
 from tenure._store.rows import (
     AttemptRow,
     KeyBacklog,
@@ -45,6 +46,7 @@ from tenure.errors import (
     TaskNotFound,
 )
 from tenure.options import TaskOptions
+from tenure.rates import Rate
 from tenure.schedules import Schedule
 from tenure.states import FINAL_STATES, TaskState
 
@@ -121,9 +123,10 @@ class Client:
         partition_key: str | None = None,
         idempotency_key: str | None = None,
         connection: psycopg.Connection[Any] | None = None,
+        cost: int = 1,
     ) -> int:
         """Insert one task row and return its id (an existing id for a repeated key)."""
-        sending = Sending(options, priority, delay, run_at, partition_key)
+        sending = Sending(options, priority, delay, run_at, partition_key, cost)
         if idempotency_key is None:
             return self.store.task_send(sending, payload=payload_json, connection=connection)
         task_id = self.store.task_send_idempotent(
@@ -147,12 +150,16 @@ class Client:
         run_at: datetime | None = None,
         partition_key: str | None = None,
         connection: psycopg.Connection[Any] | None = None,
+        costs: list[int] | None = None,
     ) -> list[int]:
-        """Insert a batch of task rows in one round trip; return their ids in order."""
+        """Insert a batch of task rows in one round trip; return their ids in order
+        (``costs``: the rate units of each, 1 by default)."""
         if not payloads_json:
             return []
         sending = Sending(options, priority, delay, run_at, partition_key)
-        return self.store.task_send_many(sending, payloads=payloads_json, connection=connection)
+        return self.store.task_send_many(
+            sending, payloads=payloads_json, costs=costs, connection=connection
+        )
 
     def get(self, task_id: int) -> TaskInfo:
         """The task with that id, or :class:`TaskNotFound`."""
@@ -189,6 +196,43 @@ class Client:
         if done is None:
             raise self._not_found(task_id)
         return done
+
+    def rates(self, name: str | None = None) -> list[RateRow]:
+        """Every rate limit in force (or those of one task or queue name), with its
+        buckets now (:class:`~tenure._store.rate_rows.RateRow`)."""
+        return self.store.rates_list(name=name)
+
+    def set_rate(
+        self,
+        rate: Rate | str,
+        *,
+        task: str | None = None,
+        queue: str | None = None,
+        key: str | None = None,
+        each_key: bool = False,
+        burst: float | None = None,
+    ) -> Rate:
+        """Set a rate limit as an operator: on a ``task`` name or a ``queue``, as a
+        whole, for ``each_key`` or for one ``key``. The next claim obeys it, and it
+        wins over the code's until :meth:`clear_rate`. Returns the rate set.
+
+        >>> client.set_rate("20/s", task="ocr.page", key="tenant-7")  # doctest: +SKIP
+        """
+        parsed = Rate.parse(rate, burst=burst)
+        self.store.rate_set(**_rate_limit(task, queue, key, each_key), rate=parsed)
+        return parsed
+
+    def clear_rate(
+        self,
+        *,
+        task: str | None = None,
+        queue: str | None = None,
+        key: str | None = None,
+        each_key: bool = False,
+    ) -> bool:
+        """Clear an operator's rate limit (the code's, if any, holds again); False
+        when there was none."""
+        return self.store.rate_clear(**_rate_limit(task, queue, key, each_key))
 
     def pause_queue(self, queue: str, *, create: bool = False) -> None:
         """Stop all claims from ``queue`` (running work finishes; tasks stay queued).
@@ -338,12 +382,14 @@ class Client:
     def prune_schedule_ticks(self, older_than: timedelta, *, batch: int = PRUNE_BATCH) -> int:
         """Delete the record of schedule ticks older than ``older_than`` (what each
         sent), in batches like :meth:`prune`; returns how many."""
-        total = 0
-        while True:
-            deleted = self.store.schedule_ticks_prune(older_than=older_than, batch=batch)
-            total += deleted
-            if deleted < batch:
-                return total
+        return _batches(
+            lambda: self.store.schedule_ticks_prune(older_than=older_than, batch=batch), batch
+        )
+
+    def prune_rate_buckets(self, *, batch: int = PRUNE_BATCH) -> int:
+        """Delete the rate buckets that are full again (a missing bucket is a full one)
+        or whose limit is gone, in batches; returns how many."""
+        return _batches(lambda: self.store.rate_buckets_prune(batch=batch), batch)
 
     def queue_counts(self, *, cap: int = EXACT_COUNT_CAP) -> list[QueueStatus]:
         """Per queue, what ``tenure status`` shows (see :class:`QueueStatus`).
@@ -413,3 +459,29 @@ class Client:
         if info.state == TaskState.CANCELLED:
             raise TaskCancelled(task_id, info.state, info.last_error)
         raise TaskFailed(task_id, info.state, info.last_error)
+
+
+def _batches(one: Callable[[], int], batch: int) -> int:
+    """Run ``one`` batch after another until one deletes fewer than ``batch``; the total."""
+    total = 0
+    while True:
+        deleted = one()
+        total += deleted
+        if deleted < batch:
+            return total
+
+
+def _rate_limit(
+    task: str | None, queue: str | None, key: str | None, each_key: bool
+) -> dict[str, str]:
+    """The rate_limits row a limit is: its scope and name, kind and key."""
+    if (task is None) == (queue is None):
+        raise ConfigError("a rate limit is on a task or on a queue: give one of task, queue")
+    if key is not None and each_key:
+        raise ConfigError("a rate limit is for one key or for each key, not both")
+    name = task if task is not None else queue
+    if not name:
+        raise ConfigError("a rate limit needs the name of its task or queue")
+    kind = "key" if key is not None else "each" if each_key else "all"
+    return {"scope": "task" if task is not None else "queue", "name": name,
+            "kind": kind, "key": key or ""}  # fmt: skip

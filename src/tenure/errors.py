@@ -113,13 +113,35 @@ class TaskSignal(Exception):  # noqa: N818 - these are signals, not errors
 class RetryAfter(TaskSignal):
     """Ask for another attempt after ``delay`` (counts against ``max_attempts``).
 
-    >>> raise RetryAfter(timedelta(seconds=30), "rate limited")  # doctest: +SKIP
+    ``slow_down`` (between 0 and 1) also lowers the rate limits the task is under, for
+    its partition key where it has a rate per key, to that share of their rate for
+    ``slow_for`` seconds (default 60): what a task does when the API it calls answers
+    "429, slow down". Requests add up: two halvings make a quarter, never below a
+    hundredth, and the later end wins.
+
+    >>> raise RetryAfter(timedelta(seconds=30), "HTTP 429", slow_down=0.5)  # doctest: +SKIP
     """
 
-    def __init__(self, delay: timedelta | float, reason: str = "retry requested") -> None:
+    def __init__(
+        self,
+        delay: timedelta | float,
+        reason: str = "retry requested",
+        *,
+        slow_down: float | None = None,
+        slow_for: timedelta | float = 60.0,
+    ) -> None:
         super().__init__(reason)
         self.delay = delay if isinstance(delay, timedelta) else timedelta(seconds=delay)
         self.reason = reason
+        if slow_down is not None and not (0 < slow_down <= 1):
+            raise ConfigError(f"slow_down: must be more than 0 and at most 1, got {slow_down!r}")
+        seconds = slow_for.total_seconds() if isinstance(slow_for, timedelta) else slow_for
+        if not (0 < seconds <= 86400):
+            raise ConfigError(
+                f"slow_for: must be more than 0 s and at most a day, got {slow_for!r}"
+            )
+        self.slow_down = slow_down
+        self.slow_for = float(seconds)
 
 
 class Discard(TaskSignal):

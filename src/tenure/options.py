@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from tenure._durations import as_timedelta, check_range, exponential, positive
 from tenure._worker.config import MAX_LEASE, MIN_LEASE
 from tenure.errors import ConfigError
+from tenure.rates import Cost, Rate, Rates, check_cost
 
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 5
@@ -79,8 +81,12 @@ class TaskOptions:
     lease: timedelta | None = None
     priority: int = 0
     isolation: str = "thread"
+    rates: Rates = field(default_factory=Rates)
+    cost: Cost = 1  # rate units each start spends, or a function of the payload
 
     def __post_init__(self) -> None:
+        if not callable(self.cost):
+            check_cost(self.cost, name=self.name or "cost", rates=self.rates, key="")
         if not self.name:
             raise ConfigError("name: must not be empty")
         if self.isolation not in ISOLATIONS:
@@ -124,6 +130,10 @@ class TaskOptions:
         lease: timedelta | float | int | str | None,
         priority: int,
         isolation: str = "thread",
+        rate: Rate | str | None = None,
+        rate_per_key: Rate | str | None = None,
+        rate_keys: Mapping[str, Rate | str] | None = None,
+        cost: Cost = 1,
     ) -> TaskOptions:
         return cls(
             name=name,
@@ -137,6 +147,8 @@ class TaskOptions:
             lease=None if lease is None else positive(lease, field="lease"),
             priority=priority,
             isolation=isolation,
+            rates=Rates.build(rate, rate_per_key, rate_keys),
+            cost=cost,
         )
 
 
@@ -147,7 +159,8 @@ class QueueOptions:
     ``weight`` sets the queue's share when a worker serves several queues;
     ``max_concurrency`` caps running attempts in the queue fleet-wide;
     ``max_concurrency_per_key`` caps them per partition key; ``key_weights`` gives
-    some partition keys a larger share of the queue (default weight 1).
+    some partition keys a larger share of the queue (default weight 1); ``rates``
+    limits starts in the queue (:mod:`tenure.rates`).
     """
 
     name: str
@@ -155,6 +168,7 @@ class QueueOptions:
     max_concurrency: int | None = None
     max_concurrency_per_key: int | None = None
     key_weights: dict[str, float] = field(default_factory=dict)
+    rates: Rates = field(default_factory=Rates)
 
     def __post_init__(self) -> None:
         if not self.name:

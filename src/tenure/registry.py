@@ -17,8 +17,7 @@ import inspect
 import sys
 import typing
 import warnings
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
@@ -27,8 +26,9 @@ import pydantic
 import pydantic_core
 
 from tenure._durations import as_timedelta
-from tenure.client import Client, TaskInfo
+from tenure.client import Client
 from tenure.errors import AlreadyRegistered, ConfigError, PayloadInvalid, TaskNotFound
+from tenure.handle import TaskHandle
 from tenure.limits import Limits, not_utf8_at
 from tenure.options import (
     DEFAULT_MAX_ATTEMPTS,
@@ -38,45 +38,13 @@ from tenure.options import (
     QueueOptions,
     TaskOptions,
 )
+from tenure.rates import Cost, Rate, Rates, check_cost
 from tenure.schedules import DEFAULT_MAX_CATCH_UP, Schedule
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 Duration = timedelta | float | int | str
-
-
-@dataclass(frozen=True)
-class TaskHandle:
-    """What ``send`` returns: the task id, and ways to look at and act on the task."""
-
-    id: int
-    client: Client
-    result_type: Any = None
-
-    def info(self) -> TaskInfo:
-        """The task as it is now (waiting, running or finished)."""
-        return self.client.get(self.id)
-
-    def state(self) -> str:
-        return self.info().state
-
-    def cancel(self) -> str:
-        """Cancel the task; see :meth:`Client.cancel`."""
-        return self.client.cancel(self.id)
-
-    def result(self, timeout: float | timedelta | None = None) -> Any:
-        """Wait for the task to finish and return its value (validated against the
-        task's return annotation when it has one, e.g. a pydantic model).
-
-        Raises :class:`TaskFailed` if it failed or was quarantined,
-        :class:`TaskCancelled` if cancelled, :class:`ResultTimeout` on timeout.
-        """
-        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
-        value = self.client.result(self.id, seconds)
-        if self.result_type in (None, Any, type(None)):
-            return value
-        return pydantic.TypeAdapter(self.result_type).validate_python(value)
 
 
 def _first_line(error: pydantic.ValidationError) -> str:
@@ -126,7 +94,21 @@ class Task(Generic[P, R]):
     def encode(self, payload: Any, *, label: str = "payload") -> str:
         """Validate ``payload`` and return it as JSON text, within the registry's
         :class:`Limits` (else :class:`PayloadInvalid`)."""
-        value = self.validate(payload, label=label)
+        return self._encode(self.validate(payload, label=label), label)
+
+    def cost_of(self, value: Any, cost: int | None, partition_key: str | None) -> int:
+        """The rate units one start of this (validated) payload spends: the sender's
+        ``cost``, else the task's; it must fit in every burst its rates have."""
+        o = self.options
+        if cost is None:
+            cost = o.cost(value) if callable(o.cost) else o.cost
+        queue = self.registry.queue_options.get(o.queue)
+        for rates in (o.rates, queue.rates if queue is not None else None):
+            if rates is not None:
+                check_cost(cost, name=self.name, rates=rates, key=partition_key or "")
+        return cost
+
+    def _encode(self, value: Any, label: str) -> str:
         try:
             data = self._adapter.dump_json(value)
         except pydantic_core.PydanticSerializationError as exc:
@@ -154,22 +136,25 @@ class Task(Generic[P, R]):
         partition_key: str | None = None,
         idempotency_key: str | None = None,
         connection: psycopg.Connection[Any] | None = None,
+        cost: int | None = None,
     ) -> TaskHandle:
         """Enqueue one run of this task.
 
         Commits before returning, or joins the caller's transaction when
         ``connection`` is given. A repeated ``idempotency_key`` returns the task
-        that key created first.
+        that key created first. ``cost`` overrides the rate units it spends.
         """
+        value = self.validate(payload)
         task_id = self.registry.client.send(
             self.options,
-            self.encode(payload),
+            self._encode(value, "payload"),
             priority=priority,
             delay=as_timedelta(delay, field="delay"),
             run_at=run_at,
             partition_key=partition_key,
             idempotency_key=idempotency_key,
             connection=connection,
+            cost=self.cost_of(value, cost, partition_key),
         )
         return TaskHandle(task_id, self.registry.client, self.result_type)
 
@@ -182,10 +167,13 @@ class Task(Generic[P, R]):
         run_at: datetime | None = None,
         partition_key: str | None = None,
         connection: psycopg.Connection[Any] | None = None,
+        cost: int | None = None,
     ) -> list[TaskHandle]:
         """Enqueue many runs in one round trip. All payloads are validated first:
         if one is invalid, none is sent."""
-        encoded = [self.encode(p, label=f"payload [{i}]") for i, p in enumerate(payloads)]
+        values = [self.validate(p, label=f"payload [{i}]") for i, p in enumerate(payloads)]
+        encoded = [self._encode(v, f"payload [{i}]") for i, v in enumerate(values)]
+        costs = [self.cost_of(v, cost, partition_key) for v in values]
         ids = self.registry.client.send_many(
             self.options,
             encoded,
@@ -194,6 +182,7 @@ class Task(Generic[P, R]):
             run_at=run_at,
             partition_key=partition_key,
             connection=connection,
+            costs=costs,
         )
         return [TaskHandle(i, self.registry.client, self.result_type) for i in ids]
 
@@ -294,8 +283,12 @@ class Registry:
         max_concurrency: int | None = None,
         max_concurrency_per_key: int | None = None,
         key_weights: dict[str, float] | None = None,
+        rate: Rate | str | None = None,
+        rate_per_key: Rate | str | None = None,
+        rate_keys: Mapping[str, Rate | str] | None = None,
     ) -> QueueOptions:
-        """Declare a queue's share and limits; workers publish them at start.
+        """Declare a queue's share and limits; workers publish them at start. Rates
+        (``"50/s"``, a :class:`Rate` for another burst) are as :meth:`task` takes them.
 
         >>> reg.queue("documents", max_concurrency=20, max_concurrency_per_key=4)
         ...                                                   # doctest: +SKIP
@@ -306,6 +299,7 @@ class Registry:
             max_concurrency=max_concurrency,
             max_concurrency_per_key=max_concurrency_per_key,
             key_weights=dict(key_weights or {}),
+            rates=Rates.build(rate, rate_per_key, rate_keys),
         )
         self.queue_options[name] = options
         return options
@@ -385,6 +379,10 @@ class Registry:
         lease: Duration | None = None,
         priority: int = 0,
         isolation: str = "thread",
+        rate: Rate | str | None = None,
+        rate_per_key: Rate | str | None = None,
+        rate_keys: Mapping[str, Rate | str] | None = None,
+        cost: Cost = 1,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(  # type: ignore[misc]  # mypy cannot match the bare-decorator overload
@@ -403,6 +401,10 @@ class Registry:
         lease: Duration | None = None,
         priority: int = 0,
         isolation: str = "thread",
+        rate: Rate | str | None = None,
+        rate_per_key: Rate | str | None = None,
+        rate_keys: Mapping[str, Rate | str] | None = None,
+        cost: Cost = 1,
     ) -> Any:
         """Register a function as a task (usable bare or with options).
 
@@ -412,6 +414,9 @@ class Registry:
         quarantined; ``lease`` overrides the worker's lease for long tasks.
         ``isolation="process"`` runs the task in a reusable child process: CPU-bound
         work runs in parallel and a ``timeout`` or a cancellation kills the child.
+        ``rate`` (``"50/s"``), ``rate_per_key`` and ``rate_keys`` limit its starts
+        fleet-wide (:mod:`tenure.rates`); ``cost`` is what each start spends, in units,
+        or a function of the validated payload.
         """
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
@@ -427,6 +432,10 @@ class Registry:
                 lease=lease,
                 priority=priority,
                 isolation=isolation,
+                rate=rate,
+                rate_per_key=rate_per_key,
+                rate_keys=rate_keys,
+                cost=cost,
             )
             if options.name in self.tasks:
                 raise AlreadyRegistered(f"task {options.name!r} is already registered")

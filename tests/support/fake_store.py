@@ -66,6 +66,7 @@ class FakeStore:
     _next_id: int = 1
     server: str | None = "fake:5432"  # what a test sets to another name: a failover
     clock_offset: float | None = 0.0  # and the new server's clock against the worker's
+    rate_wait: float | None = None  # what a test sets: every claim says a rate held work back
 
     # -- the test's side -----------------------------------------------------------
 
@@ -202,11 +203,11 @@ class FakeStore:
         limit: int,
         lease: timedelta,
         start: int,
-    ) -> list[Claimed]:
+    ) -> ClaimResult:
         fault = await self._io("claim", limit=limit)
         got = self._claim(worker, queues, names, limit, lease)
         self._answer(fault)
-        return got
+        return ClaimResult(got, [], self.rate_wait)
 
     def _complete(self, worker: UUID, outcomes: Sequence[Outcome]) -> list[Settled]:
         if any(self._refuse(o) for o in outcomes):
@@ -272,7 +273,11 @@ class FakeStore:
         verdicts = self._complete(worker, outcomes)
         claimed = self._claim(worker, queues, names, limit, lease)
         self._answer(fault)
-        return ClaimResult(claimed, verdicts)
+        return ClaimResult(claimed, verdicts, self.rate_wait)
+
+    async def rate_slow_down(self, outcomes: Sequence[Outcome]) -> int:
+        self._answer(await self._io("rate_slow_down"))
+        return 0
 
     async def attempts_recorded(self, *, worker: UUID, attempts: Mapping[int, int]) -> list[int]:
         fault = await self._io("attempts_recorded", attempts=dict(attempts))
@@ -404,6 +409,12 @@ class FakeStore:
     async def flag_limited_running(self) -> None:
         self._answer(await self._io("flag_limited_running"))
 
+    async def publish_rates(
+        self, tasks: Sequence[TaskOptions], queues: Sequence[QueueOptions]
+    ) -> tuple[int, int]:
+        self._answer(await self._io("publish_rates"))
+        return 0, 0
+
     async def publish_schedules(
         self, schedules: Sequence[Any], *, tasks: Sequence[str]
     ) -> tuple[list[str], list[str]]:
@@ -480,6 +491,10 @@ class FakeStore:
 
     async def vacuum(self) -> None:
         self._answer(await self._io("vacuum"))
+
+    async def rate_states(self) -> list[Any]:
+        self._answer(await self._io("rate_states"))
+        return []
 
     async def schedule_states(self) -> list[Any]:
         self._answer(await self._io("schedule_states"))

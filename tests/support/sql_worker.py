@@ -44,6 +44,13 @@ class FakeWorker:
         return cur.fetchall() if cur.description else []
 
     def claim(self, n: int = 10, lease: timedelta = LEASE) -> list[tuple[int, int]]:
+        return self.rate_wait(n, lease)[0]
+
+    def rate_wait(
+        self, n: int = 10, lease: timedelta = LEASE
+    ) -> tuple[list[tuple[int, int]], float | None]:
+        """A claim of ``n``: (task, attempt) of each claimed, and the seconds a rate
+        limit that held work back asks to wait (None: none did)."""
         rows = self.run(
             "task_claim",
             worker=self.id,
@@ -53,7 +60,8 @@ class FakeWorker:
             lease=lease,
             start=0,
         )
-        return [(r[0], r[4]) for r in rows]
+        waits = [r[10] for r in rows if r[1] == "rate_wait"]
+        return [(r[0], r[5]) for r in rows if r[1] is None], (waits[0] if waits else None)
 
     def complete(
         self,

@@ -14,6 +14,7 @@ from tenure._cli.dashboard import dashboard
 from tenure._cli.db import db
 from tenure._cli.prune import prune
 from tenure._cli.queues import queues
+from tenure._cli.rates import rates
 from tenure._cli.schedules import schedules
 from tenure._cli.status import status
 from tenure._cli.tasks import tasks
@@ -28,7 +29,7 @@ def main() -> None:
     """tenure: a leased, fenced PostgreSQL task queue for fleets of workers."""
 
 
-for _command in (worker, db, status, tasks, queues, schedules, workers, prune, dashboard):
+for _command in (worker, db, status, tasks, queues, rates, schedules, workers, prune, dashboard):
     main.add_command(_command)
 
 

@@ -26,9 +26,11 @@ def prune(dsn: str | None, schema: str, older_than: timedelta) -> None:
     client = operator_client(dsn, schema)
     deleted = client.prune(older_than, on_batch=lambda _n, seconds: batches.append(seconds))
     ticks = client.prune_schedule_ticks(older_than)
+    buckets = client.prune_rate_buckets()
     click.echo(
         f"pruned {deleted} finished task{'s' if deleted != 1 else ''} in {len(batches)} "
         f"batch{'es' if len(batches) != 1 else ''} of at most {PRUNE_BATCH} "
-        f"(longest {max(batches) * 1000:.0f} ms), and {ticks} schedule "
-        f"tick{'s' if ticks != 1 else ''}"
+        f"(longest {max(batches) * 1000:.0f} ms), {ticks} schedule "
+        f"tick{'s' if ticks != 1 else ''} and {buckets} full rate "
+        f"bucket{'s' if buckets != 1 else ''}"
     )

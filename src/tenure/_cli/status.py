@@ -9,6 +9,7 @@ import click
 
 from tenure._cli.output import Column, console, emit_json, json_option, print_table
 from tenure._cli.params import dsn_option, operator_client
+from tenure._cli.rates import print_rates
 from tenure._cli.schedules import print_schedules
 from tenure._cli.workers import worker_cells, worker_columns
 from tenure._store.rows import KeyBacklog, LimitStatus, LiveWorker, QueueStatus, ServerIdentity
@@ -47,17 +48,25 @@ def status(dsn: str | None, schema: str, top_keys: int, count_cap: int, as_json:
     keys = client.key_counts(top_keys) if top_keys else []
     workers = client.store.status_workers()
     timed = client.schedules()
+    rated = client.rates()
     now = client.store.dashboard_now()
     if as_json:
         document = status_document(schema, server, queues, limits, keys, workers)
-        emit_json({**document, "schedules": [r.as_json(now) for r in timed]})
+        emit_json({
+            **document,
+            "rate_limits": [r.as_json() for r in rated],
+            "schedules": [r.as_json(now) for r in timed],
+        })  # fmt: skip
         return
     out = console()
     out.print(
         f"database {server.server} ({server.role}, PostgreSQL {server.version})",
         highlight=False,
     )
-    status_tables(queues, limits, keys, workers, count_cap)
+    held = {r.held_queue for r in rated if r.held_queue is not None}
+    status_tables(queues, limits, keys, workers, count_cap, held)
+    if rated:
+        print_rates(out, "rate limits", rated, now)
     if timed:
         print_schedules(out, "schedules", timed, now)
 
@@ -87,8 +96,10 @@ def status_tables(
     keys: list[KeyBacklog],
     workers: list[LiveWorker],
     count_cap: int,
+    held: set[str],
 ) -> None:
-    """What ``tenure status`` prints: tables that fit the terminal."""
+    """What ``tenure status`` prints: tables that fit the terminal. A queue in
+    ``held`` waits on a rate limit (it is not stuck)."""
     out = console()
     estimated = False
 
@@ -127,7 +138,9 @@ def status_tables(
         ],
         [
             [
-                q.queue + (" (paused)" if q.paused else ""),
+                q.queue
+                + (" (paused)" if q.paused else "")
+                + (" (rate-limited)" if q.queue in held else ""),
                 count(q.queued, q.queued_estimated),
                 count(q.scheduled, q.scheduled_estimated),
                 str(q.running)

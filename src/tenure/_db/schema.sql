@@ -48,6 +48,8 @@ CREATE TABLE {schema}.tasks (
     cancel_requested boolean NOT NULL DEFAULT false,  -- an operator asked it to stop
     schedule         text,                          -- the schedule that sent it
     schedule_tick    timestamptz,                   -- and the tick it was sent for
+    cost             integer NOT NULL DEFAULT 1 CHECK (cost >= 1), -- rate units per start
+    paid_errors      integer,                       -- errors when its units were spent
     CHECK ((state = 'running') = (lease_owner IS NOT NULL AND lease_expires_at IS NOT NULL)),
     CONSTRAINT tasks_state_check CHECK (state IN ('scheduled', 'queued', 'running'))
 );
@@ -211,6 +213,37 @@ CREATE TABLE {schema}.schedule_ticks (
 CREATE INDEX schedule_ticks_fired_at_idx ON {schema}.schedule_ticks (fired_at);
 CREATE INDEX schedule_ticks_task_idx ON {schema}.schedule_ticks (task_id)
     WHERE task_id IS NOT NULL;
+
+-- Rate limits and their token buckets (migration 0010 says how they are spent).
+CREATE TABLE {schema}.rate_limits (
+    scope      text NOT NULL CHECK (scope IN ('task', 'queue')),
+    name       text NOT NULL,
+    kind       text NOT NULL CHECK (kind IN ('all', 'each', 'key')),
+    key        text NOT NULL DEFAULT '',
+    per_second double precision NOT NULL CHECK (per_second > 0 AND per_second < 'infinity'),
+    burst      double precision NOT NULL CHECK (burst >= 1 AND burst < 'infinity'),
+    source     text NOT NULL CHECK (source IN ('code', 'operator')),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (scope, name, kind, key, source),
+    CHECK ((kind = 'key') OR (key = ''))
+);
+
+CREATE TABLE {schema}.rate_buckets (
+    scope       text NOT NULL,
+    name        text NOT NULL,
+    per_key     boolean NOT NULL,
+    key         text NOT NULL,               -- '' for a bucket of the whole scope
+    tokens      double precision NOT NULL,
+    at          timestamptz NOT NULL DEFAULT now(),
+    slow_factor double precision NOT NULL DEFAULT 1
+                CHECK (slow_factor > 0 AND slow_factor <= 1),
+    slow_until  timestamptz,
+    recent      double precision NOT NULL DEFAULT 0,
+    spent       double precision NOT NULL DEFAULT 0,
+    held_at     timestamptz,                 -- the last claim it held work back in
+    held_queue  text,                        -- and that claim's queue
+    PRIMARY KEY (scope, name, per_key, key)
+);
 
 -- The hot table churns: vacuum and analyze it early and without cost delays.
 ALTER TABLE {schema}.tasks SET (

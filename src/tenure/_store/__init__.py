@@ -22,6 +22,7 @@ import psycopg
 from psycopg.rows import class_row, scalar_row
 
 from tenure._db import sqlfiles
+from tenure._store.rate_rows import RateRow
 from tenure._store.rows import (
     AttemptRow,
     DashboardWorker,
@@ -41,6 +42,7 @@ from tenure._store.rows import (
 from tenure._store.schedule_rows import ScheduleRow, TickRow, schedule_params
 from tenure._store.session import Session
 from tenure.options import TaskOptions
+from tenure.rates import Rate
 from tenure.schedules import Schedule
 from tenure.states import TaskState
 
@@ -59,6 +61,7 @@ class Sending:
     delay: timedelta | None = None
     run_at: datetime | None = None
     partition_key: str | None = None
+    cost: int = 1  # rate units each start spends (send_many passes one per payload)
 
     def params(self) -> dict[str, Any]:
         options = self.options
@@ -73,6 +76,7 @@ class Sending:
             "lease": options.lease,
             "run_at": self.run_at,
             "delay": self.delay or timedelta(0),
+            "cost": self.cost,
         }
 
 
@@ -110,10 +114,17 @@ class Store:
         return int(ids[0]) if ids else None
 
     def task_send_many(
-        self, sending: Sending, *, payloads: list[str], connection: Connection | None
+        self,
+        sending: Sending,
+        *,
+        payloads: list[str],
+        costs: list[int] | None,
+        connection: Connection | None,
     ) -> list[int]:
-        """Insert a batch of tasks in one round trip; their ids in order."""
-        params = {**sending.params(), "payloads": payloads}
+        """Insert a batch of tasks in one round trip; their ids in order. ``costs``:
+        one per payload (None: each costs the sending's cost)."""
+        each = costs if costs is not None else [sending.cost] * len(payloads)
+        params = {**sending.params(), "payloads": payloads, "costs": each}
         (ids,) = self.session.fetch("task_send_many", params, scalar_row, connection)
         return [int(i) for i in ids]
 
@@ -150,6 +161,12 @@ class Store:
         """Delete one batch of schedule ticks recorded before ``older_than``; how many."""
         params = {"older_than": older_than, "batch": batch}
         (deleted,) = self.session.fetch("schedule_ticks_prune", params, scalar_row)
+        return int(deleted)
+
+    def rate_buckets_prune(self, *, batch: int) -> int:
+        """Delete one batch of rate buckets that are full again, or of a limit no
+        longer in force; how many."""
+        (deleted,) = self.session.fetch("rate_buckets_prune", {"batch": batch}, scalar_row)
         return int(deleted)
 
     @contextmanager
@@ -220,6 +237,20 @@ class Store:
     def schedule_ticks_list(self, *, name: str, limit: int) -> list[TickRow]:
         params = {"name": name, "limit": limit}
         return self.session.fetch("schedule_ticks_list", params, class_row(TickRow))
+
+    # -- rate limits -------------------------------------------------------------------
+
+    def rates_list(self, *, name: str | None = None) -> list[RateRow]:
+        return self.session.fetch("rates_list", {"name": name}, class_row(RateRow))
+
+    def rate_set(self, *, scope: str, name: str, kind: str, key: str, rate: Rate) -> None:
+        params = {"scope": scope, "name": name, "kind": kind, "key": key,
+                  "per_second": rate.per_second, "burst": rate.burst}  # fmt: skip
+        self.session.fetch("rate_set", params, scalar_row)
+
+    def rate_clear(self, *, scope: str, name: str, kind: str, key: str) -> bool:
+        params = {"scope": scope, "name": name, "kind": kind, "key": key}
+        return bool(self.session.fetch("rate_clear", params, scalar_row))
 
     # -- status ------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from psycopg.types.json import Jsonb
 from tenure._db import arrays, sqlfiles
 from tenure._db import connect as dbconnect
 from tenure._store.link import Link
+from tenure._store.rate_rows import RateRow
 from tenure._store.schedule_rows import SCHEDULE_PARAMS, schedule_params
 from tenure._store.worker_rows import (
     Claimed,
@@ -64,6 +65,18 @@ def _outcome_params(batch: Sequence[Outcome]) -> dict[str, str]:
         "errors": arrays.texts(o.error for o in batch),
         "delays": arrays.floats(o.delay for o in batch),
     }
+
+
+RATE_WAIT = "rate_wait"  # the verdict of a claim's row that is a rate limit's wait
+
+
+def _claim_result(rows: Sequence[tuple[Any, ...]]) -> ClaimResult:
+    """A claim's rows: a claimed task where the verdict is NULL, a rate limit's wait
+    where it is 'rate_wait', else an outcome's verdict."""
+    claimed = [Claimed(r[0], *r[2:10]) for r in rows if r[1] is None]
+    waits = [float(r[10]) for r in rows if r[1] == RATE_WAIT]
+    verdicts = _verdicts(r for r in rows if r[1] is not None and r[1] != RATE_WAIT)
+    return ClaimResult(claimed, verdicts, min(waits) if waits else None)
 
 
 def _verdicts(rows: Iterable[tuple[Any, ...]]) -> list[Settled]:
@@ -119,7 +132,7 @@ class AsyncStore:
         limit: int,
         lease: timedelta,
         start: int,
-    ) -> list[Claimed]:
+    ) -> ClaimResult:
         """Claim up to ``limit`` queued tasks of ``names`` in ``queues`` for ``worker``;
         ``start`` rotates which queue goes first."""
         rows = await self.link.fetch(
@@ -133,7 +146,7 @@ class AsyncStore:
                 "start": start,
             },
         )
-        return [Claimed(*row) for row in rows]
+        return _claim_result(rows)
 
     async def complete(self, *, worker: UUID, outcomes: Sequence[Outcome]) -> list[Settled]:
         """Record ``outcomes``, each fenced on (task, attempt, ``worker``); an outcome
@@ -168,9 +181,21 @@ class AsyncStore:
                 "start": start,
             },
         )
-        # A row is a claimed task when its verdict is NULL, else an outcome's verdict.
-        claimed = [Claimed(r[0], *r[2:]) for r in rows if r[1] is None]
-        return ClaimResult(claimed, _verdicts(r for r in rows if r[1] is not None))
+        return _claim_result(rows)
+
+    async def rate_slow_down(self, outcomes: Sequence[Outcome]) -> int:
+        """Slow the rate limits these outcomes' tasks are under, as each asks; how
+        many buckets were slowed."""
+        asked = [o for o in outcomes if o.slow is not None]
+        rows = await self.link.fetch(
+            "rate_slow_down",
+            {
+                "ids": [o.task_id for o in asked],
+                "factors": [o.slow[0] for o in asked if o.slow is not None],
+                "seconds": [o.slow[1] for o in asked if o.slow is not None],
+            },
+        )
+        return int(rows[0][0]) if rows else 0
 
     async def attempts_recorded(self, *, worker: UUID, attempts: Mapping[int, int]) -> list[int]:
         """The tasks among ``attempts`` (task id to attempt) whose attempt ``worker``
@@ -296,6 +321,20 @@ class AsyncStore:
         )
         return _published(rows)
 
+    async def publish_rates(
+        self, tasks: Sequence[TaskOptions], queues: Sequence[QueueOptions]
+    ) -> tuple[int, int]:
+        """Publish the rate limits of these tasks and declared queues, lifting those
+        they no longer declare (an operator's stay): how many changed, how many went."""
+        rows = [("task", t.name, *r) for t in tasks for r in t.rates.rows()]
+        rows += [("queue", q.name, *r) for q in queues for r in q.rates.rows()]
+        columns = ("scopes", "names", "kinds", "keys", "per_second", "bursts")
+        params: dict[str, Any] = {c: [r[i] for r in rows] for i, c in enumerate(columns)}
+        params["all_tasks"] = [t.name for t in tasks]
+        params["all_queues"] = [q.name for q in queues]
+        ((changed, removed),) = await self.link.fetch("rates_sync", params)
+        return int(changed), int(removed)
+
     async def publish_schedules(
         self, schedules: Sequence[Schedule], *, tasks: Sequence[str]
     ) -> tuple[list[str], list[str]]:
@@ -403,6 +442,10 @@ class AsyncStore:
             QueueDepth(str(q), int(queued), int(scheduled), int(running), _seconds(age))
             for q, queued, scheduled, running, age in rows
         ]
+
+    async def rate_states(self) -> list[RateRow]:
+        """Every rate limit in force and its buckets now (as ``tenure rates list``)."""
+        return [RateRow(*row) for row in await self.link.fetch("rates_list", {"name": None})]
 
     async def schedule_states(self) -> list[ScheduleState]:
         """Per schedule: seconds to its next tick, its last tick, missed ticks, paused."""

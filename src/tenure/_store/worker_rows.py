@@ -39,6 +39,7 @@ class Outcome:
     result: str | None = None  # JSON text
     error: str | None = None
     delay: float = 0.0  # seconds before a retry
+    slow: tuple[float, float] | None = None  # slow its rate limits: (share, seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +54,12 @@ class Settled:
 
 @dataclass(frozen=True, slots=True)
 class ClaimResult:
-    """One claim's answer: the tasks claimed and the verdicts of the outcomes it wrote."""
+    """One claim's answer: the tasks claimed, the verdicts of the outcomes it wrote,
+    and, when a rate limit held work back, the seconds until it can pay for more."""
 
     claimed: list[Claimed]
     verdicts: list[Settled]
+    rate_wait: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,8 @@ from tenure.context import TaskContext
 from tenure.states import Reported
 
 log = logging.getLogger(__name__)
+# The shortest wait before claiming again after a rate limit held work back.
+RATE_WAIT_MIN = 0.005
 
 #: Runs one attempt to its end: how the worker executes a task.
 Runner = Callable[[Held], Awaitable[Outcome]]
@@ -110,6 +112,8 @@ class ClaimLoop:
         self._claim_failures = 0
         self._claim_streak = Streak("claim", clock)
         self._claim_at = -math.inf  # no claim before this time (after a failure)
+        self._rate_wait: float | None = None  # seconds a rate limit asked the last claim to wait
+        self._rated_at = math.inf  # when a rate limit that held work back can pay again
 
     # -- what others read ------------------------------------------------------------
 
@@ -221,6 +225,9 @@ class ClaimLoop:
             self._wake.clear()
             if not woken and delay == poll:
                 self._maybe_more = True  # poll: a NOTIFY may have been missed
+            if self.clock.now() >= self._rated_at:
+                self._rated_at = math.inf  # a rate limit's tokens are back: no NOTIFY says so
+                self._maybe_more = True
 
     def _want(self) -> tuple[int, bool]:
         """Tasks to claim now, and whether a claim of that many is due."""
@@ -243,6 +250,8 @@ class ClaimLoop:
     async def run_once(self) -> Pass:
         """One pass: write the outcomes no claim will carry, then claim if one is due."""
         outcomes = self.outcomes
+        if outcomes.slowing:
+            await outcomes.slow_down()  # before the outcomes: one may end its task
         want, due = self._want()
         settled = claimed = 0
         writable = len(outcomes) > 0 and self.clock.now() >= outcomes.retry_at
@@ -273,6 +282,10 @@ class ClaimLoop:
                 self._fill()
                 if claimed == want:
                     self._maybe_more = True
+                elif self._rate_wait is not None:
+                    # Spread the fleet's claims out: they would all wake at once.
+                    wait = max(RATE_WAIT_MIN, self._rate_wait) * random.uniform(1.0, 1.25)
+                    self._rated_at = self.clock.now() + wait
             finally:
                 self._no_claim.set()
         return self._pass(claimed, settled)
@@ -288,13 +301,16 @@ class ClaimLoop:
             retry = outcomes.retry_at - now
         if ready:  # held back only by the backoff after a failed claim
             retry = min(retry, self._claim_at - now)
+        if self._rated_at < math.inf:
+            retry = min(retry, self._rated_at - now)
         return Pass(claimed, settled, again=False, retry_in=max(0.0, retry))
 
     async def _claim(self, want: int, carried: list[Outcome]) -> list[Claimed]:
-        """Claim up to ``want``, writing ``carried`` outcomes in the same statement."""
+        """Claim up to ``want``, writing ``carried`` outcomes in the same statement. When
+        a rate limit held work back, claim again once it can pay for more."""
         cfg, store = self.config, self.store
         if not carried:
-            return await store.claim(
+            result = await store.claim(
                 worker=self.worker_id,
                 queues=cfg.queues,
                 names=self.names,
@@ -302,16 +318,18 @@ class ClaimLoop:
                 lease=cfg.lease,
                 start=self._turn,
             )
-        result = await store.complete_and_claim(
-            worker=self.worker_id,
-            outcomes=carried,
-            queues=cfg.queues,
-            names=self.names,
-            limit=want,
-            lease=cfg.lease,
-            start=self._turn,
-        )
-        self.outcomes.settle(len(carried), result.verdicts)
+        else:
+            result = await store.complete_and_claim(
+                worker=self.worker_id,
+                outcomes=carried,
+                queues=cfg.queues,
+                names=self.names,
+                limit=want,
+                lease=cfg.lease,
+                start=self._turn,
+            )
+            self.outcomes.settle(len(carried), result.verdicts)
+        self._rate_wait = result.rate_wait
         return result.claimed
 
     # -- attempts --------------------------------------------------------------------

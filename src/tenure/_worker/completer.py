@@ -70,6 +70,7 @@ class Outcomes:
         self.tasklog = tasklog
         self.clock = clock
         self._pending: list[Outcome] = []
+        self.slowing: list[Outcome] = []  # asked to slow their rate limits, not yet done
         self._keys: set[tuple[int, int]] = set()  # (task, attempt) of each pending outcome
         self.uncertain = False  # the last write failed: it may have committed anyway
         self.failures = 0  # failed writes in a row
@@ -102,7 +103,33 @@ class Outcomes:
         if held is not None:
             self.holdings.outcome_known(held)
         self._pending.append(outcome)
+        if outcome.slow is not None:
+            self.slowing.append(outcome)
         self.idle.clear()
+
+    async def slow_down(self) -> None:
+        """Slow the rate limits that outcomes asked to slow (a task told "429"), before
+        their outcomes are written. Advisory: a failure is logged and the request
+        dropped, and never holds an outcome back."""
+        asked, self.slowing = self.slowing, []
+        try:
+            slowed = await self.store.rate_slow_down(asked)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "rate_slow_down_failed tasks=%s error=%s: the rates stay as they were",
+                ",".join(str(o.task_id) for o in asked),
+                clean_text(describe(exc))[:REPLACED_ERROR_CHARS],
+            )
+            return
+        log.info(
+            "rate_slowed tasks=%s buckets=%d share=%g for=%gs",
+            ",".join(str(o.task_id) for o in asked),
+            slowed,
+            min(o.slow[0] for o in asked if o.slow is not None),
+            max(o.slow[1] for o in asked if o.slow is not None),
+        )
 
     def batch_for_claim(self) -> list[Outcome]:
         """The batch the next claim may write in its statement (empty while uncertain

@@ -48,6 +48,7 @@ class Ending:
     kind: Kind
     text: str = ""
     delay: float = 0.0
+    slow: tuple[float, float] | None = None  # a retry_after's slow_down and slow_for
 
 
 def call(task: Task[Any, Any], payload: str, limits: Limits) -> Ending:
@@ -79,7 +80,9 @@ def invalid_payload(task: Task[Any, Any], exc: Exception, limits: Limits) -> End
 def raised(exc: BaseException, limits: Limits) -> Ending:
     """The ending of a call that raised ``exc``."""
     if isinstance(exc, RetryAfter):
-        return Ending("retry_after", limits.error_text(str(exc.reason)), exc.delay.total_seconds())
+        slow = None if exc.slow_down is None else (exc.slow_down, exc.slow_for)
+        text = limits.error_text(str(exc.reason))
+        return Ending("retry_after", text, exc.delay.total_seconds(), slow)
     if isinstance(exc, Discard):
         return Ending("discard", limits.error_text(str(exc.reason)))
     return Ending("error", limits.exception_text(exc))
@@ -120,7 +123,9 @@ def outcome(task: Task[Any, Any], claimed: Claimed, ending: Ending) -> Outcome:
     if kind in ("invalid", "discard", "refused"):
         return Outcome(tid, attempt, Reported.DISCARDED, error=ending.text)
     if kind == "retry_after":
-        return Outcome(tid, attempt, Reported.ERROR, error=ending.text, delay=ending.delay)
+        return Outcome(
+            tid, attempt, Reported.ERROR, error=ending.text, delay=ending.delay, slow=ending.slow
+        )
     delay = task.options.backoff.delay(claimed.errors + 1).total_seconds()
     if kind == "timed_out":
         return Outcome(tid, attempt, Reported.TIMED_OUT, error=ending.text, delay=delay)

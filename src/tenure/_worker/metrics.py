@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
 
+from tenure._store.rate_rows import RateRow
 from tenure._store.worker import AsyncStore
 from tenure._store.worker_rows import Claimed, QueueDepth, ScheduleState
 from tenure._worker.clock import MONOTONIC, Clock
@@ -125,6 +126,7 @@ class Metrics:
         self._store: AsyncStore | None = None
         self._queues: list[QueueDepth] = []
         self._schedules: list[ScheduleState] = []
+        self._rates: list[RateRow] = []
         self._queues_at = -math.inf
 
     # -- recording (called from the claim loop and the task runner) ------------------
@@ -171,6 +173,7 @@ class Metrics:
         try:
             self._queues = await self._store.queue_depths()
             self._schedules = await self._store.schedule_states()
+            self._rates = await self._store.rate_states()
             self._queues_at = self.clock.now()
         except Exception as exc:
             log.debug("metrics_queue_depth_failed error=%s", exc)
@@ -262,7 +265,30 @@ class Metrics:
             age = q.oldest_age if q.oldest_age is not None else 0.0
             out.append(f"tenure_queue_oldest_age_seconds{_labels(queue=q.queue)} {age:.3f}")
         self._render_schedules(status, family, out)
+        self._render_rates(family, out)
         return "\n".join(out) + "\n"
+
+    def _render_rates(self, family: Any, out: list[str]) -> None:
+        """Each rate limit in force: its rate, the fewest tokens its buckets hold, what
+        they spent of late, how far a task slowed them, and 1 while it holds work back."""
+        gauges = (
+            ("tenure_rate_limit_per_second", "The rate of each rate limit in force.",
+             lambda r: r.per_second),
+            ("tenure_rate_tokens", "The fewest units any bucket of each rate limit holds.",
+             lambda r: r.tokens),
+            ("tenure_rate_recent_per_second", "Units each rate limit's buckets spent per "
+             "second over about the last 10 s.", lambda r: r.recent),
+            ("tenure_rate_slowed_to", "The share of its rate a task's slow_down left each "
+             "rate limit (1: not slowed).", lambda r: r.slowed_to),
+            ("tenure_rate_holding_back", "1 while a rate limit held work back in the last "
+             "5 s (its queue waits on the rate, it is not stuck).",
+             lambda r: int(r.held_queue is not None)),
+        )  # fmt: skip
+        for name, help_text, value in gauges:
+            family(name, "gauge", help_text)
+            for r in self._rates:
+                labels = _labels(scope=r.scope, name=r.name, kind=r.kind, key=r.key)
+                out.append(f"{name}{labels} {float(value(r)):g}")
 
     def _render_schedules(self, status: WorkerStatus, family: Any, out: list[str]) -> None:
         family(

@@ -259,8 +259,8 @@ class Worker:
             conn.close()
 
     async def _publish(self, beat: AsyncStore, names: list[str]) -> None:
-        """Register this worker's row and publish the registry's task limits and queue
-        settings for the fleet."""
+        """Register this worker's row and publish the registry's task limits, queue
+        settings, rate limits and schedules for the fleet."""
         cfg = self.config
         await beat.register(
             worker=self.id,
@@ -277,6 +277,10 @@ class Worker:
         ]
         await beat.publish_queues(queues)
         await beat.flag_limited_running()
+        await beat.publish_rates(
+            [self.registry.tasks[n].options for n in names],
+            list(self.registry.queue_options.values()),
+        )
         changed, removed = await beat.publish_schedules(
             list(self.registry.schedules.values()), tasks=names
         )

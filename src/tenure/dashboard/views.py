@@ -17,6 +17,7 @@ from typing import Any
 from tenure._store.rows import MinuteCounts, TaskFilter
 from tenure._untrusted import last_line
 from tenure.client import Client
+from tenure.rates import format_per_second
 from tenure.states import CANCELLABLE_STATES, RETRYABLE_STATES, recorded_event
 
 HISTORY_MINUTES = 60
@@ -168,13 +169,38 @@ def overview(client: Client) -> dict[str, Any]:
         "busy": sum(w["running"] for w in live),
     }
     database = client.store.server_identity()
+    rates = rate_rows(client)
+    held = {r["held_queue"] for r in rates if r["held_queue"] is not None}
+    for row in queue_rows:
+        row["rate_limited"] = row["name"] in held
     return {
+        "rates": rates,
         "queues": queue_rows,
         "workers": worker_rows,
         "totals": totals,
         "database": database,
         "schedules": schedule_rows(client),
     }
+
+
+def rate_rows(client: Client) -> list[dict[str, Any]]:
+    """Each rate limit in force: its rate, tokens, recent spend, and whether it holds
+    a queue back or a task slowed it."""
+    now = client.store.dashboard_now()
+    return [
+        {
+            "limit": r.limit,
+            "rate": r.rate,
+            "tokens": f"{r.tokens:.1f}",
+            "recent": format_per_second(r.recent) if r.recent >= 0.01 else "-",
+            "held_queue": r.held_queue,
+            "slowed": f"{r.slowed_to:.0%} for {age((r.slowed_until - now).total_seconds())}"
+            if r.slowed_until is not None and r.slowed_to < 1
+            else None,
+            "source": r.source,
+        }
+        for r in client.rates()
+    ]
 
 
 def schedule_rows(client: Client) -> list[dict[str, Any]]:

@@ -147,26 +147,41 @@ END;
 $$;
 
 -- complete_and_claim, with the schedule and tick of each claimed task (a task a
--- schedule sent). complete_and_claim stays as it was for the workers of releases
--- before 0.3.0, which call it; it goes in the contract step.
+-- schedule sent), claiming through claim_next (rated work first), and one last row
+-- when a rate limit held work back: verdict 'rate_wait', r_wait the seconds until it
+-- can pay for the next task. A claim alone passes no outcomes. complete_and_claim
+-- stays as it was for the workers of releases before 0.3.0, which call it; it goes in
+-- the contract step.
 CREATE OR REPLACE FUNCTION {schema}.complete_then_claim(
     p_worker uuid, p_ids bigint[], p_attempts integer[], p_outcomes text[], p_results jsonb[],
     p_errors text[], p_delays double precision[], p_queues text[], p_names text[],
     p_limit integer, p_lease interval, p_start integer)
 RETURNS TABLE (r_id bigint, r_verdict text, r_task_name text, r_queue text, r_payload text,
                r_attempt integer, r_errors integer, r_crashes integer, r_schedule text,
-               r_schedule_tick timestamptz)
+               r_schedule_tick timestamptz, r_wait double precision)
 LANGUAGE plpgsql AS $$
+DECLARE
+    v_wait text;
 BEGIN
-    RETURN QUERY
-    SELECT c.task_id, c.verdict, NULL::text, NULL::text, NULL::text, NULL::integer,
-           NULL::integer, NULL::integer, NULL::text, NULL::timestamptz
-    FROM {schema}.complete(p_worker, p_ids, p_attempts, p_outcomes, p_results, p_errors,
-                           p_delays) c;
+    IF cardinality(p_ids) > 0 THEN
+        RETURN QUERY
+        SELECT c.task_id, c.verdict, NULL::text, NULL::text, NULL::text, NULL::integer,
+               NULL::integer, NULL::integer, NULL::text, NULL::timestamptz,
+               NULL::double precision
+        FROM {schema}.complete(p_worker, p_ids, p_attempts, p_outcomes, p_results, p_errors,
+                               p_delays) c;
+    END IF;
     RETURN QUERY
     SELECT t.id, NULL::text, t.task_name, t.queue, t.payload::text, t.attempt, t.errors,
-           t.crashes, t.schedule, t.schedule_tick
-    FROM {schema}.claim(p_worker, p_queues, p_names, p_limit, p_lease, p_start) t;
+           t.crashes, t.schedule, t.schedule_tick, NULL::double precision
+    FROM {schema}.claim_next(p_worker, p_queues, p_names, p_limit, p_lease, p_start) t;
+    v_wait := nullif(current_setting('tenure.rate_wait', true), '');
+    IF v_wait IS NOT NULL THEN
+        RETURN QUERY
+        SELECT NULL::bigint, 'rate_wait'::text, NULL::text, NULL::text, NULL::text,
+               NULL::integer, NULL::integer, NULL::integer, NULL::text, NULL::timestamptz,
+               v_wait::double precision;
+    END IF;
 END;
 $$;
 

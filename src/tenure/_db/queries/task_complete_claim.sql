@@ -1,5 +1,5 @@
 SELECT r_id, r_verdict, r_task_name, r_queue, r_payload, r_attempt, r_errors, r_crashes,
-       r_schedule, r_schedule_tick
+       r_schedule, r_schedule_tick, r_wait
 FROM {schema}.complete_then_claim(%(worker)s, %(ids)s::bigint[], %(attempts)s::integer[],
                                  %(outcomes)s::text[], %(results)s::jsonb[],
                                  %(errors)s::text[], %(delays)s::double precision[],

@@ -6,12 +6,13 @@ WITH input AS MATERIALIZED (
 ),
 ins AS (
     INSERT INTO {schema}.tasks (task_name, queue, payload, priority, partition_key, max_attempts,
-                                max_crashes, limited, lease, run_after, state, vtime)
+                                max_crashes, limited, lease, run_after, state, vtime, cost)
     SELECT %(name)s, %(queue)s, %(payload)s::jsonb, %(priority)s, %(partition_key)s,
            %(max_attempts)s, %(max_crashes)s, i.limited, %(lease)s::interval, i.run_after,
            CASE WHEN i.run_after > now() THEN 'scheduled' ELSE 'queued' END,
            CASE WHEN i.run_after > now() THEN 0
-                ELSE {schema}.vtime_base(%(queue)s, %(partition_key)s) END
+                ELSE {schema}.vtime_base(%(queue)s, %(partition_key)s) END,
+           %(cost)s
     FROM input i
     RETURNING id, queue, state
 )

@@ -13,13 +13,14 @@ key AS (
 ins AS (
     INSERT INTO {schema}.tasks (id, task_name, queue, payload, priority, partition_key,
                                 max_attempts, max_crashes, limited, lease, run_after,
-                                idempotency_key, state, vtime)
+                                idempotency_key, state, vtime, cost)
     SELECT key.task_id, %(name)s, %(queue)s, %(payload)s::jsonb, %(priority)s, %(partition_key)s,
            %(max_attempts)s, %(max_crashes)s, i.limited, %(lease)s::interval, i.run_after,
            %(idempotency_key)s,
            CASE WHEN i.run_after > now() THEN 'scheduled' ELSE 'queued' END,
            CASE WHEN i.run_after > now() THEN 0
-                ELSE {schema}.vtime_base(%(queue)s, %(partition_key)s) END
+                ELSE {schema}.vtime_base(%(queue)s, %(partition_key)s) END,
+           %(cost)s
     FROM key, input i
     RETURNING id, queue, state
 )

@@ -7,12 +7,14 @@ WITH input AS MATERIALIZED (
 ),
 ins AS (
     INSERT INTO {schema}.tasks (task_name, queue, payload, priority, partition_key, max_attempts,
-                                max_crashes, limited, lease, run_after, state, vtime)
+                                max_crashes, limited, lease, run_after, state, vtime, cost)
     SELECT %(name)s, %(queue)s, p.payload::jsonb, %(priority)s, %(partition_key)s,
            %(max_attempts)s, %(max_crashes)s, i.limited, %(lease)s::interval, i.run_after,
            CASE WHEN i.run_after > now() THEN 'scheduled' ELSE 'queued' END,
-           CASE WHEN i.run_after > now() THEN 0 ELSE i.base + (p.n - 1) * i.step END
-    FROM unnest(%(payloads)s::text[]) WITH ORDINALITY AS p(payload, n), input i
+           CASE WHEN i.run_after > now() THEN 0 ELSE i.base + (p.n - 1) * i.step END,
+           p.cost
+    FROM unnest(%(payloads)s::text[], %(costs)s::integer[]) WITH ORDINALITY AS p(payload, cost, n),
+         input i
     ORDER BY p.n
     RETURNING id, queue, state
 )
