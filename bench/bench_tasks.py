@@ -41,12 +41,6 @@ async def noop(payload: dict[str, Any]) -> None:
     """Do nothing: the drain phase measures the queue, not the task."""
 
 
-@reg.task(rate=tenure.Rate.parse("100000000/s", burst=1_000_000))
-async def noop_rated(payload: dict[str, Any]) -> None:
-    """A no-op under a rate limit far above any drain rate: the drain phase's
-    ``tenure-rated`` runs it to measure what the rate's bucket costs each claim."""
-
-
 @reg.task
 async def probe(payload: dict[str, Any]) -> None:
     """Record when it started; ``payload["t"]`` is the wall clock just before send."""

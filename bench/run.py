@@ -68,8 +68,11 @@ class Bench:
     # -- tenure helpers -------------------------------------------------------------------
 
     def reset(self) -> None:
+        from bench import bench_rated
+
         self.db.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
         self.t.reg.client.close()  # the next send reconnects and migrates the fresh schema
+        bench_rated.reg.client.close()
 
     def count(self, sql: str, params: Any = None) -> int:
         return h.scalar(self.db, sql, params)
@@ -83,7 +86,11 @@ class Bench:
         h.wait_active(self.db, SCHEMA, n, fleet, timeout)
 
     def send_many(self, n: int, *, rated: bool = False) -> float:
-        return h.send_noops(self.t.noop_rated if rated else self.t.noop, n)
+        if rated:
+            from bench import bench_rated
+
+            return h.send_noops(bench_rated.noop_rated, n)
+        return h.send_noops(self.t.noop, n)
 
     # -- enqueue + drain ------------------------------------------------------------------
 
@@ -126,8 +133,9 @@ class Bench:
         self.db.execute(f"ANALYZE {SCHEMA}.tasks")
         env = h.tenure_env(self.dsn, SCHEMA)
         with h.fleet("tenure-drain") as fleet:
+            app = "bench.bench_rated:reg" if rated else "bench.bench_tasks:reg"
             for _ in range(procs):
-                fleet.start(h.tenure_worker_cmd(self.tenure_drain_flags()), env)
+                fleet.start(h.tenure_worker_cmd(self.tenure_drain_flags(), app), env)
             d = h.sample_drain(
                 lambda: self.count(f"SELECT count(*) FROM {SCHEMA}.finished_tasks"),
                 backlog,

@@ -616,3 +616,26 @@ def test_browser_shows_schedules_and_pauses_triggers_and_resumes_one(
     row.get_by_role("button", name="Resume").click()
     expect(row.locator(".badge").first).to_have_text("active")
     eventually(lambda: ticks() > paused_at, timeout=10, what="ticks after the resume")
+
+
+def test_browser_shows_a_rate_limit_holding_its_queue_back(
+    dashboard: Any, fleet_app: Any, workers: Any, page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    # Given a queue limited to 1 task an hour after a burst of 2, and 5 tasks for it
+    fleet_app.reg.client.set_rate("1/h", queue="work", burst=2)
+    d = dashboard()
+    workers("--lease", "3s", "--poll-interval", "200ms")
+    handles = fleet_app.sleepy.send_many([{"s": 0}] * 5)
+    eventually(lambda: sum(h.state() == "succeeded" for h in handles) == 2, timeout=20)
+    # When the operator looks at the dashboard
+    page.goto(f"{d.base}/")
+    # Then the queue is shown waiting on the rate, not stuck, and the limit with it
+    expect(page.locator('#queues tr[data-queue="work"] .badge')).to_have_text("rate-limited")
+    rate = page.locator('#rates tr[data-rate="queue work"]')
+    expect(rate).to_contain_text("1/h (burst 2)")
+    expect(rate).to_contain_text("holding back work")
+    expect(rate).to_contain_text("operator")
+    page.screenshot(path=str(ARTIFACTS / "dashboard-rates.png"), full_page=True)
+    assert sum(h.state() == "queued" for h in handles) == 3

@@ -6,6 +6,7 @@ The fleet-wide accuracy under four worker processes is in test_rate_fleet.py.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from collections import Counter
@@ -17,7 +18,9 @@ import pytest
 from tenure import Rate, Registry, RetryAfter
 from tenure.errors import ConfigError
 from tenure.rates import Rates, check_cost
+from tests.conftest import eventually, tenure_cli
 from tests.support.sql_worker import FakeWorker, expire_now, reap
+from tests.test_metrics import free_port, get, sample
 
 
 def publish(w: FakeWorker, reg: Registry) -> None:
@@ -380,3 +383,79 @@ def test_a_task_told_to_slow_down_slows_its_key(
     assert per_key["tenant-a"] <= 4
     assert per_key["tenant-b"] >= 10
     assert RetryAfter(1, "429", slow_down=0.1).slow_down == 0.1
+
+
+# -- operators: the command line, status and /metrics ------------------------------------
+
+
+def test_operators_set_list_and_clear_a_rate_and_status_names_the_queue_it_holds(
+    registry: Registry, db: psycopg.Connection[Any], schema: str, operator_cli: Any
+) -> None:
+    @registry.task(name="ocr", rate="10/s")
+    def ocr(payload: dict) -> None: ...
+
+    ocr.send_many([{}] * 10)
+    w = FakeWorker(db, schema, ["ocr"])
+    publish(w, registry)
+    # When an operator sets a slower rate with a burst of 2
+    out = operator_cli("rates", "set", "task:ocr", "1/h", "--burst", "2")
+    assert "rate of task:ocr set to 1/h (burst 2)" in out
+    # Then it is in force over the code's, and listed with the code's beside it
+    [row] = json.loads(operator_cli("rates", "list", "--json"))["rates"]
+    assert (row["source"], row["per_second"], row["code_per_second"]) == ("operator", 1 / 3600, 10)
+    assert len(w.claim(10)) == 2
+    assert w.claim(10) == []
+    # And status says the queue waits on the rate, not that it is stuck
+    document = json.loads(operator_cli("status", "--json"))
+    assert [r["held_queue"] for r in document["rate_limits"]] == ["default"]
+    text = operator_cli("status")
+    assert "default (rate-limited)" in text and "holding back default" in text
+    # When it is cleared, the code's rate holds again
+    assert "rate of task:ocr cleared" in operator_cli("rates", "clear", "task:ocr")
+    [row] = json.loads(operator_cli("rates", "list", "--json"))["rates"]
+    assert (row["source"], row["per_second"]) == ("code", 10)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["rates", "set", "task:ocr", "fast"], "must be a rate like '50/s'"),
+        (["rates", "set", "task:ocr", "0/s"], "more than 0 per period"),
+        (["rates", "set", "task:ocr", "5/s", "--burst", "0"], "burst: must be at least 1"),
+        (["rates", "set", "ocr", "5/s"], "a rate limit is task:NAME or queue:NAME"),
+        (["rates", "set", "task:ocr", "5/s", "--key", "k", "--each-key"], "not both"),
+        (["rates", "clear", "queue:none"], "no rate set by an operator for queue:none"),
+    ],
+)
+def test_a_bad_rate_on_the_command_line_is_one_line_and_sets_nothing(
+    registry: Registry, db: psycopg.Connection[Any], schema: str, database_url: str,
+    args: list[str], expected: str,
+) -> None:  # fmt: skip
+    registry.client.open()
+    done = tenure_cli(*args, "--dsn", database_url, "--schema", schema)
+    assert done.returncode != 0 and done.stderr.startswith("error: "), done.stderr
+    assert expected in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert db.execute("SELECT count(*) FROM rate_limits").fetchone() == (0,)
+
+
+def test_metrics_show_each_rate_limit_and_whether_it_holds_work_back(
+    fleet_app: Any, workers: Any
+) -> None:
+    # Given a worker serving /metrics, and a rate an operator set on its queue
+    fleet_app.reg.client.set_rate("1/h", queue="work", burst=1)
+    port = free_port()
+    workers("--lease", "3s", "--metrics-port", str(port), "--health-port", str(port))
+    eventually(lambda: get(port, "/readyz")[0] == 200, what="worker ready")
+    # When two tasks wait on it
+    fleet_app.sleepy.send_many([{"s": 0}] * 2)
+    labels = 'scope="queue",name="work",kind="all",key=""'
+
+    def scraped() -> str | None:
+        text = get(port, "/metrics")[1]
+        return text if sample(text, "tenure_rate_holding_back", labels) == 1 else None
+
+    # Then the scrape gives the rate, the empty bucket and the hold
+    text = eventually(scraped, what="a scrape that shows the queue held back", timeout=30)
+    assert sample(text, "tenure_rate_limit_per_second", labels) == pytest.approx(1 / 3600)
+    assert sample(text, "tenure_rate_tokens", labels) < 1  # type: ignore[operator]
+    assert sample(text, "tenure_rate_slowed_to", labels) == 1

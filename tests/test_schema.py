@@ -56,8 +56,8 @@ CATALOG = {
 FUNCTIONS = [
     "bucket_name", "bucket_open", "bucket_path", "bucket_visit", "cancel_task", "claim",
     "claim_limited", "claim_next", "claim_rated", "complete", "complete_and_claim",
-    "complete_then_claim", "count_capped", "expire_leases", "has_limit", "is_limited",
-    "notify_done", "promote_due", "queue_names", "rate_factor", "rate_slow_down",
+    "complete_then_claim", "count_capped", "expire_leases", "has_limit", "is_limited", "is_rated",
+    "notify_done", "promote_due", "queue_names", "rate_factor", "rate_slow_down", "rate_sweep",
     "rate_tokens", "rates_in_force", "requeue_task", "retry_task", "schedule_fire",
     "vtime_base", "vtime_step",
 ]  # fmt: skip

@@ -112,8 +112,10 @@ class TaskOptions:
 
     @property
     def limited(self) -> bool:
-        """Whether claims of this task go through the limit buckets."""
-        return self.max_concurrency is not None or self.max_concurrency_per_key is not None
+        """Whether claims of this task go through the limit buckets (a concurrency
+        limit or a rate): its rows are sent flagged, into the index of limited work."""
+        concurrency = self.max_concurrency is not None or self.max_concurrency_per_key is not None
+        return concurrency or bool(self.rates)
 
     @classmethod
     def build(

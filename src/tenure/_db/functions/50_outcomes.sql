@@ -147,7 +147,8 @@ END;
 $$;
 
 -- complete_and_claim, with the schedule and tick of each claimed task (a task a
--- schedule sent), claiming through claim_next (rated work first), and one last row
+-- schedule sent), claiming through claim_next when a rate applies to these names or
+-- queues (rated work first; else claim() alone, after one look-up), and one last row
 -- when a rate limit held work back: verdict 'rate_wait', r_wait the seconds until it
 -- can pay for the next task. A claim alone passes no outcomes. complete_and_claim
 -- stays as it was for the workers of releases before 0.3.0, which call it; it goes in
@@ -161,8 +162,11 @@ RETURNS TABLE (r_id bigint, r_verdict text, r_task_name text, r_queue text, r_pa
                r_schedule_tick timestamptz, r_wait double precision)
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_wait text;
+    v_wait         text;
+    v_rated_names  text[];
+    v_rated_queues text[];
 BEGIN
+    PERFORM set_config('tenure.rate_wait', '', true);
     IF cardinality(p_ids) > 0 THEN
         RETURN QUERY
         SELECT c.task_id, c.verdict, NULL::text, NULL::text, NULL::text, NULL::integer,
@@ -171,10 +175,29 @@ BEGIN
         FROM {schema}.complete(p_worker, p_ids, p_attempts, p_outcomes, p_results, p_errors,
                                p_delays) c;
     END IF;
+    IF p_limit <= 0 OR cardinality(p_queues) = 0 THEN
+        RETURN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM {schema}.rate_limits r
+                   WHERE (r.scope = 'task' AND r.name = ANY (p_names))
+                      OR (r.scope = 'queue' AND r.name = ANY (p_queues))) THEN
+        RETURN QUERY
+        SELECT t.id, NULL::text, t.task_name, t.queue, t.payload::text, t.attempt, t.errors,
+               t.crashes, t.schedule, t.schedule_tick, NULL::double precision
+        FROM {schema}.claim(p_worker, p_queues, p_names, p_limit, p_lease, p_start) t;
+        RETURN;
+    END IF;
+    SELECT coalesce(array_agg(DISTINCT r.name) FILTER (WHERE r.scope = 'task'), '{{}}'),
+           coalesce(array_agg(DISTINCT r.name) FILTER (WHERE r.scope = 'queue'), '{{}}')
+    INTO v_rated_names, v_rated_queues
+    FROM {schema}.rate_limits r
+    WHERE (r.scope = 'task' AND r.name = ANY (p_names))
+       OR (r.scope = 'queue' AND r.name = ANY (p_queues));
     RETURN QUERY
     SELECT t.id, NULL::text, t.task_name, t.queue, t.payload::text, t.attempt, t.errors,
            t.crashes, t.schedule, t.schedule_tick, NULL::double precision
-    FROM {schema}.claim_next(p_worker, p_queues, p_names, p_limit, p_lease, p_start) t;
+    FROM {schema}.claim_next(p_worker, p_queues, p_names, p_limit, p_lease, p_start,
+                             v_rated_names, v_rated_queues) t;
     v_wait := nullif(current_setting('tenure.rate_wait', true), '');
     IF v_wait IS NOT NULL THEN
         RETURN QUERY

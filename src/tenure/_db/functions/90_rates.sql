@@ -11,6 +11,19 @@ LANGUAGE sql STABLE AS $$
     ORDER BY r.scope, r.name, r.kind, r.key, r.source = 'operator' DESC
 $$;
 
+-- Whether a task name has a rate limit of its own (an operator's or the code's): its
+-- rows are sent flagged `limited`, so the claim of rated work finds them in the index
+-- of limited work and never has to read past unrated work to find them. plpgsql, like
+-- is_limited: its look-up is planned once per session.
+CREATE OR REPLACE FUNCTION {schema}.is_rated(p_name text)
+RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN EXISTS (SELECT 1 FROM {schema}.rate_limits r
+                   WHERE r.scope = 'task' AND r.name = p_name);
+END;
+$$;
+
 -- The share of its rate a bucket refills at, at p_now: slow_factor while a task's
 -- request to slow down lasts, else all of it.
 CREATE OR REPLACE FUNCTION {schema}.rate_factor(p_slow_factor double precision,
@@ -83,6 +96,7 @@ DECLARE
     v_b         integer;
     v_i         integer;
     v_missed    bigint;
+    v_queue_rated boolean;
 BEGIN
     SELECT * INTO v_q FROM {schema}.queues q WHERE q.name = p_queue;
     SELECT coalesce(array_agg(l.task_name), ARRAY[]::text[]) INTO v_conc_names
@@ -112,14 +126,21 @@ BEGIN
         v_scan := least(p_want * least(cardinality(p_names), 8), 2000);
     END IF;
 
-    -- The head of the queue, both claim indexes merged in claim order, unlocked.
+    -- A rated name's rows are sent flagged (is_rated; rate_sweep flags those that
+    -- escaped), so they are read from the index of limited work: reading the rest for
+    -- them would cost a claim the depth of the unrated backlog. A queue with a rate of
+    -- its own rates all its rows: both indexes.
+    v_queue_rated := EXISTS (SELECT 1 FROM {schema}.rate_limits r
+                             WHERE r.scope = 'queue' AND r.name = p_queue);
+
+    -- The head of the queue, in claim order, unlocked.
     SELECT array_agg(m.id), array_agg(m.task_name), array_agg(m.partition_key),
            array_agg(m.cost), array_agg(m.pays)
     INTO c_id, c_name, c_key, c_cost, c_pays
     FROM ((SELECT p.id, p.task_name, p.partition_key, p.cost,
                   p.paid_errors IS DISTINCT FROM p.errors AS pays, p.priority, p.vtime
            FROM {schema}.tasks p
-           WHERE p.state = 'queued' AND NOT p.limited AND p.queue = p_queue
+           WHERE p.state = 'queued' AND NOT p.limited AND p.queue = p_queue AND v_queue_rated
              AND p.task_name = ANY (p_names)
            ORDER BY p.priority DESC, p.vtime, p.id LIMIT v_scan)
           UNION ALL
@@ -395,48 +416,70 @@ BEGIN
 END;
 $$;
 
+-- Rows of a rated name that escaped the flag (sent, or retried, by a release before
+-- 0.3.0, or sent before the rate was set) are flagged once they near the head of their
+-- queue: once a second per session and queue, the first p_depth rows of the unflagged
+-- index are looked at.
+CREATE OR REPLACE FUNCTION {schema}.rate_sweep(p_queue text, p_names text[], p_depth integer)
+RETURNS void
+LANGUAGE plpgsql
+SET enable_sort = off
+SET jit = off
+AS $$
+DECLARE
+    v_at     double precision := extract(epoch FROM clock_timestamp());
+    v_swept  text := 'tenure.rate_swept_' || abs(hashtext(p_queue));
+BEGIN
+    IF v_at - coalesce(nullif(current_setting(v_swept, true), '')::double precision, 0) <= 1 THEN
+        RETURN;
+    END IF;
+    PERFORM set_config(v_swept, v_at::text, false);
+    UPDATE {schema}.tasks t SET limited = true
+    WHERE t.id = ANY (ARRAY(
+        SELECT h.id FROM (SELECT p.id, p.task_name FROM {schema}.tasks p
+                          WHERE p.state = 'queued' AND NOT p.limited AND p.queue = p_queue
+                          ORDER BY p.priority DESC, p.vtime, p.id LIMIT p_depth) h
+        WHERE h.task_name = ANY (p_names)))
+      AND t.state = 'queued' AND NOT t.limited;
+END;
+$$;
+
 -- Claim as claim() does, with the work under rate limits first: each of p_queues in
 -- turn from p_start gives its rated tasks (all of a queue with a rate, those of rated
--- names in the others) up to what is left, then claim() claims the rest from the
--- queues and names no rate applies to. With no rate declared for any of them, this is
--- claim() and one look-up. tenure.rate_wait is left set (or empty) for the caller.
+-- names in the others: flagged, so a queue with none costs one probe) up to what is
+-- left, then claim() claims the rest from the queues and names no rate applies to.
+-- p_rated_names and p_rated_queues are the names and queues among these with a rate
+-- (complete_then_claim looks them up; with none it calls claim() alone).
+-- tenure.rate_wait is left set (or empty) for the caller.
 CREATE OR REPLACE FUNCTION {schema}.claim_next(p_worker uuid, p_queues text[], p_names text[],
                                                p_limit integer, p_lease interval,
-                                               p_start integer)
+                                               p_start integer, p_rated_names text[],
+                                               p_rated_queues text[])
 RETURNS SETOF {schema}.tasks
 LANGUAGE plpgsql
 SET jit = off
 AS $$
 DECLARE
-    v_nq           integer := coalesce(array_length(p_queues, 1), 0);
-    v_rated_names  text[];
-    v_rated_queues text[];
-    v_left         integer := p_limit;
-    v_got          integer;
-    v_queue        text;
-    v_names        text[];
+    v_nq     integer := coalesce(array_length(p_queues, 1), 0);
+    v_left   integer := p_limit;
+    v_got    integer;
+    v_queue  text;
+    v_names  text[];
+    v_rated  boolean;
 BEGIN
-    PERFORM set_config('tenure.rate_wait', '', true);
-    IF v_left <= 0 OR v_nq = 0 THEN
-        RETURN;
-    END IF;
-    SELECT coalesce(array_agg(DISTINCT r.name) FILTER (WHERE r.scope = 'task'), ARRAY[]::text[]),
-           coalesce(array_agg(DISTINCT r.name) FILTER (WHERE r.scope = 'queue'), ARRAY[]::text[])
-    INTO v_rated_names, v_rated_queues
-    FROM {schema}.rate_limits r
-    WHERE (r.scope = 'task' AND r.name = ANY (p_names))
-       OR (r.scope = 'queue' AND r.name = ANY (p_queues));
-    IF cardinality(v_rated_names) = 0 AND cardinality(v_rated_queues) = 0 THEN
-        RETURN QUERY SELECT * FROM {schema}.claim(p_worker, p_queues, p_names, p_limit, p_lease,
-                                                  p_start);
-        RETURN;
-    END IF;
     FOR i IN 0 .. v_nq - 1 LOOP
         EXIT WHEN v_left <= 0;
         v_queue := p_queues[1 + mod(p_start + i, v_nq)];
         CONTINUE WHEN EXISTS (SELECT 1 FROM {schema}.queues q WHERE q.name = v_queue AND q.paused);
-        v_names := CASE WHEN v_queue = ANY (v_rated_queues) THEN p_names ELSE v_rated_names END;
+        v_rated := v_queue = ANY (p_rated_queues);
+        v_names := CASE WHEN v_rated THEN p_names ELSE p_rated_names END;
         CONTINUE WHEN cardinality(v_names) = 0;
+        IF NOT v_rated THEN
+            PERFORM {schema}.rate_sweep(v_queue, v_names, least(greatest(v_left * 8, 200), 2000));
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM {schema}.tasks t
+                                      WHERE t.state = 'queued' AND t.limited
+                                        AND t.queue = v_queue);
+        END IF;
         RETURN QUERY SELECT * FROM {schema}.claim_rated(p_worker, v_queue, v_names, v_left, p_lease);
         GET DIAGNOSTICS v_got = ROW_COUNT;
         v_left := v_left - v_got;
@@ -444,8 +487,10 @@ BEGIN
     IF v_left > 0 THEN
         RETURN QUERY SELECT * FROM {schema}.claim(
             p_worker,
-            ARRAY(SELECT q FROM unnest(p_queues) AS q WHERE NOT (q = ANY (v_rated_queues))),
-            ARRAY(SELECT n FROM unnest(p_names) AS n WHERE NOT (n = ANY (v_rated_names))),
+            CASE WHEN cardinality(p_rated_queues) = 0 THEN p_queues
+                 ELSE ARRAY(SELECT q FROM unnest(p_queues) AS q
+                            WHERE NOT (q = ANY (p_rated_queues))) END,
+            ARRAY(SELECT n FROM unnest(p_names) AS n WHERE NOT (n = ANY (p_rated_names))),
             v_left, p_lease, p_start);
     END IF;
 END;

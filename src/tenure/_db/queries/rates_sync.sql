@@ -24,6 +24,14 @@ changed AS (
     SET per_second = excluded.per_second, burst = excluded.burst, updated_at = now()
     WHERE (rate_limits.per_second, rate_limits.burst)
           IS DISTINCT FROM (excluded.per_second, excluded.burst)
+    RETURNING scope, name
+),
+-- A task name that got a rate has its waiting rows flagged, so the claim of rated
+-- work finds them (is_rated flags those sent from now on).
+flagged AS (
+    UPDATE {schema}.tasks t SET limited = true
+    FROM (SELECT DISTINCT c.name FROM changed c WHERE c.scope = 'task') c
+    WHERE t.task_name = c.name AND NOT t.limited AND t.state IN ('scheduled', 'queued')
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM changed), (SELECT count(*) FROM removed)

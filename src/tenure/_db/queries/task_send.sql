@@ -2,7 +2,8 @@
 -- the queue's workers; later it waits as scheduled.
 WITH input AS MATERIALIZED (
     SELECT coalesce(%(run_at)s::timestamptz, now() + %(delay)s::interval) AS run_after,
-           {schema}.is_limited(%(name)s, %(queue)s, %(limited)s) AS limited
+           ({schema}.is_limited(%(name)s, %(queue)s, %(limited)s)
+            OR {schema}.is_rated(%(name)s)) AS limited
 ),
 ins AS (
     INSERT INTO {schema}.tasks (task_name, queue, payload, priority, partition_key, max_attempts,

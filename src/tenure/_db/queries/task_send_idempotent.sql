@@ -2,7 +2,8 @@
 -- repeated key returns no row here (the caller then looks the existing task up).
 WITH input AS MATERIALIZED (
     SELECT coalesce(%(run_at)s::timestamptz, now() + %(delay)s::interval) AS run_after,
-           {schema}.is_limited(%(name)s, %(queue)s, %(limited)s) AS limited
+           ({schema}.is_limited(%(name)s, %(queue)s, %(limited)s)
+            OR {schema}.is_rated(%(name)s)) AS limited
 ),
 key AS (
     INSERT INTO {schema}.idempotency_keys (task_name, key, task_id)

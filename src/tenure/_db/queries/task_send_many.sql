@@ -1,7 +1,8 @@
 -- Enqueue a batch of tasks of one kind and key in one round trip, in order.
 WITH input AS MATERIALIZED (
     SELECT coalesce(%(run_at)s::timestamptz, now() + %(delay)s::interval) AS run_after,
-           {schema}.is_limited(%(name)s, %(queue)s, %(limited)s) AS limited,
+           ({schema}.is_limited(%(name)s, %(queue)s, %(limited)s)
+            OR {schema}.is_rated(%(name)s)) AS limited,
            {schema}.vtime_base(%(queue)s, %(partition_key)s) AS base,
            {schema}.vtime_step(%(queue)s, %(partition_key)s) AS step
 ),
