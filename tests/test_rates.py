@@ -18,7 +18,7 @@ import pytest
 from tenure import Rate, Registry, RetryAfter
 from tenure.errors import ConfigError
 from tenure.rates import Rates, check_cost
-from tests.conftest import eventually, tenure_cli
+from tests.conftest import eventually, load_app, tenure_cli
 from tests.support.sql_worker import FakeWorker, expire_now, reap
 from tests.test_metrics import free_port, get, sample
 
@@ -459,3 +459,49 @@ def test_metrics_show_each_rate_limit_and_whether_it_holds_work_back(
     assert sample(text, "tenure_rate_limit_per_second", labels) == pytest.approx(1 / 3600)
     assert sample(text, "tenure_rate_tokens", labels) < 1  # type: ignore[operator]
     assert sample(text, "tenure_rate_slowed_to", labels) == 1
+
+
+def test_a_rated_task_sent_unflagged_by_an_older_release_is_still_claimed_under_its_rate(
+    registry: Registry, db: psycopg.Connection[Any], schema: str
+) -> None:
+    @registry.task(name="legacy", rate=Rate.parse("1/h", burst=2))
+    def legacy(payload: dict) -> None: ...
+
+    registry.client.open()
+    w = FakeWorker(db, schema, ["legacy"])
+    publish(w, registry)
+    # Given three rows of the rated name sent as a release before 0.3.0 sends them:
+    # without the limited flag that rated rows carry
+    db.execute(
+        "INSERT INTO tasks (task_name, queue, payload, max_attempts, max_crashes)"
+        " SELECT 'legacy', 'default', '{}', 5, 3 FROM generate_series(1, 3)"
+    )
+    # When a worker claims
+    got = w.claim(10)
+    # Then they are found near the head and claimed under the rate: its burst, no more
+    assert len(got) == 2
+    assert w.claim(10) == []
+    assert db.execute("SELECT count(*) FROM tasks WHERE NOT limited").fetchone() == (0,)
+
+
+def test_a_task_that_raises_retry_after_with_slow_down_slows_its_key_in_a_real_worker(
+    db: psycopg.Connection[Any], workers: Any, schema: str, database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    app = load_app("tests.apps.rated", schema, database_url, monkeypatch)
+    # Given a task that the API answers "429" once, for tenant-a
+    handle = app.told_to_slow_down.send({}, partition_key="tenant-a")
+    workers("--lease", "3s", app="tests.apps.rated:reg")
+    # When it has run again and succeeded
+    eventually(lambda: handle.state() == "succeeded", timeout=30)
+    # Then tenant-a's bucket refills at a quarter of its rate for about a minute
+    row = db.execute(
+        "SELECT slow_factor, extract(epoch FROM slow_until - now()) FROM rate_buckets"
+        " WHERE name = 'told_to_slow_down' AND key = 'tenant-a'"
+    ).fetchone()
+    assert row is not None and math.isclose(row[0], 0.25) and 50 < row[1] <= 60
+    # And the first attempt's error says why
+    first = db.execute("SELECT error FROM attempts WHERE task_id = %s AND attempt = 1",
+                       (handle.id,)).fetchone()  # fmt: skip
+    assert first is not None and "429" in first[0]
+    app.reg.client.close()
