@@ -49,18 +49,18 @@ $$;
 
 -- Claim up to p_want of the queue's tasks of these names, every one under a rate
 -- limit of its name or of the queue (and maybe under concurrency limits too). The
--- queue's head is read once, unlocked, in claim order; the buckets its tasks belong to are locked in one order (blocking for the
--- first rated queue of a transaction, skipping a locked bucket after, so two claims
--- can never wait on each other) and refilled to now; then each task in turn is taken
--- if every rate bucket it belongs to holds its cost and every concurrency bucket has
--- a slot. A bucket that cannot pay for a task serves no later task in this claim, so
--- a dear task is not passed over for ever by cheap ones behind it; a key's bucket
--- holds back only its key. A task whose units were spent already (a start after a
--- takeover or a handed-back prefetch: its error count is the one it paid at) spends
--- nothing. The
--- chosen rows are claimed as claim() claims, and the buckets written once each. A
--- bucket that held a task back sets tenure.rate_wait, the seconds until it can pay
--- for it, for the worker's next claim.
+-- queue's head is read once, unlocked, in claim order. The buckets its tasks belong
+-- to are locked in one order (waiting only in the first rated queue of a transaction,
+-- skipping a locked bucket after, so two claims can never wait on each other) and
+-- refilled to the clock read after the locks. Then each task in turn is taken if every
+-- rate bucket it belongs to holds its cost and every concurrency bucket has a slot. A
+-- bucket that cannot pay for a task serves no later task in this claim, so a dear task
+-- is not passed over for ever by cheap ones behind it; a key's bucket holds back only
+-- its key. A task whose units were spent already (a start after a takeover or a
+-- handed-back prefetch: its error count is the one it paid at) spends nothing. The
+-- chosen rows are claimed as claim() claims, and each bucket is written once. A bucket
+-- that held a task back sets tenure.rate_wait, the seconds until it can pay for it,
+-- for the worker's next claim.
 CREATE OR REPLACE FUNCTION {schema}.claim_rated(p_worker uuid, p_queue text, p_names text[],
                                                 p_want integer, p_lease interval)
 RETURNS SETOF {schema}.tasks
