@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from tenure import Rate, Registry, RetryAfter
+from tenure._store.worker import rates_sync_params
 from tenure.errors import ConfigError
 from tenure.rates import Rates, check_cost
 from tests.conftest import eventually, load_app, tenure_cli
@@ -26,16 +27,7 @@ from tests.test_metrics import free_port, get, sample
 def publish(w: FakeWorker, reg: Registry) -> None:
     """Publish the registry's rates as a starting worker does."""
     tasks = [t.options for t in reg.tasks.values()]
-    queues = list(reg.queue_options.values())
-    rows = [("task", t.name, *r) for t in tasks for r in t.rates.rows()]
-    rows += [("queue", q.name, *r) for q in queues for r in q.rates.rows()]
-    cols = ("scopes", "names", "kinds", "keys", "per_second", "bursts")
-    w.run(
-        "rates_sync",
-        **{c: [r[i] for r in rows] for i, c in enumerate(cols)},
-        all_tasks=[t.name for t in tasks],
-        all_queues=[q.name for q in queues],
-    )
+    w.run("rates_sync", **rates_sync_params(tasks, list(reg.queue_options.values())))
 
 
 def set_rate(db: psycopg.Connection[Any], scope: str, name: str, per_second: float,

@@ -369,15 +369,15 @@ class Client:
         """
         if batch < 1:
             raise ValueError("batch: must be at least 1")
-        total = 0
-        while True:
+
+        def one() -> int:
             started = time.perf_counter()
             deleted = self.store.tasks_prune(older_than=older_than, batch=batch)
             if on_batch is not None:
                 on_batch(deleted, time.perf_counter() - started)
-            total += deleted
-            if deleted < batch:
-                return total
+            return deleted
+
+        return _batches(one, batch)
 
     def prune_schedule_ticks(self, older_than: timedelta, *, batch: int = PRUNE_BATCH) -> int:
         """Delete the record of schedule ticks older than ``older_than`` (what each

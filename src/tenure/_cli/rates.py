@@ -37,9 +37,9 @@ def _state(r: RateRow, now: datetime) -> str:
     parts = []
     if r.held_queue is not None:
         parts.append(f"holding back {r.held_queue}")
-    if r.slowed_to < 1 and r.slowed_until is not None:
-        left = (r.slowed_until - now).total_seconds()
-        parts.append(f"slowed to {r.slowed_to:.0%} for {max(left, 0):.0f}s")
+    left = r.slowed_left(now)
+    if left is not None:
+        parts.append(f"slowed to {r.slowed_to:.0%} for {left:.0f}s")
     return ", ".join(parts) or "-"
 
 
@@ -56,8 +56,8 @@ def print_rates(out: Console, title: str, rows: list[RateRow], now: datetime) ->
         if r.code_per_second is not None:
             source += f" (code: {format_per_second(r.code_per_second)})"
         table.append([
-            r.limit, r.rate, f"{r.tokens:.1f}", f"{format_per_second(r.recent)}"
-            if r.recent >= 0.01 else "-", _state(r, now), str(r.buckets), source,
+            r.limit, r.rate, f"{r.tokens:.1f}", r.recent_rate, _state(r, now), str(r.buckets),
+            source,
         ])  # fmt: skip
     print_table(out, title, columns, table)
 

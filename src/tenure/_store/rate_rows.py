@@ -45,5 +45,16 @@ class RateRow:
     def rate(self) -> str:
         return f"{format_per_second(self.per_second)} (burst {self.burst:g})"
 
+    @property
+    def recent_rate(self) -> str:
+        """What its buckets spent of late, as a rate (``-`` below a hundredth a second)."""
+        return format_per_second(self.recent) if self.recent >= 0.01 else "-"
+
+    def slowed_left(self, now: datetime) -> float | None:
+        """Seconds a task's slow-down still lasts at ``now``; None when not slowed."""
+        if self.slowed_to >= 1 or self.slowed_until is None:
+            return None
+        return max((self.slowed_until - now).total_seconds(), 0.0)
+
     def as_json(self) -> dict[str, Any]:
         return {**asdict(self), "rate": self.rate}

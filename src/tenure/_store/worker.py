@@ -67,6 +67,20 @@ def _outcome_params(batch: Sequence[Outcome]) -> dict[str, str]:
     }
 
 
+def rates_sync_params(
+    tasks: Sequence[TaskOptions], queues: Sequence[QueueOptions]
+) -> dict[str, Any]:
+    """``rates_sync``'s parameters: every rate limit these tasks and queues declare, as
+    arrays of its columns, and the names whose code rows it replaces."""
+    rows = [("task", t.name, *r) for t in tasks for r in t.rates.rows()]
+    rows += [("queue", q.name, *r) for q in queues for r in q.rates.rows()]
+    columns = ("scopes", "names", "kinds", "keys", "per_second", "bursts")
+    params: dict[str, Any] = {c: [r[i] for r in rows] for i, c in enumerate(columns)}
+    params["all_tasks"] = [t.name for t in tasks]
+    params["all_queues"] = [q.name for q in queues]
+    return params
+
+
 RATE_WAIT = "rate_wait"  # the verdict of a claim's row that is a rate limit's wait
 
 
@@ -326,12 +340,7 @@ class AsyncStore:
     ) -> tuple[int, int]:
         """Publish the rate limits of these tasks and declared queues, lifting those
         they no longer declare (an operator's stay): how many changed, how many went."""
-        rows = [("task", t.name, *r) for t in tasks for r in t.rates.rows()]
-        rows += [("queue", q.name, *r) for q in queues for r in q.rates.rows()]
-        columns = ("scopes", "names", "kinds", "keys", "per_second", "bursts")
-        params: dict[str, Any] = {c: [r[i] for r in rows] for i, c in enumerate(columns)}
-        params["all_tasks"] = [t.name for t in tasks]
-        params["all_queues"] = [q.name for q in queues]
+        params = rates_sync_params(tasks, queues)
         ((changed, removed),) = await self.link.fetch("rates_sync", params)
         return int(changed), int(removed)
 

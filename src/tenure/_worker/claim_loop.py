@@ -112,7 +112,6 @@ class ClaimLoop:
         self._claim_failures = 0
         self._claim_streak = Streak("claim", clock)
         self._claim_at = -math.inf  # no claim before this time (after a failure)
-        self._rate_wait: float | None = None  # seconds a rate limit asked the last claim to wait
         self._rated_at = math.inf  # when a rate limit that held work back can pay again
 
     # -- what others read ------------------------------------------------------------
@@ -264,7 +263,7 @@ class ClaimLoop:
             carried = outcomes.batch_for_claim()
             self._no_claim.clear()
             try:
-                rows = await self._claim(want, carried)
+                rows, rate_wait = await self._claim(want, carried)
             except Exception as exc:
                 if carried:
                     outcomes.answer_lost()  # they may have committed before the answer was lost
@@ -282,9 +281,9 @@ class ClaimLoop:
                 self._fill()
                 if claimed == want:
                     self._maybe_more = True
-                elif self._rate_wait is not None:
+                elif rate_wait is not None:
                     # Spread the fleet's claims out: they would all wake at once.
-                    wait = max(RATE_WAIT_MIN, self._rate_wait) * random.uniform(1.0, 1.25)
+                    wait = max(RATE_WAIT_MIN, rate_wait) * random.uniform(1.0, 1.25)
                     self._rated_at = self.clock.now() + wait
             finally:
                 self._no_claim.set()
@@ -305,9 +304,9 @@ class ClaimLoop:
             retry = min(retry, self._rated_at - now)
         return Pass(claimed, settled, again=False, retry_in=max(0.0, retry))
 
-    async def _claim(self, want: int, carried: list[Outcome]) -> list[Claimed]:
-        """Claim up to ``want``, writing ``carried`` outcomes in the same statement. When
-        a rate limit held work back, claim again once it can pay for more."""
+    async def _claim(self, want: int, carried: list[Outcome]) -> tuple[list[Claimed], float | None]:
+        """Claim up to ``want``, writing ``carried`` outcomes in the same statement: the
+        tasks claimed, and the seconds until a rate limit that held work back can pay."""
         cfg, store = self.config, self.store
         if not carried:
             result = await store.claim(
@@ -329,8 +328,7 @@ class ClaimLoop:
                 start=self._turn,
             )
             self.outcomes.settle(len(carried), result.verdicts)
-        self._rate_wait = result.rate_wait
-        return result.claimed
+        return result.claimed, result.rate_wait
 
     # -- attempts --------------------------------------------------------------------
 

@@ -17,7 +17,6 @@ from typing import Any
 from tenure._store.rows import MinuteCounts, TaskFilter
 from tenure._untrusted import last_line
 from tenure.client import Client
-from tenure.rates import format_per_second
 from tenure.states import CANCELLABLE_STATES, RETRYABLE_STATES, recorded_event
 
 HISTORY_MINUTES = 60
@@ -187,20 +186,19 @@ def rate_rows(client: Client) -> list[dict[str, Any]]:
     """Each rate limit in force: its rate, tokens, recent spend, and whether it holds
     a queue back or a task slowed it."""
     now = client.store.dashboard_now()
-    return [
-        {
+    rows = []
+    for r in client.rates():
+        left = r.slowed_left(now)
+        rows.append({
             "limit": r.limit,
             "rate": r.rate,
             "tokens": f"{r.tokens:.1f}",
-            "recent": format_per_second(r.recent) if r.recent >= 0.01 else "-",
+            "recent": r.recent_rate,
             "held_queue": r.held_queue,
-            "slowed": f"{r.slowed_to:.0%} for {age((r.slowed_until - now).total_seconds())}"
-            if r.slowed_until is not None and r.slowed_to < 1
-            else None,
+            "slowed": None if left is None else f"{r.slowed_to:.0%} for {age(left)}",
             "source": r.source,
-        }
-        for r in client.rates()
-    ]
+        })  # fmt: skip
+    return rows
 
 
 def schedule_rows(client: Client) -> list[dict[str, Any]]:
